@@ -1,0 +1,136 @@
+package broker
+
+import (
+	"hash/fnv"
+	"strconv"
+	"time"
+)
+
+// Every stream, KV bucket, subject and header that the roles share is named here and nowhere else.
+
+// Streams.
+const (
+	// StreamIn holds client envelopes and close requests on their way to the canister.
+	StreamIn = "ICWS_IN"
+	// StreamOut holds certified canister messages, one per canister message, per client subject.
+	StreamOut = "ICWS_OUT"
+)
+
+// KV buckets.
+const (
+	// BucketSessions maps SessionKey(canister, client) to a SessionRecord (JSON).
+	BucketSessions = "icws_sessions"
+	// BucketCursors maps a canister id to its CursorRecord (JSON).
+	BucketCursors = "icws_cursors"
+	// BucketLeases maps PollerLeaseKey / SubmitterLeaseKey to a LeaseRecord (JSON).
+	BucketLeases = "icws_leases"
+)
+
+// Subject prefixes. Tokens: canister = principal text, client = protocol.ClientKey.Token().
+const (
+	subjectInPrefix  = "icws.in."
+	subjectOutPrefix = "icws.out."
+	// SubjectInAll and SubjectOutAll are the streams' subject filters.
+	SubjectInAll  = subjectInPrefix + ">"
+	SubjectOutAll = subjectOutPrefix + ">"
+)
+
+// InSubject is where an edge publishes a client's envelopes and close request:
+// icws.in.<partition>.<canister>.<client>.
+func InSubject(partition int, canister, client string) string {
+	return subjectInPrefix + strconv.Itoa(partition) + "." + canister + "." + client
+}
+
+// InPartitionFilter selects one partition of ICWS_IN.
+func InPartitionFilter(partition int) string {
+	return subjectInPrefix + strconv.Itoa(partition) + ".>"
+}
+
+// OutSubject is where the poller publishes a client's certified messages: icws.out.<canister>.<client>.
+func OutSubject(canister, client string) string {
+	return subjectOutPrefix + canister + "." + client
+}
+
+// Partition assigns a client to one of n partitions of ICWS_IN; all of a client's envelopes go to
+// the same partition, so one submitter at a time relays them in order.
+func Partition(canister, client string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(canister))
+	h.Write([]byte{'.'})
+	h.Write([]byte(client))
+	return int(h.Sum32() % uint32(n))
+}
+
+// SessionKey is the sessions-bucket key of a client of a canister.
+func SessionKey(canister, client string) string { return canister + "." + client }
+
+// PollerLeaseKey is the leases-bucket key of the poller lease for a canister.
+func PollerLeaseKey(canister string) string { return "poller." + canister }
+
+// SubmitterLeaseKey is the leases-bucket key of the submitter lease for an ICWS_IN partition.
+func SubmitterLeaseKey(partition int) string { return "submitter." + strconv.Itoa(partition) }
+
+// Headers.
+const (
+	// HeaderMsgID is JetStream's de-duplication header.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderKind says what an ICWS_IN message is: KindOpen, KindMessage or KindClose.
+	HeaderKind = "Icws-Kind"
+	// HeaderClientSeq is the client's sequence number of a ws_message envelope (ICWS_IN).
+	HeaderClientSeq = "Icws-Client-Seq"
+	// HeaderCloseReason says why an edge asks for ws_close (ICWS_IN, KindClose).
+	HeaderCloseReason = "Icws-Close-Reason"
+	// HeaderClientKey is the client token of an ICWS_OUT message.
+	HeaderClientKey = "Icws-Client-Key"
+	// HeaderSeq is the canister → client sequence number of an ICWS_OUT message.
+	HeaderSeq = "Icws-Seq"
+	// HeaderNonce is the canister queue nonce of an ICWS_OUT message.
+	HeaderNonce = "Icws-Nonce"
+	// HeaderEpoch names the canister queue generation (bumped on every detected queue reset).
+	HeaderEpoch = "Icws-Epoch"
+)
+
+// Kinds of ICWS_IN messages.
+const (
+	KindOpen    = "open"
+	KindMessage = "message"
+	KindClose   = "close"
+)
+
+// Session states.
+const (
+	SessionOpen     = "open"
+	SessionDetached = "detached"
+	SessionClosed   = "closed"
+)
+
+// SessionRecord is the value kept per client session in BucketSessions.
+type SessionRecord struct {
+	State      string    `json:"state"`
+	Canister   string    `json:"canister"`
+	Client     string    `json:"client"`
+	Edge       string    `json:"edge,omitempty"`
+	Resumable  bool      `json:"resumable"`
+	TokenHash  string    `json:"token_hash,omitempty"`
+	OpenedAt   time.Time `json:"opened_at"`
+	DetachedAt time.Time `json:"detached_at,omitzero"`
+	// Partition is the ICWS_IN partition of this client, fixed at open.
+	Partition int `json:"partition"`
+}
+
+// CursorRecord is the value kept per canister in BucketCursors.
+type CursorRecord struct {
+	// NextNonce is the first queue nonce not yet published.
+	NextNonce uint64 `json:"next_nonce"`
+	// Epoch counts detected queue resets.
+	Epoch uint64 `json:"epoch"`
+	// LastKey and LastContentHash identify the last published message, to recognise a reset queue.
+	LastKey         string `json:"last_key,omitempty"`
+	LastContentHash string `json:"last_content_hash,omitempty"`
+}
+
+// LeaseRecord is the value of a lease in BucketLeases.
+type LeaseRecord struct {
+	Holder    string    `json:"holder"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
