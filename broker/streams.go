@@ -1,0 +1,156 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Topology is the shape of the streams and buckets: replay window, de-duplication, replicas and the
+// number of ICWS_IN partitions. Every process of a deployment must agree on it; Ensure writes it
+// and Open reads the partition count back from the stream, so roles never guess.
+type Topology struct {
+	Partitions           int           `envconfig:"PARTITIONS" default:"16" desc:"number of ICWS_IN partitions; the unit of work a submitter owns (1-1024)"`
+	Replicas             int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of every stream and bucket (1, 3 or 5; 3 on a NATS cluster)"`
+	InMaxAge             time.Duration `envconfig:"IN_MAX_AGE" default:"10m" desc:"how long client envelopes stay in ICWS_IN (must exceed the ingress expiry, 5 min)"`
+	OutMaxAge            time.Duration `envconfig:"REPLAY_MAX_AGE" default:"10m" desc:"replay window by age: how long canister messages stay in ICWS_OUT"`
+	OutMaxMsgsPerSubject int64         `envconfig:"REPLAY_MAX_MESSAGES" default:"10000" desc:"replay window by count: messages kept per client in ICWS_OUT"`
+	DuplicateWindow      time.Duration `envconfig:"DUPLICATE_WINDOW" default:"6m" desc:"JetStream de-duplication window of ICWS_IN and ICWS_OUT; at least the canister's message retention"`
+	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes)"`
+}
+
+// Validate checks the ranges the roles rely on.
+func (t Topology) Validate() error {
+	switch {
+	case t.Partitions < 1 || t.Partitions > 1024:
+		return fmt.Errorf("ICWS_PARTITIONS=%d: must be between 1 and 1024", t.Partitions)
+	case t.Replicas != 1 && t.Replicas != 3 && t.Replicas != 5:
+		return fmt.Errorf("ICWS_STREAM_REPLICAS=%d: must be 1, 3 or 5", t.Replicas)
+	case t.InMaxAge < 6*time.Minute:
+		return fmt.Errorf("ICWS_IN_MAX_AGE=%s: must be at least 6m (ingress expiry is 5 min)", t.InMaxAge)
+	case t.OutMaxAge <= 0:
+		return fmt.Errorf("ICWS_REPLAY_MAX_AGE=%s: must be positive", t.OutMaxAge)
+	case t.OutMaxMsgsPerSubject < 1:
+		return fmt.Errorf("ICWS_REPLAY_MAX_MESSAGES=%d: must be at least 1", t.OutMaxMsgsPerSubject)
+	case t.DuplicateWindow <= 0 || t.DuplicateWindow > t.OutMaxAge || t.DuplicateWindow > t.InMaxAge:
+		return fmt.Errorf("ICWS_DUPLICATE_WINDOW=%s: must be positive and not longer than ICWS_REPLAY_MAX_AGE and ICWS_IN_MAX_AGE", t.DuplicateWindow)
+	case t.MaxMessageBytes < 64*1024:
+		return fmt.Errorf("ICWS_STREAM_MAX_MESSAGE_BYTES=%d: must be at least 65536", t.MaxMessageBytes)
+	}
+	return nil
+}
+
+// DefaultTopology is the single-host default (the same values as the envconfig defaults).
+func DefaultTopology() Topology {
+	return Topology{
+		Partitions:           16,
+		Replicas:             1,
+		InMaxAge:             10 * time.Minute,
+		OutMaxAge:            10 * time.Minute,
+		OutMaxMsgsPerSubject: 10000,
+		DuplicateWindow:      6 * time.Minute,
+		MaxMessageBytes:      4 << 20,
+	}
+}
+
+const metadataPartitions = "icws.partitions"
+
+func streamConfigs(t Topology) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name:        StreamIn,
+			Description: "icws: client envelopes and close requests, per client in order",
+			Subjects:    []string{SubjectInAll},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      t.InMaxAge,
+			Duplicates:  t.DuplicateWindow,
+			Replicas:    t.Replicas,
+			MaxMsgSize:  t.MaxMessageBytes,
+			AllowDirect: true,
+			Metadata:    map[string]string{metadataPartitions: strconv.Itoa(t.Partitions)},
+		},
+		{
+			Name:              StreamOut,
+			Description:       "icws: certified canister messages, per client, the replay window",
+			Subjects:          []string{SubjectOutAll},
+			Storage:           jetstream.FileStorage,
+			Retention:         jetstream.LimitsPolicy,
+			MaxAge:            t.OutMaxAge,
+			MaxMsgsPerSubject: t.OutMaxMsgsPerSubject,
+			Duplicates:        t.DuplicateWindow,
+			Replicas:          t.Replicas,
+			MaxMsgSize:        t.MaxMessageBytes,
+			AllowDirect:       true,
+		},
+	}
+}
+
+func bucketConfigs(t Topology) []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{Bucket: BucketSessions, Description: "icws: client sessions", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: BucketCursors, Description: "icws: canister queue cursors", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: BucketLeases, Description: "icws: poller and submitter leases", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+	}
+}
+
+// Ensure creates every stream and bucket, or updates them to the topology. It is idempotent.
+// A change the server cannot apply in place (for example the replica count on some versions) is
+// reported with the stream's name.
+func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	for _, cfg := range streamConfigs(t) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
+	}
+	for _, cfg := range bucketConfigs(t) {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// Handles are the streams and buckets a role works with.
+type Handles struct {
+	In, Out                   jetstream.Stream
+	Sessions, Cursors, Leases jetstream.KeyValue
+	// Partitions is the ICWS_IN partition count recorded by Ensure.
+	Partitions int
+}
+
+// ErrNotEnsured means the streams or buckets do not exist yet: some process must run Ensure first.
+var ErrNotEnsured = errors.New("icws streams and buckets are missing")
+
+// Open looks up the streams and buckets created by Ensure.
+func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
+	var h Handles
+	var err error
+	if h.In, err = js.Stream(ctx, StreamIn); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w (%w)", StreamIn, err, ErrNotEnsured)
+	}
+	if h.Out, err = js.Stream(ctx, StreamOut); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w (%w)", StreamOut, err, ErrNotEnsured)
+	}
+	for _, b := range []struct {
+		name string
+		kv   *jetstream.KeyValue
+	}{{BucketSessions, &h.Sessions}, {BucketCursors, &h.Cursors}, {BucketLeases, &h.Leases}} {
+		if *b.kv, err = js.KeyValue(ctx, b.name); err != nil {
+			return nil, fmt.Errorf("open bucket %s: %w (%w)", b.name, err, ErrNotEnsured)
+		}
+	}
+	p, err := strconv.Atoi(h.In.CachedInfo().Config.Metadata[metadataPartitions])
+	if err != nil || p < 1 {
+		return nil, fmt.Errorf("stream %s has no valid %s metadata: %w", StreamIn, metadataPartitions, ErrNotEnsured)
+	}
+	h.Partitions = p
+	return &h, nil
+}
