@@ -1,0 +1,62 @@
+package protocol
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+func TestDecodeGetMessagesResult(t *testing.T) {
+	msgs := []CanisterOutputMessage{{
+		ClientKey: ClientKey{ClientPrincipal: principal.AnonymousID, ClientNonce: 7},
+		Key:       "k_00000000000000000001",
+		Content:   []byte{1, 2, 3},
+	}}
+	type oldShape struct {
+		Messages []CanisterOutputMessage `ic:"messages"`
+		Cert     []byte                  `ic:"cert"`
+		Tree     []byte                  `ic:"tree"`
+	}
+	type oldResult struct {
+		Ok  *oldShape `ic:"Ok,variant"`
+		Err *string   `ic:"Err,variant"`
+	}
+	errText := "boom"
+	tests := []struct {
+		name    string
+		value   any
+		wantEnd bool
+		wantErr string
+	}{
+		{"cdk 0.4 not end", CanisterWsGetMessagesResultStrict{Ok: &CanisterOutputCertifiedMessagesStrict{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}, IsEndOfQueue: false}}, false, ""},
+		{"cdk 0.4 end", CanisterWsGetMessagesResultStrict{Ok: &CanisterOutputCertifiedMessagesStrict{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}, IsEndOfQueue: true}}, true, ""},
+		{"old cdk without is_end_of_queue", oldResult{Ok: &oldShape{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}}}, true, ""},
+		{"canister Err", CanisterWsGetMessagesResultStrict{Err: &errText}, false, "boom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := candid.Marshal([]any{tt.value})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodeGetMessagesResult(b)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.EndOfQueue() != tt.wantEnd || len(got.Messages) != 1 || got.Messages[0].Key != msgs[0].Key {
+				t.Fatalf("got %+v", got)
+			}
+		})
+	}
+	if _, err := DecodeGetMessagesResult([]byte("garbage")); err == nil {
+		t.Fatal("garbage decoded")
+	}
+}
