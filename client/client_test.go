@@ -1,0 +1,319 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica/wscanister"
+)
+
+func defaultCanister() wscanister.Config {
+	c := wscanister.DefaultConfig()
+	return c
+}
+
+func ed25519ID(t *testing.T) identity.Identity {
+	t.Helper()
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func secp256k1ID(t *testing.T) identity.Identity {
+	t.Helper()
+	id, err := identity.NewRandomSecp256k1Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func dial(t *testing.T, cfg Config) *Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func send(t *testing.T, c *Conn, text string) {
+	t.Helper()
+	b, err := EncodeAppMessage(protocol.AppMessage{Text: text, Timestamp: uint64(time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(context.Background(), b); err != nil {
+		t.Fatalf("send %q: %v", text, err)
+	}
+}
+
+// receive reads the next app message, failing after a deadline.
+func receive(t *testing.T, c *Conn) (Message, protocol.AppMessage) {
+	t.Helper()
+	select {
+	case m, ok := <-c.Messages():
+		if !ok {
+			t.Fatalf("connection ended: %v", c.Err())
+		}
+		app, err := DecodeAppMessage(m.Content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m, app
+	case <-time.After(20 * time.Second):
+		t.Fatal("no message within 20s")
+	}
+	panic("unreachable")
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestOpenEchoBurstClose(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false)
+	for name, mk := range map[string]func(*testing.T) identity.Identity{"ed25519": ed25519ID, "secp256k1": secp256k1ID} {
+		t.Run(name, func(t *testing.T) {
+			c := dial(t, e.config(t, mk(t)))
+			if !c.Gateway().Equal(e.gw.id.Sender()) {
+				t.Fatalf("gateway %s, want %s", c.Gateway(), e.gw.id.Sender())
+			}
+			send(t, c, "hello")
+			m, app := receive(t, c)
+			if app.Text != "hello" || m.Seq != 2 {
+				t.Fatalf("echo = %+v (seq %d)", app, m.Seq)
+			}
+			send(t, c, "burst:100")
+			for i := 1; i <= 100; i++ {
+				m, app := receive(t, c)
+				if want := fmt.Sprintf("burst:%d", i); app.Text != want || m.Seq != uint64(2+i) {
+					t.Fatalf("message %d = %q seq %d, want %q seq %d", i, app.Text, m.Seq, want, 2+i)
+				}
+			}
+			log := e.can.Received(c.ClientKey())
+			if log.Received != 2 || log.SequenceErrors != 0 || !log.Open {
+				t.Fatalf("canister log = %+v", log)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if c.Err() != nil {
+				t.Fatalf("Err after Close = %v", c.Err())
+			}
+			if _, ok := <-c.Messages(); ok {
+				t.Fatal("Messages not closed after Close")
+			}
+			if err := c.Send(context.Background(), []byte("x")); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Send after Close = %v", err)
+			}
+		})
+	}
+}
+
+// With a 3 s ack interval the canister acks and the client answers with keep-alives; the
+// connection must survive several rounds and the canister must count the keep-alives. (The
+// keep-alive timeout leaves room for a loaded machine: poll, verify, sign and relay must fit in it.)
+func TestAckKeepAlive(t *testing.T) {
+	cc := defaultCanister()
+	cc.AckInterval, cc.KeepAliveTimeout = 3*time.Second, 2500*time.Millisecond
+	e := startEnv(t, cc, false)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.AckInterval = 3 * time.Second
+	c := dial(t, cfg)
+	send(t, c, "one")
+	receive(t, c)
+	waitFor(t, "2 keep-alives", 20*time.Second, func() bool { return e.can.Received(c.ClientKey()).KeepAlives >= 2 })
+	send(t, c, "two")
+	if _, app := receive(t, c); app.Text != "two" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	log := e.can.Received(c.ClientKey())
+	if !log.Open || log.SequenceErrors != 0 || len(log.Closes) != 0 {
+		t.Fatalf("canister log = %+v", log)
+	}
+	select {
+	case <-c.Done():
+		t.Fatalf("connection ended: %v", c.Err())
+	default:
+	}
+}
+
+// A client that never answers acks is closed by the canister with KeepAliveTimeout; the client
+// surfaces the CloseMessage.
+func TestCanisterCloseMessage(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false)
+	c := dial(t, e.config(t, ed25519ID(t)))
+	if err := e.can.CloseClient(c.ClientKey()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not closed")
+	}
+	if !errors.Is(c.Err(), ErrClosedByApplication) {
+		t.Fatalf("Err = %v, want ErrClosedByApplication", c.Err())
+	}
+}
+
+func TestTamperedFrameClosesWithError(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false)
+	c := dial(t, e.config(t, ed25519ID(t)))
+	e.gw.tamper.Store(true)
+	send(t, c, "hello")
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("tampered frame did not close the connection")
+	}
+	if !errors.Is(c.Err(), ErrInvalidMessage) || !errors.Is(c.Err(), protocol.ErrContentHash) {
+		t.Fatalf("Err = %v, want ErrInvalidMessage wrapping ErrContentHash", c.Err())
+	}
+	for m := range c.Messages() {
+		t.Fatalf("delivered %+v after tampering", m)
+	}
+}
+
+func TestWrongRootKeyFailsOpen(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false)
+	cfg := e.config(t, ed25519ID(t))
+	other := startEnv(t, defaultCanister(), false)
+	cfg.RootKey = other.rootKey
+	_, err := Dial(context.Background(), cfg)
+	if !errors.Is(err, protocol.ErrCertificateSignature) {
+		t.Fatalf("Dial = %v, want a certificate signature error", err)
+	}
+}
+
+// Drops in the middle of a burst: the client resumes, gets exactly the missing messages in order,
+// and re-sends what the gateway never got.
+func TestResume(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	c := dial(t, cfg)
+	send(t, c, "hello")
+	if _, app := receive(t, c); app.Text != "hello" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	e.gw.dropBeforeSeq.Store(40)
+	send(t, c, "burst:100")
+	for i := 1; i <= 100; i++ {
+		m, app := receive(t, c)
+		if want := fmt.Sprintf("burst:%d", i); app.Text != want || m.Seq != uint64(2+i) {
+			t.Fatalf("message %d = %q seq %d, want %q seq %d", i, app.Text, m.Seq, want, 2+i)
+		}
+	}
+	if c.Resumes() != 1 || e.gw.drops.Load() != 1 {
+		t.Fatalf("resumes %d, drops %d; want 1, 1", c.Resumes(), e.gw.drops.Load())
+	}
+	// Messages sent while the socket is down are queued and sent on resume.
+	e.gw.dropAll()
+	send(t, c, "while down")
+	if _, app := receive(t, c); app.Text != "while down" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	waitFor(t, "second resume", 10*time.Second, func() bool { return c.Resumes() == 2 })
+	if c.Resent() < 1 {
+		t.Fatalf("resent = %d, want the message sent while down to be re-sent", c.Resent())
+	}
+	log := e.can.Received(c.ClientKey())
+	if log.Received != 3 || log.SequenceErrors != 0 || !log.Open {
+		t.Fatalf("canister log = %+v", log)
+	}
+}
+
+func TestResumeRefused(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	c := dial(t, cfg)
+	// Forget every token, as a gateway whose grace period ran out would.
+	e.gw.mu.Lock()
+	clear(e.gw.tokens)
+	e.gw.mu.Unlock()
+	e.gw.dropAll()
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not ended")
+	}
+	if !errors.Is(c.Err(), ErrNotResumable) {
+		t.Fatalf("Err = %v, want ErrNotResumable", c.Err())
+	}
+}
+
+func TestDropWithoutResumeEnds(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false)
+	c := dial(t, e.config(t, ed25519ID(t)))
+	e.gw.dropAll()
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not ended")
+	}
+	if !errors.Is(c.Err(), ErrConnectionLost) {
+		t.Fatalf("Err = %v, want ErrConnectionLost", c.Err())
+	}
+}
+
+// The SDK's watchdog: once something was sent, an AckMessage must come every ack interval plus
+// the latency bound, or the client gives up.
+func TestAckWatchdog(t *testing.T) {
+	e := startEnv(t, defaultCanister(), false) // the canister acks every 300 s
+	cfg := e.config(t, ed25519ID(t))
+	cfg.AckInterval, cfg.LatencyBound = 300*time.Millisecond, 300*time.Millisecond
+	c := dial(t, cfg)
+	send(t, c, "hello")
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("watchdog did not fire")
+	}
+	if !errors.Is(c.Err(), ErrAckTimeout) {
+		t.Fatalf("Err = %v, want ErrAckTimeout", c.Err())
+	}
+}
+
+// A gateway that goes silent without closing the socket (half-open TCP) is noticed by the ping
+// watchdog and the session resumes on a new connection.
+func TestResumeAfterSilentGateway(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume, cfg.PingInterval = true, 200*time.Millisecond
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	e.gw.freezeAll()
+	send(t, c, "after")
+	m, app := receive(t, c)
+	if app.Text != "after" || m.Seq != 3 {
+		t.Fatalf("echo = %q seq %d", app.Text, m.Seq)
+	}
+	if c.Resumes() != 1 {
+		t.Fatalf("resumes = %d, want 1", c.Resumes())
+	}
+	if log := e.can.Received(c.ClientKey()); log.Received != 2 || log.SequenceErrors != 0 {
+		t.Fatalf("canister log = %+v", log)
+	}
+}

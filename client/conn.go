@@ -1,0 +1,763 @@
+// Package client is a Go client for ic-websocket gateways (icws and the Rust ic-websocket-gateway):
+// it speaks the client side of the protocol exactly as ic-websocket-js 0.5.0 does — signed ws_open /
+// ws_message envelopes, verification of every certified canister message, sequence numbers,
+// ack / keep-alive and the ack watchdog — and, opted in with Config.Resume, the icws resume
+// extension (docs/RESUME.md): on a dropped connection it reconnects and resumes the session without
+// losing or duplicating a message.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/protocol"
+)
+
+// Errors that end a connection (see Conn.Err).
+var (
+	// ErrNotResumable: the gateway refused to resume the session (close code 4100, or the gateway
+	// does not offer the extension any more). The caller decides whether to Dial a new session.
+	ErrNotResumable = errors.New("client: session not resumable")
+	// ErrAckTimeout: no AckMessage within AckInterval + LatencyBound (the SDK's watchdog), or acked
+	// messages older than that window were still pending.
+	ErrAckTimeout = errors.New("client: ack message timeout")
+	// ErrOpenTimeout: no OpenMessage within OpenTimeout after ws_open.
+	ErrOpenTimeout = errors.New("client: open timeout")
+	// ErrConnectionLost: the WebSocket dropped and resume was off or impossible.
+	ErrConnectionLost = errors.New("client: connection lost")
+	// ErrInvalidMessage: a canister message failed verification, sequence or client key checks.
+	ErrInvalidMessage = errors.New("client: invalid message from gateway")
+	// ErrClosed: Send on a connection that has ended.
+	ErrClosed = errors.New("client: connection closed")
+	// ErrClosedByApplication: the canister closed the connection (CloseMessage ClosedByApplication).
+	ErrClosedByApplication = errors.New("client: closed by the canister application")
+)
+
+// CloseMessageError reports a CloseMessage from the canister with a reason other than
+// ClosedByApplication (WrongSequenceNumber, KeepAliveTimeout, ...).
+type CloseMessageError struct{ Reason string }
+
+func (e *CloseMessageError) Error() string {
+	return "client: received close message from canister: " + e.Reason
+}
+
+// Message is one verified application message from the canister, in sequence order.
+type Message struct {
+	// Seq is the canister → client sequence number (service messages take numbers too).
+	Seq uint64
+	// Content is the Candid payload the canister sent.
+	Content []byte
+	// Timestamp is the canister's time of sending (ns since the epoch).
+	Timestamp uint64
+	// Key is the canister's queue key of the message.
+	Key string
+}
+
+// fatalError marks errors that end the connection even when resume is on.
+type fatalError struct {
+	err    error
+	code   int
+	reason string
+}
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+func fatal(err error, code int, reason string) error {
+	return &fatalError{err: err, code: code, reason: reason}
+}
+
+// Conn is one ic-websocket session. Send, Messages, Close, Err and Done are safe for concurrent use.
+type Conn struct {
+	cfg      Config
+	log      *slog.Logger
+	rootKey  []byte
+	key      protocol.ClientKey
+	verifier *protocol.Verifier
+
+	msgs       chan Message
+	done       chan struct{}
+	readerDone chan struct{}
+	opened     chan struct{}
+	stopOnce   sync.Once
+	errMu      sync.Mutex
+	err        error
+	cur        atomic.Pointer[websocket.Conn]
+
+	resumes atomic.Int64
+	resent  atomic.Int64
+
+	// mu guards the session state below and serialises writes, so the wire order of ws_messages
+	// is their sequence order.
+	mu         sync.Mutex
+	ws         *websocket.Conn // nil while reconnecting
+	gateway    principal.Principal
+	token      []byte // resume token; nil if the gateway did not offer resume
+	outSeq     uint64
+	pending    []protocol.WebsocketMessage // sent, not yet confirmed by gateway or canister
+	acks       ackQueue
+	ackTimer   *time.Timer
+	lastIn     uint64
+	openedFlag bool
+}
+
+// Dial connects to the gateway, opens a session for cfg.Canister and returns once the canister's
+// OpenMessage has been verified. ctx bounds the connect and open phase only.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rootKey, err := RootKey(ctx, cfg.ICURL, cfg.RootKey, cfg.HTTPClient)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	var nb [8]byte
+	if _, err := rand.Read(nb[:]); err != nil {
+		return nil, fmt.Errorf("client: client nonce: %w", err)
+	}
+	c := &Conn{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		rootKey:    rootKey,
+		key:        protocol.ClientKey{ClientPrincipal: cfg.Identity.Sender(), ClientNonce: binary.BigEndian.Uint64(nb[:])},
+		msgs:       make(chan Message, cfg.MessageBuffer),
+		done:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		opened:     make(chan struct{}),
+		acks:       ackQueue{expiration: cfg.AckInterval + cfg.LatencyBound},
+		verifier:   &protocol.Verifier{Canister: cfg.Canister, RootKey: rootKey, MaxCertAge: cfg.MaxCertAge},
+	}
+	c.log = c.log.With("client_key", c.key.String(), "canister", cfg.Canister.Encode())
+
+	dctx, cancel := context.WithTimeout(ctx, cfg.OpenTimeout)
+	defer cancel()
+	ws, gw, offer, err := c.connect(dctx)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Resume && offer == nil {
+		c.log.Warn("gateway does not offer the icws resume extension; continuing without resume")
+	}
+	arg, err := encodeOpenArg(c.key.ClientNonce, gw)
+	if err != nil {
+		ws.Close()
+		return nil, err
+	}
+	frame, _, err := signCall(cfg.Identity, cfg.Canister, "ws_open", arg, cfg.Now())
+	if err != nil {
+		ws.Close()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.ws, c.gateway = ws, gw
+	if offer != nil {
+		c.token = offer.Token
+	}
+	c.cur.Store(ws)
+	err = c.write(ws, frame)
+	c.mu.Unlock()
+	if err != nil {
+		ws.Close()
+		return nil, fmt.Errorf("client: send ws_open: %w", err)
+	}
+	c.log.Debug("ws_open sent", "gateway", gw.Encode())
+	go c.run(ws)
+
+	timer := time.NewTimer(cfg.OpenTimeout)
+	defer timer.Stop()
+	select {
+	case <-c.opened:
+		return c, nil
+	case <-c.done:
+		<-c.readerDone
+		return nil, c.Err()
+	case <-timer.C:
+		c.fail(ErrOpenTimeout, 4000, "Open connection timeout")
+	case <-ctx.Done():
+		c.fail(ctx.Err(), websocket.CloseNormalClosure, "")
+	}
+	<-c.readerDone
+	return nil, c.Err()
+}
+
+// connect dials the gateway and reads its handshake.
+func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principal, *resumeOffer, error) {
+	u := c.cfg.GatewayURL
+	if c.cfg.Resume {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return nil, principal.Principal{}, nil, fmt.Errorf("client: GatewayURL: %w", err)
+		}
+		q := pu.Query()
+		q.Set(ResumeQueryParam, "1")
+		pu.RawQuery = q.Encode()
+		u = pu.String()
+	}
+	ws, resp, err := c.cfg.Dialer.DialContext(ctx, u, nil)
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+	if err != nil {
+		return nil, principal.Principal{}, nil, fmt.Errorf("client: dial %s: %w", c.cfg.GatewayURL, err)
+	}
+	ws.SetReadLimit(c.cfg.MaxFrameSize)
+	stop := context.AfterFunc(ctx, func() { ws.Close() })
+	typ, frame, err := ws.ReadMessage()
+	if !stop() {
+		ws.Close()
+		return nil, principal.Principal{}, nil, fmt.Errorf("client: read handshake: %w", ctx.Err())
+	}
+	if err != nil {
+		ws.Close()
+		return nil, principal.Principal{}, nil, fmt.Errorf("client: read handshake: %w", err)
+	}
+	if typ != websocket.BinaryMessage {
+		c.closeWith(ws, 4000, "Handshake message error")
+		return nil, principal.Principal{}, nil, fmt.Errorf("client: handshake is not a binary frame")
+	}
+	gw, offer, err := decodeHandshake(frame)
+	if err != nil {
+		c.closeWith(ws, 4000, "Handshake message error")
+		return nil, principal.Principal{}, nil, fmt.Errorf("client: %w", err)
+	}
+	if !c.cfg.Resume {
+		offer = nil
+	}
+	return ws, gw, offer, nil
+}
+
+func (c *Conn) closeWith(ws *websocket.Conn, code int, reason string) {
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	ws.Close()
+}
+
+// write sends one frame; callers hold c.mu.
+func (c *Conn) write(ws *websocket.Conn, frame []byte) error {
+	if err := ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	return ws.WriteMessage(websocket.BinaryMessage, frame)
+}
+
+// ClientKey is this session's client key (principal and random nonce).
+func (c *Conn) ClientKey() protocol.ClientKey { return c.key }
+
+// Gateway is the gateway principal from the handshake.
+func (c *Conn) Gateway() principal.Principal {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gateway
+}
+
+// Messages delivers verified application messages in order; it is closed when the connection ends.
+// Drain it: a full buffer stops reading from the gateway (and with it the ack/keep-alive cycle).
+func (c *Conn) Messages() <-chan Message { return c.msgs }
+
+// Done is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the connection ended: nil while it is open and after Close.
+func (c *Conn) Err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.err
+}
+
+// Resumes counts successful session resumes.
+func (c *Conn) Resumes() int { return int(c.resumes.Load()) }
+
+// Resent counts ws_messages re-sent after resumes.
+func (c *Conn) Resent() int { return int(c.resent.Load()) }
+
+// LastIncomingSeq is the last verified canister → client sequence number.
+func (c *Conn) LastIncomingSeq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastIn
+}
+
+// LastOutgoingSeq is the sequence number of the last ws_message sent (keep-alives included).
+func (c *Conn) LastOutgoingSeq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.outSeq
+}
+
+// Send sends one application message (its Candid bytes) as a ws_message. Like the SDK it does not
+// wait for the canister; the canister's acks confirm delivery. With Resume on, a message sent while
+// the connection is down is queued and sent on resume.
+func (c *Conn) Send(ctx context.Context, content []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-c.done:
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+		return ErrClosed
+	default:
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sendLocked(content, false)
+}
+
+// sendLocked assigns the next sequence number and sends the ws_message; callers hold c.mu.
+func (c *Conn) sendLocked(content []byte, isService bool) error {
+	// Only a resumable session needs its sent messages; keep-alives are never refused, or the
+	// canister would close us for a missing keep-alive.
+	keep := c.token != nil
+	if keep && !isService && len(c.pending) >= c.cfg.MaxPending {
+		return fmt.Errorf("client: %d sent messages wait for confirmation (MaxPending)", len(c.pending))
+	}
+	now := c.cfg.Now()
+	c.outSeq++
+	m := protocol.WebsocketMessage{
+		ClientKey:        c.key,
+		SequenceNum:      c.outSeq,
+		Timestamp:        uint64(now.UnixNano()),
+		IsServiceMessage: isService,
+		Content:          content,
+	}
+	if keep {
+		c.pending = append(c.pending, m)
+	}
+	if err := c.acks.add(m.SequenceNum, now); err != nil {
+		return err
+	}
+	if c.ackTimer == nil {
+		c.startAckWatchdogLocked()
+	}
+	if c.ws == nil {
+		return nil // queued; re-sent on resume
+	}
+	if err := c.writeMessageLocked(c.ws, m); err != nil {
+		if c.token != nil {
+			// The reader sees the broken socket and resumes; the message stays pending.
+			c.ws.Close()
+			return nil
+		}
+		c.fail(fmt.Errorf("%w: send ws_message %d: %w", ErrConnectionLost, m.SequenceNum, err), 4000, "Message sending failed")
+		return fmt.Errorf("client: send ws_message %d: %w", m.SequenceNum, err)
+	}
+	return nil
+}
+
+func (c *Conn) writeMessageLocked(ws *websocket.Conn, m protocol.WebsocketMessage) error {
+	arg, err := encodeMessageArg(m)
+	if err != nil {
+		return err
+	}
+	frame, _, err := signCall(c.cfg.Identity, c.cfg.Canister, "ws_message", arg, c.cfg.Now())
+	if err != nil {
+		return err
+	}
+	return c.write(ws, frame)
+}
+
+func (c *Conn) startAckWatchdogLocked() {
+	if c.ackTimer != nil {
+		c.ackTimer.Stop()
+	}
+	c.ackTimer = time.AfterFunc(c.acks.expiration, func() {
+		c.mu.Lock()
+		pending := c.acks.pending()
+		c.mu.Unlock()
+		c.fail(fmt.Errorf("%w: not received ack for sequence numbers %v", ErrAckTimeout, pending), 4000, "Ack message timeout")
+	})
+}
+
+// Close ends the session with close code 1000; the gateway then calls ws_close. Err stays nil.
+func (c *Conn) Close() error {
+	c.fail(nil, websocket.CloseNormalClosure, "")
+	select {
+	case <-c.readerDone:
+	case <-time.After(c.cfg.WriteTimeout):
+	}
+	return nil
+}
+
+// fail ends the connection once, recording err and closing the socket with code and reason.
+func (c *Conn) fail(err error, code int, reason string) {
+	c.stopOnce.Do(func() {
+		c.errMu.Lock()
+		c.err = err
+		c.errMu.Unlock()
+		close(c.done)
+		if err != nil {
+			c.log.Warn("connection ended", "err", err)
+		}
+		if ws := c.cur.Load(); ws != nil {
+			c.closeWith(ws, code, reason)
+		}
+	})
+}
+
+func (c *Conn) finished() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// run reads from the gateway until the connection ends, resuming dropped connections if enabled.
+func (c *Conn) run(ws *websocket.Conn) {
+	defer close(c.readerDone)
+	defer close(c.msgs)
+	defer func() {
+		c.mu.Lock()
+		if c.ackTimer != nil {
+			c.ackTimer.Stop()
+		}
+		c.mu.Unlock()
+	}()
+	for {
+		err := c.readLoop(ws)
+		if c.finished() {
+			return
+		}
+		var fe *fatalError
+		if errors.As(err, &fe) {
+			c.fail(fe.err, fe.code, fe.reason)
+			return
+		}
+		c.mu.Lock()
+		c.ws = nil
+		resumable := c.token != nil && c.openedFlag
+		c.mu.Unlock()
+		if !resumable || !isResumableDrop(err) {
+			c.fail(fmt.Errorf("%w: %w", ErrConnectionLost, err), 4000, "Connection lost")
+			return
+		}
+		c.log.Info("connection dropped; resuming", "err", err)
+		ws, err = c.reconnect()
+		if err != nil {
+			c.fail(err, 4000, "Resume failed")
+			return
+		}
+	}
+}
+
+// isResumableDrop tells drops worth resuming from closes that mean the session is gone.
+func isResumableDrop(err error) bool {
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		return true // network error, abnormal closure
+	}
+	switch ce.Code {
+	case websocket.CloseGoingAway, websocket.CloseAbnormalClosure, websocket.CloseInternalServerErr,
+		websocket.CloseServiceRestart, websocket.CloseTryAgainLater, websocket.CloseNoStatusReceived, CloseSlowClient:
+		return true
+	}
+	return false
+}
+
+func (c *Conn) readLoop(ws *websocket.Conn) error {
+	c.mu.Lock()
+	liveness := c.token != nil && c.cfg.PingInterval > 0
+	c.mu.Unlock()
+	if liveness {
+		// Only on icws connections (resume offered): the Rust gateway treats a ping as a protocol
+		// error. A silent peer (half-open TCP) is then noticed within 2 × PingInterval and resumed.
+		stop := c.keepSocketAlive(ws)
+		defer stop()
+	}
+	for {
+		typ, frame, err := ws.ReadMessage()
+		if err != nil {
+			return err
+		}
+		if liveness {
+			_ = ws.SetReadDeadline(time.Now().Add(2 * c.cfg.PingInterval))
+		}
+		if typ != websocket.BinaryMessage {
+			return fatal(fmt.Errorf("%w: text frame", ErrInvalidMessage), 4000, "Error receiving message")
+		}
+		if err := c.handleFrame(frame); err != nil {
+			return err
+		}
+	}
+}
+
+// keepSocketAlive pings ws every PingInterval and drops it when nothing (frame or pong) arrived
+// for two intervals; it returns a function that stops the pinger.
+func (c *Conn) keepSocketAlive(ws *websocket.Conn) func() {
+	d := c.cfg.PingInterval
+	extend := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * d)) }
+	extend()
+	ws.SetPongHandler(func(string) error { extend(); return nil })
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(d)); err != nil {
+					return
+				}
+			}
+		}
+	})
+	return func() { close(stop); wg.Wait() }
+}
+
+func (c *Conn) handleFrame(frame []byte) error {
+	invalid := func(err error) error {
+		return fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Error receiving message")
+	}
+	msg, err := protocol.DecodeCanisterToClientMessage(frame)
+	if err != nil {
+		return invalid(err)
+	}
+	wm, err := c.verifier.Verify(msg, c.cfg.Now())
+	if err != nil {
+		return invalid(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if want := c.lastIn + 1; wm.SequenceNum != want {
+		return invalid(fmt.Errorf("sequence number %d, expected %d", wm.SequenceNum, want))
+	}
+	// The SDK checks the client key only on OpenMessage; checking every message costs nothing and
+	// stops a gateway from handing us another client's certified messages.
+	if !wm.ClientKey.Equal(c.key) {
+		return invalid(fmt.Errorf("message %d is for client %s", wm.SequenceNum, wm.ClientKey))
+	}
+	c.lastIn = wm.SequenceNum
+	if !wm.IsServiceMessage {
+		if !c.openedFlag {
+			return invalid(fmt.Errorf("application message %d before OpenMessage", wm.SequenceNum))
+		}
+		m := Message{Seq: wm.SequenceNum, Content: wm.Content, Timestamp: wm.Timestamp, Key: msg.Key}
+		select {
+		case c.msgs <- m:
+			return nil
+		default:
+		}
+		// Buffer full: wait for the consumer without holding the lock.
+		c.mu.Unlock()
+		defer c.mu.Lock()
+		select {
+		case c.msgs <- m:
+		case <-c.done:
+		}
+		return nil
+	}
+	return c.handleServiceLocked(wm)
+}
+
+func (c *Conn) handleServiceLocked(wm protocol.WebsocketMessage) error {
+	sm, err := decodeServiceMessage(wm.Content)
+	if err != nil {
+		return fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Service message error")
+	}
+	switch {
+	case sm.OpenMessage != nil:
+		if !sm.OpenMessage.ClientKey.Equal(c.key) {
+			return fatal(fmt.Errorf("%w: OpenMessage for client %s", ErrInvalidMessage, sm.OpenMessage.ClientKey), 4000, "Service message error")
+		}
+		if !c.openedFlag {
+			c.openedFlag = true
+			close(c.opened)
+			c.log.Debug("session open")
+		}
+		return nil
+	case sm.AckMessage != nil:
+		n := sm.AckMessage.LastIncomingSequenceNum
+		expired, err := c.acks.ack(n, c.cfg.Now())
+		if err != nil {
+			return fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Ack message error")
+		}
+		if len(expired) > 0 {
+			return fatal(fmt.Errorf("%w: not received ack for sequence numbers %v", ErrAckTimeout, expired), 4000, "Ack message timeout")
+		}
+		c.trimPendingLocked(n)
+		c.startAckWatchdogLocked()
+		ka, err := encodeKeepAlive(c.lastIn)
+		if err != nil {
+			return fatal(err, 4000, "Keep alive message was not sent")
+		}
+		if err := c.sendLocked(ka, true); err != nil {
+			return fatal(fmt.Errorf("keep-alive: %w", err), 4000, "Keep alive message was not sent")
+		}
+		c.log.Debug("ack received, keep-alive sent", "acked", n, "last_incoming", c.lastIn)
+		return nil
+	case sm.CloseMessage != nil:
+		reason := sm.CloseMessage.Reason.String()
+		if sm.CloseMessage.Reason.ClosedByApplication != nil {
+			return fatal(ErrClosedByApplication, 4001, "ClosedByApplication")
+		}
+		return fatal(&CloseMessageError{Reason: reason}, 4000, "Received close message from canister")
+	default:
+		return fatal(fmt.Errorf("%w: invalid service message from canister", ErrInvalidMessage), 4000, "Service message error")
+	}
+}
+
+// trimPendingLocked forgets sent messages up to seq: the canister or gateway has them.
+func (c *Conn) trimPendingLocked(seq uint64) {
+	i := 0
+	for i < len(c.pending) && c.pending[i].SequenceNum <= seq {
+		i++
+	}
+	c.pending = append(c.pending[:0:0], c.pending[i:]...)
+}
+
+// reconnect retries resuming with exponential backoff until it works, the session turns out not to
+// be resumable, ResumeTimeout passes, or the connection is closed.
+func (c *Conn) reconnect() (*websocket.Conn, error) {
+	deadline := time.Now().Add(c.cfg.ResumeTimeout)
+	backoff := c.cfg.ReconnectMin
+	var last error
+	for attempt := 1; ; attempt++ {
+		wait := backoff/2 + jitter(backoff/2)
+		if rem := time.Until(deadline); wait > rem {
+			wait = rem
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-c.done:
+			t.Stop()
+			return nil, ErrClosed
+		case <-t.C:
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		go func() {
+			select {
+			case <-c.done:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		ws, err := c.tryResume(ctx)
+		cancel()
+		if err == nil {
+			c.resumes.Add(1)
+			c.log.Info("session resumed", "attempt", attempt)
+			return ws, nil
+		}
+		if c.finished() {
+			return nil, ErrClosed
+		}
+		var fe *fatalError
+		if errors.Is(err, ErrNotResumable) || errors.As(err, &fe) {
+			return nil, err
+		}
+		last = err
+		c.log.Debug("resume attempt failed", "attempt", attempt, "err", err)
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("%w: resume gave up after %s: %w", ErrConnectionLost, c.cfg.ResumeTimeout, last)
+		}
+		backoff = min(backoff*2, c.cfg.ReconnectMax)
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(d)))
+	if err != nil {
+		return d / 2
+	}
+	return time.Duration(n.Int64())
+}
+
+// tryResume opens a new WebSocket, sends the resume frame and re-sends what the gateway lacks.
+func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
+	ws, gw, offer, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if offer == nil {
+		c.closeWith(ws, websocket.CloseNormalClosure, "")
+		return nil, fmt.Errorf("%w: gateway no longer offers resume", ErrNotResumable)
+	}
+	c.mu.Lock()
+	token, lastSeq := c.token, c.lastIn
+	if !gw.Equal(c.gateway) {
+		c.log.Warn("gateway principal changed on resume", "old", c.gateway.Encode(), "new", gw.Encode())
+	}
+	c.mu.Unlock()
+	frame, err := encodeResumeRequest(token, c.cfg.Canister, c.key, lastSeq)
+	if err != nil {
+		ws.Close()
+		return nil, fatal(err, 4000, "Resume failed")
+	}
+	stop := context.AfterFunc(ctx, func() { ws.Close() })
+	defer stop()
+	if err := ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err == nil {
+		err = ws.WriteMessage(websocket.BinaryMessage, frame)
+	}
+	if err != nil {
+		ws.Close()
+		return nil, fmt.Errorf("client: send resume frame: %w", err)
+	}
+	typ, answer, err := ws.ReadMessage()
+	if err != nil {
+		ws.Close()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) && ce.Code == CloseNotResumable {
+			return nil, fmt.Errorf("%w: %s", ErrNotResumable, ce.Text)
+		}
+		if errors.As(err, &ce) && !isResumableDrop(err) {
+			return nil, fmt.Errorf("%w: gateway closed with %d %q", ErrNotResumable, ce.Code, ce.Text)
+		}
+		return nil, fmt.Errorf("client: read resume answer: %w", err)
+	}
+	if typ != websocket.BinaryMessage {
+		c.closeWith(ws, 4000, "Resume failed")
+		return nil, fatal(fmt.Errorf("%w: resume answer is not binary", ErrInvalidMessage), 4000, "Resume failed")
+	}
+	lastClientSeq, err := decodeResumed(answer)
+	if err != nil {
+		c.closeWith(ws, 4000, "Resume failed")
+		return nil, fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Resume failed")
+	}
+	if !stop() {
+		ws.Close()
+		return nil, ctx.Err()
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if lastClientSeq > c.outSeq {
+		c.closeWith(ws, 4000, "Resume failed")
+		return nil, fatal(fmt.Errorf("%w: gateway claims client message %d, last sent is %d", ErrInvalidMessage, lastClientSeq, c.outSeq), 4000, "Resume failed")
+	}
+	c.trimPendingLocked(lastClientSeq)
+	for _, m := range c.pending {
+		if err := c.writeMessageLocked(ws, m); err != nil {
+			ws.Close()
+			return nil, fmt.Errorf("client: re-send ws_message %d: %w", m.SequenceNum, err)
+		}
+		c.resent.Add(1)
+	}
+	c.token = offer.Token
+	c.gateway = gw
+	c.ws = ws
+	c.cur.Store(ws)
+	if c.finished() {
+		ws.Close()
+		return nil, ErrClosed
+	}
+	c.log.Debug("resumed", "last_seq", lastSeq, "last_client_seq", lastClientSeq, "resent", len(c.pending))
+	return ws, nil
+}

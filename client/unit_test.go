@@ -1,0 +1,184 @@
+package client
+
+import (
+	"crypto/ed25519"
+	"encoding/hex"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/protocol"
+)
+
+// Reference bytes produced by @dfinity/candid 2.4.1 with ic-websocket-js 0.5.0's own IDL
+// (lib/cjs/idl.js: wsOpenIdl, wsMessageIdl, encodeWebsocketServiceMessageContent).
+const (
+	refOpen      = "4449444c016c02f3eec6b40268bbd1eacd0e780100011d3a5dfc5dcdec516df9f00c1cd2f3c8ea44e5e803f73b1acbe2b6ba9b02cb04fb711f010000"
+	refMessage   = "4449444c056d7b6c02fa80a2940568bbd1eacd0e786c0588ecfba70178b99adecb0100ebb49ce90301d6a9bbae0a78e8f5c3be0a7e6c01c1b4cc02026e7f020304030000000000000003010203010104cb04fb711f01000000002a36fe9c97170000"
+	refApp       = "4449444c016c02ad99e7e70471d6a9bbae0a7801000568656c6c6f00002a36fe9c9717"
+	refKeepAlive = "4449444c066c02fa80a2940568bbd1eacd0e786c01ebb49ce903006c01d888abb90a786b04cdc2dabb047fc9c68ea0057fd7aba29c0a7f999dafab0d7f6c01c49ff4e40f036b04fdbd95cc0101bfd397b409028ff2d1ef0a049eb7f0ad0b020105010500000000000000"
+)
+
+func TestCandidMatchesSDK(t *testing.T) {
+	gw := principal.MustDecode("7cio4-7j2lx-6f3tp-mkfw7-t4amd-tjphs-hkits-6qa7x-hmnmx-yvwxk-nqe")
+	key := protocol.ClientKey{ClientPrincipal: principal.MustDecode("2vxsx-fae"), ClientNonce: 1234567890123}
+	open, err := encodeOpenArg(key.ClientNonce, gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := encodeMessageArg(protocol.WebsocketMessage{ClientKey: key, SequenceNum: 3, Timestamp: 1700000000000000000, Content: []byte{1, 2, 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := EncodeAppMessage(protocol.AppMessage{Text: "hello", Timestamp: 1700000000000000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, err := encodeKeepAlive(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		got  []byte
+		want string
+	}{{"ws_open", open, refOpen}, {"ws_message", msg, refMessage}, {"AppMessage", app, refApp}, {"KeepAliveMessage", ka, refKeepAlive}} {
+		if hex.EncodeToString(c.got) != c.want {
+			t.Errorf("%s:\n got %x\nwant %s", c.name, c.got, c.want)
+		}
+	}
+	back, err := DecodeAppMessage(app)
+	if err != nil || back.Text != "hello" {
+		t.Fatalf("decode app = %+v, %v", back, err)
+	}
+	sm, err := decodeServiceMessage(ka)
+	if err != nil || sm.KeepAliveMessage == nil || sm.KeepAliveMessage.LastIncomingSequenceNum != 5 {
+		t.Fatalf("decode keep-alive = %+v, %v", sm, err)
+	}
+}
+
+func TestSignCall(t *testing.T) {
+	ed, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, err := identity.NewRandomSecp256k1Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	canister := principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
+	now := time.Now()
+	for name, id := range map[string]identity.Identity{"ed25519": ed, "secp256k1": k1} {
+		t.Run(name, func(t *testing.T) {
+			frame, rid, err := signCall(id, canister, "ws_message", []byte("DIDL\x00\x00"), now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env, err := protocol.DecodeClientFrame(frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cid, sender := principal.Principal{Raw: env.Content.CanisterID}, principal.Principal{Raw: env.Content.Sender}
+			if !env.Signed || env.Content.MethodName != "ws_message" || !cid.Equal(canister) || !sender.Equal(id.Sender()) || len(env.Content.Nonce) != 16 {
+				t.Fatalf("content = %+v", env.Content)
+			}
+			exp := time.Unix(0, int64(env.Content.IngressExpiry))
+			if d := exp.Sub(now); d < 3*time.Minute || d > 4*time.Minute {
+				t.Fatalf("ingress_expiry %s ahead, want 3-4 min", d)
+			}
+			got, err := protocol.RequestIDOfEnvelope(env.Raw)
+			if err != nil || got != rid {
+				t.Fatalf("request id %x, %v; want %x", got, err, rid)
+			}
+			var e envelope
+			if err := cbor.Unmarshal(env.Raw, &e); err != nil {
+				t.Fatal(err)
+			}
+			msg := append([]byte("\x0Aic-request"), rid[:]...)
+			if name == "ed25519" {
+				// DER SPKI of Ed25519 ends with the 32-byte key.
+				pub := ed25519.PublicKey(e.SenderPubkey[len(e.SenderPubkey)-32:])
+				if !ed25519.Verify(pub, msg, e.SenderSig) {
+					t.Fatal("ed25519 signature does not verify")
+				}
+			} else if !id.Verify(msg, e.SenderSig) {
+				t.Fatal("secp256k1 signature does not verify")
+			}
+			if principal.NewSelfAuthenticating(e.SenderPubkey).String() != id.Sender().String() {
+				t.Fatal("sender is not the self-authenticating principal of sender_pubkey")
+			}
+		})
+	}
+}
+
+func TestAckQueue(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	q := ackQueue{expiration: 10 * time.Second}
+	for i := uint64(1); i <= 4; i++ {
+		if err := q.add(i, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.add(4, t0); err == nil {
+		t.Fatal("repeated sequence number accepted")
+	}
+	if exp, err := q.ack(2, t0.Add(time.Second)); err != nil || len(exp) != 0 {
+		t.Fatalf("ack 2 = %v, %v", exp, err)
+	}
+	if got := q.pending(); len(got) != 2 || got[0] != 3 {
+		t.Fatalf("pending = %v", got)
+	}
+	// An ack for an old number is harmless.
+	if _, err := q.ack(1, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// Pending items older than the window are reported.
+	if exp, err := q.ack(3, t0.Add(11*time.Second)); err != nil || len(exp) != 1 || exp[0] != 4 {
+		t.Fatalf("ack 3 late = %v, %v", exp, err)
+	}
+	if _, err := q.ack(9, t0); err == nil {
+		t.Fatal("ack above the last sent accepted")
+	}
+	var empty ackQueue
+	if _, err := empty.ack(9, t0); err != nil {
+		t.Fatalf("SDK accepts any ack on an empty queue: %v", err)
+	}
+}
+
+func TestResumeFrames(t *testing.T) {
+	tok := make([]byte, 32)
+	hs, err := cbor.Marshal(map[string]any{"gateway_principal": []byte{1, 2, 3}, "icws_resume": map[string]any{"version": 1, "token": tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, offer, err := decodeHandshake(append(append([]byte{}, protocol.SelfDescribeTag...), hs...))
+	if err != nil || offer == nil || len(offer.Token) != 32 || len(gw.Raw) != 3 {
+		t.Fatalf("handshake = %v %+v %v", gw, offer, err)
+	}
+	if _, _, err := decodeHandshake([]byte{0xa1, 0x61, 0x61, 0x01}); err == nil {
+		t.Fatal("handshake without gateway_principal accepted")
+	}
+	// A text principal is refused, as the SDK does.
+	hs, _ = cbor.Marshal(map[string]any{"gateway_principal": "aaaaa-aa"})
+	if _, _, err := decodeHandshake(hs); err == nil {
+		t.Fatal("text gateway_principal accepted")
+	}
+	key := protocol.ClientKey{ClientPrincipal: principal.MustDecode("2vxsx-fae"), ClientNonce: 9}
+	b, err := encodeResumeRequest(tok, principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai"), key, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]map[string]any
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(b), &back); err != nil {
+		t.Fatal(err)
+	}
+	if r := back["icws_resume"]; r["last_seq"] != uint64(17) || r["client_key"].(map[any]any)["client_nonce"] != uint64(9) {
+		t.Fatalf("resume frame = %v", back)
+	}
+	ans, _ := cbor.Marshal(map[string]any{"icws_resumed": map[string]any{"last_client_seq": 4}})
+	if n, err := decodeResumed(ans); err != nil || n != 4 {
+		t.Fatalf("resumed = %d, %v", n, err)
+	}
+}

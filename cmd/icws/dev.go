@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/config"
+)
+
+// devConfig is the configuration of `icws dev`: the replica simulator with the demo canister and
+// every gateway role with an embedded NATS server, on loopback defaults.
+type devConfig struct {
+	ReplicaConfig
+	GatewayConfig
+	broker.ServerConfig
+}
+
+// devDefaultListen keeps `icws dev` on loopback unless ICWS_LISTEN says otherwise.
+const devDefaultListen = "127.0.0.1:8080"
+
+func (c *devConfig) Validate() error {
+	if os.Getenv(config.Prefix+"_LISTEN") == "" {
+		c.EdgeSettings.Listen = devDefaultListen
+	}
+	if err := c.ReplicaConfig.Validate(); err != nil {
+		return err
+	}
+	if err := c.ServerConfig.Validate(); err != nil {
+		return err
+	}
+	return c.GatewayConfig.validateFor(roleSet{edge: true, submitter: true, poller: true}, false)
+}
+
+func devCommand() command {
+	return configured("dev", "run the replica simulator with the demo canister and every gateway role on loopback (for frontend development)",
+		func(ctx context.Context, a *app, cfg *devConfig, logger *slog.Logger, _ []string) error {
+			r, ln, err := startReplica(ctx, &cfg.ReplicaConfig, logger)
+			if err != nil {
+				return err
+			}
+			replicaURL := "http://" + ln.Addr().String()
+			emb, err := startEmbedded(ctx, cfg.ServerConfig, logger)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			defer shutdownEmbedded(emb, logger)
+
+			fmt.Fprintf(a.stdout, "gateway:  %s\n", wsURL(cfg.EdgeSettings.Listen, cfg.EdgeSettings.TLSCert != ""))
+			fmt.Fprintf(a.stdout, "replica:  %s\n", replicaURL)
+			fmt.Fprintf(a.stdout, "canister: %s\n", cfg.CanisterID)
+			fmt.Fprintf(a.stdout, "root key: %s\n", hex.EncodeToString(r.RootKey()))
+			fmt.Fprintf(a.stdout, "admin:    http://%s\n", cfg.AdminListen)
+
+			g, gctx := errgroup.WithContext(ctx)
+			g.Go(func() error { return r.Serve(gctx, ln) })
+			g.Go(func() error {
+				parts := gatewayParts{
+					roles:    roleSet{edge: true, submitter: true, poller: true},
+					embedded: emb,
+					icURL:    replicaURL, icRootKey: r.RootKey(),
+				}
+				return runGateway(gctx, &cfg.GatewayConfig, parts, logger)
+			})
+			return g.Wait()
+		})
+}
+
+// listenReplica opens the replica's listener (so its address is known before it serves).
+func listenReplica(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("replica listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/icws/icws/internal/config"
+)
+
+func envCommand() command {
+	return command{
+		name:    "env",
+		summary: "list every configuration variable with its default and meaning",
+		run: func(_ context.Context, a *app, _ []string) error {
+			return writeEnvTable(a.stdout, a.commands)
+		},
+	}
+}
+
+// writeEnvTable prints a Markdown table of every variable any command reads; the README carries
+// the same text.
+func writeEnvTable(w io.Writer, cmds []command) error {
+	type row struct {
+		v    config.Var
+		used []string
+	}
+	var rows []*row
+	byName := map[string]*row{}
+	for _, c := range cmds {
+		if c.spec == nil {
+			continue
+		}
+		for _, v := range config.Vars(c.spec()) {
+			r, ok := byName[v.Name]
+			if !ok {
+				r = &row{v: v}
+				byName[v.Name] = r
+				rows = append(rows, r)
+			}
+			if len(r.used) == 0 || r.used[len(r.used)-1] != c.name {
+				r.used = append(r.used, c.name)
+			}
+		}
+	}
+	var b strings.Builder
+	b.WriteString("| variable | default | used by | meaning |\n")
+	b.WriteString("|---|---|---|---|\n")
+	for _, r := range rows {
+		def := "(empty)"
+		if r.v.Default != "" {
+			def = "`" + r.v.Default + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", r.v.Name, def, strings.Join(r.used, ", "), strings.ReplaceAll(r.v.Desc, "|", `\|`))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

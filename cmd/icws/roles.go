@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/config"
+)
+
+// singleRoleConfig is the configuration of `icws edge|submitter|poller`: one role against an
+// external NATS server or cluster (ICWS_NATS_URL).
+type singleRoleConfig struct{ GatewayConfig }
+
+// singleRole builds the command of one role.
+func singleRole(name, summary string, roles roleSet) command {
+	return configured(name, summary, func(ctx context.Context, a *app, cfg *singleRoleConfig, logger *slog.Logger, _ []string) error {
+		if err := cfg.validateFor(roles, true); err != nil {
+			return &config.Error{Err: err}
+		}
+		return runGateway(ctx, &cfg.GatewayConfig, gatewayParts{roles: roles}, logger)
+	})
+}
+
+func edgeCommand() command {
+	return singleRole("edge", "run the WebSocket edge role against ICWS_NATS_URL", roleSet{edge: true})
+}
+
+func submitterCommand() command {
+	return singleRole("submitter", "run the submitter role (relays client envelopes to the IC) against ICWS_NATS_URL", roleSet{submitter: true})
+}
+
+func pollerCommand() command {
+	return singleRole("poller", "run the poller role (polls canisters for messages) against ICWS_NATS_URL", roleSet{poller: true})
+}
+
+// allConfig is the configuration of `icws all`: every role in one process, with the embedded NATS
+// server unless ICWS_NATS_URL names an external one.
+type allConfig struct {
+	GatewayConfig
+	broker.ServerConfig
+}
+
+func (c *allConfig) Validate() error {
+	if err := c.ServerConfig.Validate(); err != nil {
+		return err
+	}
+	return c.GatewayConfig.validateFor(roleSet{edge: true, submitter: true, poller: true}, false)
+}
+
+func allCommand() command {
+	return configured("all", "run every role in one process with an embedded NATS server (the default)",
+		func(ctx context.Context, a *app, cfg *allConfig, logger *slog.Logger, _ []string) error {
+			roles := roleSet{edge: true, submitter: true, poller: true}
+			parts := gatewayParts{roles: roles}
+			if cfg.ClientConfig.URL == "" {
+				emb, err := startEmbedded(ctx, cfg.ServerConfig, logger)
+				if err != nil {
+					return err
+				}
+				defer shutdownEmbedded(emb, logger)
+				parts.embedded = emb
+			}
+			if cfg.ICURL == mainnetURL && cfg.ICRootKey == "" {
+				logger.Info("IC root key: the mainnet key built into agent-go (never fetched)", "ic_url", cfg.ICURL)
+			}
+			fmt.Fprintf(a.stdout, "gateway: %s\n", wsURL(cfg.EdgeSettings.Listen, cfg.EdgeSettings.TLSCert != ""))
+			return runGateway(ctx, &cfg.GatewayConfig, parts, logger)
+		})
+}
+
+func startEmbedded(ctx context.Context, cfg broker.ServerConfig, logger *slog.Logger) (*broker.Embedded, error) {
+	emb, err := broker.StartEmbedded(ctx, cfg, logger.With("component", "nats"))
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	logger.Info("embedded NATS started", "store", cfg.StoreDir(), "url", emb.ClientURL())
+	return emb, nil
+}
+
+func shutdownEmbedded(emb *broker.Embedded, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := emb.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		logger.Warn("embedded NATS shutdown", "err", err)
+	}
+}

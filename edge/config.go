@@ -1,0 +1,120 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// Config is the edge role's configuration (envconfig tags; the caller applies the ICWS_ prefix).
+type Config struct {
+	ID               string        `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid)"`
+	Listen           string        `envconfig:"LISTEN" default:":8080" desc:"WebSocket listen address"`
+	MaxMessageBytes  int64         `envconfig:"MAX_MESSAGE_BYTES" default:"2097152" desc:"largest client frame accepted (bytes); larger frames close the socket with 1009"`
+	ReadBufferSize   int           `envconfig:"READ_BUFFER" default:"1024" desc:"read buffer per connection (bytes); kept for the connection's life, larger frames are read in pieces"`
+	SendQueue        int           `envconfig:"SEND_QUEUE" default:"1024" desc:"frames queued per connection before the client is closed as slow (4101)"`
+	TLSCert          string        `envconfig:"TLS_CERT" desc:"PEM certificate chain file; TLS is on when both TLS_CERT and TLS_KEY are set"`
+	TLSKey           string        `envconfig:"TLS_KEY" desc:"PEM private key file (PKCS#8, PKCS#1 or EC)"`
+	AllowedOrigins   []string      `envconfig:"ALLOWED_ORIGINS" desc:"comma-separated Origin allow-list; empty = any"`
+	Canisters        []string      `envconfig:"CANISTERS" desc:"comma-separated canister ids clients may open; empty = any"`
+	ResumeGrace      time.Duration `envconfig:"RESUME_GRACE" default:"30s" desc:"how long a detached resumable session waits for a resume before the gateway closes it"`
+	HandshakeTimeout time.Duration `envconfig:"HANDSHAKE_TIMEOUT" default:"10s" desc:"time allowed for the HTTP upgrade (and TLS handshake)"`
+	WriteTimeout     time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"time allowed to write one frame to a client"`
+	DrainTimeout     time.Duration `envconfig:"DRAIN_TIMEOUT" default:"10s" desc:"bound on the graceful shutdown (close sockets with 1001, detach sessions)"`
+	OpenTimeout      time.Duration `envconfig:"OPEN_TIMEOUT" default:"30s" desc:"time allowed between the handshake and the client's first frame (ws_open or resume)"`
+	LeaseTTL         time.Duration `envconfig:"EDGE_LEASE_TTL" default:"3s" desc:"liveness lease of this edge; renewed every TTL/3; sessions of an edge whose lease expired are detached by others"`
+	SweepInterval    time.Duration `envconfig:"EDGE_SWEEP_INTERVAL" default:"1s" desc:"how often the edge looks for expired detached sessions and sessions of dead edges"`
+	SweepBatch       int           `envconfig:"EDGE_SWEEP_BATCH" default:"256" desc:"most sessions acted on per sweep (bounds the sweeper's work)"`
+	GapTimeout       time.Duration `envconfig:"GAP_TIMEOUT" default:"5s" desc:"how long a missing canister message may stay missing from the stream before the socket is closed (1011)"`
+	PendingLimit     int           `envconfig:"PENDING_LIMIT" default:"4096" desc:"out-of-order canister messages buffered per connection while a gap is filled"`
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// DefaultConfig returns the documented defaults (the same values as the envconfig defaults).
+func DefaultConfig() Config {
+	return Config{
+		Listen:           ":8080",
+		MaxMessageBytes:  2 << 20,
+		ReadBufferSize:   1024,
+		SendQueue:        1024,
+		ResumeGrace:      30 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		WriteTimeout:     10 * time.Second,
+		DrainTimeout:     10 * time.Second,
+		OpenTimeout:      30 * time.Second,
+		LeaseTTL:         3 * time.Second,
+		SweepInterval:    time.Second,
+		SweepBatch:       256,
+		GapTimeout:       5 * time.Second,
+		PendingLimit:     4096,
+	}
+}
+
+func defaultID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "edge"
+	}
+	h = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '-'
+	}, h)
+	if len(h) > 40 {
+		h = h[:40]
+	}
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}
+
+// validate checks the limits and fills the id.
+func (c *Config) validate() error {
+	if c.ID == "" {
+		c.ID = defaultID()
+	}
+	var errs []error
+	if !idPattern.MatchString(c.ID) {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_ID=%q: must be 1-64 characters of [A-Za-z0-9_-]", c.ID))
+	}
+	if c.MaxMessageBytes < 1024 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_MESSAGE_BYTES=%d: must be at least 1024", c.MaxMessageBytes))
+	}
+	if c.ReadBufferSize < 256 || c.ReadBufferSize > 1<<20 {
+		errs = append(errs, fmt.Errorf("ICWS_READ_BUFFER=%d: must be between 256 and 1048576", c.ReadBufferSize))
+	}
+	if c.SendQueue < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_SEND_QUEUE=%d: must be at least 1", c.SendQueue))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("ICWS_TLS_CERT and ICWS_TLS_KEY: set both or neither"))
+	}
+	for _, cid := range c.Canisters {
+		if _, err := principal.Decode(cid); err != nil {
+			errs = append(errs, fmt.Errorf("ICWS_CANISTERS: %q is not a principal: %w", cid, err))
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"ICWS_RESUME_GRACE": c.ResumeGrace, "ICWS_HANDSHAKE_TIMEOUT": c.HandshakeTimeout,
+		"ICWS_WRITE_TIMEOUT": c.WriteTimeout, "ICWS_DRAIN_TIMEOUT": c.DrainTimeout,
+		"ICWS_OPEN_TIMEOUT": c.OpenTimeout, "ICWS_EDGE_LEASE_TTL": c.LeaseTTL,
+		"ICWS_EDGE_SWEEP_INTERVAL": c.SweepInterval, "ICWS_GAP_TIMEOUT": c.GapTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%s: must be positive", name, d))
+		}
+	}
+	if c.SweepBatch < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_SWEEP_BATCH=%d: must be at least 1", c.SweepBatch))
+	}
+	if c.PendingLimit < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_PENDING_LIMIT=%d: must be at least 1", c.PendingLimit))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,523 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/candid/idl"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Close codes of the icws extension (docs/RESUME.md).
+const (
+	CloseNotResumable      = 4100
+	CloseSlowClient        = 4101
+	CloseResumedElsewhere  = 4102
+	closeGrace             = time.Second // how long we wait for the client's close reply
+	reasonSlowClient       = "icws: slow client"
+	reasonResumedElsewhere = "icws: session resumed elsewhere"
+	notResumablePrefix     = "icws: not resumable: "
+)
+
+// conn is one client socket and, once bound, its session.
+type conn struct {
+	e         *Edge
+	ws        *websocket.Conn
+	remote    string
+	resumeOpt bool
+	tokenHash string // sha256 hex of this connection's handshake token (resume opt-in only)
+	token     []byte
+
+	// Set once when the session is bound (open or resume), read-only afterwards.
+	bound     bool
+	canister  principal.Principal
+	canText   string
+	client    protocol.ClientKey
+	clientTok string
+	key       string
+	partition int
+	inSubj    string
+	outSubj   string
+	sub       *nats.Subscription
+	resumed   bool
+
+	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
+	pubMu sync.Mutex
+
+	delivery
+	sendq
+
+	closeOnce sync.Once
+	gone      chan struct{} // closed when the edge decided to close the socket
+	closeSent chan struct{} // closed once our close frame is written (or failed)
+	cmu       sync.Mutex
+	closeCode int
+	closeText string
+	// forceClose: when the socket is gone the session must be closed rather than detached.
+	forceClose bool
+}
+
+func (c *conn) closeInfo() (code int, reason string, force bool) {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	return c.closeCode, c.closeText, c.forceClose
+}
+
+func (c *conn) setClose(code int, reason string) {
+	c.cmu.Lock()
+	c.closeCode, c.closeText = code, reason
+	c.cmu.Unlock()
+}
+
+func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
+	c := &conn{e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get("icws-resume") == "1", gone: make(chan struct{}), closeSent: make(chan struct{})}
+	c.sendq.limit = e.cfg.SendQueue
+	return c
+}
+
+// closeWith closes the socket from the edge's side with a code and reason: queued frames are
+// dropped, the close frame is written, and the reader gets closeGrace to see the client's reply.
+func (c *conn) closeWith(code int, reason string) {
+	c.closeOnce.Do(func() {
+		c.setClose(code, reason)
+		c.stopQueue()
+		close(c.gone)
+		go func() {
+			_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, reason), time.Now().Add(c.e.cfg.WriteTimeout))
+			_ = c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+			close(c.closeSent)
+		}()
+	})
+}
+
+func (c *conn) isGone() bool {
+	select {
+	case <-c.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// reject closes the socket during the first-frame phase (nothing is bound yet).
+func (c *conn) reject(code int, reason string, outcome string) {
+	c.e.m.connectionsTotal.WithLabelValues(outcome).Inc()
+	c.e.log.Debug("first frame rejected", "remote", c.remote, "code", code, "reason", reason)
+	c.closeOnce.Do(func() {
+		c.setClose(code, reason)
+		close(c.gone)
+		_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, reason), time.Now().Add(c.e.cfg.WriteTimeout))
+		close(c.closeSent)
+	})
+}
+
+// closePayload keeps the reason within the 123 bytes a close frame allows.
+func closePayload(code int, reason string) []byte {
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	return websocket.FormatCloseMessage(code, reason)
+}
+
+// closeSocket closes the TCP connection, after our close frame if one is being written.
+func (c *conn) closeSocket() {
+	if c.isGone() {
+		select {
+		case <-c.closeSent:
+		case <-time.After(c.e.cfg.WriteTimeout):
+		}
+	}
+	_ = c.ws.Close()
+}
+
+// start sends the handshake and handles the first frame on the HTTP handler's goroutine. It
+// returns true when a session is bound; the caller then runs the reader on a fresh goroutine, so
+// net/http's request state and the stack grown while opening are released for idle sessions.
+func (c *conn) start() bool {
+	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
+	hs := c.e.handshake
+	if c.resumeOpt {
+		c.token = make([]byte, 32)
+		if _, err := rand.Read(c.token); err != nil {
+			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
+			return false
+		}
+		sum := sha256.Sum256(c.token)
+		c.tokenHash = hex.EncodeToString(sum[:])
+		var err error
+		if hs, err = encodeResumeHandshake(c.e.gateway.Raw, c.token); err != nil {
+			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
+			return false
+		}
+	}
+	_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, hs); err != nil {
+		c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
+		return false
+	}
+	c.e.m.framesOut.Inc()
+	c.e.m.bytesOut.Add(float64(len(hs)))
+
+	_ = c.ws.SetReadDeadline(time.Now().Add(c.e.cfg.OpenTimeout))
+	typ, frame, err := c.ws.ReadMessage()
+	if err != nil {
+		c.readFailed(err, true)
+		return false
+	}
+	c.e.m.framesIn.Inc()
+	c.e.m.bytesIn.Add(float64(len(frame)))
+	if typ != websocket.BinaryMessage {
+		c.reject(websocket.CloseUnsupportedData, "icws: text frames are not supported", "rejected")
+		return false
+	}
+	var ff firstFrame
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(frame), &ff); err != nil {
+		c.reject(websocket.CloseProtocolError, "icws: undecodable frame: "+short(err), "rejected")
+		return false
+	}
+	_ = c.ws.SetReadDeadline(time.Time{})
+	if ff.Resume != nil {
+		return c.resume(ff.Resume)
+	}
+	return c.open(frame)
+}
+
+// run relays the client's frames until the socket ends, then ends or detaches the session.
+func (c *conn) run() {
+	c.teardown(c.readLoop())
+}
+
+// readFailed classifies a read error; first tells whether no session is bound yet.
+func (c *conn) readFailed(err error, first bool) string {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		if first {
+			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
+		}
+		return fmt.Sprintf("client closed (%d)", ce.Code)
+	case errors.Is(err, websocket.ErrReadLimit):
+		if first {
+			c.e.m.connectionsTotal.WithLabelValues("rejected").Inc()
+		}
+		return "frame too large"
+	default:
+		if first {
+			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				c.reject(websocket.ClosePolicyViolation, "icws: no first frame within the open timeout", "timeout")
+			}
+		}
+		return "connection lost: " + short(err)
+	}
+}
+
+func short(err error) string {
+	s := err.Error()
+	if len(s) > 80 {
+		s = s[:80]
+	}
+	return s
+}
+
+// open handles a ws_open first frame. It returns true with the session bound and live.
+func (c *conn) open(frame []byte) bool {
+	env, err := protocol.DecodeClientFrame(frame)
+	if err != nil {
+		if errors.Is(err, protocol.ErrNotCallEnvelope) {
+			c.reject(websocket.ClosePolicyViolation, "icws: first frame must be a ws_open call", "rejected")
+		} else {
+			c.reject(websocket.CloseProtocolError, "icws: undecodable frame: "+short(err), "rejected")
+		}
+		return false
+	}
+	ct := env.Content
+	if ct.MethodName != "ws_open" {
+		c.reject(websocket.ClosePolicyViolation, "icws: first frame must be a ws_open call, not "+strconv.Quote(trunc(ct.MethodName, 40)), "rejected")
+		return false
+	}
+	if len(ct.CanisterID) == 0 || len(ct.CanisterID) > 29 || len(ct.Sender) == 0 || len(ct.Sender) > 29 {
+		c.reject(websocket.ClosePolicyViolation, "icws: ws_open without a valid canister_id or sender", "rejected")
+		return false
+	}
+	canister := principal.Principal{Raw: ct.CanisterID}
+	canText := canister.Encode()
+	if len(c.e.canisters) > 0 && !c.e.canisters[canText] {
+		c.reject(websocket.ClosePolicyViolation, "icws: canister not allowed: "+canText, "rejected")
+		return false
+	}
+	var args protocol.CanisterWsOpenArguments
+	if err := candid.Unmarshal(ct.Arg, []any{&args}); err != nil {
+		c.reject(websocket.CloseProtocolError, "icws: ws_open argument is not CanisterWsOpenArguments", "rejected")
+		return false
+	}
+	if !args.GatewayPrincipal.Equal(c.e.gateway) {
+		c.reject(websocket.ClosePolicyViolation, "icws: ws_open names another gateway: "+args.GatewayPrincipal.Encode(), "rejected")
+		return false
+	}
+	c.bind(canister, protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: ct.Sender}, ClientNonce: args.ClientNonce})
+
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
+	defer cancel()
+	rec := broker.SessionRecord{
+		State: broker.SessionOpen, Canister: c.canText, Client: c.clientTok, Edge: c.e.cfg.ID,
+		Resumable: c.resumeOpt, TokenHash: c.tokenHash, OpenedAt: time.Now().UTC(), Partition: c.partition,
+	}
+	val, _ := json.Marshal(rec)
+	rev, err := c.e.h.Sessions.Create(ctx, c.key, val)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// A closed record is a finished session whose deletion is pending: the key is free again.
+		old, oldRev, gerr := c.e.getSession(ctx, c.key)
+		switch {
+		case gerr != nil:
+			err = gerr
+		case old == nil:
+			rev, err = c.e.h.Sessions.Create(ctx, c.key, val)
+		case old.State == broker.SessionClosed:
+			rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev)
+		default:
+			c.reject(websocket.ClosePolicyViolation, "icws: duplicate client key (its session is live)", "rejected")
+			return false
+		}
+	}
+	if err != nil {
+		c.e.log.Warn("create session", "session", c.key, "err", err)
+		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		return false
+	}
+	// Subscribe before the open goes out, so the OpenMessage cannot be missed.
+	c.next = 1
+	if err := c.subscribe(); err != nil {
+		c.e.log.Warn("subscribe", "subject", c.outSubj, "err", err)
+		_ = c.e.h.Sessions.Delete(ctx, c.key, jetstream.LastRevision(rev))
+		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		return false
+	}
+	msg := nats.NewMsg(c.inSubj)
+	msg.Header.Set(broker.HeaderKind, broker.KindOpen)
+	msg.Header.Set(broker.HeaderMsgID, "open."+c.canText+"."+c.clientTok)
+	msg.Data = env.Raw
+	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
+		c.e.log.Warn("publish open", "session", c.key, "err", err)
+		c.unsubscribe()
+		_ = c.e.h.Sessions.Delete(ctx, c.key, jetstream.LastRevision(rev))
+		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		return false
+	}
+	c.e.m.connectionsTotal.WithLabelValues("open").Inc()
+	c.e.log.Info("session open", "client", c.clientTok, "canister", c.canText, "resumable", c.resumeOpt, "remote", c.remote)
+	return true
+}
+
+func trunc(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
+	c.bound = true
+	c.canister = canister
+	c.canText = canister.Encode()
+	c.client = client
+	c.clientTok = client.Token()
+	c.key = broker.SessionKey(c.canText, c.clientTok)
+	c.partition = broker.Partition(c.canText, c.clientTok, c.e.h.Partitions)
+	c.inSubj = broker.InSubject(c.partition, c.canText, c.clientTok)
+	c.outSubj = broker.OutSubject(c.canText, c.clientTok)
+}
+
+func (c *conn) subscribe() error {
+	sub, err := c.e.nc.ChanSubscribe(c.outSubj, c.e.shardFor(c.outSubj))
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", c.outSubj, err)
+	}
+	// Core NATS drops for this subscription only if the shared channel is full; the gap is then
+	// filled from the stream.
+	c.sub = sub
+	c.dmu.Lock()
+	c.live = true
+	c.dmu.Unlock()
+	if old := c.e.register(c, sub); old != nil {
+		old.dropResumedElsewhere()
+	}
+	return nil
+}
+
+func (c *conn) unsubscribe() {
+	if c.sub != nil {
+		_ = c.sub.Unsubscribe()
+	}
+	c.dmu.Lock()
+	c.live = false
+	c.pending = nil
+	c.dmu.Unlock()
+	c.e.unregister(c)
+}
+
+// dropResumedElsewhere closes this socket with 4102 and waits until no envelope of it is in flight.
+func (c *conn) dropResumedElsewhere() {
+	c.closeWith(CloseResumedElsewhere, reasonResumedElsewhere)
+	c.pubMu.Lock()
+	//lint:ignore SA2001 the empty critical section waits for an in-flight relay to finish
+	c.pubMu.Unlock()
+}
+
+// readLoop relays the client's envelopes until the socket ends; it returns why.
+func (c *conn) readLoop() string {
+	for {
+		typ, frame, err := c.ws.ReadMessage()
+		if err != nil {
+			if c.isGone() {
+				_, reason, _ := c.closeInfo()
+				return reason
+			}
+			return c.readFailed(err, false)
+		}
+		if c.isGone() {
+			_, reason, _ := c.closeInfo()
+			return reason
+		}
+		c.e.m.framesIn.Inc()
+		c.e.m.bytesIn.Add(float64(len(frame)))
+		if typ != websocket.BinaryMessage {
+			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
+			return "text frame"
+		}
+		code, reason := c.relay(frame)
+		if code != 0 {
+			c.closeWith(code, reason)
+			return reason
+		}
+	}
+}
+
+// relay checks one client frame and publishes it to ICWS_IN, waiting for the PubAck so that the
+// stream holds the client's envelopes in the order they were sent.
+func (c *conn) relay(frame []byte) (int, string) {
+	env, err := protocol.DecodeClientFrame(frame)
+	if err != nil {
+		if errors.Is(err, protocol.ErrNotCallEnvelope) {
+			return websocket.ClosePolicyViolation, "icws: only ws_message calls are relayed"
+		}
+		return websocket.CloseProtocolError, "icws: undecodable frame: " + short(err)
+	}
+	ct := env.Content
+	switch {
+	case ct.MethodName != "ws_message":
+		return websocket.ClosePolicyViolation, "icws: only ws_message calls are relayed, not " + strconv.Quote(trunc(ct.MethodName, 40))
+	case !bytes.Equal(ct.CanisterID, c.canister.Raw):
+		return websocket.ClosePolicyViolation, "icws: ws_message for another canister than the session's"
+	case !bytes.Equal(ct.Sender, c.client.ClientPrincipal.Raw):
+		return websocket.ClosePolicyViolation, "icws: ws_message from another sender than the session's"
+	}
+	seq, err := decodeMessageSeq(ct.Arg)
+	if err != nil {
+		return websocket.CloseProtocolError, "icws: ws_message argument: " + short(err)
+	}
+	msg := nats.NewMsg(c.inSubj)
+	msg.Header.Set(broker.HeaderKind, broker.KindMessage)
+	seqText := strconv.FormatUint(seq, 10)
+	msg.Header.Set(broker.HeaderClientSeq, seqText)
+	msg.Header.Set(broker.HeaderMsgID, "msg."+c.canText+"."+c.clientTok+"."+seqText)
+	msg.Data = env.Raw
+
+	c.pubMu.Lock()
+	defer c.pubMu.Unlock()
+	if c.isGone() {
+		return 0, "" // dropped for a newer connection; that one relays from here on
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
+	defer cancel()
+	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
+		c.e.log.Warn("relay envelope", "session", c.key, "err", err)
+		return websocket.CloseInternalServerErr, "icws: gateway unavailable"
+	}
+	return 0, ""
+}
+
+// decodeMessageSeq reads msg.sequence_num from ws_message's Candid arguments
+// (CanisterWsMessageArguments, opt AppMessage); the second argument may be absent.
+func decodeMessageSeq(arg []byte) (uint64, error) {
+	ts, vs, err := candid.Decode(arg)
+	if err != nil {
+		return 0, fmt.Errorf("not Candid: %w", err)
+	}
+	if len(ts) < 1 || len(ts) > 2 {
+		return 0, fmt.Errorf("%d arguments, want 1 or 2", len(ts))
+	}
+	var a protocol.CanisterWsMessageArguments
+	if err := idl.UnmarshalGo(ts[0], vs[0], &a); err != nil {
+		return 0, fmt.Errorf("not CanisterWsMessageArguments: %w", err)
+	}
+	return a.Msg.SequenceNum, nil
+}
+
+// teardown runs when the socket has ended: standard sessions are closed (close request after
+// everything the client sent, then the record is deleted); resumable ones are detached.
+func (c *conn) teardown(reason string) {
+	if !c.bound {
+		return
+	}
+	c.unsubscribe()
+	c.stopQueue()
+	c.closeSocket()
+	log := c.e.log.With("client", c.clientTok, "canister", c.canText, "reason", reason)
+	code, _, force := c.closeInfo()
+	if code == CloseResumedElsewhere {
+		log.Info("session moved to another connection")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.DrainTimeout)
+	defer cancel()
+	for attempt := 0; attempt < 3; attempt++ {
+		rec, rev, err := c.e.getSession(ctx, c.key)
+		if err != nil {
+			log.Warn("session end: read record", "err", err)
+			return
+		}
+		if rec == nil || rec.Edge != c.e.cfg.ID || rec.TokenHash != c.tokenHash || rec.State == broker.SessionClosed {
+			log.Info("session end: record no longer ours")
+			return
+		}
+		if rec.Resumable && !force {
+			if rec.State == broker.SessionDetached {
+				return
+			}
+			rec.State, rec.DetachedAt = broker.SessionDetached, time.Now().UTC()
+			if _, err := c.e.putSession(ctx, c.key, rec, rev); err != nil {
+				continue
+			}
+			log.Info("session detached", "grace", c.e.cfg.ResumeGrace)
+			return
+		}
+		rec.State = broker.SessionClosed
+		nrev, err := c.e.putSession(ctx, c.key, rec, rev)
+		if err != nil {
+			continue
+		}
+		c.e.finishSession(ctx, c.key, rec, nrev, reason)
+		log.Info("session closed")
+		return
+	}
+	log.Warn("session end: record kept changing; left to the sweeper")
+}

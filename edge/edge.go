@@ -1,0 +1,373 @@
+// Package edge terminates client WebSockets: it sends the gateway handshake, checks the client's
+// ws_open (or icws resume) frame, relays the client's signed envelopes to ICWS_IN in order, and
+// delivers the client's certified canister messages from ICWS_OUT in sequence order, exactly once,
+// with replay on resume (docs/RESUME.md).
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Deps are the edge's connections and identity.
+type Deps struct {
+	NC *nats.Conn
+	JS jetstream.JetStream
+	// Gateway is the gateway principal announced in the handshake and required in ws_open.
+	Gateway  principal.Principal
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+}
+
+// Edge is the WebSocket termination role. Create it with New and start it with Run; Handler and
+// Addr are usable while Run is running (Handler answers 503 before Run starts and while draining).
+type Edge struct {
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	h         *broker.Handles
+	gateway   principal.Principal
+	handshake []byte
+	log       *slog.Logger
+	m         *metrics
+	upgrader  websocket.Upgrader
+	canisters map[string]bool
+	origins   map[string]bool
+
+	mu       sync.RWMutex
+	bySub    map[*nats.Subscription]*conn // live delivery routing
+	byKey    map[string]*conn             // bound sessions by SessionKey
+	conns    map[*conn]struct{}           // every socket, for drain
+	running  bool
+	draining bool
+
+	shards   []chan *nats.Msg
+	connWG   sync.WaitGroup
+	addr     atomic.Pointer[net.Addr]
+	running0 atomic.Bool
+
+	// testDropLive, when set by a test, makes the live path ignore matching messages (to create gaps).
+	testDropLive atomic.Pointer[func(*nats.Msg) bool]
+}
+
+// New validates the configuration and looks up the streams and buckets (broker.Ensure must have run).
+func New(cfg Config, deps Deps) (*Edge, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("edge config: %w", err)
+	}
+	if deps.NC == nil || deps.JS == nil {
+		return nil, errors.New("edge: NATS connection and JetStream are required")
+	}
+	if len(deps.Gateway.Raw) == 0 {
+		return nil, errors.New("edge: gateway principal is required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	hs, err := protocol.EncodeHandshake(deps.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := broker.Open(ctx, deps.JS)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	m, err := newMetrics(deps.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("edge: register metrics: %w", err)
+	}
+	e := &Edge{
+		cfg: cfg, nc: deps.NC, js: deps.JS, h: h, gateway: deps.Gateway, handshake: hs,
+		log: deps.Logger.With("role", "edge", "edge", cfg.ID), m: m,
+		canisters: map[string]bool{}, origins: map[string]bool{},
+		bySub: map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
+	}
+	for _, c := range cfg.Canisters {
+		e.canisters[c] = true
+	}
+	for _, o := range cfg.AllowedOrigins {
+		e.origins[o] = true
+	}
+	e.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		WriteBufferPool:  &sync.Pool{},
+		ReadBufferSize:   cfg.ReadBufferSize,
+		CheckOrigin:      e.checkOrigin,
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		},
+	}
+	n := 2 * runtime.GOMAXPROCS(0)
+	e.shards = make([]chan *nats.Msg, n)
+	for i := range e.shards {
+		e.shards[i] = make(chan *nats.Msg, 8192)
+	}
+	return e, nil
+}
+
+func (e *Edge) checkOrigin(r *http.Request) bool {
+	if len(e.origins) == 0 {
+		return true
+	}
+	return e.origins[r.Header.Get("Origin")]
+}
+
+// Addr is the listening address once Run has started listening, nil before.
+func (e *Edge) Addr() net.Addr {
+	if a := e.addr.Load(); a != nil {
+		return *a
+	}
+	return nil
+}
+
+// Ready reports whether the edge serves: Run is listening, not draining, and NATS is connected.
+func (e *Edge) Ready(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.RLock()
+	running, draining := e.running, e.draining
+	e.mu.RUnlock()
+	switch {
+	case !running || e.Addr() == nil:
+		return errors.New("edge: not running")
+	case draining:
+		return errors.New("edge: draining")
+	case !e.nc.IsConnected():
+		return fmt.Errorf("edge: NATS not connected (%s)", e.nc.Status())
+	}
+	return nil
+}
+
+// Run acquires the edge's liveness lease, listens, serves until ctx ends, then drains: it stops
+// accepting, closes every socket with 1001 (resumable sessions are detached, standard ones closed),
+// bounded by DrainTimeout.
+func (e *Edge) Run(ctx context.Context) error {
+	if !e.running0.CompareAndSwap(false, true) {
+		return errors.New("edge: Run called twice")
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	lease, err := e.acquireLease(ctx)
+	if err != nil {
+		return err
+	}
+	ctl, err := e.nc.Subscribe(broker.EdgeControlSubject(e.cfg.ID), e.onControl)
+	if err != nil {
+		return fmt.Errorf("edge: subscribe control subject: %w", err)
+	}
+	defer func() { _ = ctl.Unsubscribe() }()
+
+	var bgWG sync.WaitGroup
+	for _, ch := range e.shards {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); e.dispatch(bg, ch) }()
+	}
+	bgWG.Add(2)
+	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()
+	go func() { defer bgWG.Done(); e.sweep(bg) }()
+
+	ln, err := net.Listen("tcp", e.cfg.Listen)
+	if err != nil {
+		stopBG()
+		bgWG.Wait()
+		return fmt.Errorf("edge: listen on %s: %w", e.cfg.Listen, err)
+	}
+	if e.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(e.cfg.TLSCert, e.cfg.TLSKey)
+		if err != nil {
+			_ = ln.Close()
+			stopBG()
+			bgWG.Wait()
+			return fmt.Errorf("edge: load TLS key pair (ICWS_TLS_CERT, ICWS_TLS_KEY): %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	}
+	a := ln.Addr()
+	e.addr.Store(&a)
+	srv := &http.Server{
+		Handler:           e.Handler(),
+		ReadHeaderTimeout: e.cfg.HandshakeTimeout,
+		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+	}
+	e.mu.Lock()
+	e.running = true
+	e.mu.Unlock()
+	e.log.Info("edge listening", "addr", a.String(), "tls", e.cfg.TLSCert != "")
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("edge: serve: %w", err)
+		}
+	}
+
+	// Drain.
+	dctx, cancel := context.WithTimeout(context.Background(), e.cfg.DrainTimeout)
+	defer cancel()
+	e.mu.Lock()
+	e.draining = true
+	conns := make([]*conn, 0, len(e.conns))
+	for c := range e.conns {
+		conns = append(conns, c)
+	}
+	e.mu.Unlock()
+	_ = srv.Shutdown(dctx) // hijacked sockets are not tracked by net/http; closed below
+	for _, c := range conns {
+		c.closeWith(websocket.CloseGoingAway, "icws: edge draining")
+	}
+	done := make(chan struct{})
+	go func() { e.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-dctx.Done():
+		e.log.Warn("drain timed out; sockets left", "left", e.connCount())
+	}
+	stopBG()
+	bgWG.Wait()
+	if err := e.h.Leases.Delete(dctx, broker.EdgeLeaseKey(e.cfg.ID)); err != nil {
+		e.log.Debug("delete edge lease", "err", err)
+	}
+	e.log.Info("edge stopped")
+	return runErr
+}
+
+func (e *Edge) connCount() int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return len(e.conns)
+}
+
+// Handler serves WebSocket upgrades on any path.
+func (e *Edge) Handler() http.Handler {
+	return http.HandlerFunc(e.serveHTTP)
+}
+
+func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.RLock()
+	ok := e.running && !e.draining
+	e.mu.RUnlock()
+	if !ok {
+		http.Error(w, "icws edge not serving", http.StatusServiceUnavailable)
+		return
+	}
+	ws, err := e.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		e.m.connectionsTotal.WithLabelValues("upgrade_failed").Inc()
+		return // the upgrader has answered
+	}
+	c := newConn(e, ws, r)
+	e.mu.Lock()
+	if e.draining {
+		e.mu.Unlock()
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "icws: edge draining"), time.Now().Add(time.Second))
+		_ = ws.Close()
+		return
+	}
+	e.conns[c] = struct{}{}
+	e.connWG.Add(1)
+	e.mu.Unlock()
+	e.m.connections.Inc()
+	done := func() {
+		c.closeSocket()
+		e.mu.Lock()
+		delete(e.conns, c)
+		e.mu.Unlock()
+		e.m.connections.Dec()
+		e.connWG.Done()
+	}
+	if !c.start() {
+		done()
+		return
+	}
+	go func() {
+		defer done()
+		c.run()
+	}()
+}
+
+// shardFor spreads subscriptions over the dispatch goroutines; one subject always maps to one shard,
+// so a client's live messages are handled in arrival order.
+func (e *Edge) shardFor(subject string) chan *nats.Msg {
+	h := fnv.New32a()
+	h.Write([]byte(subject))
+	return e.shards[h.Sum32()%uint32(len(e.shards))]
+}
+
+func (e *Edge) dispatch(ctx context.Context, ch chan *nats.Msg) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-ch:
+			e.mu.RLock()
+			c := e.bySub[msg.Sub]
+			e.mu.RUnlock()
+			if c != nil {
+				c.onLive(msg)
+			}
+		}
+	}
+}
+
+// onControl handles "drop this session, it was resumed elsewhere". It answers once the old
+// connection can no longer relay anything, so the new edge relays strictly after it.
+func (e *Edge) onControl(msg *nats.Msg) {
+	newHash := msg.Header.Get(broker.HeaderTokenHash)
+	e.mu.RLock()
+	c := e.byKey[string(msg.Data)]
+	e.mu.RUnlock()
+	go func() {
+		if c != nil && c.tokenHash != newHash {
+			c.dropResumedElsewhere()
+		}
+		_ = msg.Respond(nil)
+	}()
+}
+
+func (e *Edge) register(c *conn, sub *nats.Subscription) (old *conn) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.bySub[sub] = c
+	old = e.byKey[c.key]
+	e.byKey[c.key] = c
+	if old == c {
+		old = nil
+	}
+	return old
+}
+
+func (e *Edge) unregister(c *conn) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c.sub != nil {
+		delete(e.bySub, c.sub)
+	}
+	if e.byKey[c.key] == c {
+		delete(e.byKey, c.key)
+	}
+}

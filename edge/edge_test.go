@@ -1,0 +1,401 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+func TestHandshakeBytes(t *testing.T) {
+	v := newEnv(t)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	hs := c.dial(e.url, false)
+	want, _ := protocol.EncodeHandshake(v.gw)
+	if !bytes.Equal(hs, want) {
+		t.Fatalf("handshake %x, want %x", hs, want)
+	}
+	c2 := newClient(t, v.gw, randomCanister(t))
+	hs2 := c2.dial(e.url, true)
+	p, err := protocol.DecodeHandshake(hs2)
+	if err != nil || !p.Equal(v.gw) {
+		t.Fatalf("resume handshake does not decode as a standard one: %v", err)
+	}
+	if !bytes.HasPrefix(hs2, protocol.SelfDescribeTag) {
+		t.Fatal("no self-describe tag")
+	}
+}
+
+func TestOpenRelaysEnvelopeAndDelivers(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(true)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	env := c.open()
+	seq, frame := c.next()
+	if seq != 1 {
+		t.Fatalf("first seq %d", seq)
+	}
+	stored, err := v.h.Out.GetLastMsgForSubject(context.Background(), outSubjectOfClient(c))
+	if err != nil || !bytes.Equal(stored.Data, frame) {
+		t.Fatalf("frame not byte-identical to the stored body: %v", err)
+	}
+	in := v.inMessages(inSubjectOf(v, c))
+	if len(in) != 1 || in[0].kind != broker.KindOpen || !bytes.Equal(in[0].data, env) ||
+		in[0].msgID != "open."+c.canister.Encode()+"."+c.key().Token() {
+		t.Fatalf("ICWS_IN: %+v", in)
+	}
+	rec := v.session(c)
+	if rec == nil || rec.State != broker.SessionOpen || rec.Edge != "e1" || rec.Resumable {
+		t.Fatalf("session record %+v", rec)
+	}
+	// Echo: messages are relayed in order and answered.
+	for i := 0; i < 5; i++ {
+		c.send()
+	}
+	for want := uint64(2); want <= 6; want++ {
+		if got, _ := c.next(); got != want {
+			t.Fatalf("got seq %d, want %d", got, want)
+		}
+	}
+}
+
+func TestMessagesBeforeOpenMessageRelayedInOrder(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	p.pause()
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	c.open()
+	var envs [][]byte
+	for i := 0; i < 5; i++ {
+		envs = append(envs, c.send())
+	}
+	waitFor(t, 10*time.Second, "6 messages on ICWS_IN", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
+	in := v.inMessages(inSubjectOf(v, c))
+	for i, m := range in[1:] {
+		if m.kind != broker.KindMessage || m.clientSeq != strconv.Itoa(i+1) || !bytes.Equal(m.data, envs[i]) ||
+			m.msgID != "msg."+c.canister.Encode()+"."+c.key().Token()+"."+strconv.Itoa(i+1) {
+			t.Fatalf("message %d: %+v", i, m)
+		}
+	}
+	p.resume()
+	if seq, _ := c.next(); seq != 1 {
+		t.Fatalf("seq %d", seq)
+	}
+}
+
+func TestDeliveryOrderDedupAndGapFill(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	c.open()
+	if seq, _ := c.next(); seq != 1 {
+		t.Fatal(seq)
+	}
+	subj := outSubjectOfClient(c)
+	// Out of order and duplicates on the live subject (core publish duplicates reach subscribers
+	// even when the stream de-duplicates them).
+	p.publish(subj, 3, 0)
+	p.publish(subj, 2, 0)
+	_ = v.nc.PublishMsg(outMsg(v.gw, subj, 2, 0))
+	p.publish(subj, 3, 0)
+	p.publish(subj, 4, 0)
+	_ = v.nc.PublishMsg(outMsg(v.gw, subj, 1, 0))
+	// A message the live path misses: it must come from the stream.
+	drop := make(chan struct{}, 1)
+	dropFn := func(m *nats.Msg) bool {
+		if m.Header.Get(broker.HeaderSeq) == "5" {
+			select {
+			case drop <- struct{}{}:
+			default:
+			}
+			return true
+		}
+		return false
+	}
+	e.testDropLive.Store(&dropFn)
+	p.publish(subj, 5, 0)
+	<-drop
+	p.publish(subj, 6, 0)
+	for want := uint64(2); want <= 6; want++ {
+		if got, _ := c.next(); got != want {
+			t.Fatalf("got %d, want %d", got, want)
+		}
+	}
+	if n := counter(t, e.m.gapFills); n < 1 {
+		t.Fatalf("gap fills %v", n)
+	}
+	// Nothing more: a following message is 7, no duplicate of anything before.
+	p.publish(subj, 7, 0)
+	if got, _ := c.next(); got != 7 {
+		t.Fatalf("got %d, want 7", got)
+	}
+}
+
+func TestFirstFrameRejections(t *testing.T) {
+	v := newEnv(t)
+	allowed := randomCanister(t)
+	cfg := testConfig("e1")
+	cfg.Canisters = []string{allowed.Encode()}
+	cfg.MaxMessageBytes = 4096
+	e := v.startEdge(cfg)
+	other := newClient(t, v.gw, allowed).id.Sender()
+
+	dup := newClient(t, v.gw, allowed)
+	dup.dial(e.url, false)
+	dup.open()
+	waitFor(t, 5*time.Second, "dup session", func() bool { return v.session(dup) != nil })
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	cases := []struct {
+		name   string
+		frame  func(c *client) (int, []byte)
+		code   int
+		reason string
+	}{
+		{"wrong gateway", func(c *client) (int, []byte) {
+			f, _ := protocol.EncodeClientFrame(c.openEnvelope(other))
+			return websocket.BinaryMessage, f
+		}, websocket.ClosePolicyViolation, "names another gateway"},
+		{"not ws_open", func(c *client) (int, []byte) {
+			f, _ := protocol.EncodeClientFrame(c.messageEnvelope(1, false))
+			return websocket.BinaryMessage, f
+		}, websocket.ClosePolicyViolation, "must be a ws_open call"},
+		{"query envelope", func(c *client) (int, []byte) {
+			env, _ := cbor.Marshal(map[string]any{"content": map[string]any{"request_type": "query", "method_name": "ws_open"}})
+			f, _ := protocol.EncodeClientFrame(env)
+			return websocket.BinaryMessage, f
+		}, websocket.ClosePolicyViolation, "must be a ws_open call"},
+		{"disallowed canister", func(c *client) (int, []byte) {
+			c.canister = randomCanister(t)
+			f, _ := protocol.EncodeClientFrame(c.openEnvelope(v.gw))
+			return websocket.BinaryMessage, f
+		}, websocket.ClosePolicyViolation, "canister not allowed"},
+		{"duplicate client key", func(c *client) (int, []byte) {
+			c.id, c.nonce = dup.id, dup.nonce
+			f, _ := protocol.EncodeClientFrame(c.openEnvelope(v.gw))
+			return websocket.BinaryMessage, f
+		}, websocket.ClosePolicyViolation, "duplicate client key"},
+		{"bad candid", func(c *client) (int, []byte) {
+			f, _ := protocol.EncodeClientFrame(signedEnvelope(t, c.id, c.canister, "ws_open", []byte("DIDL\x00\x00")))
+			return websocket.BinaryMessage, f
+		}, websocket.CloseProtocolError, "ws_open argument"},
+		{"garbage", func(c *client) (int, []byte) { return websocket.BinaryMessage, []byte{0xff, 0x00, 0x13} }, websocket.CloseProtocolError, "undecodable"},
+		{"cbor without envelope", func(c *client) (int, []byte) {
+			b, _ := cbor.Marshal(map[string]int{"x": 1})
+			return websocket.BinaryMessage, b
+		}, websocket.CloseProtocolError, "undecodable"},
+		{"text frame", func(c *client) (int, []byte) { return websocket.TextMessage, []byte("hi") }, websocket.CloseUnsupportedData, "text"},
+		{"oversize", func(c *client) (int, []byte) { return websocket.BinaryMessage, make([]byte, 5000) }, websocket.CloseMessageTooBig, ""},
+		{"resume without opt-in", func(c *client) (int, []byte) {
+			return websocket.BinaryMessage, c.resumeFrame(allowed, make([]byte, 32), 0)
+		}, CloseNotResumable, "opt in"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, v.gw, allowed)
+			c.dial(e.url, false)
+			typ, f := tc.frame(c)
+			if err := c.ws.WriteMessage(typ, f); err != nil {
+				t.Fatal(err)
+			}
+			code, text := expectClose(t, c.ws)
+			if code != tc.code || !strings.Contains(text, tc.reason) {
+				t.Fatalf("close %d %q, want %d containing %q", code, text, tc.code, tc.reason)
+			}
+			_ = c.ws.Close()
+		})
+	}
+	if n := v.sessionCount(); n != 1 {
+		t.Fatalf("sessions left: %d, want only the duplicate's", n)
+	}
+	_ = dup.ws.Close()
+	waitFor(t, 5*time.Second, "dup session closed", func() bool { return v.sessionCount() == 0 })
+	goroutinesSettle(t, base)
+}
+
+func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(true)
+	e := v.startEdge(testConfig("e1"))
+	// Warm up one full session so lazily started goroutines (nats, http) are in the baseline.
+	w := newClient(t, v.gw, randomCanister(t))
+	w.dial(e.url, false)
+	w.open()
+	w.next()
+	_ = w.ws.Close()
+	waitFor(t, 5*time.Second, "warm-up session gone", func() bool { return v.sessionCount() == 0 })
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	// TCP connect and reset, nothing sent.
+	rc := rawDial(t, e.Addr())
+	_ = rc.(*net.TCPConn).SetLinger(0)
+	_ = rc.Close()
+	// Half an HTTP request, then reset.
+	rc = rawDial(t, e.Addr())
+	_, _ = rc.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"))
+	_ = rc.(*net.TCPConn).SetLinger(0)
+	_ = rc.Close()
+	// Upgraded, handshake received, reset before the first frame.
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
+	_ = c.ws.UnderlyingConn().Close()
+	// Half a first frame, then reset.
+	c = newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	_, _ = c.ws.UnderlyingConn().Write([]byte{0x82, 0x7e, 0x01})
+	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
+	_ = c.ws.UnderlyingConn().Close()
+	// After the first frame: the standard session is closed (close request published).
+	c = newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	c.open()
+	c.next()
+	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
+	_ = c.ws.UnderlyingConn().Close()
+	waitFor(t, 5*time.Second, "close request", func() bool {
+		in := v.inMessages(inSubjectOf(v, c))
+		return len(in) == 2 && in[1].kind == broker.KindClose
+	})
+	// A resumable session after the first frame: detached, kept.
+	r := newClient(t, v.gw, randomCanister(t))
+	r.dial(e.url, true)
+	r.open()
+	r.next()
+	_ = r.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
+	_ = r.ws.UnderlyingConn().Close()
+	waitFor(t, 5*time.Second, "detached", func() bool {
+		rec := v.session(r)
+		return rec != nil && rec.State == broker.SessionDetached
+	})
+	waitFor(t, 5*time.Second, "only the detached session left", func() bool { return v.sessionCount() == 1 })
+	goroutinesSettle(t, base)
+	if n := counter(t, e.m.connections); n != 0 {
+		t.Fatalf("connections gauge %v", n)
+	}
+}
+
+func TestClientCloseAfterMessages(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	c.open()
+	c.next()
+	for i := 0; i < 3; i++ {
+		c.send()
+	}
+	_ = c.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+	waitFor(t, 5*time.Second, "close request", func() bool {
+		in := v.inMessages(inSubjectOf(v, c))
+		return len(in) > 0 && in[len(in)-1].kind == broker.KindClose
+	})
+	in := v.inMessages(inSubjectOf(v, c))
+	kinds := []string{}
+	for _, m := range in {
+		kinds = append(kinds, m.kind+m.clientSeq)
+	}
+	if strings.Join(kinds, ",") != "open,message1,message2,message3,close" {
+		t.Fatalf("ICWS_IN order: %v", kinds)
+	}
+	if in[4].msgID != "close."+c.canister.Encode()+"."+c.key().Token() || in[4].reason == "" {
+		t.Fatalf("close request %+v", in[4])
+	}
+	waitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
+}
+
+func TestRelayPolicy(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, false)
+	c.open()
+	c.next()
+	// A ws_message signed by someone else.
+	other := newClient(t, v.gw, c.canister)
+	c.sendEnvelope(other.messageEnvelope(1, false))
+	code, text := expectClose(t, c.ws)
+	if code != websocket.ClosePolicyViolation || !strings.Contains(text, "sender") {
+		t.Fatalf("close %d %q", code, text)
+	}
+}
+
+func TestSlowClient(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.SendQueue = 4
+	cfg.WriteTimeout = 3 * time.Second
+	e := v.startEdge(cfg)
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, true)
+	c.open()
+	c.next()
+	subj := outSubjectOfClient(c)
+	// The client stops reading; large frames fill the socket buffers, then the queue.
+	go func() {
+		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
+			p.publish(subj, s, 256<<10)
+		}
+	}()
+	waitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	code, text := expectClose(t, c.ws)
+	if code != CloseSlowClient || text != reasonSlowClient {
+		t.Fatalf("close %d %q", code, text)
+	}
+	waitFor(t, 5*time.Second, "detached", func() bool {
+		rec := v.session(c)
+		return rec != nil && rec.State == broker.SessionDetached
+	})
+}
+
+func TestDrainClosesWith1001(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	r := newClient(t, v.gw, randomCanister(t))
+	r.dial(e.url, true)
+	r.open()
+	r.next()
+	s := newClient(t, v.gw, randomCanister(t))
+	s.dial(e.url, false)
+	s.open()
+	s.next()
+	done := make(chan error, 1)
+	go func() { done <- e.stop() }()
+	for _, c := range []*client{r, s} {
+		if code, _ := expectClose(t, c.ws); code != websocket.CloseGoingAway {
+			t.Fatalf("close code %d", code)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if rec := v.session(r); rec == nil || rec.State != broker.SessionDetached {
+		t.Fatalf("resumable session after drain: %+v", rec)
+	}
+	if rec := v.session(s); rec != nil {
+		t.Fatalf("standard session after drain: %+v", rec)
+	}
+}

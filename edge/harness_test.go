@@ -1,0 +1,568 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+type env struct {
+	t  testing.TB
+	nc *nats.Conn
+	js jetstream.JetStream
+	h  *broker.Handles
+	gw principal.Principal
+}
+
+func startNATS(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := broker.Ensure(ctx, js, broker.DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+func newEnv(t testing.TB) *env {
+	nc, js := startNATS(t)
+	h, err := broker.Open(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnvWith(t, nc, js, h)
+}
+
+func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *broker.Handles) *env {
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, nc: nc, js: js, h: h, gw: id.Sender()}
+}
+
+type runningEdge struct {
+	*Edge
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+	url    string
+}
+
+func testConfig(id string) Config {
+	cfg := DefaultConfig()
+	cfg.ID = id
+	cfg.Listen = "127.0.0.1:0"
+	cfg.OpenTimeout = 5 * time.Second
+	cfg.DrainTimeout = 5 * time.Second
+	cfg.SweepInterval = 50 * time.Millisecond
+	cfg.LeaseTTL = 600 * time.Millisecond
+	return cfg
+}
+
+func (v *env) startEdge(cfg Config) *runningEdge {
+	t := v.t
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	e, err := New(cfg, Deps{NC: v.nc, JS: v.js, Gateway: v.gw, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	re := &runningEdge{Edge: e, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { re.done <- e.Run(ctx) }()
+	waitFor(t, 10*time.Second, "edge listening", func() bool { return e.Addr() != nil })
+	re.url = "ws://" + e.Addr().String() + "/"
+	t.Cleanup(func() { re.stop() })
+	return re
+}
+
+func (re *runningEdge) stop() error {
+	re.cancel()
+	select {
+	case err, ok := <-re.done:
+		if ok {
+			close(re.done)
+		}
+		return err
+	case <-time.After(15 * time.Second):
+		return errors.New("edge did not stop")
+	}
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ---- client side ----
+
+type client struct {
+	t        testing.TB
+	id       identity.Identity
+	nonce    uint64
+	canister principal.Principal
+	gw       principal.Principal
+	ws       *websocket.Conn
+	token    []byte
+	seq      uint64 // last ws_message sequence number sent
+}
+
+func newClient(t testing.TB, gw, canister principal.Principal) *client {
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	n := uint64(0)
+	for _, x := range b {
+		n = n<<8 | uint64(x)
+	}
+	return &client{t: t, id: id, nonce: n >> 1, canister: canister, gw: gw}
+}
+
+func (c *client) key() protocol.ClientKey {
+	return protocol.ClientKey{ClientPrincipal: c.id.Sender(), ClientNonce: c.nonce}
+}
+
+func (c *client) dial(u string, resume bool) []byte {
+	c.t.Helper()
+	if resume {
+		u += "?icws-resume=1"
+	}
+	ws, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		c.t.Fatalf("dial: %v", err)
+	}
+	c.ws = ws
+	c.t.Cleanup(func() { _ = ws.Close() })
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, hs, err := ws.ReadMessage()
+	if err != nil || typ != websocket.BinaryMessage {
+		c.t.Fatalf("handshake: %v %d", err, typ)
+	}
+	if resume {
+		var h resumeHandshake
+		if err := cbor.Unmarshal(protocol.StripSelfDescribe(hs), &h); err != nil || len(h.Resume.Token) != 32 || h.Resume.Version != 1 {
+			c.t.Fatalf("resume handshake: %v %+v", err, h)
+		}
+		c.token = h.Resume.Token
+	}
+	return hs
+}
+
+// envelope builds a signed call envelope {content, sender_pubkey, sender_sig}.
+func signedEnvelope(t testing.TB, id identity.Identity, canister principal.Principal, method string, arg []byte) []byte {
+	t.Helper()
+	nonce := make([]byte, 16)
+	_, _ = rand.Read(nonce)
+	content := map[string]any{
+		"request_type":   "call",
+		"canister_id":    canister.Raw,
+		"method_name":    method,
+		"arg":            arg,
+		"sender":         id.Sender().Raw,
+		"ingress_expiry": uint64(time.Now().Add(4 * time.Minute).UnixNano()),
+		"nonce":          nonce,
+	}
+	cb, err := cbor.Marshal(content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid, err := protocol.RequestIDOfContent(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := id.Sign(append([]byte("\x0Aic-request"), rid[:]...))
+	env, err := cbor.Marshal(map[string]any{
+		"content":       cbor.RawMessage(cb),
+		"sender_pubkey": id.PublicKey(),
+		"sender_sig":    sig,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func (c *client) openEnvelope(gw principal.Principal) []byte {
+	arg, err := candid.Marshal([]any{protocol.CanisterWsOpenArguments{ClientNonce: c.nonce, GatewayPrincipal: gw}})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return signedEnvelope(c.t, c.id, c.canister, "ws_open", arg)
+}
+
+func (c *client) messageEnvelope(seq uint64, withApp bool) []byte {
+	msg := protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
+		ClientKey: c.key(), SequenceNum: seq, Timestamp: uint64(time.Now().UnixNano()), Content: []byte("hello " + strconv.FormatUint(seq, 10)),
+	}}
+	var arg []byte
+	var err error
+	if withApp {
+		app := protocol.AppMessage{Text: "x", Timestamp: 1}
+		arg, err = candid.Marshal([]any{msg, &app})
+	} else {
+		arg, err = candid.Marshal([]any{msg})
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return signedEnvelope(c.t, c.id, c.canister, "ws_message", arg)
+}
+
+func (c *client) sendEnvelope(env []byte) {
+	c.t.Helper()
+	f, err := protocol.EncodeClientFrame(env)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+func (c *client) open() []byte {
+	env := c.openEnvelope(c.gw)
+	c.sendEnvelope(env)
+	return env
+}
+
+func (c *client) send() []byte {
+	c.seq++
+	env := c.messageEnvelope(c.seq, c.seq%2 == 0)
+	c.sendEnvelope(env)
+	return env
+}
+
+// next reads one canister message frame and returns its Icws-Seq (carried in the test key).
+func (c *client) next() (uint64, []byte) {
+	c.t.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, f, err := c.ws.ReadMessage()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	if typ != websocket.BinaryMessage {
+		c.t.Fatalf("frame type %d", typ)
+	}
+	m, err := protocol.DecodeCanisterToClientMessage(f)
+	if err != nil {
+		c.t.Fatalf("decode frame %x: %v", f, err)
+	}
+	seq, err := strconv.ParseUint(string(m.Content), 10, 64)
+	if err != nil {
+		c.t.Fatalf("content %q", m.Content)
+	}
+	return seq, f
+}
+
+// expectClose reads until the close frame and returns its code and text.
+func expectClose(t testing.TB, ws *websocket.Conn) (int, string) {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code, ce.Text
+		}
+		t.Fatalf("expected a close frame, got %v", err)
+	}
+}
+
+func (c *client) resumeFrame(canister principal.Principal, token []byte, lastSeq uint64) []byte {
+	b, err := cbor.Marshal(map[string]any{"icws_resume": resumeRequest{
+		Token: token, CanisterID: canister.Raw,
+		ClientKey: resumeClientKey{ClientPrincipal: c.id.Sender().Raw, ClientNonce: c.nonce}, LastSeq: lastSeq,
+	}})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return b
+}
+
+// resume dials with opt-in, sends the resume frame and returns the answer or the close.
+func (c *client) resume(u string, lastSeq uint64) (lastClient uint64, code int, reason string) {
+	c.t.Helper()
+	old := c.token
+	c.dial(u, true)
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, c.resumeFrame(c.canister, old, lastSeq)); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, f, err := c.ws.ReadMessage()
+	if err != nil {
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return 0, ce.Code, ce.Text
+		}
+		c.t.Fatalf("resume answer: %v", err)
+	}
+	var r resumedFrame
+	if err := cbor.Unmarshal(f, &r); err != nil {
+		c.t.Fatalf("resume answer %x: %v", f, err)
+	}
+	return r.Resumed.LastClientSeq, 0, ""
+}
+
+// ---- fake pipeline (stands in for submitter and poller) ----
+
+type pipeline struct {
+	t      testing.TB
+	js     jetstream.JetStream
+	gw     principal.Principal
+	mu     sync.Mutex
+	seq    map[string]uint64 // OUT subject → last seq published
+	paused bool
+	held   []*nats.Msg
+	sub    *nats.Subscription
+	echo   bool
+}
+
+func (v *env) startPipeline(echo bool) *pipeline {
+	p := &pipeline{t: v.t, js: v.js, gw: v.gw, seq: map[string]uint64{}, echo: echo}
+	sub, err := v.nc.Subscribe(broker.SubjectInAll, p.onIn)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	p.sub = sub
+	v.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return p
+}
+
+func outSubjectOf(inSubject string) string {
+	// icws.in.<p>.<canister>.<client> → icws.out.<canister>.<client>
+	var parts [5]string
+	n := 0
+	start := 0
+	for i := 0; i < len(inSubject) && n < 4; i++ {
+		if inSubject[i] == '.' {
+			parts[n] = inSubject[start:i]
+			n++
+			start = i + 1
+		}
+	}
+	parts[4] = inSubject[start:]
+	return broker.OutSubject(parts[3], parts[4])
+}
+
+func (p *pipeline) onIn(m *nats.Msg) {
+	p.mu.Lock()
+	if p.paused {
+		p.held = append(p.held, m)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	switch m.Header.Get(broker.HeaderKind) {
+	case broker.KindOpen:
+		p.publishNext(outSubjectOf(m.Subject))
+	case broker.KindMessage:
+		if p.echo {
+			p.publishNext(outSubjectOf(m.Subject))
+		}
+	}
+}
+
+func (p *pipeline) pause() { p.mu.Lock(); p.paused = true; p.mu.Unlock() }
+func (p *pipeline) resume() {
+	p.mu.Lock()
+	p.paused = false
+	held := p.held
+	p.held = nil
+	p.mu.Unlock()
+	for _, m := range held {
+		p.onIn(m)
+	}
+}
+
+// outMsg builds the ICWS_OUT message for seq; the content carries the seq as text, so tests can
+// read it back from the frame.
+func outMsg(gw principal.Principal, subject string, seq uint64, pad int) *nats.Msg {
+	content := []byte(strconv.FormatUint(seq, 10))
+	key := protocol.MessageKey(gw, seq)
+	f, _ := protocol.CanisterToClientMessage{Key: key, Content: content, Cert: make([]byte, pad+1), Tree: []byte{0x83}}.Encode()
+	m := nats.NewMsg(subject)
+	m.Data = f
+	m.Header.Set(broker.HeaderSeq, strconv.FormatUint(seq, 10))
+	m.Header.Set(broker.HeaderNonce, strconv.FormatUint(seq, 10))
+	sum := sha256.Sum256(content)
+	m.Header.Set(broker.HeaderMsgID, subject+"."+key+"."+hex.EncodeToString(sum[:16]))
+	return m
+}
+
+func (p *pipeline) publishNext(subject string) uint64 {
+	p.mu.Lock()
+	p.seq[subject]++
+	s := p.seq[subject]
+	p.mu.Unlock()
+	p.publish(subject, s, 0)
+	return s
+}
+
+func (p *pipeline) publish(subject string, seq uint64, pad int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.js.PublishMsg(ctx, outMsg(p.gw, subject, seq, pad)); err != nil {
+		p.t.Errorf("publish out: %v", err)
+	}
+}
+
+// ---- stream and KV inspection ----
+
+type inMsg struct {
+	kind, clientSeq, msgID, reason string
+	data                           []byte
+}
+
+func (v *env) inMessages(subject string) []inMsg {
+	v.t.Helper()
+	var out []inMsg
+	var from uint64 = 1
+	for {
+		m, err := v.h.In.GetMsg(context.Background(), from, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
+		if err != nil {
+			v.t.Fatalf("get in: %v", err)
+		}
+		from = m.Sequence + 1
+		out = append(out, inMsg{kind: m.Header.Get(broker.HeaderKind), clientSeq: m.Header.Get(broker.HeaderClientSeq),
+			msgID: m.Header.Get(broker.HeaderMsgID), reason: m.Header.Get(broker.HeaderCloseReason), data: m.Data})
+	}
+}
+
+func (v *env) session(c *client) *broker.SessionRecord {
+	v.t.Helper()
+	ent, err := v.h.Sessions.Get(context.Background(), broker.SessionKey(c.canister.Encode(), c.key().Token()))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	var rec broker.SessionRecord
+	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		v.t.Fatal(err)
+	}
+	return &rec
+}
+
+func (v *env) sessionCount() int {
+	keys, err := v.h.Sessions.ListKeys(context.Background())
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	n := 0
+	for range keys.Keys() {
+		n++
+	}
+	return n
+}
+
+func inSubjectOf(v *env, c *client) string {
+	ct, cl := c.canister.Encode(), c.key().Token()
+	return broker.InSubject(broker.Partition(ct, cl, v.h.Partitions), ct, cl)
+}
+
+func outSubjectOfClient(c *client) string {
+	return broker.OutSubject(c.canister.Encode(), c.key().Token())
+}
+
+func counter(t testing.TB, c prometheus.Metric) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+func randomCanister(t testing.TB) principal.Principal {
+	b := make([]byte, 10)
+	_, _ = rand.Read(b)
+	b[9] = 1
+	return principal.Principal{Raw: b}
+}
+
+func goroutinesSettle(t testing.TB, base int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= base {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("goroutines: %d, baseline %d\n%s", n, base, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func rawDial(t testing.TB, addr net.Addr) net.Conn {
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

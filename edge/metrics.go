@@ -1,0 +1,49 @@
+package edge
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	connections      prometheus.Gauge
+	connectionsTotal *prometheus.CounterVec // outcome
+	framesIn         prometheus.Counter
+	framesOut        prometheus.Counter
+	bytesIn          prometheus.Counter
+	bytesOut         prometheus.Counter
+	overflows        prometheus.Counter
+	resumes          *prometheus.CounterVec // result
+	replayed         prometheus.Counter
+	replayLatency    prometheus.Histogram
+	gapFills         prometheus.Counter
+	sweeps           *prometheus.CounterVec // action
+}
+
+func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "icws_edge_connections", Help: "open WebSocket connections"}),
+		connectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_connections_total",
+			Help: "WebSocket connections by outcome of their first frame (open, resume, rejected, gone)"}, []string{"outcome"}),
+		framesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_frames_in_total", Help: "client frames received"}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_frames_out_total", Help: "frames written to clients"}),
+		bytesIn:   prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_bytes_in_total", Help: "bytes of client frames received"}),
+		bytesOut:  prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_bytes_out_total", Help: "bytes of frames written to clients"}),
+		overflows: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_send_queue_overflows_total", Help: "connections closed as slow (4101)"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_resumes_total",
+			Help: "resume attempts by result (ok, not_resumable, error)"}, []string{"result"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_replayed_messages_total", Help: "canister messages read back from ICWS_OUT (resume and gap fills)"}),
+		replayLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "icws_edge_replay_seconds",
+			Help: "time from a resume frame to the last replayed message queued", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		gapFills: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_gap_fills_total", Help: "reads from ICWS_OUT started to fill a sequence gap"}),
+		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_sweeper_actions_total",
+			Help: "sessions acted on by the sweeper (expired, detached_dead_edge, closed_dead_edge, finished)"}, []string{"action"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.framesIn, m.framesOut, m.bytesIn,
+		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,149 @@
+package edge
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/gorilla/websocket"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// resume handles an icws_resume first frame (docs/RESUME.md). On success the session is bound to
+// this connection, {icws_resumed} and the replay are under way, and it returns true.
+func (c *conn) resume(req *resumeRequest) bool {
+	start := time.Now()
+	fail := func(why string) bool {
+		c.e.m.resumes.WithLabelValues("not_resumable").Inc()
+		c.reject(CloseNotResumable, notResumablePrefix+why, "not_resumable")
+		return false
+	}
+	if !c.resumeOpt {
+		return fail("the connection did not opt in (icws-resume=1)")
+	}
+	if len(req.CanisterID) == 0 || len(req.CanisterID) > 29 || len(req.ClientKey.ClientPrincipal) == 0 || len(req.ClientKey.ClientPrincipal) > 29 {
+		return fail("resume frame without a valid canister_id or client_key")
+	}
+	canister := principal.Principal{Raw: req.CanisterID}
+	if len(c.e.canisters) > 0 && !c.e.canisters[canister.Encode()] {
+		c.reject(websocket.ClosePolicyViolation, "icws: canister not allowed: "+canister.Encode(), "rejected")
+		return false
+	}
+	c.bind(canister, protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: req.ClientKey.ClientPrincipal}, ClientNonce: req.ClientKey.ClientNonce})
+	c.bound = false // until the record is ours, nothing needs undoing
+	sum := sha256.Sum256(req.Token)
+	presented := hex.EncodeToString(sum[:])
+
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
+	defer cancel()
+	var prev broker.SessionRecord
+	rebound := false
+	for attempt := 0; attempt < 3 && !rebound; attempt++ {
+		rec, rev, err := c.e.getSession(ctx, c.key)
+		if err != nil {
+			c.e.m.resumes.WithLabelValues("error").Inc()
+			c.e.log.Warn("resume: read session", "session", c.key, "err", err)
+			c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+			return false
+		}
+		switch {
+		case rec == nil:
+			return fail("unknown session")
+		case !rec.Resumable:
+			return fail("session did not opt in to resume")
+		case subtle.ConstantTimeCompare([]byte(presented), []byte(rec.TokenHash)) != 1:
+			return fail("wrong token")
+		case rec.State == broker.SessionClosed:
+			return fail("session closed")
+		case rec.State == broker.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
+			return fail("grace period over")
+		}
+		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil {
+			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
+				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
+			}
+		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			c.e.m.resumes.WithLabelValues("error").Inc()
+			c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+			return false
+		}
+		prev = *rec
+		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = broker.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
+		if _, err := c.e.putSession(ctx, c.key, rec, rev); err == nil {
+			rebound = true
+		}
+	}
+	if !rebound {
+		c.e.m.resumes.WithLabelValues("error").Inc()
+		c.reject(websocket.CloseInternalServerErr, "icws: session busy, try again", "error")
+		return false
+	}
+	c.bound = true
+	c.partition = prev.Partition
+	c.inSubj = broker.InSubject(prev.Partition, c.canText, c.clientTok)
+
+	// The old connection must stop relaying before we read the last accepted client sequence
+	// number, so everything it relayed is counted and nothing of it lands after our relays.
+	if prev.State == broker.SessionOpen {
+		if prev.Edge == c.e.cfg.ID {
+			c.e.mu.RLock()
+			old := c.e.byKey[c.key]
+			c.e.mu.RUnlock()
+			if old != nil && old != c {
+				old.dropResumedElsewhere()
+			}
+		} else {
+			m := nats.NewMsg(broker.EdgeControlSubject(prev.Edge))
+			m.Data = []byte(c.key)
+			m.Header.Set(broker.HeaderTokenHash, c.tokenHash)
+			// No answer (the old edge is dead) is fine: nothing of it can be in flight then.
+			_, _ = c.e.nc.RequestMsg(m, 2*time.Second)
+		}
+	}
+	var lastClient uint64
+	if m, err := c.e.h.In.GetLastMsgForSubject(ctx, c.inSubj); err == nil {
+		if m.Header.Get(broker.HeaderKind) == broker.KindMessage {
+			lastClient, _ = strconv.ParseUint(m.Header.Get(broker.HeaderClientSeq), 10, 64)
+		}
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.e.log.Warn("resume: read last client message", "session", c.key, "err", err)
+		c.e.m.resumes.WithLabelValues("error").Inc()
+		c.closeWith(websocket.CloseInternalServerErr, "icws: gateway unavailable")
+		c.teardown("resume failed")
+		return false
+	}
+	resumed, err := encodeResumed(lastClient)
+	if err != nil {
+		c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
+		c.teardown("resume failed")
+		return false
+	}
+	// Race-free replay: the live subscription buffers (filling = true) before history is read.
+	c.dmu.Lock()
+	c.next = req.LastSeq + 1
+	c.filling = true
+	c.resumedFrame = resumed
+	c.resumeStart = start
+	c.dmu.Unlock()
+	if err := c.subscribe(); err != nil {
+		c.e.log.Warn("resume: subscribe", "subject", c.outSubj, "err", err)
+		c.closeWith(websocket.CloseInternalServerErr, "icws: gateway unavailable")
+		c.teardown("resume failed")
+		return false
+	}
+	c.resumed = true
+	c.e.m.resumes.WithLabelValues("ok").Inc()
+	c.e.m.connectionsTotal.WithLabelValues("resume").Inc()
+	c.e.log.Info("session resumed", "client", c.clientTok, "canister", c.canText, "last_seq", req.LastSeq,
+		"last_client_seq", lastClient, "previous_edge", prev.Edge, "previous_state", prev.State, "remote", c.remote)
+	go c.fill()
+	return true
+}

@@ -1,0 +1,281 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/icws/icws/broker"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// openResumable opens a resumable session, receives seq 1, sends n client messages and waits
+// until they are stored.
+func openResumable(t *testing.T, v *env, url string, n int) *client {
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(url, true)
+	c.open()
+	if s, _ := c.next(); s != 1 {
+		t.Fatalf("seq %d", s)
+	}
+	for i := 0; i < n; i++ {
+		c.send()
+	}
+	waitFor(t, 5*time.Second, "client messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	return c
+}
+
+func dropSocket(t *testing.T, v *env, c *client) {
+	_ = c.ws.UnderlyingConn().Close()
+	waitFor(t, 5*time.Second, "detached", func() bool {
+		rec := v.session(c)
+		return rec != nil && rec.State == broker.SessionDetached
+	})
+}
+
+func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 3)
+	subj := outSubjectOfClient(c)
+	for s := uint64(2); s <= 10; s++ {
+		p.publish(subj, s, 0)
+	}
+	for want := uint64(2); want <= 5; want++ {
+		if got, _ := c.next(); got != want {
+			t.Fatalf("got %d want %d", got, want)
+		}
+	}
+	dropSocket(t, v, c)
+	// The pipeline keeps publishing during the resume and the replay.
+	const last = 400
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for s := uint64(11); s <= last; s++ {
+			p.publish(subj, s, 0)
+		}
+	}()
+	lastClient, code, reason := c.resume(e.url, 5)
+	if code != 0 {
+		t.Fatalf("resume closed %d %q", code, reason)
+	}
+	if lastClient != 3 {
+		t.Fatalf("last_client_seq %d, want 3", lastClient)
+	}
+	for want := uint64(6); want <= last; want++ {
+		if got, _ := c.next(); got != want {
+			t.Fatalf("got %d want %d", got, want)
+		}
+	}
+	wg.Wait()
+	// Re-sent client messages are de-duplicated; new ones continue the order.
+	c.seq = 3
+	c.send()
+	waitFor(t, 5*time.Second, "message 4 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
+	c.seq = 3
+	c.send()
+	c.send()
+	waitFor(t, 5*time.Second, "message 5 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
+	in := v.inMessages(inSubjectOf(v, c))
+	for i, m := range in[1:] {
+		if m.clientSeq != string(rune('1'+i)) {
+			t.Fatalf("ICWS_IN client seqs: %+v", in)
+		}
+	}
+	rec := v.session(c)
+	if rec.State != broker.SessionOpen || rec.Edge != "e1" || !rec.DetachedAt.IsZero() {
+		t.Fatalf("record %+v", rec)
+	}
+	if n := counter(t, e.m.resumes.WithLabelValues("ok")); n != 1 {
+		t.Fatalf("resumes ok %v", n)
+	}
+}
+
+func TestResumeRejections(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	p.publish(outSubjectOfClient(c), 2, 0)
+	c.next()
+	dropSocket(t, v, c)
+
+	good := c.token
+	c.token = make([]byte, 32)
+	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "wrong token") {
+		t.Fatalf("wrong token: %d %q", code, reason)
+	}
+	c.token = good
+	if _, code, reason := c.resume(e.url, 9); code != CloseNotResumable || !strings.Contains(reason, "above the highest") {
+		t.Fatalf("last_seq ahead: %d %q", code, reason)
+	}
+	// A failed attempt leaves the session as it was.
+	if rec := v.session(c); rec == nil || rec.State != broker.SessionDetached {
+		t.Fatalf("record %+v", rec)
+	}
+	// Unknown session.
+	u := newClient(t, v.gw, c.canister)
+	u.token = good
+	if _, code, reason := u.resume(e.url, 0); code != CloseNotResumable || !strings.Contains(reason, "unknown session") {
+		t.Fatalf("unknown: %d %q", code, reason)
+	}
+	// A standard session cannot be resumed.
+	s := newClient(t, v.gw, randomCanister(t))
+	s.dial(e.url, false)
+	s.open()
+	s.next()
+	s.token = good
+	if _, code, reason := s.resume(e.url, 1); code != CloseNotResumable || !strings.Contains(reason, "opt in") {
+		t.Fatalf("standard: %d %q", code, reason)
+	}
+	// Tokens rotate: the token of the handshake before last is no longer valid after a resume.
+	c.token = good
+	if _, code, _ := c.resume(e.url, 2); code != 0 {
+		t.Fatalf("resume: %d", code)
+	}
+	_ = c.ws.UnderlyingConn().Close()
+	waitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
+	c.token = good
+	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "wrong token") {
+		t.Fatalf("reused token: %d %q", code, reason)
+	}
+}
+
+func TestResumeHistoryIncomplete(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	for s := uint64(2); s <= 6; s++ {
+		p.publish(subj, s, 0)
+	}
+	c.next()
+	waitFor(t, 5*time.Second, "stored", func() bool {
+		m, err := v.h.Out.GetLastMsgForSubject(context.Background(), subj)
+		return err == nil && m.Header.Get(broker.HeaderSeq) == "6"
+	})
+	dropSocket(t, v, c)
+	// The replay window lost 1..4: resuming from 2 would need 3.
+	if err := v.h.Out.Purge(context.Background(), jetstream.WithPurgeSubject(subj), jetstream.WithPurgeKeep(2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "history") {
+		t.Fatalf("incomplete: %d %q", code, reason)
+	}
+	waitFor(t, 5*time.Second, "session closed and close request", func() bool {
+		in := v.inMessages(inSubjectOf(v, c))
+		return v.session(c) == nil && in[len(in)-1].kind == broker.KindClose
+	})
+}
+
+func TestResumeGraceExpires(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.ResumeGrace = 300 * time.Millisecond
+	e := v.startEdge(cfg)
+	c := openResumable(t, v, e.url, 2)
+	dropSocket(t, v, c)
+	waitFor(t, 5*time.Second, "close request after grace", func() bool {
+		in := v.inMessages(inSubjectOf(v, c))
+		return in[len(in)-1].kind == broker.KindClose && strings.Contains(in[len(in)-1].reason, "grace")
+	})
+	waitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
+	if _, code, reason := c.resume(e.url, 1); code != CloseNotResumable || !strings.HasPrefix(reason, "icws: not resumable: ") {
+		t.Fatalf("expired: %d %q", code, reason)
+	}
+	if n := len(v.inMessages(inSubjectOf(v, c))); n != 4 {
+		t.Fatalf("ICWS_IN holds %d messages, want open, 2 messages, one close", n)
+	}
+}
+
+func TestResumeOnSecondEdge(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	a := v.startEdge(testConfig("edgeA"))
+	b := v.startEdge(testConfig("edgeB"))
+	c := openResumable(t, v, a.url, 2)
+	subj := outSubjectOfClient(c)
+	p.publish(subj, 2, 0)
+	c.next()
+	oldWS := c.ws
+	// The client thinks its connection is dead (it is not, for edge A) and resumes on edge B.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for s := uint64(3); s <= 100 && !stop.Load(); s++ {
+			p.publish(subj, s, 0)
+		}
+	}()
+	lastClient, code, reason := c.resume(b.url, 2)
+	if code != 0 || lastClient != 2 {
+		t.Fatalf("resume on B: %d %q last_client_seq %d", code, reason, lastClient)
+	}
+	code, reason = expectClose(t, oldWS)
+	if code != CloseResumedElsewhere || reason != reasonResumedElsewhere {
+		t.Fatalf("old socket closed with %d %q", code, reason)
+	}
+	for want := uint64(3); want <= 100; want++ {
+		if got, _ := c.next(); got != want {
+			t.Fatalf("got %d want %d", got, want)
+		}
+	}
+	wg.Wait()
+	rec := v.session(c)
+	if rec.Edge != "edgeB" || rec.State != broker.SessionOpen {
+		t.Fatalf("record %+v", rec)
+	}
+	// Edge A's socket end did not detach or close the moved session.
+	time.Sleep(100 * time.Millisecond)
+	if rec := v.session(c); rec.Edge != "edgeB" || rec.State != broker.SessionOpen {
+		t.Fatalf("record after old socket end %+v", rec)
+	}
+	c.send()
+	waitFor(t, 5*time.Second, "message 3 via B", func() bool {
+		in := v.inMessages(inSubjectOf(v, c))
+		return len(in) == 4 && in[3].clientSeq == "3"
+	})
+}
+
+func TestDeadEdgeSessionsDetachedAndExpired(t *testing.T) {
+	v := newEnv(t)
+	cfg := testConfig("e1")
+	cfg.ResumeGrace = 300 * time.Millisecond
+	v.startEdge(cfg)
+	c := newClient(t, v.gw, randomCanister(t))
+	ct, cl := c.canister.Encode(), c.key().Token()
+	part := broker.Partition(ct, cl, v.h.Partitions)
+	rec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: cl, Edge: "ghost", Resumable: true,
+		TokenHash: "x", OpenedAt: time.Now(), Partition: part}
+	val, _ := json.Marshal(rec)
+	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
+		t.Fatal(err)
+	}
+	// A standard session of the dead edge is closed at once.
+	s := newClient(t, v.gw, c.canister)
+	sk := s.key().Token()
+	srec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: sk, Edge: "ghost",
+		OpenedAt: time.Now(), Partition: broker.Partition(ct, sk, v.h.Partitions)}
+	val, _ = json.Marshal(srec)
+	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, sk), val); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "resumable session detached", func() bool {
+		r := v.session(c)
+		return r == nil || r.State == broker.SessionDetached
+	})
+	waitFor(t, 5*time.Second, "both closed", func() bool {
+		return v.session(c) == nil && v.session(s) == nil &&
+			len(v.inMessages(broker.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
+	})
+}

@@ -1,0 +1,273 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/icws/icws/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// acquireLease takes this edge's liveness lease. An unexpired lease held under the same id by
+// another process means two edges share an id: refuse to start.
+func (e *Edge) acquireLease(ctx context.Context) (uint64, error) {
+	key := broker.EdgeLeaseKey(e.cfg.ID)
+	val, _ := json.Marshal(broker.LeaseRecord{Holder: e.cfg.ID, ExpiresAt: time.Now().Add(e.cfg.LeaseTTL)})
+	rev, err := e.h.Leases.Create(ctx, key, val)
+	if err == nil {
+		return rev, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("edge: acquire lease %s: %w", key, err)
+	}
+	ent, err := e.h.Leases.Get(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("edge: read lease %s: %w", key, err)
+	}
+	var cur broker.LeaseRecord
+	if json.Unmarshal(ent.Value(), &cur) == nil && time.Now().Before(cur.ExpiresAt) {
+		return 0, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", key, cur.ExpiresAt.Format(time.RFC3339), e.cfg.ID)
+	}
+	rev, err = e.h.Leases.Update(ctx, key, val, ent.Revision())
+	if err != nil {
+		return 0, fmt.Errorf("edge: take over lease %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+func (e *Edge) renewLease(ctx context.Context, rev uint64) {
+	key := broker.EdgeLeaseKey(e.cfg.ID)
+	t := time.NewTicker(e.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		val, _ := json.Marshal(broker.LeaseRecord{Holder: e.cfg.ID, ExpiresAt: time.Now().Add(e.cfg.LeaseTTL)})
+		rctx, cancel := context.WithTimeout(ctx, e.cfg.LeaseTTL/3)
+		nrev, err := e.h.Leases.Update(rctx, key, val, rev)
+		if err != nil {
+			// Lost the revision (e.g. NATS restarted): take the key back unconditionally, it is ours.
+			nrev, err = e.h.Leases.Put(rctx, key, val)
+		}
+		cancel()
+		if err != nil {
+			e.log.Warn("renew edge lease", "err", err)
+			continue
+		}
+		rev = nrev
+	}
+}
+
+type sessionIndexEntry struct {
+	state      string
+	edge       string
+	resumable  bool
+	detachedAt time.Time
+}
+
+// sweep keeps an index of all sessions (one KV watcher per edge) and periodically acts on those
+// that need it: detached sessions past their grace, sessions of edges whose lease expired, and
+// closed sessions whose close request still has to be published. Every action is a compare-and-set
+// on the session record, so when several edges race, exactly one acts.
+func (e *Edge) sweep(ctx context.Context) {
+	idx := map[string]sessionIndexEntry{}
+	var updates <-chan jetstream.KeyValueEntry
+	var w jetstream.KeyWatcher
+	startWatch := func() {
+		var err error
+		w, err = e.h.Sessions.WatchAll(ctx, jetstream.IgnoreDeletes())
+		if err != nil {
+			e.log.Warn("watch sessions", "err", err)
+			w, updates = nil, nil
+			return
+		}
+		updates = w.Updates()
+	}
+	startWatch()
+	defer func() {
+		if w != nil {
+			_ = w.Stop()
+		}
+	}()
+	t := time.NewTicker(e.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ent, ok := <-updates:
+			if !ok {
+				updates = nil
+				continue
+			}
+			if ent == nil {
+				continue // initial values done
+			}
+			if ent.Operation() != jetstream.KeyValuePut {
+				delete(idx, ent.Key())
+				continue
+			}
+			var rec broker.SessionRecord
+			if json.Unmarshal(ent.Value(), &rec) != nil {
+				continue
+			}
+			idx[ent.Key()] = sessionIndexEntry{state: rec.State, edge: rec.Edge, resumable: rec.Resumable, detachedAt: rec.DetachedAt}
+		case <-t.C:
+			if updates == nil {
+				if w != nil {
+					_ = w.Stop()
+				}
+				startWatch()
+			}
+			e.sweepOnce(ctx, idx)
+		}
+	}
+}
+
+func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry) {
+	now := time.Now()
+	alive := map[string]bool{e.cfg.ID: true}
+	edgeAlive := func(id string) bool {
+		if v, ok := alive[id]; ok {
+			return v
+		}
+		v := false
+		if ent, err := e.h.Leases.Get(ctx, broker.EdgeLeaseKey(id)); err == nil {
+			var l broker.LeaseRecord
+			v = json.Unmarshal(ent.Value(), &l) == nil && now.Before(l.ExpiresAt)
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			v = true // cannot tell: do not act on its sessions
+		}
+		alive[id] = v
+		return v
+	}
+	budget := e.cfg.SweepBatch
+	for key, s := range idx {
+		if budget == 0 || ctx.Err() != nil {
+			return
+		}
+		mine := s.edge == e.cfg.ID
+		switch s.state {
+		case broker.SessionDetached:
+			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace || !(mine || !edgeAlive(s.edge)) {
+				continue
+			}
+		case broker.SessionClosed:
+			if !mine && edgeAlive(s.edge) {
+				continue
+			}
+		case broker.SessionOpen:
+			if mine || edgeAlive(s.edge) {
+				continue
+			}
+		default:
+			continue
+		}
+		budget--
+		e.sweepSession(ctx, key)
+	}
+}
+
+// sweepSession re-reads one record and moves it one step: open (dead edge) → detached or closed,
+// detached past grace → closed, closed → close request published and record deleted.
+func (e *Edge) sweepSession(ctx context.Context, key string) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.WriteTimeout)
+	defer cancel()
+	rec, rev, err := e.getSession(ctx, key)
+	if err != nil || rec == nil {
+		return
+	}
+	now := time.Now()
+	switch rec.State {
+	case broker.SessionOpen:
+		if rec.Edge == e.cfg.ID {
+			return
+		}
+		if rec.Resumable {
+			rec.State, rec.DetachedAt = broker.SessionDetached, now
+			if _, err := e.putSession(ctx, key, rec, rev); err == nil {
+				e.m.sweeps.WithLabelValues("detached_dead_edge").Inc()
+				e.log.Info("session detached: its edge is gone", "session", key, "dead_edge", rec.Edge)
+			}
+			return
+		}
+		rec.State = broker.SessionClosed
+		if rev, err = e.putSession(ctx, key, rec, rev); err != nil {
+			return
+		}
+		e.m.sweeps.WithLabelValues("closed_dead_edge").Inc()
+		e.finishSession(ctx, key, rec, rev, "edge gone")
+	case broker.SessionDetached:
+		if now.Sub(rec.DetachedAt) < e.cfg.ResumeGrace {
+			return
+		}
+		rec.State = broker.SessionClosed
+		if rev, err = e.putSession(ctx, key, rec, rev); err != nil {
+			return
+		}
+		e.m.sweeps.WithLabelValues("expired").Inc()
+		e.log.Info("session closed: resume grace over", "session", key, "canister", rec.Canister, "client", rec.Client)
+		e.finishSession(ctx, key, rec, rev, "resume grace over")
+	case broker.SessionClosed:
+		e.m.sweeps.WithLabelValues("finished").Inc()
+		e.finishSession(ctx, key, rec, rev, "session closed")
+	}
+}
+
+// finishSession publishes the close request for a session already marked closed (so nobody else
+// touches it) and deletes the record. If publishing fails the record stays closed and a later sweep
+// retries; the close request is de-duplicated by its Nats-Msg-Id.
+func (e *Edge) finishSession(ctx context.Context, key string, rec *broker.SessionRecord, rev uint64, reason string) {
+	if err := e.publishClose(ctx, rec.Partition, rec.Canister, rec.Client, reason); err != nil {
+		e.log.Warn("publish close request", "session", key, "err", err)
+		return
+	}
+	if err := e.h.Sessions.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+		e.log.Debug("delete session", "session", key, "err", err)
+	}
+}
+
+func (e *Edge) getSession(ctx context.Context, key string) (*broker.SessionRecord, uint64, error) {
+	ent, err := e.h.Sessions.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get session %s: %w", key, err)
+	}
+	var rec broker.SessionRecord
+	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		return nil, 0, fmt.Errorf("session %s: bad record: %w", key, err)
+	}
+	return &rec, ent.Revision(), nil
+}
+
+func (e *Edge) putSession(ctx context.Context, key string, rec *broker.SessionRecord, rev uint64) (uint64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	nrev, err := e.h.Sessions.Update(ctx, key, val, rev)
+	if err != nil {
+		return 0, fmt.Errorf("update session %s: %w", key, err)
+	}
+	return nrev, nil
+}
+
+func (e *Edge) publishClose(ctx context.Context, partition int, canister, client, reason string) error {
+	msg := nats.NewMsg(broker.InSubject(partition, canister, client))
+	msg.Header.Set(broker.HeaderKind, broker.KindClose)
+	msg.Header.Set(broker.HeaderCloseReason, reason)
+	msg.Header.Set(broker.HeaderMsgID, "close."+canister+"."+client)
+	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish close request for %s.%s: %w", canister, client, err)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+// Package icclient is the gateway's HTTP client for the Internet Computer: it signs its own update
+// calls, queries and read_state requests, relays client-signed envelopes byte for byte, and verifies
+// every answer it acts on (certificates against the root key, query answers against node keys that
+// it caches per effective canister).
+package icclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aviate-labs/agent-go/certification"
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/protocol"
+	"golang.org/x/sync/singleflight"
+)
+
+// Config configures a Client.
+type Config struct {
+	// URL is the IC API base URL (ICWS_IC_URL), e.g. https://icp-api.io or http://127.0.0.1:4943.
+	URL string
+	// RootKey is the DER root key. nil: the mainnet key for mainnet URLs (never fetched), else the
+	// key fetched from /api/v2/status at New.
+	RootKey []byte
+	// Identity signs the gateway's own requests (its Ed25519 key).
+	Identity identity.Identity
+	// HTTPClient defaults to a client with a 30 s timeout.
+	HTTPClient *http.Client
+	// CallAPIVersion is the call endpoint version: 3 (default, synchronous) or 2.
+	CallAPIVersion int
+	Logger         *slog.Logger
+	// IngressExpiry is how far ahead signed requests expire, and the largest accepted certificate
+	// age. Default 4m.
+	IngressExpiry time.Duration
+	// NodeKeyTTL is how long subnet node keys stay cached per effective canister. Default 5m.
+	NodeKeyTTL time.Duration
+	// NodeKeyMinRefresh is the least time between two key fetches for the same canister that a
+	// failed query verification may trigger. Default 10s.
+	NodeKeyMinRefresh time.Duration
+	// PollInterval is the first delay between read_state polls after a 202; it doubles up to 1 s.
+	// Default 100ms.
+	PollInterval time.Duration
+	// MaxResponseBytes bounds the size of an answer body. Default 16 MiB.
+	MaxResponseBytes int64
+}
+
+// mainnetURLs are the hosts for which the built-in mainnet root key is used and never fetched.
+var mainnetHosts = []string{"icp-api.io", "icp0.io", "ic0.app"}
+
+// Client talks to one IC HTTP endpoint. It is safe for concurrent use.
+type Client struct {
+	cfg     Config
+	base    string
+	rootKey []byte
+	log     *slog.Logger
+	http    *http.Client
+
+	keysMu sync.Mutex
+	keys   map[string]*nodeKeys // by effective canister text
+	keysSF singleflight.Group
+}
+
+// New checks the configuration and settles the root key.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("icclient: no IC URL")
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("icclient: IC URL %q: want http(s)://host[:port]", cfg.URL)
+	}
+	if cfg.Identity == nil {
+		return nil, errors.New("icclient: no identity")
+	}
+	if cfg.CallAPIVersion == 0 {
+		cfg.CallAPIVersion = 3
+	}
+	if cfg.CallAPIVersion != 2 && cfg.CallAPIVersion != 3 {
+		return nil, fmt.Errorf("icclient: call API version %d: want 2 or 3", cfg.CallAPIVersion)
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.IngressExpiry <= 0 {
+		cfg.IngressExpiry = 4 * time.Minute
+	}
+	if cfg.IngressExpiry > 5*time.Minute {
+		return nil, fmt.Errorf("icclient: ingress expiry %s: at most 5m", cfg.IngressExpiry)
+	}
+	if cfg.NodeKeyTTL <= 0 {
+		cfg.NodeKeyTTL = 5 * time.Minute
+	}
+	if cfg.NodeKeyMinRefresh <= 0 {
+		cfg.NodeKeyMinRefresh = 10 * time.Second
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 100 * time.Millisecond
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = 16 << 20
+	}
+	c := &Client{
+		cfg:  cfg,
+		base: strings.TrimRight(cfg.URL, "/"),
+		log:  cfg.Logger,
+		http: cfg.HTTPClient,
+		keys: make(map[string]*nodeKeys),
+	}
+	switch {
+	case cfg.RootKey != nil:
+		c.rootKey = cfg.RootKey
+		c.log.Info("ic root key from configuration", "url", c.base)
+	case isMainnet(u.Hostname()):
+		c.rootKey, _ = hex.DecodeString(certification.RootKey)
+		c.log.Info("ic root key: built-in mainnet key", "url", c.base)
+	default:
+		k, err := c.fetchRootKey(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.rootKey = k
+		c.log.Warn("ic root key fetched from the network (trust on first use; only for local/test networks)", "url", c.base)
+	}
+	if _, err := certification.PublicBLSKeyFromDER(c.rootKey); err != nil {
+		return nil, fmt.Errorf("icclient: root key is not a DER BLS key: %w", err)
+	}
+	return c, nil
+}
+
+func isMainnet(host string) bool {
+	for _, h := range mainnetHosts {
+		if host == h {
+			return true
+		}
+	}
+	return false
+}
+
+// RootKey returns the DER root key the client verifies against.
+func (c *Client) RootKey() []byte { return c.rootKey }
+
+// Principal is the gateway principal (the identity's sender).
+func (c *Client) Principal() principal.Principal { return c.cfg.Identity.Sender() }
+
+func (c *Client) fetchRootKey(ctx context.Context) ([]byte, error) {
+	body, err := c.do(ctx, http.MethodGet, "/api/v2/status", nil, http.StatusOK)
+	if err != nil {
+		return nil, fmt.Errorf("icclient: fetch root key: %w", err)
+	}
+	var st struct {
+		RootKey []byte `cbor:"root_key"`
+	}
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body.data), &st); err != nil {
+		return nil, fmt.Errorf("icclient: fetch root key: %w", &DecodeError{err})
+	}
+	if len(st.RootKey) == 0 {
+		return nil, errors.New("icclient: fetch root key: status has no root_key")
+	}
+	return st.RootKey, nil
+}
+
+type answer struct {
+	status int
+	data   []byte
+}
+
+// do sends one request and returns the body if the status is one of ok; other statuses become
+// *HTTPError, network failures *TransportError.
+func (c *Client) do(ctx context.Context, method, path string, body []byte, ok ...int) (answer, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return answer{}, fmt.Errorf("build request %s: %w", path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/cbor")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return answer{}, fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
+		return answer{}, &TransportError{fmt.Errorf("%s %s: %w", method, path, err)}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return answer{}, fmt.Errorf("%s %s: read answer: %w", method, path, ctx.Err())
+		}
+		return answer{}, &TransportError{fmt.Errorf("%s %s: read answer: %w", method, path, err)}
+	}
+	if int64(len(data)) > c.cfg.MaxResponseBytes {
+		return answer{}, &DecodeError{fmt.Errorf("%s %s: answer larger than %d bytes", method, path, c.cfg.MaxResponseBytes)}
+	}
+	for _, s := range ok {
+		if resp.StatusCode == s {
+			return answer{status: resp.StatusCode, data: data}, nil
+		}
+	}
+	text := strings.TrimSpace(string(data))
+	if len(text) > 512 {
+		text = text[:512] + "…"
+	}
+	return answer{}, &HTTPError{StatusCode: resp.StatusCode, Body: text, URL: method + " " + path}
+}
+
+func (c *Client) newRequest(typ string) Request {
+	return Request{Type: typ, IngressExpiry: time.Now().Add(c.cfg.IngressExpiry)}
+}
+
+func randomNonce() []byte {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return b
+}

@@ -1,0 +1,75 @@
+package poller
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// Config configures a poller process. The caller applies the ICWS_ prefix.
+type Config struct {
+	ID             string        `envconfig:"POLLER_ID" desc:"unique id of this poller process (default: hostname-pid)"`
+	Interval       time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"wait between two ws_get_messages polls of a canister once its queue is drained"`
+	Timeout        time.Duration `envconfig:"POLL_TIMEOUT" default:"5s" desc:"timeout of one ws_get_messages query"`
+	LeaseTTL       time.Duration `envconfig:"POLL_LEASE_TTL" default:"2s" desc:"lifetime of a canister's poller lease; a standby takes over this long after the active poller dies"`
+	Canisters      []string      `envconfig:"CANISTERS" desc:"comma-separated canister ids always polled (empty: only canisters with sessions)"`
+	BackoffMin     time.Duration `envconfig:"POLL_BACKOFF_MIN" default:"100ms" desc:"first retry delay after a failed poll"`
+	BackoffMax     time.Duration `envconfig:"POLL_BACKOFF_MAX" default:"5s" desc:"largest retry delay after failed polls"`
+	Linger         time.Duration `envconfig:"POLL_LINGER" default:"5s" desc:"how long a canister is still polled after its last session is gone"`
+	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
+	// ReadyWindow: Ready fails when polls have been failing for longer than this.
+	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
+}
+
+// withDefaults fills zero values with the envconfig defaults, so a Config built in code works too.
+func (c Config) withDefaults() Config {
+	if c.ID == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "poller"
+		}
+		c.ID = h + "-" + strconv.Itoa(os.Getpid())
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Interval, 100*time.Millisecond)
+	def(&c.Timeout, 5*time.Second)
+	def(&c.LeaseTTL, 2*time.Second)
+	def(&c.BackoffMin, 100*time.Millisecond)
+	def(&c.BackoffMax, 5*time.Second)
+	def(&c.Linger, 5*time.Second)
+	def(&c.PublishTimeout, 5*time.Second)
+	def(&c.ReadyWindow, 30*time.Second)
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Interval < 0:
+		return fmt.Errorf("ICWS_POLL_INTERVAL=%s: must not be negative", c.Interval)
+	case c.Timeout <= 0:
+		return fmt.Errorf("ICWS_POLL_TIMEOUT=%s: must be positive", c.Timeout)
+	case c.LeaseTTL < 200*time.Millisecond:
+		return fmt.Errorf("ICWS_POLL_LEASE_TTL=%s: must be at least 200ms", c.LeaseTTL)
+	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
+		return fmt.Errorf("ICWS_POLL_BACKOFF_MIN=%s, ICWS_POLL_BACKOFF_MAX=%s: need 0 < min <= max", c.BackoffMin, c.BackoffMax)
+	case c.Linger < 0:
+		return fmt.Errorf("ICWS_POLL_LINGER=%s: must not be negative", c.Linger)
+	case c.PublishTimeout <= 0:
+		return fmt.Errorf("ICWS_POLL_PUBLISH_TIMEOUT=%s: must be positive", c.PublishTimeout)
+	}
+	var errs []error
+	for _, s := range c.Canisters {
+		if _, err := principal.Decode(s); err != nil {
+			errs = append(errs, fmt.Errorf("ICWS_CANISTERS: %q is not a canister id: %w", s, err))
+		}
+	}
+	return errors.Join(errs...)
+}

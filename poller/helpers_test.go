@@ -1,0 +1,35 @@
+package poller
+
+import (
+	"testing"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func candidMarshal(v any) ([]byte, error) { return candid.Marshal([]any{v}) }
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func BenchmarkDecodeGetMessages50(b *testing.B) {
+	c := newFakeCanister(testGateway)
+	c.push(50, testClient(1), testClient(2))
+	reply, err := c.answer(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := decodeGetMessages(reply); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,446 @@
+package poller
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// errCursorConflict means another poller wrote the cursor: we are no longer the only one polling.
+var errCursorConflict = errors.New("cursor written by another poller")
+
+func (p *Poller) handles() *broker.Handles {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.h
+}
+
+// runCanister competes for the canister's lease and polls while holding it, until ctx ends.
+func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake <-chan struct{}) {
+	id := c.Encode()
+	key := broker.PollerLeaseKey(id)
+	h := p.handles()
+	log := p.log.With("canister", id)
+	defer p.m.leaseHeld.DeleteLabelValues(id)
+	for ctx.Err() == nil {
+		l, err := p.acquire(ctx, h.Leases, key, wake)
+		if err != nil {
+			return
+		}
+		log.Info("lease acquired")
+		p.m.leaseHeld.WithLabelValues(id).Set(1)
+		lctx, cancel := context.WithCancel(ctx)
+		var lost atomic.Bool
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.renew(lctx, h.Leases, l, func() { lost.Store(true); cancel() })
+		}()
+		err = p.pollCanister(lctx, c)
+		cancel()
+		wg.Wait()
+		p.m.leaseHeld.WithLabelValues(id).Set(0)
+		switch {
+		case ctx.Err() != nil:
+			if !p.abandonLeases && !lost.Load() {
+				p.release(h.Leases, l)
+			}
+			return
+		case lost.Load():
+			log.Warn("lease lost; now standby")
+		case errors.Is(err, errCursorConflict):
+			log.Warn("cursor moved by another poller; re-checking the lease")
+		case err != nil:
+			log.Error("polling stopped", "err", err)
+		}
+	}
+}
+
+// pollCanister is the polling loop of a canister whose lease we hold.
+func (p *Poller) pollCanister(ctx context.Context, c principal.Principal) error {
+	id := c.Encode()
+	log := p.log.With("canister", id)
+	h := p.handles()
+	backoff := p.cfg.BackoffMin
+	fail := func(kind string, msg string, err error) bool {
+		p.m.errors.WithLabelValues(kind).Inc()
+		log.Warn(msg, "err", err, "retry_in", backoff)
+		ok := sleep(ctx, backoff)
+		backoff = min(2*backoff, p.cfg.BackoffMax)
+		return ok
+	}
+
+	var cur broker.CursorRecord
+	var rev uint64
+	for {
+		var err error
+		if cur, rev, err = loadCursor(ctx, h.Cursors, id); err == nil {
+			break
+		}
+		if ctx.Err() != nil || !fail(errKindCursor, "read cursor failed", err) {
+			return ctx.Err()
+		}
+	}
+	log.Info("polling from cursor", "next_nonce", cur.NextNonce, "epoch", cur.Epoch)
+	p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
+
+	for ctx.Err() == nil {
+		start := time.Now()
+		// Ask for the last published message again: seeing it unchanged proves the queue was not
+		// reset since; seeing it gone or different means it was.
+		overlap := cur.NextNonce > 0 && cur.LastKey != ""
+		from := cur.NextNonce
+		if overlap {
+			from--
+		}
+		res, err := p.fetch(ctx, c, from)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			kind, msg := classify(err)
+			if !fail(kind, msg, err) {
+				return nil
+			}
+			continue
+		}
+		msgs := res.Messages
+		next := cur
+		reset := false
+		if len(msgs) > 0 || overlap {
+			var first uint64
+			if len(msgs) > 0 {
+				if first, err = protocol.MessageKeyNonce(msgs[0].Key); err != nil {
+					if !fail(errKindDecode, "bad message key in ws_get_messages answer", err) {
+						return nil
+					}
+					continue
+				}
+			}
+			switch {
+			case overlap && len(msgs) == 0:
+				reset = true // the last published message is gone and nothing follows it
+			case first < from:
+				reset = true // the canister answered below what we asked: not the queue we knew
+			case overlap && first == from:
+				if msgs[0].Key != cur.LastKey || contentHash(msgs[0].Content) != cur.LastContentHash {
+					reset = true
+				} else {
+					msgs = msgs[1:]
+				}
+			case first > cur.NextNonce && cur.LastKey != "":
+				p.m.errors.WithLabelValues(errKindGap).Inc()
+				log.Warn("queue gap: messages expired in the canister before they were polled", "from_nonce", cur.NextNonce, "to_nonce", first-1)
+			}
+		}
+		if reset {
+			log.Warn("canister queue reset detected; resynchronising from its first retained message", "next_nonce", cur.NextNonce, "last_key", cur.LastKey, "epoch", cur.Epoch+1)
+			p.m.resets.WithLabelValues(id).Inc()
+			if res, err = p.fetch(ctx, c, 0); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				kind, msg := classify(err)
+				if !fail(kind, msg, err) {
+					return nil
+				}
+				continue
+			}
+			msgs = res.Messages
+			next = broker.CursorRecord{Epoch: cur.Epoch + 1}
+		}
+		if len(msgs) > 0 {
+			n, last, err := p.publish(ctx, id, next.Epoch, res, msgs)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if !fail(errKindPublish, "publish to ICWS_OUT failed", err) {
+					return nil
+				}
+				continue
+			}
+			if last.key != "" {
+				next.NextNonce = last.nonce + 1
+				next.LastKey = last.key
+				next.LastContentHash = last.hash
+			}
+			p.m.publishLatency.Observe(time.Since(start).Seconds())
+			p.m.messages.WithLabelValues(id).Add(float64(n))
+		}
+		if next != cur {
+			newRev, err := saveCursor(ctx, h.Cursors, id, next, rev)
+			if errors.Is(err, errCursorConflict) {
+				p.m.errors.WithLabelValues(errKindCursor).Inc()
+				return err
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				// The messages are in the stream; re-publishing them after the retry is de-duplicated.
+				if !fail(errKindCursor, "cursor update failed", err) {
+					return nil
+				}
+				continue
+			}
+			cur, rev = next, newRev
+			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
+		}
+		backoff = p.cfg.BackoffMin
+		if res.EndOfQueue() {
+			if !sleep(ctx, p.cfg.Interval-time.Since(start)) {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// fetch runs one ws_get_messages query with the poll timeout and decodes the answer. A canister
+// Err answer is an error too.
+func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64) (protocol.CanisterOutputCertifiedMessages, error) {
+	arg, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}})
+	if err != nil {
+		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("encode ws_get_messages argument: %w", err)
+	}
+	qctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	start := time.Now()
+	reply, err := p.deps.IC.Query(qctx, c, "ws_get_messages", arg)
+	p.m.pollLatency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		p.notePoll(false)
+		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages(%d): %w", nonce, err)
+	}
+	p.notePoll(true)
+	res, err := decodeGetMessages(reply)
+	if err != nil {
+		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): decode answer: %w", nonce, err)}
+	}
+	if res.Err != nil {
+		return protocol.CanisterOutputCertifiedMessages{}, &canisterError{fmt.Errorf("ws_get_messages(%d): canister returned Err: %s", nonce, *res.Err)}
+	}
+	if res.Ok == nil {
+		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): answer is neither Ok nor Err", nonce)}
+	}
+	return *res.Ok, nil
+}
+
+type decodeError struct{ error }
+
+func (e *decodeError) Unwrap() error { return e.error }
+
+type canisterError struct{ error }
+
+func (e *canisterError) Unwrap() error { return e.error }
+
+func classify(err error) (kind, msg string) {
+	var de *decodeError
+	var ce *canisterError
+	var re *icclient.RejectError
+	switch {
+	case errors.As(err, &de):
+		return errKindDecode, "cannot decode ws_get_messages answer; retrying"
+	case errors.As(err, &ce):
+		return errKindCanister, "canister refused ws_get_messages; retrying"
+	case errors.As(err, &re) && re.Code != icclient.RejectSysTransient:
+		return errKindReject, "ws_get_messages rejected; retrying"
+	}
+	return errKindTransient, "ws_get_messages failed; retrying"
+}
+
+// decodeGetMessages accepts both the CDK ≥ 0.3.1 answer (is_end_of_queue: bool) and older ones
+// (field absent). agent-go's Candid decoder does not apply the bool <: opt bool subtyping rule,
+// so the two shapes are tried in turn.
+func decodeGetMessages(b []byte) (protocol.CanisterWsGetMessagesResult, error) {
+	var strict protocol.CanisterWsGetMessagesResultStrict
+	err := candid.Unmarshal(b, []any{&strict})
+	if err == nil {
+		out := protocol.CanisterWsGetMessagesResult{Err: strict.Err}
+		if strict.Ok != nil {
+			eoq := strict.Ok.IsEndOfQueue
+			out.Ok = &protocol.CanisterOutputCertifiedMessages{Messages: strict.Ok.Messages, Cert: strict.Ok.Cert, Tree: strict.Ok.Tree, IsEndOfQueue: &eoq}
+		}
+		return out, nil
+	}
+	var lenient protocol.CanisterWsGetMessagesResult
+	if err2 := candid.Unmarshal(b, []any{&lenient}); err2 != nil {
+		return lenient, errors.Join(err, err2)
+	}
+	return lenient, nil
+}
+
+type published struct {
+	nonce uint64
+	key   string
+	hash  string
+}
+
+// publish writes msgs to ICWS_OUT in order and waits for every PubAck. It returns how many it
+// published and the last one. A message whose content cannot be read is skipped (the client could
+// not verify it either).
+func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
+	log := p.log.With("canister", canister)
+	out := make([]*nats.Msg, 0, len(msgs))
+	var last published
+	var prev *uint64
+	for _, m := range msgs {
+		nonce, err := protocol.MessageKeyNonce(m.Key)
+		if err != nil {
+			p.m.errors.WithLabelValues(errKindBadContent).Inc()
+			log.Error("skipping canister message with a bad key", "key", m.Key, "err", err)
+			continue
+		}
+		if prev != nil && nonce != *prev+1 {
+			p.m.errors.WithLabelValues(errKindGap).Inc()
+			log.Warn("non-consecutive nonces in one batch", "after", *prev, "got", nonce)
+		}
+		prev = &nonce
+		sum := sha256.Sum256(m.Content)
+		last = published{nonce: nonce, key: m.Key, hash: hex.EncodeToString(sum[:])}
+		wm, err := protocol.DecodeWebsocketMessageCBOR(m.Content)
+		if err != nil {
+			p.m.errors.WithLabelValues(errKindBadContent).Inc()
+			log.Error("skipping canister message whose content is not a WebsocketMessage", "key", m.Key, "err", err)
+			continue
+		}
+		frame, err := protocol.CanisterToClientMessage{Key: m.Key, Content: m.Content, Cert: res.Cert, Tree: res.Tree}.Encode()
+		if err != nil {
+			return 0, last, err
+		}
+		msg := nats.NewMsg(broker.OutSubject(canister, m.ClientKey.Token()))
+		msg.Data = frame
+		msg.Header.Set(broker.HeaderSeq, strconv.FormatUint(wm.SequenceNum, 10))
+		msg.Header.Set(broker.HeaderNonce, strconv.FormatUint(nonce, 10))
+		msg.Header.Set(broker.HeaderClientKey, m.ClientKey.Token())
+		msg.Header.Set(broker.HeaderEpoch, strconv.FormatUint(epoch, 10))
+		msg.Header.Set(broker.HeaderMsgID, canister+"."+m.Key+"."+hex.EncodeToString(sum[:16]))
+		out = append(out, msg)
+	}
+	if err := p.publishOrdered(ctx, out); err != nil {
+		return 0, last, err
+	}
+	return len(out), last, nil
+}
+
+// publishOrdered publishes asynchronously (one connection keeps the order) and waits for all acks.
+// If any publish fails, the whole batch is sent again synchronously: JetStream drops the copies of
+// those already stored by their Nats-Msg-Id.
+func (p *Poller) publishOrdered(ctx context.Context, msgs []*nats.Msg) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	var asyncErr error
+	for _, m := range msgs {
+		f, err := p.deps.JS.PublishMsgAsync(m)
+		if err != nil {
+			asyncErr = err
+			break
+		}
+		futures = append(futures, f)
+	}
+	if asyncErr == nil {
+		timer := time.NewTimer(p.cfg.PublishTimeout)
+		defer timer.Stop()
+	wait:
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				asyncErr = err
+				break wait
+			case <-timer.C:
+				asyncErr = errors.New("timed out waiting for PubAcks")
+				break wait
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	if asyncErr == nil {
+		return nil
+	}
+	p.log.Warn("async publish failed; re-publishing the batch synchronously", "err", asyncErr)
+	for _, m := range msgs {
+		pctx, cancel := context.WithTimeout(ctx, p.cfg.PublishTimeout)
+		_, err := p.deps.JS.PublishMsg(pctx, m)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", m.Subject, err)
+		}
+	}
+	return nil
+}
+
+func contentHash(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func loadCursor(ctx context.Context, kv jetstream.KeyValue, canister string) (broker.CursorRecord, uint64, error) {
+	e, err := kv.Get(ctx, canister)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return broker.CursorRecord{}, 0, nil
+	}
+	if err != nil {
+		return broker.CursorRecord{}, 0, fmt.Errorf("read cursor %s: %w", canister, err)
+	}
+	var rec broker.CursorRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return broker.CursorRecord{}, 0, fmt.Errorf("cursor %s: %w", canister, err)
+	}
+	return rec, e.Revision(), nil
+}
+
+func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec broker.CursorRecord, rev uint64) (uint64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = kv.Create(ctx, canister, b)
+	} else {
+		newRev, err = kv.Update(ctx, canister, b, rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, fmt.Errorf("cursor %s: %w", canister, errCursorConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write cursor %s: %w", canister, err)
+	}
+	return newRev, nil
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,270 @@
+// Package poller runs the canister pollers: for every canister with sessions (and every configured
+// canister) exactly one poller process across the deployment holds a lease, polls the canister's
+// ws_get_messages queue and publishes each certified message once, in queue order, to ICWS_OUT.
+package poller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/icws/icws/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// IC is what the poller needs from the IC client (*icclient.Client satisfies it).
+type IC interface {
+	Query(ctx context.Context, canister principal.Principal, method string, arg []byte) ([]byte, error)
+	Principal() principal.Principal
+}
+
+// Deps are the poller's connections.
+type Deps struct {
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	IC       IC
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+}
+
+// Poller is one poller process.
+type Poller struct {
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	m       *metrics
+	gateway principal.Principal
+	static  map[string]principal.Principal
+
+	mu          sync.Mutex
+	lastAttempt time.Time
+	lastOK      time.Time
+	h           *broker.Handles
+
+	// abandonLeases makes Run return without releasing its leases, as a crashed process would
+	// (tests only).
+	abandonLeases bool
+}
+
+// New validates the configuration and registers the metrics.
+func New(cfg Config, deps Deps) (*Poller, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("poller: %w", err)
+	}
+	if deps.NC == nil || deps.JS == nil || deps.IC == nil {
+		return nil, errors.New("poller: NATS connection, JetStream and IC client are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	var reg prometheus.Registerer = deps.Registry
+	if deps.Registry == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("poller: register metrics: %w", err)
+	}
+	p := &Poller{
+		cfg:     cfg,
+		deps:    deps,
+		log:     deps.Logger.With("poller", cfg.ID),
+		m:       m,
+		gateway: deps.IC.Principal(),
+		static:  make(map[string]principal.Principal),
+	}
+	for _, s := range cfg.Canisters {
+		c, _ := principal.Decode(s) // validated
+		p.static[c.Encode()] = c
+	}
+	return p, nil
+}
+
+// Ready reports whether the poller can do its job: NATS connected, streams present, and the IC
+// answered recently (or has not failed for longer than ReadyWindow).
+func (p *Poller) Ready(ctx context.Context) error {
+	if !p.deps.NC.IsConnected() {
+		return errors.New("poller: NATS not connected")
+	}
+	if _, err := p.deps.JS.Stream(ctx, broker.StreamOut); err != nil {
+		return fmt.Errorf("poller: stream %s: %w", broker.StreamOut, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.lastAttempt.IsZero() && p.lastAttempt.After(p.lastOK) && time.Since(p.lastOK) > p.cfg.ReadyWindow {
+		return fmt.Errorf("poller: no successful IC poll since %s", p.lastOK.Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (p *Poller) notePoll(ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	p.lastAttempt = now
+	if ok {
+		p.lastOK = now
+	}
+}
+
+type workerHandle struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	wake   chan struct{}
+	// idleSince is when the canister's last session went away; zero while it has sessions.
+	idleSince time.Time
+}
+
+// Run polls until ctx ends, then stops every canister worker, releasing its leases so a standby
+// takes over at once.
+func (p *Poller) Run(ctx context.Context) error {
+	h, err := broker.Open(ctx, p.deps.JS)
+	if err != nil {
+		return fmt.Errorf("poller: %w", err)
+	}
+	p.mu.Lock()
+	p.h = h
+	p.mu.Unlock()
+	p.log.Info("poller started", "gateway", p.gateway.Encode(), "static_canisters", len(p.static), "lease_ttl", p.cfg.LeaseTTL)
+
+	workers := make(map[string]*workerHandle)
+	var wg sync.WaitGroup
+	defer func() {
+		for _, w := range workers {
+			w.cancel()
+		}
+		wg.Wait()
+		p.log.Info("poller stopped")
+	}()
+	start := func(id string, c principal.Principal) *workerHandle {
+		if w := workers[id]; w != nil {
+			return w
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		w := &workerHandle{cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+		workers[id] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(w.done)
+			p.runCanister(wctx, c, w.wake)
+		}()
+		p.log.Info("canister polling started", "canister", id)
+		return w
+	}
+	for id, c := range p.static {
+		start(id, c)
+	}
+
+	sessions := make(map[string]map[string]struct{}) // canister → session keys
+	sw, err := h.Sessions.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("poller: watch sessions: %w", err)
+	}
+	defer func() { _ = sw.Stop() }()
+	lw, err := h.Leases.Watch(ctx, broker.PollerLeaseKey("*"), jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("poller: watch leases: %w", err)
+	}
+	defer func() { _ = lw.Stop() }()
+
+	tick := time.NewTicker(max(p.cfg.Linger/4, 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-sw.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("poller: sessions watch ended")
+			}
+			if e == nil {
+				continue // end of the initial values
+			}
+			id, c, open := sessionChange(e)
+			if id == "" {
+				p.log.Warn("ignoring session entry with a bad key", "key", e.Key())
+				continue
+			}
+			set := sessions[id]
+			if open {
+				if set == nil {
+					set = make(map[string]struct{})
+					sessions[id] = set
+				}
+				set[e.Key()] = struct{}{}
+				start(id, c).idleSince = time.Time{}
+			} else if set != nil {
+				delete(set, e.Key())
+				if len(set) == 0 {
+					delete(sessions, id)
+					if w := workers[id]; w != nil && w.idleSince.IsZero() {
+						w.idleSince = time.Now()
+					}
+				}
+			}
+		case e, ok := <-lw.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("poller: leases watch ended")
+			}
+			if e == nil || e.Operation() == jetstream.KeyValuePut {
+				continue
+			}
+			// A released lease: wake the standby at once instead of at the next expiry check.
+			if w := workers[strings.TrimPrefix(e.Key(), broker.PollerLeaseKey(""))]; w != nil {
+				select {
+				case w.wake <- struct{}{}:
+				default:
+				}
+			}
+		case <-tick.C:
+			for id, w := range workers {
+				if _, ok := p.static[id]; ok || w.idleSince.IsZero() || time.Since(w.idleSince) < p.cfg.Linger {
+					continue
+				}
+				w.cancel()
+				<-w.done
+				delete(workers, id)
+				p.log.Info("canister polling stopped: no sessions", "canister", id)
+			}
+		}
+	}
+}
+
+// sessionChange reads a sessions-bucket update: the canister and whether the session counts
+// (open or detached).
+func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool) {
+	key := e.Key()
+	i := strings.IndexByte(key, '.')
+	if i <= 0 {
+		return "", principal.Principal{}, false
+	}
+	c, err := principal.Decode(key[:i])
+	if err != nil {
+		return "", principal.Principal{}, false
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		return c.Encode(), c, false
+	}
+	var rec broker.SessionRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		// A record we cannot read still names a canister that has a session.
+		return c.Encode(), c, true
+	}
+	return c.Encode(), c, rec.State == broker.SessionOpen || rec.State == broker.SessionDetached
+}

@@ -1,0 +1,211 @@
+package poller
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/certification"
+	"github.com/aviate-labs/agent-go/certification/hashtree"
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica"
+	"github.com/icws/icws/replica/wscanister"
+)
+
+// realIC runs the replica simulator with the demo ws canister and gives a gateway icclient.
+func realIC(t *testing.T) (*icclient.Client, *wscanister.Canister, *replica.Replica) {
+	t.Helper()
+	r, err := replica.New(replica.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws *wscanister.Canister
+	cfg := wscanister.DefaultConfig()
+	if err := r.Install(testCanister, func(h replica.Host) (replica.Canister, error) {
+		c, err := wscanister.New(cfg, h)
+		ws = c
+		return c, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.RunCanisters(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	gw, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic, err := icclient.New(ctx, icclient.Config{URL: srv.URL, Identity: gw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ic, ws, r
+}
+
+// openClient makes a client ws_open naming the gateway, through icclient.SubmitCall.
+func openClient(t *testing.T, ic *icclient.Client, nonce uint64) protocol.ClientKey {
+	t.Helper()
+	cl, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	arg, err := candid.Marshal([]any{protocol.CanisterWsOpenArguments{ClientNonce: nonce, GatewayPrincipal: ic.Principal()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, _, err := icclient.SignEnvelope(cl, icclient.Request{Type: icclient.RequestCall, Canister: testCanister, Method: "ws_open",
+		Arg: arg, Nonce: []byte(strconv.FormatUint(nonce, 10)), IngressExpiry: time.Now().Add(3 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := ic.SubmitCall(ctx, testCanister, env)
+	if err != nil || out.Status != icclient.CallReplied {
+		t.Fatalf("ws_open: %+v, %v", out, err)
+	}
+	var res protocol.CanisterWsResult
+	if err := candid.Unmarshal(out.Reply, []any{&res}); err != nil || res.Err != nil {
+		t.Fatalf("ws_open result: %+v, %v", res, err)
+	}
+	return protocol.ClientKey{ClientPrincipal: cl.Sender(), ClientNonce: nonce}
+}
+
+// verifyFrame checks a published frame as a client would: certificate signed by the root key,
+// certified_data equal to the tree's root, and sha256(content) under the key in the tree.
+// verified caches certificates already checked (frames of one batch share theirs; BLS is slow).
+func verifyFrame(t *testing.T, rootKey []byte, data []byte, verified map[string]bool) protocol.CanisterToClientMessage {
+	t.Helper()
+	f, err := protocol.DecodeCanisterToClientMessage(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !verified[string(f.Cert)] {
+		verifyCert(t, rootKey, f)
+		verified[string(f.Cert)] = true
+	}
+	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(f.Tree))
+	if err != nil {
+		t.Fatalf("tree: %v", err)
+	}
+	paths, err := hashtree.AllPaths(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(f.Content)
+	for _, p := range paths {
+		if string(p.Path[len(p.Path)-1]) == f.Key && bytes.Equal(p.Value, sum[:]) {
+			return f
+		}
+	}
+	t.Fatalf("key %s with the content's hash is not in the tree", f.Key)
+	return f
+}
+
+func verifyCert(t *testing.T, rootKey []byte, f protocol.CanisterToClientMessage) {
+	t.Helper()
+	var cert certification.Certificate
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(f.Cert), &cert); err != nil {
+		t.Fatalf("cert: %v", err)
+	}
+	if err := certification.VerifyCertificate(cert, testCanister, rootKey); err != nil {
+		t.Fatalf("cert: %v", err)
+	}
+	cd, err := cert.Tree.Lookup(hashtree.Label("canister"), testCanister.Raw, hashtree.Label("certified_data"))
+	if err != nil {
+		t.Fatalf("certified_data: %v", err)
+	}
+	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(f.Tree))
+	if err != nil {
+		t.Fatalf("tree: %v", err)
+	}
+	if root := tree.Reconstruct(); !bytes.Equal(cd, root[:]) {
+		t.Fatalf("tree root %x is not the certified data %x", root, cd)
+	}
+}
+
+func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
+	ic, ws, r := realIC(t)
+	e := startEnv(t)
+	clients := []protocol.ClientKey{openClient(t, ic, 1), openClient(t, ic, 2)}
+	const perClient = 120 // more than two batches of 50
+	for i := 0; i < perClient; i++ {
+		for _, c := range clients {
+			if err := ws.Send(c, fmt.Sprintf("hello %d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := uint64(len(clients) * (perClient + 1)) // + one OpenMessage each
+	cfg := fastConfig(testCanister.Encode())
+	start := time.Now()
+	e.startPoller("p", cfg, ic, false)
+	waitFor(t, 20*time.Second, "all messages", func() bool { return e.outCount() == want })
+	t.Logf("burst: %d messages polled and published in %s (%.0f msg/s)", want, time.Since(start).Round(time.Millisecond),
+		float64(want)/time.Since(start).Seconds())
+
+	verified := map[string]bool{}
+	seqs := map[string]uint64{}
+	for _, m := range e.outMsgs() {
+		f := verifyFrame(t, r.RootKey(), m.Data, verified)
+		wm, err := protocol.DecodeWebsocketMessageCBOR(f.Content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := wm.ClientKey.Token()
+		if m.Subject != broker.OutSubject(testCanister.Encode(), tok) || m.Header.Get(broker.HeaderClientKey) != tok {
+			t.Fatalf("subject %s for client %s", m.Subject, tok)
+		}
+		seqs[tok]++
+		if wm.SequenceNum != seqs[tok] || m.Header.Get(broker.HeaderSeq) != strconv.FormatUint(wm.SequenceNum, 10) {
+			t.Fatalf("client %s: seq %d, want %d", tok, wm.SequenceNum, seqs[tok])
+		}
+	}
+
+	// Latency of one message from the canister's send to its PubAck'd arrival in ICWS_OUT.
+	sub, err := e.nc.SubscribeSync(broker.OutSubject(testCanister.Encode(), clients[0].Token()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total time.Duration
+	const rounds = 20
+	for i := 0; i < rounds; i++ {
+		sent := time.Now()
+		if err := ws.Send(clients[0], "ping"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.NextMsg(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		total += time.Since(sent)
+	}
+	t.Logf("send → ICWS_OUT latency: mean %s over %d messages (poll interval %s)", (total / rounds).Round(time.Microsecond), rounds, cfg.Interval)
+
+	// An upgrade forgets the gateway: the poller must resynchronise and publish the new queue.
+	ws.Upgrade()
+	waitFor(t, 10*time.Second, "epoch bump", func() bool { return cursorOf(t, e).Epoch == 1 })
+	c3 := openClient(t, ic, 3)
+	if err := ws.Send(c3, "after upgrade"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "new queue published", func() bool { return cursorOf(t, e).NextNonce == 2 })
+	msgs := e.outMsgs()
+	for _, m := range msgs[len(msgs)-2:] {
+		verifyFrame(t, r.RootKey(), m.Data, verified)
+		if m.Header.Get(broker.HeaderEpoch) != "1" || m.Header.Get(broker.HeaderClientKey) != c3.Token() {
+			t.Fatalf("after upgrade: headers %v", m.Header)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package submitter
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// Config is the submitter's configuration; the caller applies the ICWS prefix.
+type Config struct {
+	ID            string        `envconfig:"SUBMITTER_ID" desc:"unique id of this submitter process (default: hostname-pid)"`
+	SettleDelay   time.Duration `envconfig:"SUBMIT_SETTLE_DELAY" default:"2s" desc:"wait after a 202 (not certified in time) before the client's next envelope"`
+	RetryMin      time.Duration `envconfig:"SUBMIT_RETRY_MIN" default:"100ms" desc:"first back-off after a retryable IC error; doubles up to SUBMIT_RETRY_MAX"`
+	RetryMax      time.Duration `envconfig:"SUBMIT_RETRY_MAX" default:"5s" desc:"longest back-off between retries of the same envelope"`
+	CallTimeout   time.Duration `envconfig:"SUBMIT_CALL_TIMEOUT" default:"30s" desc:"timeout of one IC call attempt"`
+	LeaseTTL      time.Duration `envconfig:"SUBMIT_LEASE_TTL" default:"3s" desc:"lifetime of a partition lease; a dead submitter's partitions move after about this long"`
+	MaxInFlight   int           `envconfig:"SUBMIT_MAX_CLIENTS_IN_FLIGHT" default:"256" desc:"clients relayed in parallel per process"`
+	MaxPending    int           `envconfig:"SUBMIT_MAX_PENDING" default:"4096" desc:"unacknowledged ICWS_IN messages per partition held by this process (JetStream MaxAckPending)"`
+	AckWait       time.Duration `envconfig:"SUBMIT_ACK_WAIT" default:"10m" desc:"JetStream AckWait of partition consumers; must exceed the time a client's backlog may take"`
+	CloseRetryFor time.Duration `envconfig:"SUBMIT_CLOSE_RETRY_FOR" default:"1m" desc:"how long a ws_close call is retried on transport errors"`
+	DrainTimeout  time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
+}
+
+// DefaultConfig returns the envconfig defaults.
+func DefaultConfig() Config {
+	return Config{
+		SettleDelay:   2 * time.Second,
+		RetryMin:      100 * time.Millisecond,
+		RetryMax:      5 * time.Second,
+		CallTimeout:   30 * time.Second,
+		LeaseTTL:      3 * time.Second,
+		MaxInFlight:   256,
+		MaxPending:    4096,
+		AckWait:       10 * time.Minute,
+		CloseRetryFor: time.Minute,
+		DrainTimeout:  10 * time.Second,
+	}
+}
+
+// idPattern keeps ids usable inside KV keys and consumer names.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$`)
+
+func (c *Config) validate() error {
+	if c.ID == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "submitter"
+		}
+		c.ID = sanitizeID(h) + "-" + strconv.Itoa(os.Getpid())
+	}
+	switch {
+	case !idPattern.MatchString(c.ID):
+		return fmt.Errorf("ICWS_SUBMITTER_ID=%q: only letters, digits, '-', '_' and '.' (max 100)", c.ID)
+	case c.SettleDelay < 0:
+		return fmt.Errorf("ICWS_SUBMIT_SETTLE_DELAY=%s: must not be negative", c.SettleDelay)
+	case c.RetryMin <= 0:
+		return fmt.Errorf("ICWS_SUBMIT_RETRY_MIN=%s: must be positive", c.RetryMin)
+	case c.RetryMax < c.RetryMin:
+		return fmt.Errorf("ICWS_SUBMIT_RETRY_MAX=%s: must be at least ICWS_SUBMIT_RETRY_MIN (%s)", c.RetryMax, c.RetryMin)
+	case c.CallTimeout <= 0:
+		return fmt.Errorf("ICWS_SUBMIT_CALL_TIMEOUT=%s: must be positive", c.CallTimeout)
+	case c.LeaseTTL < 300*time.Millisecond:
+		return fmt.Errorf("ICWS_SUBMIT_LEASE_TTL=%s: must be at least 300ms", c.LeaseTTL)
+	case c.MaxInFlight < 1:
+		return fmt.Errorf("ICWS_SUBMIT_MAX_CLIENTS_IN_FLIGHT=%d: must be at least 1", c.MaxInFlight)
+	case c.MaxPending < 1:
+		return fmt.Errorf("ICWS_SUBMIT_MAX_PENDING=%d: must be at least 1", c.MaxPending)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("ICWS_SUBMIT_ACK_WAIT=%s: must be at least 1s", c.AckWait)
+	case c.CloseRetryFor < 0:
+		return fmt.Errorf("ICWS_SUBMIT_CLOSE_RETRY_FOR=%s: must not be negative", c.CloseRetryFor)
+	case c.DrainTimeout <= 0:
+		return fmt.Errorf("ICWS_SUBMIT_DRAIN_TIMEOUT=%s: must be positive", c.DrainTimeout)
+	}
+	return nil
+}
+
+func sanitizeID(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 80 {
+		b = b[:80]
+	}
+	return string(b)
+}
+
+// renewEvery is how often leases are renewed: three renewals fit in one TTL.
+func (c *Config) renewEvery() time.Duration { return c.LeaseTTL / 3 }
+
+// safetyMargin is how long before a lease's recorded expiry this process stops using it, to
+// absorb clock skew between hosts and scheduling delays.
+func (c *Config) safetyMargin() time.Duration { return c.LeaseTTL / 4 }

@@ -1,0 +1,373 @@
+package submitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/icws/icws/broker"
+)
+
+// consumerPrefix names a partition's consumers; each owner creates its own, suffixed with its lease
+// revision, so pull requests of a previous owner can never take messages from the new consumer.
+func consumerPrefix(n int) string { return "submit-p" + strconv.Itoa(n) + "-" }
+
+// partition is one owned ICWS_IN partition: a consumer reading it in stream order and one worker
+// per client that has envelopes waiting.
+type partition struct {
+	s *Submitter
+	h *broker.Handles
+	n int
+
+	ctx    context.Context // ends when the partition must stop at once
+	cancel context.CancelFunc
+
+	rev        atomic.Uint64 // lease revision
+	validUntil atomic.Int64  // unix nanos; after it the lease may be someone else's
+	extended   chan struct{} // wakes the watchdog after a renewal
+
+	stopping  atomic.Bool   // no new envelopes are started
+	stopCh    chan struct{} // closed with stopping
+	stopChOne sync.Once
+	graceful  atomic.Bool // stopped by hand-over or shutdown, not by losing the lease
+	stopOnce  sync.Once
+	drainDone chan struct{}
+
+	mu      sync.Mutex
+	closed  bool // no more workers may start: run is waiting for them
+	clients map[string]*clientQueue
+	pending map[uint64]struct{} // stream sequences held, to ignore redeliveries
+	workers sync.WaitGroup
+
+	done chan struct{} // closed when nothing of the partition runs any more
+}
+
+type clientQueue struct {
+	msgs []jetstream.Msg
+}
+
+func newPartition(s *Submitter, h *broker.Handles, n int, rev uint64, validUntil time.Time) *partition {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &partition{
+		s: s, h: h, n: n, ctx: ctx, cancel: cancel,
+		extended:  make(chan struct{}, 1),
+		drainDone: make(chan struct{}),
+		stopCh:    make(chan struct{}),
+		clients:   map[string]*clientQueue{},
+		pending:   map[uint64]struct{}{},
+		done:      make(chan struct{}),
+	}
+	p.rev.Store(rev)
+	p.validUntil.Store(validUntil.UnixNano())
+	return p
+}
+
+func (p *partition) leaseRev() uint64 { return p.rev.Load() }
+
+func (p *partition) extend(rev uint64, validUntil time.Time) {
+	p.rev.Store(rev)
+	p.validUntil.Store(validUntil.UnixNano())
+	select {
+	case p.extended <- struct{}{}:
+	default:
+	}
+}
+
+// valid reports whether the lease is certainly still ours.
+func (p *partition) valid() bool { return time.Now().UnixNano() < p.validUntil.Load() }
+
+func (p *partition) isDone() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *partition) isStopping() bool { return p.stopping.Load() }
+func (p *partition) released() bool  { return p.graceful.Load() }
+
+// lose stops the partition at once: in-flight calls are abandoned and nothing more is acked. The
+// next owner starts again from the consumer's ack floor.
+func (p *partition) lose(reason string) {
+	if p.ctx.Err() == nil && !p.graceful.Load() {
+		p.s.log.Warn("stopped working on partition", "partition", p.n, "reason", reason)
+		if reason != "crash" {
+			p.s.m.leasesLost.Inc()
+		}
+	}
+	p.setStopping()
+	p.cancel()
+}
+
+func (p *partition) setStopping() {
+	p.stopping.Store(true)
+	p.stopChOne.Do(func() { close(p.stopCh) })
+}
+
+// stopGraceful stops taking envelopes, lets in-flight ones finish, and after timeout abandons them.
+func (p *partition) stopGraceful(timeout time.Duration) {
+	p.stopOnce.Do(func() {
+		if p.ctx.Err() == nil {
+			p.graceful.Store(true)
+		}
+		p.setStopping()
+		go func() {
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			select {
+			case <-p.drainDone:
+			case <-t.C:
+				p.s.log.Warn("drain timed out, abandoning in-flight envelopes", "partition", p.n)
+				p.cancel()
+			case <-p.ctx.Done():
+			}
+		}()
+	})
+}
+
+func (p *partition) start() { go p.run() }
+
+func (p *partition) run() {
+	defer close(p.done)
+	defer p.cancel()
+	go p.watchdog()
+
+	cc, err := p.subscribe()
+	if err == nil {
+		select {
+		case <-p.stopCh:
+		case <-cc.Closed():
+			p.lose("consumer closed")
+		}
+		cc.Stop()
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.workers.Wait()
+	close(p.drainDone)
+	// Acks are fire-and-forget; flush them so the next owner's start point is as late as possible.
+	_ = p.s.nc.FlushTimeout(time.Second)
+}
+
+// watchdog stops the partition when the lease runs out before a renewal extends it.
+func (p *partition) watchdog() {
+	t := time.NewTimer(time.Until(time.Unix(0, p.validUntil.Load())))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.extended:
+		case <-t.C:
+		}
+		left := time.Until(time.Unix(0, p.validUntil.Load()))
+		if left <= 0 {
+			p.lose("lease not renewed in time")
+			return
+		}
+		t.Reset(left)
+	}
+}
+
+// subscribe replaces any earlier consumer of the partition with one of our own that starts at the
+// earliest envelope not acknowledged by the previous owner, so unfinished envelopes come first and
+// at once, in stream order. Envelopes above that point which were already done are sent again;
+// that is safe because the IC de-duplicates by request id.
+func (p *partition) subscribe() (jetstream.ConsumeContext, error) {
+	backoff := p.s.cfg.RetryMin
+	for {
+		cc, err := p.trySubscribe()
+		if err == nil {
+			return cc, nil
+		}
+		if p.ctx.Err() != nil || p.stopping.Load() {
+			return nil, err
+		}
+		p.s.log.Warn("set up partition consumer", "partition", p.n, "err", err)
+		if !sleepCtx(p.ctx, jitter(backoff)) {
+			return nil, p.ctx.Err()
+		}
+		backoff = min(2*backoff, p.s.cfg.RetryMax)
+	}
+}
+
+func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
+	defer cancel()
+	prefix := consumerPrefix(p.n)
+	lister := p.h.In.ListConsumers(ctx)
+	var olds []string
+	var floor uint64
+	for info := range lister.Info() {
+		if !strings.HasPrefix(info.Name, prefix) {
+			continue
+		}
+		if len(olds) == 0 || info.AckFloor.Stream < floor {
+			floor = info.AckFloor.Stream
+		}
+		olds = append(olds, info.Name)
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("list consumers of %s: %w", broker.StreamIn, err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       prefix + strconv.FormatUint(p.leaseRev(), 10),
+		Description:   "icws submitter, partition " + strconv.Itoa(p.n) + ", holder " + p.s.cfg.ID,
+		FilterSubject: broker.InPartitionFilter(p.n),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.s.cfg.AckWait,
+		MaxAckPending: p.s.cfg.MaxPending,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	if len(olds) > 0 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = floor + 1
+	}
+	cons, err := p.h.In.CreateOrUpdateConsumer(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
+	}
+	// Ours exists before the old ones go, so a crash in between never leaves the partition
+	// without a consumer (a successor would then start from the beginning of the stream).
+	for _, name := range olds {
+		if name == cfg.Durable {
+			continue
+		}
+		if err := p.h.In.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("delete previous consumer %s: %w", name, err)
+		}
+	}
+	p.s.log.Info("partition consumer ready", "partition", p.n, "consumer", cfg.Durable,
+		"previous", olds, "start_seq", cfg.OptStartSeq)
+	cc, err := cons.Consume(p.onMsg,
+		jetstream.PullMaxMessages(min(p.s.cfg.MaxPending, 512)),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				// Another process took the partition over; stop before doing anything more.
+				p.lose("consumer deleted")
+				return
+			}
+			p.s.log.Debug("partition consumer", "partition", p.n, "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("consume %s: %w", cfg.Durable, err)
+	}
+	return cc, nil
+}
+
+// onMsg queues a message behind the client's earlier ones; it runs on the consumer's goroutine, in
+// stream order, and never blocks.
+func (p *partition) onMsg(msg jetstream.Msg) {
+	if p.stopping.Load() {
+		return
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		p.s.log.Warn("message without metadata", "partition", p.n, "err", err)
+		return
+	}
+	client := clientOfSubject(msg.Subject())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if _, held := p.pending[md.Sequence.Stream]; held {
+		return // redelivered after AckWait while still queued here
+	}
+	p.pending[md.Sequence.Stream] = struct{}{}
+	q, ok := p.clients[client]
+	if ok {
+		q.msgs = append(q.msgs, msg)
+		return
+	}
+	q = &clientQueue{msgs: []jetstream.Msg{msg}}
+	p.clients[client] = q
+	p.workers.Add(1)
+	go p.relayClient(client, q)
+}
+
+// clientOfSubject is the per-client ordering key: canister and client tokens of the subject.
+func clientOfSubject(subject string) string {
+	// icws.in.<partition>.<canister>.<client>
+	i := 0
+	for k := 0; k < 3; k++ {
+		j := strings.IndexByte(subject[i:], '.')
+		if j < 0 {
+			return subject
+		}
+		i += j + 1
+	}
+	return subject[i:]
+}
+
+// relayClient relays one client's queued envelopes in order and ends when the queue is empty.
+func (p *partition) relayClient(client string, q *clientQueue) {
+	defer p.workers.Done()
+	select {
+	case p.s.sem <- struct{}{}:
+	case <-p.ctx.Done():
+		p.forget(client)
+		return
+	}
+	p.s.m.clientsInFlight.Inc()
+	defer func() {
+		p.s.m.clientsInFlight.Dec()
+		<-p.s.sem
+	}()
+	for {
+		p.mu.Lock()
+		if len(q.msgs) == 0 || p.stopping.Load() || p.ctx.Err() != nil {
+			delete(p.clients, client)
+			p.mu.Unlock()
+			return
+		}
+		msg := q.msgs[0]
+		q.msgs[0] = nil
+		q.msgs = q.msgs[1:]
+		p.mu.Unlock()
+		if !p.valid() {
+			p.lose("lease not renewed in time")
+			p.forget(client)
+			return
+		}
+		if p.s.handle(p.ctx, p.n, msg) {
+			if err := msg.Ack(); err != nil {
+				p.s.log.Debug("ack", "partition", p.n, "err", err)
+			}
+		}
+		if md, err := msg.Metadata(); err == nil {
+			p.mu.Lock()
+			delete(p.pending, md.Sequence.Stream)
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *partition) forget(client string) {
+	p.mu.Lock()
+	delete(p.clients, client)
+	p.mu.Unlock()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

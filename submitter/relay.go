@@ -1,0 +1,246 @@
+package submitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+)
+
+// Outcome labels of icws_submitter_envelopes_total.
+const (
+	outcomeReplied        = "replied"
+	outcomeRejected       = "rejected"
+	outcomeAccepted       = "accepted"
+	outcomeNonReplicated  = "non_replicated_rejection"
+	outcomeExpired        = "expired"
+	outcomeRefused        = "refused" // non-retryable HTTP error
+	outcomeInvalid        = "invalid"
+	outcomeCloseOK        = "ok"
+	outcomeCloseErr       = "err"
+	outcomeCloseGaveUp    = "gave_up"
+	outcomeCloseBadAnswer = "bad_reply"
+)
+
+// handle relays one ICWS_IN message and reports whether it is finished (to be acked). false means
+// the partition is stopping and the message must stay unacknowledged for the next owner.
+func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg) bool {
+	kind := msg.Headers().Get(broker.HeaderKind)
+	toks := strings.Split(msg.Subject(), ".")
+	log := s.log.With("partition", partition, "kind", kind)
+	if len(toks) != 5 {
+		log.Warn("dropping message on unexpected subject", "subject", msg.Subject())
+		s.count(kind, outcomeInvalid)
+		return true
+	}
+	canister, err := principal.Decode(toks[3])
+	if err != nil {
+		log.Warn("dropping message with an invalid canister id", "subject", msg.Subject(), "err", err)
+		s.count(kind, outcomeInvalid)
+		return true
+	}
+	client := toks[4]
+	log = log.With("canister", toks[3], "client", client)
+	switch kind {
+	case broker.KindOpen, broker.KindMessage:
+		if seq := msg.Headers().Get(broker.HeaderClientSeq); seq != "" {
+			log = log.With("seq", seq)
+		}
+		return s.relayEnvelope(ctx, log, kind, canister, msg.Data())
+	case broker.KindClose:
+		return s.closeClient(ctx, log.With("reason", msg.Headers().Get(broker.HeaderCloseReason)), canister, client)
+	default:
+		log.Warn("dropping message of unknown kind")
+		s.count("unknown", outcomeInvalid)
+		return true
+	}
+}
+
+func (s *Submitter) count(kind, outcome string) {
+	s.m.envelopes.WithLabelValues(kind, outcome).Inc()
+}
+
+// relayEnvelope posts the client's envelope until it has an outcome or its ingress expiry passes.
+func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, body []byte) bool {
+	expiry, err := ingressExpiry(body)
+	if err != nil {
+		log.Warn("dropping invalid envelope", "err", err)
+		s.count(kind, outcomeInvalid)
+		return true
+	}
+	backoff := s.cfg.RetryMin
+	for attempt := 0; ; attempt++ {
+		if !time.Now().Before(expiry) {
+			log.Warn("expired", "ingress_expiry", expiry, "attempts", attempt)
+			s.m.expired.Inc()
+			s.count(kind, outcomeExpired)
+			return true
+		}
+		callCtx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		start := time.Now()
+		out, err := s.ic.SubmitCall(callCtx, canister, body)
+		cancel()
+		s.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			return s.recordOutcome(ctx, log, kind, out)
+		}
+		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("envelope refused by the IC", "err", err)
+			s.count(kind, outcomeRefused)
+			return true
+		}
+		s.m.retries.WithLabelValues(kind).Inc()
+		wait := min(jitter(backoff), time.Until(expiry))
+		log.Debug("retrying envelope", "attempt", attempt+1, "wait", wait, "err", err)
+		if wait > 0 && !sleepCtx(ctx, wait) {
+			return false
+		}
+		backoff = min(2*backoff, s.cfg.RetryMax)
+	}
+}
+
+func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, out callOutcome) bool {
+	switch out.Status {
+	case statusReplied:
+		log.Debug("envelope executed", "request_id", fmt.Sprintf("%x", out.RequestID[:]))
+		s.count(kind, outcomeReplied)
+	case statusRejected:
+		log.Debug("envelope rejected", "reject_code", out.RejectCode, "reject_message", out.RejectMessage,
+			"error_code", out.ErrorCode)
+		s.count(kind, outcomeRejected)
+		s.m.rejects.WithLabelValues(kind, strconv.FormatUint(out.RejectCode, 10)).Inc()
+	case statusNonReplicatedRejection:
+		log.Warn("envelope rejected before execution", "reject_code", out.RejectCode,
+			"reject_message", out.RejectMessage, "error_code", out.ErrorCode)
+		s.count(kind, outcomeNonReplicated)
+		s.m.rejects.WithLabelValues(kind, strconv.FormatUint(out.RejectCode, 10)).Inc()
+	case statusDone:
+		// Executed earlier (for example by a previous owner); the answer is no longer kept.
+		log.Debug("envelope already executed")
+		s.count(kind, "done")
+	case statusAccepted:
+		// Not certified in time. The gateway cannot ask for the status of a call the client
+		// signed, so it gives the IC time to execute it before the client's next envelope. The
+		// message is acked only after that, so a successor re-sends it first.
+		log.Debug("envelope accepted, not yet certified; settling", "settle", s.cfg.SettleDelay)
+		s.count(kind, outcomeAccepted)
+		if !sleepCtx(ctx, s.cfg.SettleDelay) {
+			return false
+		}
+	default:
+		log.Warn("unknown call outcome", "status", out.Status)
+		s.count(kind, "unknown")
+	}
+	return true
+}
+
+// closeClient calls ws_close(record {client_key}) as the gateway.
+func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister principal.Principal, client string) bool {
+	const kind = broker.KindClose
+	key, err := protocol.ParseClientKeyToken(client)
+	if err != nil {
+		log.Warn("dropping close request", "err", err)
+		s.count(kind, outcomeInvalid)
+		return true
+	}
+	arg, err := candid.Marshal([]any{protocol.CanisterWsCloseArguments{ClientKey: key}})
+	if err != nil {
+		log.Warn("dropping close request: encode ws_close argument", "err", err)
+		s.count(kind, outcomeInvalid)
+		return true
+	}
+	deadline := time.Now().Add(s.cfg.CloseRetryFor)
+	backoff := s.cfg.RetryMin
+	for attempt := 0; ; attempt++ {
+		callCtx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		start := time.Now()
+		reply, err := s.ic.Call(callCtx, canister, "ws_close", arg)
+		cancel()
+		s.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			var res protocol.CanisterWsResult
+			if err := candid.Unmarshal(reply, []any{&res}); err != nil {
+				log.Warn("ws_close: undecodable reply", "err", err)
+				s.count(kind, outcomeCloseBadAnswer)
+				return true
+			}
+			if res.Err != nil {
+				// Normal when the canister already removed the client.
+				log.Info("ws_close returned an error", "canister_error", *res.Err)
+				s.count(kind, outcomeCloseErr)
+				return true
+			}
+			log.Debug("ws_close done")
+			s.count(kind, outcomeCloseOK)
+			return true
+		}
+		if code, msg, ok := asReject(err); ok {
+			log.Info("ws_close rejected", "reject_code", code, "reject_message", msg)
+			s.count(kind, outcomeRejected)
+			s.m.rejects.WithLabelValues(kind, strconv.FormatUint(code, 10)).Inc()
+			return true
+		}
+		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("ws_close failed", "err", err)
+			s.count(kind, outcomeRefused)
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			log.Warn("ws_close: giving up after retries", "attempts", attempt+1, "err", err)
+			s.count(kind, outcomeCloseGaveUp)
+			return true
+		}
+		s.m.retries.WithLabelValues(kind).Inc()
+		if !sleepCtx(ctx, min(jitter(backoff), time.Until(deadline))) {
+			return false
+		}
+		backoff = min(2*backoff, s.cfg.RetryMax)
+	}
+}
+
+// ingressExpiry reads content.ingress_expiry (nanoseconds since the epoch) from an envelope.
+func ingressExpiry(envelope []byte) (time.Time, error) {
+	var v struct {
+		Content struct {
+			RequestType   string `cbor:"request_type"`
+			IngressExpiry uint64 `cbor:"ingress_expiry"`
+		} `cbor:"content"`
+	}
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(envelope), &v); err != nil {
+		return time.Time{}, fmt.Errorf("decode envelope: %w", err)
+	}
+	if v.Content.RequestType != "call" {
+		return time.Time{}, fmt.Errorf("envelope: request_type %q, want call", v.Content.RequestType)
+	}
+	if v.Content.IngressExpiry == 0 || v.Content.IngressExpiry > math.MaxInt64 {
+		return time.Time{}, fmt.Errorf("envelope: ingress_expiry %d out of range", v.Content.IngressExpiry)
+	}
+	return time.Unix(0, int64(v.Content.IngressExpiry)), nil
+}
+
+// jitter spreads a back-off over [d/2, d) so that retries of many clients do not line up.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}

@@ -1,0 +1,239 @@
+package submitter
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http/httptest"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/nats-io/nats.go"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica"
+	"github.com/icws/icws/replica/wscanister"
+)
+
+var demoCanister = principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
+
+// signCall builds a client-signed call envelope the way ic-websocket-js does.
+func signCall(t testing.TB, id identity.Identity, canister principal.Principal, method string, arg []byte, expiry time.Time) []byte {
+	t.Helper()
+	nonce := make([]byte, 16)
+	_, _ = rand.Read(nonce)
+	content, err := cbor.Marshal(map[string]any{
+		"request_type":   "call",
+		"canister_id":    canister.Raw,
+		"method_name":    method,
+		"arg":            arg,
+		"sender":         id.Sender().Raw,
+		"ingress_expiry": uint64(expiry.UnixNano()),
+		"nonce":          nonce,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid, err := protocol.RequestIDOfContent(content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := id.Sign(append([]byte("\x0Aic-request"), rid[:]...))
+	env, err := cbor.Marshal(map[string]any{
+		"content":       cbor.RawMessage(content),
+		"sender_pubkey": id.PublicKey(),
+		"sender_sig":    sig,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append([]byte{}, protocol.SelfDescribeTag...), env...)
+}
+
+func mustCandid(t testing.TB, v ...any) []byte {
+	t.Helper()
+	b, err := candid.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+type demoEnv struct {
+	can *wscanister.Canister
+	ic  *icclient.Client
+	gw  principal.Principal
+}
+
+func startDemoReplica(t testing.TB, latency time.Duration) *demoEnv {
+	t.Helper()
+	r, err := replica.New(replica.Config{Logger: testLogger(t), UpdateLatency: latency})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &demoEnv{}
+	if err := r.Install(demoCanister, func(h replica.Host) (replica.Canister, error) {
+		c, err := wscanister.New(wscanister.DefaultConfig(), h)
+		e.can = c
+		return c, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.RunCanisters(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		srv.Close()
+	})
+	gwID, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.gw = gwID.Sender()
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	e.ic, err = icclient.New(cctx, icclient.Config{URL: srv.URL, Identity: gwID, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// demoClient is a client of the demo canister with its signed envelopes, as an edge publishes them.
+type demoClient struct {
+	id  identity.Identity
+	key protocol.ClientKey
+	tc  testClient
+}
+
+func newDemoClient(t testing.TB, nonce uint64) demoClient {
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := protocol.ClientKey{ClientPrincipal: id.Sender(), ClientNonce: nonce}
+	return demoClient{id: id, key: k, tc: testClient{key: k, token: k.Token()}}
+}
+
+// session is the open envelope, n message envelopes and a close request.
+func (c demoClient) session(t testing.TB, pub *publisher, gw principal.Principal, n int) []*nats.Msg {
+	exp := time.Now().Add(4 * time.Minute)
+	open := signCall(t, c.id, demoCanister, "ws_open",
+		mustCandid(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), exp)
+	out := []*nats.Msg{pub.msg(demoCanister, c.tc, broker.KindOpen, 0, open)}
+	for i := 1; i <= n; i++ {
+		app := mustCandid(t, protocol.AppMessage{Text: fmt.Sprintf("m%d", i), Timestamp: uint64(i)})
+		arg := mustCandid(t, protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
+			ClientKey: c.key, SequenceNum: uint64(i), Timestamp: uint64(time.Now().UnixNano()), Content: app,
+		}})
+		out = append(out, pub.msg(demoCanister, c.tc, broker.KindMessage, uint64(i), signCall(t, c.id, demoCanister, "ws_message", arg, exp)))
+	}
+	return append(out, pub.msg(demoCanister, c.tc, broker.KindClose, 0, nil))
+}
+
+func wantTexts(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("m%d", i+1)
+	}
+	return out
+}
+
+func checkDemoClient(t testing.TB, can *wscanister.Canister, c demoClient, n int) {
+	t.Helper()
+	l := can.Received(c.key)
+	if l.SequenceErrors != 0 {
+		t.Errorf("client %d: %d sequence errors", c.key.ClientNonce, l.SequenceErrors)
+	}
+	if !slices.Equal(l.Texts, wantTexts(n)) {
+		t.Errorf("client %d: received %d texts, want m1..m%d in order (first: %v)", c.key.ClientNonce, len(l.Texts), n, l.Texts[:min(5, len(l.Texts))])
+	}
+	if !slices.Equal(l.Closes, []string{"ws_close"}) {
+		t.Errorf("client %d: closes %v, want [ws_close]", c.key.ClientNonce, l.Closes)
+	}
+}
+
+// TestRealEnvelopesThroughReplica relays signed ws_open, ws_message and a ws_close through
+// icclient to the replica simulator's demo canister, which checks every sequence number.
+func TestRealEnvelopesThroughReplica(t *testing.T) {
+	d := startDemoReplica(t, 0)
+	e := newEnv(t, 4)
+	r := e.start(t, testConfig("a"), d.ic)
+	pub := e.publisher(t)
+	const n = 200
+	clients := []demoClient{newDemoClient(t, 1), newDemoClient(t, 2)}
+	var sessions [][]*nats.Msg
+	for _, c := range clients {
+		sessions = append(sessions, c.session(t, pub, d.gw, n))
+	}
+	pub.async(interleave(sessions...))
+	waitFor(t, 60*time.Second, "every session closed", func() bool {
+		for _, c := range clients {
+			if l := d.can.Received(c.key); len(l.Closes) == 0 && l.SequenceErrors == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, c := range clients {
+		checkDemoClient(t, d.can, c, n)
+	}
+	// More than 2n only if a lease lapsed under load and envelopes were re-sent (same request ids).
+	if got := metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)); got < 2*n {
+		t.Errorf("replied ws_message envelopes = %v, want ≥ %d", got, 2*n)
+	}
+}
+
+// TestRealEnvelopesSurviveSubmitterCrash kills a submitter in the middle of the relay with a
+// slow replica; the survivor re-sends what was unfinished (the replica answers repeated request
+// ids with the first outcome) and the canister still sees every message once, in order.
+func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
+	d := startDemoReplica(t, 10*time.Millisecond)
+	e := newEnv(t, 4)
+	a := e.start(t, testConfig("a"), d.ic)
+	b := e.start(t, testConfig("b"), d.ic)
+	waitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
+	pub := e.publisher(t)
+	const n = 60
+	var clients []demoClient
+	var sessions [][]*nats.Msg
+	for i := range 6 {
+		c := newDemoClient(t, uint64(10+i))
+		clients = append(clients, c)
+		sessions = append(sessions, c.session(t, pub, d.gw, n))
+	}
+	pub.async(interleave(sessions...))
+	waitFor(t, 30*time.Second, "a has relayed some envelopes", func() bool {
+		return metricValue(t, a.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) > 10
+	})
+	a.kill(t)
+	received := 0
+	for _, c := range clients {
+		received += d.can.Received(c.key).Received
+	}
+	if received == len(clients)*n {
+		t.Fatal("every message arrived before the crash; make the burst longer")
+	}
+	t.Logf("%d of %d messages had arrived when a crashed", received, len(clients)*n)
+	waitFor(t, 90*time.Second, "every session closed", func() bool {
+		for _, c := range clients {
+			if l := d.can.Received(c.key); len(l.Closes) == 0 && l.SequenceErrors == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, c := range clients {
+		checkDemoClient(t, d.can, c, n)
+	}
+}

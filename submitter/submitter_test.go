@@ -1,0 +1,209 @@
+package submitter
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/icclient"
+)
+
+func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
+	e := newEnv(t, 8)
+	store := newFakeStore()
+	store.latency = time.Millisecond
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+
+	big := newTestClient(0)
+	want := map[string]uint64{big.token: 500}
+	bursts := [][]*nats.Msg{pub.burst(big, 1, 500)}
+	for i := 1; i <= 20; i++ {
+		c := newTestClient(i)
+		want[c.token] = 30
+		bursts = append(bursts, pub.burst(c, 1, 30))
+	}
+	pub.async(interleave(bursts...))
+
+	waitFor(t, 30*time.Second, "all envelopes executed", func() bool { return store.executedCount() == 500+20*30 })
+	store.checkOrder(t, want)
+	store.mu.Lock()
+	maxClients := store.maxClients
+	store.mu.Unlock()
+	if maxClients < 2 {
+		t.Errorf("at most %d clients were relayed at once; want parallelism", maxClients)
+	}
+	if got := metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)); got < 1100 {
+		t.Errorf("replied envelopes metric = %v, want ≥ 1100", got)
+	}
+	t.Logf("max clients in flight: %d", maxClients)
+	r.stop(t)
+}
+
+func TestSettleDelayAfterAccepted(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	store.script = func(_ string, seq uint64, _ int) (icclient.CallStatus, error) {
+		if seq == 2 {
+			return icclient.CallAccepted, nil
+		}
+		return icclient.CallReplied, nil
+	}
+	cfg := testConfig("a")
+	r := e.start(t, cfg, store.as("a"))
+	pub := e.publisher(t)
+	c := newTestClient(1)
+	pub.async(pub.burst(c, 1, 4))
+	waitFor(t, 10*time.Second, "4 envelopes executed", func() bool { return store.executedCount() == 4 })
+	waitFor(t, 10*time.Second, "accepted metric", func() bool {
+		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeAccepted)) == 1
+	})
+	store.checkOrder(t, map[string]uint64{c.token: 4})
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	var acceptedEnd, nextStart time.Time
+	for _, call := range store.calls {
+		switch call.seq {
+		case 2:
+			acceptedEnd = call.end
+		case 3:
+			nextStart = call.start
+		}
+	}
+	if gap := nextStart.Sub(acceptedEnd); gap < cfg.SettleDelay {
+		t.Errorf("next envelope sent %s after a 202, want ≥ %s", gap, cfg.SettleDelay)
+	}
+}
+
+func TestRetryableErrorsResendSameBytes(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	store.script = func(_ string, seq uint64, attempt int) (icclient.CallStatus, error) {
+		if seq == 2 && attempt <= 3 {
+			if attempt == 2 {
+				return 0, &icclient.TransportError{Err: fmt.Errorf("connection reset")}
+			}
+			return 0, &icclient.HTTPError{StatusCode: 503, Body: "overloaded"}
+		}
+		return icclient.CallReplied, nil
+	}
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+	c := newTestClient(1)
+	pub.async(pub.burst(c, 1, 3))
+	waitFor(t, 10*time.Second, "3 envelopes executed", func() bool { return store.executedCount() == 3 })
+	store.checkOrder(t, map[string]uint64{c.token: 3}) // also checks that re-sends carried the same bytes
+	store.mu.Lock()
+	attempts := 0
+	for _, call := range store.calls {
+		if call.seq == 2 {
+			attempts++
+		}
+	}
+	store.mu.Unlock()
+	if attempts != 4 {
+		t.Errorf("seq 2 sent %d times, want 4", attempts)
+	}
+	if got := metricValue(t, r.s.m.retries.WithLabelValues(broker.KindMessage)); got != 3 {
+		t.Errorf("retries metric = %v, want 3", got)
+	}
+}
+
+func TestNonRetryableAndExpiredAreSkipped(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	past, stale, refused := newTestClient(1), newTestClient(2), newTestClient(3)
+	store.script = func(client string, seq uint64, _ int) (icclient.CallStatus, error) {
+		switch {
+		case client == stale.token && seq == 1:
+			return 0, &icclient.HTTPError{StatusCode: 503, Body: "down"}
+		case client == refused.token && seq == 1:
+			return 0, &icclient.HTTPError{StatusCode: 400, Body: "invalid signature"}
+		}
+		return icclient.CallReplied, nil
+	}
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+	exp := time.Now().Add(4 * time.Minute)
+	pub.async([]*nats.Msg{
+		// Already expired: never sent.
+		pub.msg(testCanister, past, broker.KindMessage, 1, fakeEnvelope(t, past.token, 1, time.Now().Add(-time.Second))),
+		pub.msg(testCanister, past, broker.KindMessage, 2, fakeEnvelope(t, past.token, 2, exp)),
+		// Expires while the IC is unavailable.
+		pub.msg(testCanister, stale, broker.KindMessage, 1, fakeEnvelope(t, stale.token, 1, time.Now().Add(400*time.Millisecond))),
+		pub.msg(testCanister, stale, broker.KindMessage, 2, fakeEnvelope(t, stale.token, 2, exp)),
+		// Refused (4xx): logged and skipped.
+		pub.msg(testCanister, refused, broker.KindMessage, 1, fakeEnvelope(t, refused.token, 1, exp)),
+		pub.msg(testCanister, refused, broker.KindMessage, 2, fakeEnvelope(t, refused.token, 2, exp)),
+		// Garbage: dropped.
+		pub.msg(testCanister, refused, broker.KindMessage, 3, []byte("not cbor")),
+	})
+	waitFor(t, 10*time.Second, "the three second envelopes executed", func() bool { return store.executedCount() == 3 })
+	waitFor(t, 10*time.Second, "metrics", func() bool {
+		return metricValue(t, r.s.m.expired) == 2 &&
+			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeRefused)) == 1 &&
+			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeInvalid)) == 1
+	})
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	for _, c := range []testClient{past, stale, refused} {
+		if got := store.order[c.token]; len(got) != 1 || got[0] != 2 {
+			t.Errorf("client %d executions = %v, want [2]", c.key.ClientNonce, got)
+		}
+	}
+	for _, call := range store.calls {
+		if call.client == past.token && call.seq == 1 {
+			t.Error("an expired envelope was sent")
+		}
+	}
+}
+
+func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	store.latency = 2 * time.Millisecond
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+	c := newTestClient(1)
+	msgs := pub.burst(c, 1, 10)
+	msgs = append(msgs, pub.msg(testCanister, c, broker.KindClose, 0, nil))
+	pub.async(msgs)
+	waitFor(t, 10*time.Second, "ws_close", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.closes) == 1
+	})
+	store.checkOrder(t, map[string]uint64{c.token: 10})
+	store.mu.Lock()
+	cl := store.closes[0]
+	store.mu.Unlock()
+	if !cl.key.Equal(c.key) {
+		t.Errorf("ws_close for %v, want %v", cl.key, c.key)
+	}
+	if cl.execsSoFar != 10 {
+		t.Errorf("ws_close came after %d of the client's envelopes, want 10", cl.execsSoFar)
+	}
+	waitFor(t, 5*time.Second, "close metric", func() bool {
+		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
+	})
+}
+
+func TestConfigValidation(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.validate(); err != nil || c.ID == "" {
+		t.Fatalf("default config: %v (id %q)", err, c.ID)
+	}
+	bad := DefaultConfig()
+	bad.RetryMax = time.Millisecond
+	if err := bad.validate(); err == nil {
+		t.Error("RetryMax < RetryMin accepted")
+	}
+	bad = DefaultConfig()
+	bad.ID = "a b"
+	if err := bad.validate(); err == nil {
+		t.Error("id with a space accepted")
+	}
+}
