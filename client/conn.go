@@ -4,6 +4,21 @@
 // ack / keep-alive and the ack watchdog — and, opted in with Config.Resume, the icws resume
 // extension (docs/RESUME.md): on a dropped connection it reconnects and resumes the session without
 // losing or duplicating a message.
+//
+// Wire details, each checked against ic-websocket-js 0.5.0 / @dfinity/candid 2.4.1:
+//   - ws_open and ws_message arguments are byte-identical to the SDK's; the second ws_message
+//     argument is `opt null` = none, as the SDK's IDL declares it.
+//   - Envelopes: content {request_type "call", canister_id, method_name, arg, sender,
+//     ingress_expiry (now + 4 min, rounded down to the minute, like agent-js), nonce (16 random
+//     bytes)}, sender_sig over "\x0Aic-request" ‖ request id, sender_pubkey as DER.
+//   - Every canister frame is verified (protocol.Verifier: certificate, time, certified_data,
+//     tree leaf) before its sequence number is checked; the client also checks the client key of
+//     every message, where the SDK checks it only on OpenMessage.
+//
+// Resume: sent ws_messages are kept until the canister acks them or the gateway reports them in
+// last_client_seq; after a resume the rest are re-sent in order — as the same signed envelope while
+// its ingress_expiry is more than a minute away (so the IC deduplicates a repeat by request id too),
+// signed anew otherwise.
 package client
 
 import (
@@ -105,7 +120,7 @@ type Conn struct {
 	gateway    principal.Principal
 	token      []byte // resume token; nil if the gateway did not offer resume
 	outSeq     uint64
-	pending    []protocol.WebsocketMessage // sent, not yet confirmed by gateway or canister
+	pending    []outgoing // sent, not yet confirmed by gateway or canister
 	acks       ackQueue
 	ackTimer   *time.Timer
 	lastIn     uint64
@@ -332,7 +347,7 @@ func (c *Conn) sendLocked(content []byte, isService bool) error {
 		Content:          content,
 	}
 	if keep {
-		c.pending = append(c.pending, m)
+		c.pending = append(c.pending, outgoing{msg: m})
 	}
 	if err := c.acks.add(m.SequenceNum, now); err != nil {
 		return err
@@ -343,7 +358,13 @@ func (c *Conn) sendLocked(content []byte, isService bool) error {
 	if c.ws == nil {
 		return nil // queued; re-sent on resume
 	}
-	if err := c.writeMessageLocked(c.ws, m); err != nil {
+	var out *outgoing
+	if keep {
+		out = &c.pending[len(c.pending)-1]
+	} else {
+		out = &outgoing{msg: m}
+	}
+	if err := c.writeMessageLocked(c.ws, out); err != nil {
 		if c.token != nil {
 			// The reader sees the broken socket and resumes; the message stays pending.
 			c.ws.Close()
@@ -355,16 +376,32 @@ func (c *Conn) sendLocked(content []byte, isService bool) error {
 	return nil
 }
 
-func (c *Conn) writeMessageLocked(ws *websocket.Conn, m protocol.WebsocketMessage) error {
-	arg, err := encodeMessageArg(m)
-	if err != nil {
-		return err
+// outgoing is a sent ws_message and the signed frame that carried it.
+type outgoing struct {
+	msg    protocol.WebsocketMessage
+	frame  []byte
+	expiry time.Time
+}
+
+// resignMargin: a kept frame is re-sent as is (same request id, so the IC itself deduplicates a
+// repeat) unless its ingress_expiry is this close; then it is signed anew.
+const resignMargin = time.Minute
+
+// writeMessageLocked sends o, signing it first unless its frame is still fresh; callers hold c.mu.
+func (c *Conn) writeMessageLocked(ws *websocket.Conn, o *outgoing) error {
+	now := c.cfg.Now()
+	if o.frame == nil || now.Add(resignMargin).After(o.expiry) {
+		arg, err := encodeMessageArg(o.msg)
+		if err != nil {
+			return err
+		}
+		frame, _, err := signCall(c.cfg.Identity, c.cfg.Canister, "ws_message", arg, now)
+		if err != nil {
+			return err
+		}
+		o.frame, o.expiry = frame, time.Unix(0, int64(ingressExpiry(now)))
 	}
-	frame, _, err := signCall(c.cfg.Identity, c.cfg.Canister, "ws_message", arg, c.cfg.Now())
-	if err != nil {
-		return err
-	}
-	return c.write(ws, frame)
+	return c.write(ws, o.frame)
 }
 
 func (c *Conn) startAckWatchdogLocked() {
@@ -614,7 +651,7 @@ func (c *Conn) handleServiceLocked(wm protocol.WebsocketMessage) error {
 // trimPendingLocked forgets sent messages up to seq: the canister or gateway has them.
 func (c *Conn) trimPendingLocked(seq uint64) {
 	i := 0
-	for i < len(c.pending) && c.pending[i].SequenceNum <= seq {
+	for i < len(c.pending) && c.pending[i].msg.SequenceNum <= seq {
 		i++
 	}
 	c.pending = append(c.pending[:0:0], c.pending[i:]...)
@@ -743,10 +780,10 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		return nil, fatal(fmt.Errorf("%w: gateway claims client message %d, last sent is %d", ErrInvalidMessage, lastClientSeq, c.outSeq), 4000, "Resume failed")
 	}
 	c.trimPendingLocked(lastClientSeq)
-	for _, m := range c.pending {
-		if err := c.writeMessageLocked(ws, m); err != nil {
+	for i := range c.pending {
+		if err := c.writeMessageLocked(ws, &c.pending[i]); err != nil {
 			ws.Close()
-			return nil, fmt.Errorf("client: re-send ws_message %d: %w", m.SequenceNum, err)
+			return nil, fmt.Errorf("client: re-send ws_message %d: %w", c.pending[i].msg.SequenceNum, err)
 		}
 		c.resent.Add(1)
 	}

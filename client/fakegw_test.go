@@ -128,7 +128,7 @@ type fgSession struct {
 	mu            sync.Mutex
 	ws            *websocket.Conn
 	frozen        *atomic.Bool // of ws: stop answering pings
-	frames        [][]byte // canister frames by seq-1
+	frames        [][]byte     // canister frames by seq-1
 	lastClientSeq uint64
 }
 

@@ -1,14 +1,19 @@
 package client
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/gorilla/websocket"
 	"github.com/icws/icws/protocol"
 )
 
@@ -180,5 +185,53 @@ func TestResumeFrames(t *testing.T) {
 	ans, _ := cbor.Marshal(map[string]any{"icws_resumed": map[string]any{"last_client_seq": 4}})
 	if n, err := decodeResumed(ans); err != nil || n != 4 {
 		t.Fatalf("resumed = %d, %v", n, err)
+	}
+}
+
+// A kept frame is re-sent byte for byte while its ingress_expiry is far enough away (the IC then
+// deduplicates a repeat by request id) and signed anew when it is about to expire.
+func TestResendKeepsOrResignsFrame(t *testing.T) {
+	got := make(chan []byte, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			got <- b
+		}
+	}))
+	defer srv.Close()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Conn{cfg: Config{Identity: id, Canister: principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai"), Now: clock, WriteTimeout: time.Second}}
+	o := &outgoing{msg: protocol.WebsocketMessage{SequenceNum: 1, Content: []byte{1}}}
+	var frames [][]byte
+	for _, advance := range []time.Duration{0, time.Minute, 3 * time.Minute} {
+		now = now.Add(advance)
+		if err := c.writeMessageLocked(ws, o); err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, <-got)
+	}
+	if !bytes.Equal(frames[0], frames[1]) {
+		t.Fatal("a fresh frame was signed anew")
+	}
+	if bytes.Equal(frames[1], frames[2]) {
+		t.Fatal("a frame about to expire was re-sent as is")
 	}
 }

@@ -134,6 +134,12 @@ func heapAndStack() (uint64, uint64) {
 // edge whose NATS server runs in another process, and reports heap+stack bytes and goroutines per
 // session. Run with -benchtime=1x.
 func BenchmarkIdleSessionMemory(b *testing.B) {
+	b.Run("opened", func(b *testing.B) { idleSessions(b, false) })
+	// After relaying one ws_message the reader's stack has grown once; this shows what GC gives back.
+	b.Run("after_one_message", func(b *testing.B) { idleSessions(b, true) })
+}
+
+func idleSessions(b *testing.B, sendOne bool) {
 	const n = 1000
 	v := externalNATS(b)
 	v.startPipeline(false)
@@ -158,6 +164,15 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	}
 	// Each session got its handshake and its OpenMessage.
 	waitFor(b, 60*time.Second, "all OpenMessages delivered", func() bool { return counter(b, e.m.framesOut) >= float64(2*(n+1)) })
+	if sendOne {
+		for i, c := range clients {
+			f, _ := protocol.EncodeClientFrame(c.messageEnvelope(1, true))
+			if _, err := conns[i].Write(maskedBinaryFrame(f)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitFor(b, 60*time.Second, "all messages relayed", func() bool { return counter(b, e.m.framesIn) >= float64(2*n+1) })
+	}
 	time.Sleep(200 * time.Millisecond) // let transient writer goroutines end
 	b.StopTimer()
 	heap1, stack1 := heapAndStack()

@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -13,7 +15,7 @@ import (
 
 // Config is the edge role's configuration (envconfig tags; the caller applies the ICWS_ prefix).
 type Config struct {
-	ID               string        `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid)"`
+	ID               string        `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid-random)"`
 	Listen           string        `envconfig:"LISTEN" default:":8080" desc:"WebSocket listen address"`
 	MaxMessageBytes  int64         `envconfig:"MAX_MESSAGE_BYTES" default:"2097152" desc:"largest client frame accepted (bytes); larger frames close the socket with 1009"`
 	ReadBufferSize   int           `envconfig:"READ_BUFFER" default:"1024" desc:"read buffer per connection (bytes); kept for the connection's life, larger frames are read in pieces"`
@@ -71,7 +73,11 @@ func defaultID() string {
 	if len(h) > 40 {
 		h = h[:40]
 	}
-	return fmt.Sprintf("%s-%d", h, os.Getpid())
+	// A random part keeps ids unique across restarts of a container (same hostname, pid 1), so a
+	// restarted edge never mistakes the previous process's lease and sessions for its own.
+	var r [3]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%s-%d-%s", h, os.Getpid(), hex.EncodeToString(r[:]))
 }
 
 // validate checks the limits and fills the id.

@@ -43,7 +43,6 @@ type conn struct {
 	remote    string
 	resumeOpt bool
 	tokenHash string // sha256 hex of this connection's handshake token (resume opt-in only)
-	token     []byte
 
 	// Set once when the session is bound (open or resume), read-only afterwards.
 	bound     bool
@@ -56,7 +55,6 @@ type conn struct {
 	inSubj    string
 	outSubj   string
 	sub       *nats.Subscription
-	resumed   bool
 
 	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
 	pubMu sync.Mutex
@@ -154,15 +152,15 @@ func (c *conn) start() bool {
 	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
 	hs := c.e.handshake
 	if c.resumeOpt {
-		c.token = make([]byte, 32)
-		if _, err := rand.Read(c.token); err != nil {
+		token := make([]byte, 32)
+		if _, err := rand.Read(token); err != nil {
 			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
 			return false
 		}
-		sum := sha256.Sum256(c.token)
+		sum := sha256.Sum256(token)
 		c.tokenHash = hex.EncodeToString(sum[:])
 		var err error
-		if hs, err = encodeResumeHandshake(c.e.gateway.Raw, c.token); err != nil {
+		if hs, err = encodeResumeHandshake(c.e.gateway.Raw, token); err != nil {
 			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
 			return false
 		}
@@ -207,6 +205,7 @@ func (c *conn) run() {
 // readFailed classifies a read error; first tells whether no session is bound yet.
 func (c *conn) readFailed(err error, first bool) string {
 	var ce *websocket.CloseError
+	var ne interface{ Timeout() bool }
 	switch {
 	case errors.As(err, &ce):
 		if first {
@@ -218,13 +217,12 @@ func (c *conn) readFailed(err error, first bool) string {
 			c.e.m.connectionsTotal.WithLabelValues("rejected").Inc()
 		}
 		return "frame too large"
+	case first && errors.As(err, &ne) && ne.Timeout():
+		c.reject(websocket.ClosePolicyViolation, "icws: no first frame within the open timeout", "timeout")
+		return "open timeout"
 	default:
 		if first {
 			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
-			var ne interface{ Timeout() bool }
-			if errors.As(err, &ne) && ne.Timeout() {
-				c.reject(websocket.ClosePolicyViolation, "icws: no first frame within the open timeout", "timeout")
-			}
 		}
 		return "connection lost: " + short(err)
 	}

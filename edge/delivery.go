@@ -21,6 +21,7 @@ type delivery struct {
 	next    uint64            // next sequence number to deliver
 	pending map[uint64][]byte // seq > next, held until the gap closes
 	filling bool
+	dropped uint64 // core messages the subscription dropped, as last seen
 	refill  bool // pending overflowed while filling: read the stream again
 	// resumedFrame is sent before the first replayed frame (resume only).
 	resumedFrame []byte
@@ -75,6 +76,35 @@ func (c *conn) onLive(msg *nats.Msg) {
 	}
 	c.deliverLocked(msg.Data)
 	c.dmu.Unlock()
+}
+
+// checkDrops catches messages the core subscriptions dropped (shared channel full): a drop that
+// is followed by another message shows up as a gap anyway, but a dropped last message would not,
+// so any new drop starts a read of the stream.
+func (e *Edge) checkDrops() {
+	e.mu.RLock()
+	var hit []*conn
+	for sub, c := range e.bySub {
+		if d, err := sub.Dropped(); err == nil && d > 0 {
+			c.dmu.Lock()
+			if uint64(d) > c.dropped {
+				c.dropped = uint64(d)
+				hit = append(hit, c)
+			}
+			c.dmu.Unlock()
+		}
+	}
+	e.mu.RUnlock()
+	for _, c := range hit {
+		c.dmu.Lock()
+		start := c.live && !c.filling
+		c.filling = c.filling || start
+		c.dmu.Unlock()
+		if start {
+			e.m.gapFills.Inc()
+			go c.fill()
+		}
+	}
 }
 
 func (c *conn) holdLocked(seq uint64, data []byte) {
@@ -138,6 +168,11 @@ func (c *conn) fill() {
 			c.dmu.Unlock()
 			c.notResumable("history no longer complete (messages after last_seq expired)")
 			return
+		}
+		for s := range c.pending {
+			if s < c.next { // delivered from the stream meanwhile
+				delete(c.pending, s)
+			}
 		}
 		if d, ok := c.pending[c.next]; ok && err == nil {
 			delete(c.pending, c.next)
@@ -208,6 +243,7 @@ func (c *conn) readHistory() error {
 			c.dmu.Unlock()
 			return nil
 		}
+		delete(c.pending, seq)
 		c.next++
 		first := c.resumedFrame
 		c.resumedFrame = nil

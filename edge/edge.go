@@ -59,10 +59,10 @@ type Edge struct {
 	running  bool
 	draining bool
 
-	shards   []chan *nats.Msg
-	connWG   sync.WaitGroup
-	addr     atomic.Pointer[net.Addr]
-	running0 atomic.Bool
+	shards  []chan *nats.Msg
+	connWG  sync.WaitGroup
+	addr    atomic.Pointer[net.Addr]
+	started atomic.Bool
 
 	// testDropLive, when set by a test, makes the live path ignore matching messages (to create gaps).
 	testDropLive atomic.Pointer[func(*nats.Msg) bool]
@@ -163,7 +163,7 @@ func (e *Edge) Ready(ctx context.Context) error {
 // accepting, closes every socket with 1001 (resumable sessions are detached, standard ones closed),
 // bounded by DrainTimeout.
 func (e *Edge) Run(ctx context.Context) error {
-	if !e.running0.CompareAndSwap(false, true) {
+	if !e.started.CompareAndSwap(false, true) {
 		return errors.New("edge: Run called twice")
 	}
 	bg, stopBG := context.WithCancel(context.Background())

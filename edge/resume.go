@@ -139,7 +139,6 @@ func (c *conn) resume(req *resumeRequest) bool {
 		c.teardown("resume failed")
 		return false
 	}
-	c.resumed = true
 	c.e.m.resumes.WithLabelValues("ok").Inc()
 	c.e.m.connectionsTotal.WithLabelValues("resume").Inc()
 	c.e.log.Info("session resumed", "client", c.clientTok, "canister", c.canText, "last_seq", req.LastSeq,

@@ -52,13 +52,20 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 		}
 	}
 	dropSocket(t, v, c)
-	// The pipeline keeps publishing during the resume and the replay.
-	const last = 400
+	// A long history, then the pipeline keeps publishing during the resume and the replay, so live
+	// messages arrive while the history is read (and some are in both).
+	const stored, last = 2000, 2300
+	for s := uint64(11); s <= stored; s++ {
+		if _, err := v.js.PublishMsgAsync(outMsg(v.gw, subj, s, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-v.js.PublishAsyncComplete()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for s := uint64(11); s <= last; s++ {
+		for s := uint64(stored + 1); s <= last; s++ {
 			p.publish(subj, s, 0)
 		}
 	}()
@@ -75,6 +82,7 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	waitFilled(t, e, c)
 	// Re-sent client messages are de-duplicated; new ones continue the order.
 	c.seq = 3
 	c.send()
@@ -231,6 +239,7 @@ func TestResumeOnSecondEdge(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	waitFilled(t, b, c)
 	rec := v.session(c)
 	if rec.Edge != "edgeB" || rec.State != broker.SessionOpen {
 		t.Fatalf("record %+v", rec)
@@ -277,5 +286,43 @@ func TestDeadEdgeSessionsDetachedAndExpired(t *testing.T) {
 	waitFor(t, 5*time.Second, "both closed", func() bool {
 		return v.session(c) == nil && v.session(s) == nil &&
 			len(v.inMessages(broker.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
+	})
+}
+
+// A record that claims this edge but has no socket here (a teardown that could not reach NATS)
+// is treated as dropped after a while.
+func TestOrphanedOwnSessionIsDetached(t *testing.T) {
+	v := newEnv(t)
+	cfg := testConfig("e1")
+	cfg.WriteTimeout = 200 * time.Millisecond
+	v.startEdge(cfg)
+	c := newClient(t, v.gw, randomCanister(t))
+	ct, cl := c.canister.Encode(), c.key().Token()
+	rec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: cl, Edge: "e1", Resumable: true,
+		TokenHash: "x", OpenedAt: time.Now(), Partition: broker.Partition(ct, cl, v.h.Partitions)}
+	val, _ := json.Marshal(rec)
+	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "orphan detached", func() bool {
+		r := v.session(c)
+		return r != nil && r.State == broker.SessionDetached
+	})
+}
+
+// waitFilled waits until the connection's replay has finished with nothing left buffered (well
+// before GapTimeout would close it).
+func waitFilled(t *testing.T, e *runningEdge, c *client) {
+	t.Helper()
+	waitFor(t, 2*time.Second, "replay finished", func() bool {
+		e.mu.RLock()
+		cn := e.byKey[broker.SessionKey(c.canister.Encode(), c.key().Token())]
+		e.mu.RUnlock()
+		if cn == nil {
+			return false
+		}
+		cn.dmu.Lock()
+		defer cn.dmu.Unlock()
+		return !cn.filling && len(cn.pending) == 0
 	})
 }

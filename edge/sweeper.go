@@ -78,11 +78,12 @@ type sessionIndexEntry struct {
 // on the session record, so when several edges race, exactly one acts.
 func (e *Edge) sweep(ctx context.Context) {
 	idx := map[string]sessionIndexEntry{}
+	orphans := map[string]time.Time{}
 	var updates <-chan jetstream.KeyValueEntry
 	var w jetstream.KeyWatcher
 	startWatch := func() {
 		var err error
-		w, err = e.h.Sessions.WatchAll(ctx, jetstream.IgnoreDeletes())
+		w, err = e.h.Sessions.WatchAll(ctx)
 		if err != nil {
 			e.log.Warn("watch sessions", "err", err)
 			w, updates = nil, nil
@@ -126,12 +127,24 @@ func (e *Edge) sweep(ctx context.Context) {
 				}
 				startWatch()
 			}
-			e.sweepOnce(ctx, idx)
+			e.sweepOnce(ctx, idx, orphans)
+			e.checkDrops()
 		}
 	}
 }
 
-func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry) {
+// orphanAfter is how long a session record may claim this edge without a local socket before the
+// sweeper treats it as dropped (a teardown that could not reach NATS). It is far longer than the
+// gap between creating or re-binding a record and registering its socket.
+func (e *Edge) orphanAfter() time.Duration { return e.cfg.LeaseTTL + 2*e.cfg.WriteTimeout }
+
+func (e *Edge) hasLocal(key string) bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.byKey[key] != nil
+}
+
+func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, orphans map[string]time.Time) {
 	now := time.Now()
 	alive := map[string]bool{e.cfg.ID: true}
 	edgeAlive := func(id string) bool {
@@ -147,6 +160,11 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry) 
 		}
 		alive[id] = v
 		return v
+	}
+	for key := range orphans {
+		if s, ok := idx[key]; !ok || s.state != broker.SessionOpen || s.edge != e.cfg.ID {
+			delete(orphans, key)
+		}
 	}
 	budget := e.cfg.SweepBatch
 	for key, s := range idx {
@@ -164,7 +182,21 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry) 
 				continue
 			}
 		case broker.SessionOpen:
-			if mine || edgeAlive(s.edge) {
+			if mine {
+				if e.hasLocal(key) {
+					delete(orphans, key)
+					continue
+				}
+				since, seen := orphans[key]
+				if !seen {
+					orphans[key] = now
+					continue
+				}
+				if now.Sub(since) < e.orphanAfter() {
+					continue
+				}
+				delete(orphans, key)
+			} else if edgeAlive(s.edge) {
 				continue
 			}
 		default:
@@ -187,7 +219,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 	now := time.Now()
 	switch rec.State {
 	case broker.SessionOpen:
-		if rec.Edge == e.cfg.ID {
+		if rec.Edge == e.cfg.ID && e.hasLocal(key) {
 			return
 		}
 		if rec.Resumable {

@@ -31,8 +31,8 @@ import (
 type Config struct {
 	// URL is the IC API base URL (ICWS_IC_URL), e.g. https://icp-api.io or http://127.0.0.1:4943.
 	URL string
-	// RootKey is the DER root key. nil: the mainnet key for mainnet URLs (never fetched), else the
-	// key fetched from /api/v2/status at New.
+	// RootKey is the DER root key. Empty: the mainnet key for mainnet URLs (never fetched), else
+	// the key fetched from /api/v2/status at New.
 	RootKey []byte
 	// Identity signs the gateway's own requests (its Ed25519 key).
 	Identity identity.Identity
@@ -122,7 +122,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		keys: make(map[string]*nodeKeys),
 	}
 	switch {
-	case cfg.RootKey != nil:
+	case len(cfg.RootKey) > 0:
 		c.rootKey = cfg.RootKey
 		c.log.Info("ic root key from configuration", "url", c.base)
 	case isMainnet(u.Hostname()):

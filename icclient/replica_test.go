@@ -130,6 +130,11 @@ func TestRootKeyFetchedFromStatus(t *testing.T) {
 	if e.count("status") != 1 {
 		t.Fatalf("status fetched %d times", e.count("status"))
 	}
+	// An empty (non-nil) key, as hex.DecodeString("") gives, also means "fetch".
+	c = newTestClient(t, e, func(cfg *Config) { cfg.RootKey = []byte{} })
+	if string(c.RootKey()) != string(e.r.RootKey()) || e.count("status") != 2 {
+		t.Fatal("empty root key not treated as unset")
+	}
 }
 
 func TestMainnetRootKeyNeverFetched(t *testing.T) {

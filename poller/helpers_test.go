@@ -6,6 +6,8 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/icws/icws/protocol"
 )
 
 func candidMarshal(v any) ([]byte, error) { return candid.Marshal([]any{v}) }
@@ -28,7 +30,7 @@ func BenchmarkDecodeGetMessages50(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := decodeGetMessages(reply); err != nil {
+		if _, err := protocol.DecodeGetMessagesResult(reply); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -230,17 +230,14 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages(%d): %w", nonce, err)
 	}
 	p.notePoll(true)
-	res, err := decodeGetMessages(reply)
-	if err != nil {
-		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): decode answer: %w", nonce, err)}
+	res, err := protocol.DecodeGetMessagesResult(reply)
+	switch {
+	case errors.Is(err, protocol.ErrGetMessagesRefused):
+		return protocol.CanisterOutputCertifiedMessages{}, &canisterError{fmt.Errorf("ws_get_messages(%d): %w", nonce, err)}
+	case err != nil:
+		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): %w", nonce, err)}
 	}
-	if res.Err != nil {
-		return protocol.CanisterOutputCertifiedMessages{}, &canisterError{fmt.Errorf("ws_get_messages(%d): canister returned Err: %s", nonce, *res.Err)}
-	}
-	if res.Ok == nil {
-		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): answer is neither Ok nor Err", nonce)}
-	}
-	return *res.Ok, nil
+	return res, nil
 }
 
 type decodeError struct{ error }
@@ -264,27 +261,6 @@ func classify(err error) (kind, msg string) {
 		return errKindReject, "ws_get_messages rejected; retrying"
 	}
 	return errKindTransient, "ws_get_messages failed; retrying"
-}
-
-// decodeGetMessages accepts both the CDK ≥ 0.3.1 answer (is_end_of_queue: bool) and older ones
-// (field absent). agent-go's Candid decoder does not apply the bool <: opt bool subtyping rule,
-// so the two shapes are tried in turn.
-func decodeGetMessages(b []byte) (protocol.CanisterWsGetMessagesResult, error) {
-	var strict protocol.CanisterWsGetMessagesResultStrict
-	err := candid.Unmarshal(b, []any{&strict})
-	if err == nil {
-		out := protocol.CanisterWsGetMessagesResult{Err: strict.Err}
-		if strict.Ok != nil {
-			eoq := strict.Ok.IsEndOfQueue
-			out.Ok = &protocol.CanisterOutputCertifiedMessages{Messages: strict.Ok.Messages, Cert: strict.Ok.Cert, Tree: strict.Ok.Tree, IsEndOfQueue: &eoq}
-		}
-		return out, nil
-	}
-	var lenient protocol.CanisterWsGetMessagesResult
-	if err2 := candid.Unmarshal(b, []any{&lenient}); err2 != nil {
-		return lenient, errors.Join(err, err2)
-	}
-	return lenient, nil
 }
 
 type published struct {

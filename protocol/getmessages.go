@@ -7,32 +7,35 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 )
 
-// DecodeGetMessagesResult decodes a ws_get_messages reply from any CDK version: 0.3.1 and later
-// declare is_end_of_queue as bool, older ones do not have it. agent-go's Candid decoder does not
-// apply subtyping: the optional shape fails on a bool and the bool shape silently reads a missing
-// field as false, so the optional shape is tried first.
+// ErrGetMessagesRefused wraps the Err text of a ws_get_messages answer.
+var ErrGetMessagesRefused = errors.New("canister answered Err")
+
+// DecodeGetMessagesResult decodes a ws_get_messages reply. CDK 0.3.1 and later (the versions a
+// gateway supports, PROTOCOL.md §0) declare is_end_of_queue as bool; agent-go's Candid decoder
+// applies no subtyping, so that shape is decoded first and the optional shape is the fallback.
 func DecodeGetMessagesResult(reply []byte) (CanisterOutputCertifiedMessages, error) {
-	var loose CanisterWsGetMessagesResult
-	if looseErr := candid.Unmarshal(reply, []any{&loose}); looseErr == nil {
-		return okOrErr(loose.Ok, loose.Err)
-	}
 	var strict CanisterWsGetMessagesResultStrict
-	if err := candid.Unmarshal(reply, []any{&strict}); err != nil {
-		return CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages: decode reply: %w", err)
+	strictErr := candid.Unmarshal(reply, []any{&strict})
+	if strictErr == nil {
+		if strict.Ok == nil {
+			return okOrErr(nil, strict.Err)
+		}
+		end := strict.Ok.IsEndOfQueue
+		return CanisterOutputCertifiedMessages{Messages: strict.Ok.Messages, Cert: strict.Ok.Cert, Tree: strict.Ok.Tree, IsEndOfQueue: &end}, nil
 	}
-	if strict.Ok == nil {
-		return okOrErr(nil, strict.Err)
+	var loose CanisterWsGetMessagesResult
+	if err := candid.Unmarshal(reply, []any{&loose}); err != nil {
+		return CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages: decode reply: %w", errors.Join(strictErr, err))
 	}
-	end := strict.Ok.IsEndOfQueue
-	return CanisterOutputCertifiedMessages{Messages: strict.Ok.Messages, Cert: strict.Ok.Cert, Tree: strict.Ok.Tree, IsEndOfQueue: &end}, nil
+	return okOrErr(loose.Ok, loose.Err)
 }
 
 func okOrErr(ok *CanisterOutputCertifiedMessages, errText *string) (CanisterOutputCertifiedMessages, error) {
 	switch {
 	case errText != nil:
-		return CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages: canister answered Err: %s", *errText)
+		return CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages: %w: %s", ErrGetMessagesRefused, *errText)
 	case ok == nil:
-		return CanisterOutputCertifiedMessages{}, errors.New("ws_get_messages: empty variant")
+		return CanisterOutputCertifiedMessages{}, errors.New("ws_get_messages: answer is neither Ok nor Err")
 	}
 	return *ok, nil
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -14,15 +15,6 @@ func TestDecodeGetMessagesResult(t *testing.T) {
 		Key:       "k_00000000000000000001",
 		Content:   []byte{1, 2, 3},
 	}}
-	type oldShape struct {
-		Messages []CanisterOutputMessage `ic:"messages"`
-		Cert     []byte                  `ic:"cert"`
-		Tree     []byte                  `ic:"tree"`
-	}
-	type oldResult struct {
-		Ok  *oldShape `ic:"Ok,variant"`
-		Err *string   `ic:"Err,variant"`
-	}
 	errText := "boom"
 	tests := []struct {
 		name    string
@@ -32,7 +24,6 @@ func TestDecodeGetMessagesResult(t *testing.T) {
 	}{
 		{"cdk 0.4 not end", CanisterWsGetMessagesResultStrict{Ok: &CanisterOutputCertifiedMessagesStrict{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}, IsEndOfQueue: false}}, false, ""},
 		{"cdk 0.4 end", CanisterWsGetMessagesResultStrict{Ok: &CanisterOutputCertifiedMessagesStrict{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}, IsEndOfQueue: true}}, true, ""},
-		{"old cdk without is_end_of_queue", oldResult{Ok: &oldShape{Messages: msgs, Cert: []byte{9}, Tree: []byte{8}}}, true, ""},
 		{"canister Err", CanisterWsGetMessagesResultStrict{Err: &errText}, false, "boom"},
 	}
 	for _, tt := range tests {
@@ -43,7 +34,7 @@ func TestDecodeGetMessagesResult(t *testing.T) {
 			}
 			got, err := DecodeGetMessagesResult(b)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				if !errors.Is(err, ErrGetMessagesRefused) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
 				return

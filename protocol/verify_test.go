@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -182,5 +183,46 @@ func TestVerifyCanisterMessageFallbackLeaf(t *testing.T) {
 	msg := protocol.CanisterToClientMessage{Key: "anything", Content: content, Cert: cert, Tree: tree}
 	if _, err := protocol.VerifyCanisterMessage(msg, canister, auth.RootKey(), 0, now); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// BenchmarkVerify compares a full check per frame (what ic-websocket-js does) with a Verifier that
+// has already checked the batch's certificate.
+func BenchmarkVerify(b *testing.B) {
+	canister := principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
+	now := time.Now()
+	c, err := protocol.EncodeWebsocketMessageCBOR(protocol.WebsocketMessage{SequenceNum: 1, Content: []byte("DIDL\x00\x00")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, delegated := range []bool{false, true} {
+		var auth *certtest.Authority
+		if delegated {
+			auth, err = certtest.NewDelegated(canister, canister, now)
+		} else {
+			auth, err = certtest.New()
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		fs, err := auth.Frames(canister, now, certtest.Message{Key: "gw_00000000000000000000", Content: c})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("full/delegation=%v", delegated), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := protocol.VerifyCanisterMessage(fs[0], canister, auth.RootKey(), 0, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("cached/delegation=%v", delegated), func(b *testing.B) {
+			v := &protocol.Verifier{Canister: canister, RootKey: auth.RootKey()}
+			for b.Loop() {
+				if _, err := v.Verify(fs[0], now); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

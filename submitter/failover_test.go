@@ -39,6 +39,7 @@ func publishClients(t testing.TB, pub *publisher, k int, n uint64) map[string]ui
 }
 
 func TestTwoSubmittersShareThenOneCrashes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 8)
 	store := newFakeStore()
 	store.latency = 5 * time.Millisecond
@@ -65,6 +66,7 @@ func TestTwoSubmittersShareThenOneCrashes(t *testing.T) {
 }
 
 func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 4)
 	store := newFakeStore()
 	store.latency = 20 * time.Millisecond
@@ -73,8 +75,9 @@ func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
 	waitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
 
 	pub := e.publisher(t)
-	want := publishClients(t, pub, 16, 40)
-	total := len(want) * 40
+	// Each client needs about 150 × 20 ms = 3 s, longer than the lease TTL.
+	want := publishClients(t, pub, 12, 150)
+	total := len(want) * 150
 	waitFor(t, 30*time.Second, "a working", func() bool { return store.callsBy("a") > 20 })
 	// a keeps relaying but can no longer renew its leases, like a process stuck on a slow disk or
 	// partitioned from NATS while the IC is still reachable.
@@ -113,6 +116,7 @@ func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
 	if moved == 0 {
 		t.Error("no client moved from a to b")
 	}
+	t.Logf("%d clients moved from the stalled owner", moved)
 	if metricValue(t, a.s.m.leasesLost) == 0 {
 		t.Error("a did not count lost leases")
 	}
@@ -122,6 +126,7 @@ func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
 }
 
 func TestJoinRebalancesAndGracefulShutdownHandsOver(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 8)
 	store := newFakeStore()
 	store.latency = 2 * time.Millisecond

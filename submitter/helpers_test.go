@@ -256,6 +256,11 @@ func (p *publisher) msg(canister principal.Principal, client testClient, kind st
 // async publishes messages in order without waiting for each ack, then waits for all acks.
 func (p *publisher) async(msgs []*nats.Msg) {
 	p.t.Helper()
+	const window = 1000 // below the client's limit of outstanding async publishes
+	for len(msgs) > window {
+		p.async(msgs[:window])
+		msgs = msgs[window:]
+	}
 	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
 		f, err := p.e.js.PublishMsgAsync(m)

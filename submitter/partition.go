@@ -93,7 +93,7 @@ func (p *partition) isDone() bool {
 }
 
 func (p *partition) isStopping() bool { return p.stopping.Load() }
-func (p *partition) released() bool  { return p.graceful.Load() }
+func (p *partition) released() bool   { return p.graceful.Load() }
 
 // lose stops the partition at once: in-flight calls are abandoned and nothing more is acked. The
 // next owner starts again from the consumer's ack floor.

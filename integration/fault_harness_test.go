@@ -1,0 +1,481 @@
+package integration
+
+// Shared machinery of the failure-independence tests (fault_*_test.go): many resuming Go clients
+// with steady traffic both ways, a kill in the middle, and exact per-client accounting afterwards.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+	"github.com/gorilla/websocket"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/icws/icws/client"
+	"github.com/icws/icws/protocol"
+)
+
+// faultLeaseEnv shortens the lease TTLs so that a takeover happens within a test's patience. The
+// checks stay exactly as strict; only the time a standby waits for a dead holder's lease shrinks.
+func faultLeaseEnv(extra map[string]string) map[string]string {
+	env := map[string]string{
+		"ICWS_POLL_LEASE_TTL":   "1500ms",
+		"ICWS_SUBMIT_LEASE_TTL": "1500ms",
+		"ICWS_EDGE_LEASE_TTL":   "1500ms",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// faultDialer hands a client's TCP connections to one of several edges: its preferred edge first,
+// the next one when that refuses. The client only knows one GatewayURL, so this is how a client
+// behind a load balancer finds a surviving edge. It remembers which edge the last connection went
+// to and can refuse every dial (a client that "stays away").
+type faultDialer struct {
+	addrs     []string // host:port of the edges
+	preferred int
+	blocked   atomic.Bool
+	current   atomic.Int32 // index of the edge of the last successful dial
+	dials     atomic.Int32
+
+	mu   sync.Mutex
+	conn net.Conn // the last connection opened
+}
+
+func (d *faultDialer) dial(ctx context.Context, network, _ string) (net.Conn, error) {
+	if d.blocked.Load() {
+		return nil, errors.New("test: dialing blocked")
+	}
+	var nd net.Dialer
+	var errs []error
+	for i := range d.addrs {
+		idx := (d.preferred + i) % len(d.addrs)
+		c, err := nd.DialContext(ctx, network, d.addrs[idx])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.current.Store(int32(idx))
+		d.dials.Add(1)
+		d.mu.Lock()
+		d.conn = c
+		d.mu.Unlock()
+		return c, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dropConn closes the client's current TCP connection under it (the client sees a dropped socket).
+func (d *faultDialer) dropConn() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		d.conn.Close()
+	}
+}
+
+func faultHostPort(t testing.TB, wsURL string) string {
+	t.Helper()
+	hp, ok := strings.CutPrefix(wsURL, "ws://")
+	if !ok {
+		t.Fatalf("edge URL %q is not ws://", wsURL)
+	}
+	return strings.TrimSuffix(hp, "/")
+}
+
+// faultReceived is one application message as the client got it.
+type faultReceived struct {
+	text string
+	at   time.Time
+}
+
+// faultClient is one resuming Go client with its traffic record.
+type faultClient struct {
+	idx    int
+	conn   *client.Conn
+	key    protocol.ClientKey
+	dialer *faultDialer
+	logs   *syncBuffer
+
+	mu       sync.Mutex
+	sent     []string    // texts in the order Send accepted them
+	sentAt   []time.Time // when each was handed to Send
+	expected []string    // what the canister must send back, in order
+	expSrc   []int       // for each expected text, the index in sent of the message that caused it
+	got      []faultReceived
+	ended    chan struct{} // closed when Messages() is closed
+}
+
+// faultExpect is what the demo canister sends back for one text.
+func faultExpect(text string) []string {
+	if rest, ok := strings.CutPrefix(text, "burst:"); ok {
+		if n, err := strconv.Atoi(rest); err == nil && n > 0 {
+			return numbered("burst:", n)
+		}
+	}
+	return []string{text}
+}
+
+type faultClientOptions struct {
+	ResumeTimeout time.Duration // 0 = 60 s
+	ReconnectMax  time.Duration // 0 = 1 s: a dead edge is retried quickly
+}
+
+// dialFaultClient opens a resuming session through d (no t.Fatal: runs in goroutines).
+func dialFaultClient(ctx context.Context, idx int, d *faultDialer, icURL, canister string, rootKey []byte, o faultClientOptions) (*faultClient, error) {
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		return nil, err
+	}
+	cid, err := principal.Decode(canister)
+	if err != nil {
+		return nil, err
+	}
+	if o.ResumeTimeout == 0 {
+		o.ResumeTimeout = 60 * time.Second
+	}
+	if o.ReconnectMax == 0 {
+		o.ReconnectMax = time.Second
+	}
+	logs := &syncBuffer{}
+	conn, err := client.Dial(ctx, client.Config{
+		// The host is never dialed as such: faultDialer picks the edge.
+		GatewayURL:    "ws://icws-edges.test/",
+		ICURL:         icURL,
+		RootKey:       rootKey,
+		Canister:      cid,
+		Identity:      id,
+		Resume:        true,
+		ResumeTimeout: o.ResumeTimeout,
+		ReconnectMax:  o.ReconnectMax,
+		Dialer:        &websocket.Dialer{HandshakeTimeout: 10 * time.Second, NetDialContext: d.dial},
+		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client %d: dial: %w\n%s", idx, err, tail(logs.Bytes(), 4<<10))
+	}
+	fc := &faultClient{idx: idx, conn: conn, key: conn.ClientKey(), dialer: d, logs: logs, ended: make(chan struct{})}
+	go fc.receive()
+	return fc, nil
+}
+
+func (c *faultClient) receive() {
+	defer close(c.ended)
+	for m := range c.conn.Messages() {
+		text := "<undecodable: " + strconv.Itoa(int(m.Seq)) + ">"
+		if am, err := client.DecodeAppMessage(m.Content); err == nil {
+			text = am.Text
+		}
+		c.mu.Lock()
+		c.got = append(c.got, faultReceived{text: text, at: time.Now()})
+		c.mu.Unlock()
+	}
+}
+
+func (c *faultClient) send(ctx context.Context, text string) error {
+	b, err := client.EncodeAppMessage(protocol.AppMessage{Text: text, Timestamp: uint64(time.Now().UnixNano())})
+	if err != nil {
+		return err
+	}
+	// Record before Send: the echo can arrive before Send returns.
+	c.mu.Lock()
+	c.sent = append(c.sent, text)
+	c.sentAt = append(c.sentAt, time.Now())
+	for _, e := range faultExpect(text) {
+		c.expected = append(c.expected, e)
+		c.expSrc = append(c.expSrc, len(c.sent)-1)
+	}
+	c.mu.Unlock()
+	if err := c.conn.Send(ctx, b); err != nil {
+		return fmt.Errorf("client %d: send %q: %w", c.idx, text, err)
+	}
+	return nil
+}
+
+func (c *faultClient) snapshot() (sent, expected []string, got []faultReceived) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.sent), slices.Clone(c.expected), slices.Clone(c.got)
+}
+
+// faultTraffic is the per-client traffic of a fault test:
+//  1. Before: steady messages at Pace (one of them "burst:N" for a canister → client burst);
+//  2. Burst: back-to-back messages (client → canister burst), after which the client reports ready;
+//     the test kills its victim once every client is ready, so the kill lands in these bursts;
+//  3. After: steady messages at Pace once the kill is done (one "burst:N" again).
+type faultTraffic struct {
+	Before, Burst, After int
+	CanisterBurst        int
+	Pace                 time.Duration
+}
+
+func (tr faultTraffic) plan(idx int) (before, burst, after []string) {
+	text := func(phase string, i int) string {
+		if i == 3 && tr.CanisterBurst > 0 {
+			return "burst:" + strconv.Itoa(tr.CanisterBurst)
+		}
+		return fmt.Sprintf("c%d-%s%d", idx, phase, i)
+	}
+	for i := 1; i <= tr.Before; i++ {
+		before = append(before, text("a", i))
+	}
+	for i := 1; i <= tr.Burst; i++ {
+		burst = append(burst, fmt.Sprintf("c%d-b%d", idx, i))
+	}
+	for i := 1; i <= tr.After; i++ {
+		after = append(after, text("z", i))
+	}
+	return before, burst, after
+}
+
+// faultRun is a fleet of clients against a deployment.
+type faultRun struct {
+	t       *testing.T
+	d       *Deployment
+	clients []*faultClient
+}
+
+// startFaultClients dials n clients, client i preferring edge i mod len(edges).
+func startFaultClients(t *testing.T, d *Deployment, n int, o faultClientOptions) *faultRun {
+	t.Helper()
+	var addrs []string
+	for _, e := range d.Edges {
+		addrs = append(addrs, faultHostPort(t, e.WSURL))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rootKey, err := client.RootKey(ctx, d.Replica.URL, nil, nil)
+	if err != nil {
+		t.Fatalf("root key: %v", err)
+	}
+	r := &faultRun{t: t, d: d, clients: make([]*faultClient, n)}
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := range n {
+		g.Go(func() error {
+			c, err := dialFaultClient(gctx, i, &faultDialer{addrs: addrs, preferred: i % len(addrs)}, d.Replica.URL, d.Replica.CanisterID, rootKey, o)
+			r.clients[i] = c
+			return err
+		})
+	}
+	err = g.Wait()
+	t.Cleanup(func() {
+		for _, c := range r.clients {
+			if c != nil {
+				c.conn.Close()
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("dial %d clients: %v", n, err)
+	}
+	t.Logf("%d resuming clients open over %d edge(s) in %s", n, len(addrs), time.Since(start).Round(time.Millisecond))
+	return r
+}
+
+// dumpClientLog shows one client's debug log when the test fails.
+func (r *faultRun) dumpClientLog(c *faultClient) {
+	r.t.Logf("----- client %d (%s) log (tail) -----\n%s", c.idx, c.key.Token(), tail(c.logs.Bytes(), 8<<10))
+}
+
+// runWithKill drives tr on every client, calls kill once every client has sent its burst, and
+// returns the moment the kill completed (the victim is gone). It waits for the senders to finish.
+func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
+	t := r.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var ready sync.WaitGroup
+	ready.Add(len(r.clients))
+	killed := make(chan struct{})
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range r.clients {
+		g.Go(func() error {
+			before, burst, after := tr.plan(c.idx)
+			readyOnce := sync.OnceFunc(ready.Done)
+			defer readyOnce()
+			tick := time.NewTicker(tr.Pace)
+			defer tick.Stop()
+			steady := func(texts []string) error {
+				for _, s := range texts {
+					select {
+					case <-tick.C:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+					if err := c.send(gctx, s); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			if err := steady(before); err != nil {
+				return err
+			}
+			for _, s := range burst {
+				if err := c.send(gctx, s); err != nil {
+					return err
+				}
+			}
+			readyOnce()
+			select {
+			case <-killed:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			return steady(after)
+		})
+	}
+	readyCh := make(chan struct{})
+	go func() { ready.Wait(); close(readyCh) }()
+	select {
+	case <-readyCh:
+	case <-ctx.Done():
+	}
+	var killedAt time.Time
+	if gctx.Err() == nil {
+		kill()
+		killedAt = time.Now()
+	}
+	close(killed)
+	if err := g.Wait(); err != nil {
+		t.Fatalf("traffic: %v", err)
+	}
+	return killedAt
+}
+
+// verify waits until every client got everything it should, then checks both directions exactly:
+// the canister received each client's texts once and in order with no sequence error and no close;
+// each client received the expected echoes and bursts once and in order, and is still open.
+func (r *faultRun) verify(timeout time.Duration) {
+	t := r.t
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, c := range r.clients {
+		waitFor(t, time.Until(deadline)+time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: all canister messages", c.idx), func() error {
+			_, expected, got := c.snapshot()
+			select {
+			case <-c.ended:
+				r.dumpClientLog(c)
+				t.Fatalf("client %d: session ended after %d of %d messages: %v", c.idx, len(got), len(expected), c.conn.Err())
+			default:
+			}
+			if len(got) < len(expected) {
+				return fmt.Errorf("received %d of %d (last %q)", len(got), len(expected), faultLastReceived(got))
+			}
+			return nil
+		})
+	}
+	ctl := r.d.Replica.Control
+	for _, c := range r.clients {
+		sent, expected, got := c.snapshot()
+		texts := make([]string, len(got))
+		for i, g := range got {
+			texts[i] = g.text
+		}
+		if !slices.Equal(texts, expected) {
+			r.dumpClientLog(c)
+		}
+		assertSameTexts(t, fmt.Sprintf("client %d: canister → client", c.idx), texts, expected)
+		l := waitCanisterLog(t, ctl, c.key, 10*time.Second, fmt.Sprintf("client %d: canister log", c.idx), func(l clientLog) error {
+			if l.Received < len(sent) {
+				return fmt.Errorf("canister received %d of %d", l.Received, len(sent))
+			}
+			return nil
+		})
+		if !slices.Equal(l.Texts, sent) {
+			r.dumpClientLog(c)
+		}
+		assertSameTexts(t, fmt.Sprintf("client %d: client → canister", c.idx), l.Texts, sent)
+		if l.Received != len(sent) {
+			t.Fatalf("client %d: canister counted %d messages, client sent %d", c.idx, l.Received, len(sent))
+		}
+		if l.SequenceErrors != 0 || len(l.Closes) != 0 || !l.Open {
+			r.dumpClientLog(c)
+			t.Fatalf("client %d: canister saw %d sequence errors, closes %v, open=%v", c.idx, l.SequenceErrors, l.Closes, l.Open)
+		}
+		if err := c.conn.Err(); err != nil {
+			r.dumpClientLog(c)
+			t.Fatalf("client %d: session ended: %v", c.idx, err)
+		}
+	}
+}
+
+func faultLastReceived(got []faultReceived) string {
+	if len(got) == 0 {
+		return ""
+	}
+	return got[len(got)-1].text
+}
+
+// faultRecovery summarises what the clients saw around the kill.
+type faultRecovery struct {
+	firstAfter   time.Duration // kill → first delivery of an echo of a message sent after the kill (any client)
+	worstFirst   time.Duration // kill → that delivery, for the slowest client
+	longestGap   time.Duration // longest silence between two deliveries, for any client, around the kill
+	allDone      time.Duration // kill → last delivery of all
+	resumes      int           // client resumes in total
+	resent       int           // ws_messages re-sent after resumes
+	clientsMoved int           // clients whose connection ended up on another edge than preferred
+}
+
+func (r *faultRun) recovery(killedAt time.Time) faultRecovery {
+	var rc faultRecovery
+	rc.firstAfter = -1
+	for _, c := range r.clients {
+		c.mu.Lock()
+		first := time.Duration(-1)
+		prev := time.Time{}
+		// verify has checked that got[i] is expected[i], so expSrc[i] says what caused it.
+		for i, g := range c.got {
+			if first < 0 && i < len(c.expSrc) && !c.sentAt[c.expSrc[i]].Before(killedAt) {
+				first = g.at.Sub(killedAt)
+			}
+			if !prev.IsZero() && g.at.After(killedAt) {
+				// The gap that spans the kill counts from the kill, not from the last message before it.
+				from := prev
+				if from.Before(killedAt) {
+					from = killedAt
+				}
+				rc.longestGap = max(rc.longestGap, g.at.Sub(from))
+			}
+			prev = g.at
+		}
+		if len(c.got) > 0 {
+			rc.allDone = max(rc.allDone, c.got[len(c.got)-1].at.Sub(killedAt))
+		}
+		c.mu.Unlock()
+		if first >= 0 && (rc.firstAfter < 0 || first < rc.firstAfter) {
+			rc.firstAfter = first
+		}
+		rc.worstFirst = max(rc.worstFirst, first)
+		rc.resumes += c.conn.Resumes()
+		rc.resent += c.conn.Resent()
+		if int(c.dialer.current.Load()) != c.dialer.preferred {
+			rc.clientsMoved++
+		}
+	}
+	return rc
+}
+
+func (r *faultRun) logRecovery(what string, killedAt time.Time) faultRecovery {
+	rc := r.recovery(killedAt)
+	r.t.Logf("RECOVERY %s: %s (first delivery after the kill of a message sent after it; slowest client %s; longest silence any client saw %s; all %d clients complete %s after the kill; %d resumes, %d messages re-sent, %d clients moved edge)",
+		what, rc.firstAfter.Round(time.Millisecond), rc.worstFirst.Round(time.Millisecond), rc.longestGap.Round(time.Millisecond),
+		len(r.clients), rc.allDone.Round(time.Millisecond), rc.resumes, rc.resent, rc.clientsMoved)
+	return rc
+}
