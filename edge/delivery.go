@@ -22,7 +22,7 @@ type delivery struct {
 	pending map[uint64][]byte // seq > next, held until the gap closes
 	filling bool
 	dropped uint64 // core messages the subscription dropped, as last seen
-	refill  bool // pending overflowed while filling: read the stream again
+	refill  bool   // pending overflowed while filling: read the stream again
 	// resumedFrame is sent before the first replayed frame (resume only).
 	resumedFrame []byte
 	resumeStart  time.Time

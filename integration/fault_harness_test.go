@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,8 +33,8 @@ import (
 func faultLeaseEnv(extra map[string]string) map[string]string {
 	env := map[string]string{
 		"ICWS_POLL_LEASE_TTL":   "1500ms",
-		"ICWS_SUBMIT_LEASE_TTL": "1500ms",
-		"ICWS_EDGE_LEASE_TTL":   "1500ms",
+		"ICWS_SUBMIT_LEASE_TTL": "2s",
+		"ICWS_EDGE_LEASE_TTL":   "2s",
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -477,5 +479,100 @@ func (r *faultRun) logRecovery(what string, killedAt time.Time) faultRecovery {
 	r.t.Logf("RECOVERY %s: %s (first delivery after the kill of a message sent after it; slowest client %s; longest silence any client saw %s; all %d clients complete %s after the kill; %d resumes, %d messages re-sent, %d clients moved edge)",
 		what, rc.firstAfter.Round(time.Millisecond), rc.worstFirst.Round(time.Millisecond), rc.longestGap.Round(time.Millisecond),
 		len(r.clients), rc.allDone.Round(time.Millisecond), rc.resumes, rc.resent, rc.clientsMoved)
+	r.t.Logf("deliveries per second around the kill: %s", r.timeline(killedAt))
 	return rc
+}
+
+// timeline counts deliveries (all clients) per second from one second before the kill.
+func (r *faultRun) timeline(killedAt time.Time) string {
+	var counts []int
+	for _, c := range r.clients {
+		c.mu.Lock()
+		for _, g := range c.got {
+			s := int(g.at.Sub(killedAt)/time.Second) + 1
+			if g.at.Before(killedAt) {
+				s = 0
+				if killedAt.Sub(g.at) > time.Second {
+					continue
+				}
+			}
+			for len(counts) <= s {
+				counts = append(counts, 0)
+			}
+			counts[s]++
+		}
+		c.mu.Unlock()
+	}
+	var b strings.Builder
+	for i, n := range counts {
+		fmt.Fprintf(&b, " %+ds:%d", i-1, n)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// faultLogLines returns the lines of a process's logs that contain any of the substrings (at most
+// limit of them), to show in the test log what a role did around a kill.
+func faultLogLines(p *Process, limit int, substrings ...string) []string {
+	stdout, stderr := p.Logs()
+	var out []string
+	for _, line := range strings.Split(stdout+"\n"+stderr, "\n") {
+		for _, s := range substrings {
+			if strings.Contains(line, s) {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	if len(out) > limit {
+		out = append(out[:limit], fmt.Sprintf("... %d more", len(out)-limit))
+	}
+	return out
+}
+
+// logRoleWarnings shows each role's warnings and errors (a few) after a kill.
+func (r *faultRun) logRoleWarnings() {
+	var roles []*Role
+	for _, e := range r.d.Edges {
+		roles = append(roles, &e.Role)
+	}
+	roles = append(roles, r.d.Submitters...)
+	roles = append(roles, r.d.Pollers...)
+	for _, role := range roles {
+		if lines := faultLogLines(role.Proc, 8, "level=WARN", "level=ERROR"); len(lines) > 0 {
+			r.t.Logf("%s warnings/errors:\n  %s", role.Name, strings.Join(lines, "\n  "))
+		}
+	}
+}
+
+// faultKeepLogs copies every process log of d to $ICWS_FAULT_LOGDIR/<test>/ at the end of the
+// test (before the processes are stopped), when that variable is set: the logs of a passing run
+// are the evidence behind its figures.
+func faultKeepLogs(t *testing.T, d *Deployment) {
+	dir := os.Getenv("ICWS_FAULT_LOGDIR")
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+	var procs []*Process
+	for _, n := range d.NATS.Nodes {
+		procs = append(procs, n.Proc)
+	}
+	procs = append(procs, d.Replica.Proc)
+	for _, e := range d.Edges {
+		procs = append(procs, e.Proc)
+	}
+	for _, r := range append(slices.Clone(d.Submitters), d.Pollers...) {
+		procs = append(procs, r.Proc)
+	}
+	t.Cleanup(func() {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Logf("keep logs: %v", err)
+			return
+		}
+		for _, p := range procs {
+			stdout, stderr := p.Logs()
+			_ = os.WriteFile(filepath.Join(dir, p.Name+".log"), []byte(stdout+stderr), 0o644)
+		}
+		t.Logf("process logs kept in %s", dir)
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,6 +42,7 @@ func startFaultDeployment(t *testing.T, replica ReplicaOptions, extra map[string
 		NATSNodes: 3, Edges: 2, Submitters: 2, Pollers: 2,
 		Replica: replica, EdgeEnv: env, SubmitterEnv: env, PollEnv: env,
 	})
+	faultKeepLogs(t, d)
 	t.Logf("deployment (3 NATS nodes, replica, 2 pollers, 2 submitters, 2 edges) ready in %s", time.Since(start).Round(time.Millisecond))
 	return d
 }
@@ -106,13 +108,28 @@ func TestFaultKillActivePoller(t *testing.T) {
 	standby := 1 - victim
 	t.Logf("active poller: %s", d.Pollers[victim].Name)
 
-	killedAt := run.runWithKill(defaultFaultTraffic, func() { d.Pollers[victim].Proc.Kill() })
+	sb := d.Pollers[standby].AdminURL
+	labels := `{canister="` + d.Replica.CanisterID + `"}`
+	var leaseAt, publishAt func() time.Time
+	killedAt := run.runWithKill(defaultFaultTraffic, func() {
+		d.Pollers[victim].Proc.Kill()
+		leaseAt = faultWatchMetric(sb, "icws_poller_lease_held", labels, func(v float64) bool { return v == 1 })
+		publishAt = faultWatchMetric(sb, "icws_poller_messages_total", labels, func(v float64) bool { return v > 0 })
+	})
 	if got := faultActivePoller(t, d.Pollers, d.Replica.CanisterID, 20*time.Second); got != standby {
 		t.Fatalf("lease holder after the kill: %s, want %s", d.Pollers[got].Name, d.Pollers[standby].Name)
 	}
-	t.Logf("%s holds the lease %s after the kill", d.Pollers[standby].Name, time.Since(killedAt).Round(time.Millisecond))
 	run.verify(90 * time.Second)
+	since := func(at time.Time) string {
+		if at.IsZero() {
+			return "not seen"
+		}
+		return at.Sub(killedAt).Round(time.Millisecond).String()
+	}
+	t.Logf("RECOVERY poller kill, standby %s: lease held after %s, first message published after %s (metrics polled every 20 ms)",
+		d.Pollers[standby].Name, since(leaseAt()), since(publishAt()))
 	rc := run.logRecovery("poller kill (standby takeover → first message delivered)", killedAt)
+	run.logRoleWarnings()
 	if rc.firstAfter < 0 {
 		t.Fatal("no message sent after the kill was delivered")
 	}
@@ -295,5 +312,37 @@ func TestFaultKillNATSNode(t *testing.T) {
 		if l == victimName || l == "" {
 			t.Fatalf("stream %s still led by %q after the kill", s, l)
 		}
+	}
+}
+
+// faultWatchMetric polls a metric every 20 ms from now on and returns a function that reports when
+// it first satisfied ok (zero if not yet) and stops watching.
+func faultWatchMetric(adminURL, name, labels string, ok func(float64) bool) func() time.Time {
+	done := make(chan struct{})
+	var at time.Time
+	var mu sync.Mutex
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if v, err := faultMetric(adminURL, name, labels); err == nil && ok(v) {
+				mu.Lock()
+				at = time.Now()
+				mu.Unlock()
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() time.Time {
+		once.Do(func() { close(done) })
+		mu.Lock()
+		defer mu.Unlock()
+		return at
 	}
 }

@@ -328,6 +328,8 @@ type fakeStore struct {
 	latency time.Duration
 	// script decides the answer to the attempt-th arrival of (client, seq); nil means replied.
 	script func(client string, seq uint64, attempt int) (icclient.CallStatus, error)
+	// closeScript decides the answer to the attempt-th ws_close of a client; nil means Ok.
+	closeScript func(client string, attempt int) (protocol.CanisterWsResult, error)
 
 	mu         sync.Mutex
 	executed   map[protocol.RequestID]bool
@@ -431,8 +433,21 @@ func (f *fakeIC) Call(ctx context.Context, canister principal.Principal, method 
 	}
 	f.mu.Lock()
 	f.closes = append(f.closes, fakeClose{by: f.by, key: a.ClientKey, execsSoFar: len(f.order[a.ClientKey.Token()])})
+	attempt := 0
+	for _, c := range f.closes {
+		if c.key.Equal(a.ClientKey) {
+			attempt++
+		}
+	}
 	f.mu.Unlock()
-	return candid.Marshal([]any{protocol.ResultOk()})
+	res := protocol.ResultOk()
+	if f.closeScript != nil {
+		var err error
+		if res, err = f.closeScript(a.ClientKey.Token(), attempt); err != nil {
+			return nil, err
+		}
+	}
+	return candid.Marshal([]any{res})
 }
 
 func (f *fakeStore) executedCount() int {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/protocol"
 )
 
 func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
@@ -189,6 +190,58 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 	waitFor(t, 5*time.Second, "close metric", func() bool {
 		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
 	})
+}
+
+func TestCloseRetriesTransientErrorsAndLogsErrResult(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	gone, rejected := newTestClient(1), newTestClient(2)
+	store.closeScript = func(client string, attempt int) (protocol.CanisterWsResult, error) {
+		switch {
+		case client == rejected.token:
+			return protocol.CanisterWsResult{}, &icclient.RejectError{Code: 5, Message: "trapped"}
+		case attempt <= 2:
+			return protocol.CanisterWsResult{}, &icclient.HTTPError{StatusCode: 502, Body: "bad gateway"}
+		}
+		return protocol.ResultErr("client not connected"), nil
+	}
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+	pub.async([]*nats.Msg{
+		pub.msg(testCanister, gone, broker.KindClose, 0, nil),
+		pub.msg(testCanister, rejected, broker.KindClose, 0, nil),
+	})
+	waitFor(t, 10*time.Second, "close outcomes", func() bool {
+		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseErr)) == 1 &&
+			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeRejected)) == 1
+	})
+	if got := metricValue(t, r.s.m.retries.WithLabelValues(broker.KindClose)); got != 2 {
+		t.Errorf("close retries = %v, want 2", got)
+	}
+}
+
+func TestNonReplicatedRejectionIsCountedAndSkipped(t *testing.T) {
+	e := newEnv(t, 2)
+	store := newFakeStore()
+	store.script = func(_ string, seq uint64, _ int) (icclient.CallStatus, error) {
+		if seq == 1 {
+			return icclient.CallNonReplicatedRejection, nil
+		}
+		return icclient.CallReplied, nil
+	}
+	r := e.start(t, testConfig("a"), store.as("a"))
+	pub := e.publisher(t)
+	c := newTestClient(1)
+	pub.async(pub.burst(c, 1, 2))
+	waitFor(t, 10*time.Second, "outcomes", func() bool {
+		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeNonReplicated)) == 1 &&
+			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) == 1
+	})
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if got := store.order[c.token]; len(got) != 1 || got[0] != 2 {
+		t.Errorf("executions %v, want [2]", got)
+	}
 }
 
 func TestConfigValidation(t *testing.T) {
