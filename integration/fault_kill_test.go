@@ -6,8 +6,8 @@ package integration
 // per client and per direction, that nothing was lost, duplicated or reordered, and logs the time
 // to recover as a "RECOVERY <what>: <duration>" line.
 //
-// Lease TTLs are 1.5 s here (faultLeaseEnv) instead of 2-3 s, so that takeovers fit the test's
-// time budget; nothing else is relaxed.
+// Lease TTLs are the defaults (faultLeaseEnv: poller 2 s, submitter and edge 3 s); nothing is
+// relaxed for the test.
 
 import (
 	"bufio"
@@ -30,7 +30,7 @@ const faultClients = 50
 
 // defaultFaultTraffic: per client 8 steady messages (one of them burst:5), 10 back to back (the
 // kill lands in these), then 15 steady (one burst:5): 33 messages up, 41 down.
-var defaultFaultTraffic = faultTraffic{Before: 8, Burst: 10, After: 15, CanisterBurst: 5, Pace: 200 * time.Millisecond}
+var defaultFaultTraffic = faultTraffic{Before: 8, Burst: 10, After: 15, CanisterBurst: 5, Pace: 400 * time.Millisecond}
 
 // startFaultDeployment runs 3 NATS nodes, the replica and two of each role.
 func startFaultDeployment(t *testing.T, replica ReplicaOptions, extra map[string]string) *Deployment {
@@ -43,8 +43,31 @@ func startFaultDeployment(t *testing.T, replica ReplicaOptions, extra map[string
 		Replica: replica, EdgeEnv: env, SubmitterEnv: env, PollEnv: env,
 	})
 	faultKeepLogs(t, d)
+	// The second submitter takes half of the partitions from the first; clients dialed during that
+	// hand-over wait for it, so let it settle first.
+	faultWaitPartitionsSplit(t, d, 60*time.Second)
 	t.Logf("deployment (3 NATS nodes, replica, 2 pollers, 2 submitters, 2 edges) ready in %s", time.Since(start).Round(time.Millisecond))
 	return d
+}
+
+// faultWaitPartitionsSplit waits until every ICWS_IN partition is leased and both submitters hold
+// some, and returns the owner of each partition.
+func faultWaitPartitionsSplit(t *testing.T, d *Deployment, timeout time.Duration) (map[int]string, int) {
+	t.Helper()
+	var owners map[int]string
+	var partitions int
+	waitFor(t, timeout, 100*time.Millisecond, "both submitters owning partitions", func() error {
+		owners, partitions = faultSubmitterPartitions(t, d)
+		n := map[string]int{}
+		for _, h := range owners {
+			n[h]++
+		}
+		if len(owners) != partitions || len(n) != len(d.Submitters) {
+			return fmt.Errorf("%d of %d partitions leased, holders %v", len(owners), partitions, n)
+		}
+		return nil
+	})
+	return owners, partitions
 }
 
 // faultMetric reads one sample (name plus exact label set text, e.g. `{canister="x"}`, or "" for
@@ -174,19 +197,7 @@ func TestFaultKillSubmitterMidBurst(t *testing.T) {
 	d := startFaultDeployment(t, ReplicaOptions{UpdateLatency: 30 * time.Millisecond}, nil)
 	run := startFaultClients(t, d, faultClients, faultClientOptions{})
 
-	var owners map[int]string
-	var partitions int
-	waitFor(t, 20*time.Second, 100*time.Millisecond, "both submitters owning partitions", func() error {
-		owners, partitions = faultSubmitterPartitions(t, d)
-		n := map[string]int{}
-		for _, h := range owners {
-			n[h]++
-		}
-		if len(owners) != partitions || len(n) != 2 {
-			return fmt.Errorf("%d of %d partitions leased, holders %v", len(owners), partitions, n)
-		}
-		return nil
-	})
+	owners, partitions := faultWaitPartitionsSplit(t, d, 20*time.Second)
 	victim := d.Submitters[0]
 	var affected []*faultClient
 	for _, c := range run.clients {
@@ -219,6 +230,7 @@ func TestFaultKillSubmitterMidBurst(t *testing.T) {
 	}
 	run.verify(90 * time.Second)
 	run.logRecovery("submitter kill mid-burst (partition takeover)", killedAt)
+	run.logRoleWarnings()
 	// Only the affected clients measure the takeover.
 	sub := &faultRun{t: t, d: d, clients: affected}
 	sub.logRecovery("submitter kill mid-burst, clients of the killed submitter only", killedAt)
@@ -250,6 +262,7 @@ func TestFaultKillEdge(t *testing.T) {
 		}
 	}
 	run.logRecovery("edge kill (all traffic)", killedAt)
+	run.logRoleWarnings()
 	sub := &faultRun{t: t, d: d, clients: onVictim}
 	sub.logRecovery("edge kill, clients of the killed edge (resume on the other edge)", killedAt)
 }
@@ -307,6 +320,7 @@ func TestFaultKillNATSNode(t *testing.T) {
 	killedAt := run.runWithKill(defaultFaultTraffic, func() { d.NATS.Kill(victim) })
 	run.verify(90 * time.Second)
 	run.logRecovery("NATS node kill ("+victimName+", leader of "+strings.Join(led, ",")+")", killedAt)
+	run.logRoleWarnings()
 	after := faultStreamLeaders(t, d)
 	for s, l := range after {
 		if l == victimName || l == "" {

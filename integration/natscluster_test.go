@@ -108,13 +108,27 @@ func (c *NATSCluster) Connect(opts ...nats.Option) *nats.Conn {
 // every running node is a current peer of the meta group.
 func (c *NATSCluster) WaitJetStream(timeout time.Duration) {
 	c.t.Helper()
-	nc := c.Connect()
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		c.t.Fatalf("jetstream: %v", err)
-	}
+	var nc *nats.Conn
+	defer func() {
+		if nc != nil {
+			nc.Close()
+		}
+	}()
+	var js jetstream.JetStream
+	// The monitoring port answers before the client port accepts (JetStream recovers its store
+	// in between), so connecting is part of the wait.
 	waitFor(c.t, timeout, 100*time.Millisecond, "JetStream meta leader", func() error {
+		if nc == nil {
+			conn, err := nats.Connect(c.URLs(), nats.Timeout(time.Second))
+			if err != nil {
+				return fmt.Errorf("connect: %w", err)
+			}
+			if js, err = jetstream.New(conn); err != nil {
+				conn.Close()
+				return err
+			}
+			nc = conn
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if _, err := js.AccountInfo(ctx); err != nil {

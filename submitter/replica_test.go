@@ -208,11 +208,17 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 	waitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
 	pub := e.publisher(t)
 	const n = 50
-	var clients []demoClient
-	var sessions [][]*nats.Msg
-	for i := range 4 {
+	// One client per partition, so both submitters have work whichever partitions they hold.
+	clients := make([]demoClient, e.partitions)
+	for found, i := 0, 0; found < e.partitions; i++ {
 		c := newDemoClient(t, uint64(10+i))
-		clients = append(clients, c)
+		if p := broker.Partition(demoCanister.Encode(), c.tc.token, e.partitions); clients[p].id == nil {
+			clients[p] = c
+			found++
+		}
+	}
+	var sessions [][]*nats.Msg
+	for _, c := range clients {
 		sessions = append(sessions, c.session(t, pub, d.gw, n))
 	}
 	pub.async(interleave(sessions...))

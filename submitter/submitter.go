@@ -1,8 +1,29 @@
 // Package submitter relays client call envelopes from ICWS_IN to the IC, one client at a time in
-// order and many clients in parallel. ICWS_IN is split into partitions; each partition is owned by
-// one submitter process at a time through a lease in the leases bucket, so a client's envelopes are
-// only ever relayed by one process, and move to another process, without reordering, when the
-// owner dies.
+// order and many clients in parallel (DESIGN.md, Guarantee 1).
+//
+// Work is split by ICWS_IN partition. A process owns a partition while it holds the partition's
+// lease (broker.SubmitterLeaseKey, compare-and-set on the KV revision, renewed every LeaseTTL/3).
+// Processes announce themselves with a liveness lease ("submitter.live.<id>") and each takes at
+// most ceil(partitions / live processes), handing surplus partitions over gracefully when a new
+// process joins.
+//
+// An owned partition is read by a durable pull consumer of our own, named
+// "submit-p<partition>-<lease revision>". Messages go to a FIFO per client; a worker goroutine
+// exists only while a client has envelopes waiting (at most MaxInFlight run at once) and acks
+// each message only after its outcome is recorded.
+//
+// Taking a partition over: the new owner reads the ack floor of the previous owner's consumer,
+// creates its own consumer starting right after that floor, then deletes the old consumer. So
+// every envelope that was not certainly finished comes again, at once and in stream order, before
+// anything newer; envelopes above the floor that were already done are sent again, which is
+// harmless because the IC de-duplicates by request id. A previous owner that is merely slow
+// cannot interfere: it stops starting envelopes when its lease is no longer certainly valid
+// (LeaseTTL/4 before the expiry it wrote, to absorb clock skew), renewals fail by
+// compare-and-set once the lease has moved, and its pull requests name a consumer that no longer
+// exists. Because each owner sends a client's next envelope only after the previous one has a
+// certified outcome, even an overlap of two owners could not reorder executions (202 answers
+// aside, which only SettleDelay covers, for one owner as for two); at worst it re-sends the same
+// bytes.
 package submitter
 
 import (
@@ -76,7 +97,7 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		nc:      deps.NC,
 		js:      deps.JS,
 		ic:      deps.IC,
-		log:     log.With("role", "submitter", "submitter_id", cfg.ID),
+		log:     log.With("submitter_id", cfg.ID),
 		m:       m,
 		sem:     make(chan struct{}, cfg.MaxInFlight),
 		crashCh: make(chan struct{}),
@@ -103,9 +124,17 @@ func (s *Submitter) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("submitter: Run called twice")
 	}
-	h, err := broker.Open(ctx, s.js)
-	if err != nil {
-		return fmt.Errorf("submitter: %w", err)
+	// Streams may not exist yet when roles start on separate hosts: wait for them.
+	var h *broker.Handles
+	for backoff := s.cfg.RetryMin; ; backoff = min(2*backoff, s.cfg.RetryMax) {
+		var err error
+		if h, err = broker.Open(ctx, s.js); err == nil {
+			break
+		}
+		s.log.Warn("waiting for the icws streams and buckets", "err", err)
+		if !sleepCtx(ctx, jitter(backoff)) {
+			return nil
+		}
 	}
 	g := &group{s: s, h: h, owned: map[int]*partition{}}
 	return g.run(ctx)

@@ -1,6 +1,7 @@
 package submitter
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -258,5 +259,35 @@ func TestConfigValidation(t *testing.T) {
 	bad.ID = "a b"
 	if err := bad.validate(); err == nil {
 		t.Error("id with a space accepted")
+	}
+}
+
+func TestRunWaitsForStreams(t *testing.T) {
+	url := startNATS(t)
+	nc, js := connect(t, url)
+	s, err := New(testConfig("early"), Deps{NC: nc, JS: js, IC: newFakeStore().as("early"), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	if err := s.Ready(ctx); err == nil {
+		t.Error("ready before the streams exist")
+	}
+	ectx, ecancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ecancel()
+	if err := broker.Ensure(ectx, js, broker.DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "ready", func() bool { return s.Ready(ctx) == nil })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
 	}
 }
