@@ -3,6 +3,7 @@ package broker
 import (
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -133,4 +134,21 @@ type CursorRecord struct {
 type LeaseRecord struct {
 	Holder    string    `json:"holder"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Poll kicks: a submitter that has a certified outcome of a client call announces it on the
+// canister's kick subject (core NATS, no stream), so the active poller polls at once instead of at
+// its next interval: a call's replies reach the client one round trip sooner.
+const subjectKickPrefix = "icws.kick."
+
+// SubjectKickAll is what pollers subscribe to.
+const SubjectKickAll = subjectKickPrefix + "*"
+
+// KickSubject is the kick subject of a canister.
+func KickSubject(canister string) string { return subjectKickPrefix + canister }
+
+// KickCanister extracts the canister from a kick subject.
+func KickCanister(subject string) (string, bool) {
+	c, ok := strings.CutPrefix(subject, subjectKickPrefix)
+	return c, ok && c != ""
 }

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -27,14 +27,9 @@ const natsHelperEnv = "ICWS_EDGE_TEST_NATS_HELPER"
 // benchmark's heap holds the edge alone.
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(natsHelperEnv); dir != "" {
-		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
+		s, err := natstest.NewServer(dir)
 		if err != nil {
 			fmt.Println("ERR", err)
-			os.Exit(1)
-		}
-		go s.Start()
-		if !s.ReadyForConnections(10 * time.Second) {
-			fmt.Println("ERR not ready")
 			os.Exit(1)
 		}
 		fmt.Println(s.ClientURL())

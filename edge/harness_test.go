@@ -20,8 +20,8 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,29 +38,7 @@ type env struct {
 
 func startNATS(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := broker.Ensure(ctx, js, broker.DefaultTopology()); err != nil {
-		t.Fatal(err)
-	}
+	_, nc, js := testkit.StartBroker(t, broker.DefaultTopology())
 	return nc, js
 }
 
@@ -198,38 +176,11 @@ func (c *client) dial(u string, resume bool) []byte {
 	return hs
 }
 
-// envelope builds a signed call envelope {content, sender_pubkey, sender_sig}.
+// signedEnvelope builds a signed call envelope {content, sender_pubkey, sender_sig}, untagged as
+// agent-js puts it in a client frame.
 func signedEnvelope(t testing.TB, id identity.Identity, canister principal.Principal, method string, arg []byte) []byte {
 	t.Helper()
-	nonce := make([]byte, 16)
-	_, _ = rand.Read(nonce)
-	content := map[string]any{
-		"request_type":   "call",
-		"canister_id":    canister.Raw,
-		"method_name":    method,
-		"arg":            arg,
-		"sender":         id.Sender().Raw,
-		"ingress_expiry": uint64(time.Now().Add(4 * time.Minute).UnixNano()),
-		"nonce":          nonce,
-	}
-	cb, err := cbor.Marshal(content)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rid, err := protocol.RequestIDOfContent(cb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := id.Sign(append([]byte("\x0Aic-request"), rid[:]...))
-	env, err := cbor.Marshal(map[string]any{
-		"content":       cbor.RawMessage(cb),
-		"sender_pubkey": id.PublicKey(),
-		"sender_sig":    sig,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return env
+	return protocol.StripSelfDescribe(testkit.SignedCall(t, id, canister, method, arg))
 }
 
 func (c *client) openEnvelope(gw principal.Principal) []byte {

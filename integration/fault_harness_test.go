@@ -267,7 +267,7 @@ func startFaultClients(t *testing.T, d *Deployment, n int, o faultClientOptions)
 	r := &faultRun{t: t, d: d, clients: make([]*faultClient, n)}
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
+	g.SetLimit(16)
 	for i := range n {
 		g.Go(func() error {
 			c, err := dialFaultClient(gctx, i, &faultDialer{addrs: addrs, preferred: i % len(addrs)}, d.Replica.URL, d.Replica.CanisterID, rootKey, o)
@@ -306,8 +306,14 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 	ready.Add(len(r.clients))
 	killed := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
+	var failed atomic.Pointer[faultClient]
 	for _, c := range r.clients {
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			defer func() {
+				if err != nil && !errors.Is(err, context.Canceled) {
+					failed.CompareAndSwap(nil, c)
+				}
+			}()
 			before, burst, after := tr.plan(c.idx)
 			readyOnce := sync.OnceFunc(ready.Done)
 			defer readyOnce()
@@ -356,6 +362,9 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 	}
 	close(killed)
 	if err := g.Wait(); err != nil {
+		if c := failed.Load(); c != nil {
+			r.dumpClientLog(c)
+		}
 		t.Fatalf("traffic: %v", err)
 	}
 	return killedAt
@@ -480,7 +489,7 @@ func (r *faultRun) logRecovery(what string, killedAt time.Time) faultRecovery {
 	r.t.Logf("RECOVERY %s: %s (first delivery after the kill of a message sent after it; slowest client %s; longest silence any client saw %s; all %d clients complete %s after the kill; %d resumes, %d messages re-sent, %d clients moved edge)",
 		what, rc.firstAfter.Round(time.Millisecond), rc.worstFirst.Round(time.Millisecond), rc.longestGap.Round(time.Millisecond),
 		len(r.clients), rc.allDone.Round(time.Millisecond), rc.resumes, rc.resent, rc.clientsMoved)
-	r.t.Logf("deliveries per second around the kill: %s", r.timeline(killedAt))
+	r.t.Logf("deliveries per second around the kill (at %s UTC): %s", killedAt.UTC().Format("15:04:05.000"), r.timeline(killedAt))
 	return rc
 }
 

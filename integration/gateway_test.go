@@ -74,6 +74,13 @@ func allInOne(t *testing.T, dev *Dev) {
 	if err := c2.waitEnded(20 * time.Second); !errors.Is(err, client.ErrClosedByApplication) {
 		t.Fatalf("client ended with %v, want %v", err, client.ErrClosedByApplication)
 	}
+
+	// Graceful, bounded shutdown: SIGTERM → exit status 0.
+	stopped := time.Now()
+	if err := dev.Proc.StopTimeout(15 * time.Second); err != nil {
+		t.Fatalf("icws dev after SIGTERM: %v", err)
+	}
+	t.Logf("icws dev exited %s after SIGTERM", time.Since(stopped).Round(time.Millisecond))
 }
 
 // TestBurstOrdered: messages sent back to back reach the canister once each and in order (the

@@ -21,6 +21,7 @@ type Config struct {
 	BackoffMax     time.Duration `envconfig:"POLL_BACKOFF_MAX" default:"5s" desc:"largest retry delay after failed polls"`
 	Linger         time.Duration `envconfig:"POLL_LINGER" default:"5s" desc:"how long a canister is still polled after its last session is gone"`
 	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
+	KickMinGap     time.Duration `envconfig:"POLL_KICK_MIN_GAP" default:"5ms" desc:"least time between two polls of a canister when submitters announce executed calls (poll kicks); 0 polls at once"`
 	// ReadyWindow: Ready fails when polls have been failing for longer than this.
 	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
 }
@@ -60,6 +61,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_LEASE_TTL=%s: must be at least 200ms", c.LeaseTTL)
 	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("ICWS_POLL_BACKOFF_MIN=%s, ICWS_POLL_BACKOFF_MAX=%s: need 0 < min <= max", c.BackoffMin, c.BackoffMax)
+	case c.KickMinGap < 0 || c.KickMinGap > c.Interval:
+		return fmt.Errorf("ICWS_POLL_KICK_MIN_GAP=%s: must be between 0 and ICWS_POLL_INTERVAL (%s)", c.KickMinGap, c.Interval)
 	case c.Linger < 0:
 		return fmt.Errorf("ICWS_POLL_LINGER=%s: must not be negative", c.Linger)
 	case c.PublishTimeout <= 0:

@@ -12,8 +12,9 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -140,29 +141,9 @@ type env struct {
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, nc, js := testkit.StartBroker(t, broker.DefaultTopology())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := broker.Ensure(ctx, js, broker.DefaultTopology()); err != nil {
-		t.Fatal(err)
-	}
 	h, err := broker.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -172,16 +153,7 @@ func startEnv(t *testing.T) *env {
 
 // newJS gives each poller its own connection, as separate processes have.
 func (e *env) newJS() (*nats.Conn, jetstream.JetStream) {
-	nc, err := nats.Connect(e.nc.ConnectedUrl())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return nc, js
+	return natstest.Connect(e.t, e.nc.ConnectedUrl())
 }
 
 type runningPoller struct {

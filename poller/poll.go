@@ -31,7 +31,7 @@ func (p *Poller) handles() *broker.Handles {
 }
 
 // runCanister competes for the canister's lease and polls while holding it, until ctx ends.
-func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake <-chan struct{}) {
+func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake, kick <-chan struct{}) {
 	id := c.Encode()
 	key := broker.PollerLeaseKey(id)
 	h := p.handles()
@@ -52,7 +52,7 @@ func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake <-
 			defer wg.Done()
 			p.renew(lctx, h.Leases, l, func() { lost.Store(true); cancel() })
 		}()
-		err = p.pollCanister(lctx, c)
+		err = p.pollCanister(lctx, c, kick)
 		cancel()
 		wg.Wait()
 		p.m.leaseHeld.WithLabelValues(id).Set(0)
@@ -73,7 +73,7 @@ func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake <-
 }
 
 // pollCanister is the polling loop of a canister whose lease we hold.
-func (p *Poller) pollCanister(ctx context.Context, c principal.Principal) error {
+func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <-chan struct{}) error {
 	id := c.Encode()
 	log := p.log.With("canister", id)
 	h := p.handles()
@@ -205,7 +205,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal) error 
 		}
 		backoff = p.cfg.BackoffMin
 		if res.EndOfQueue() {
-			if !sleep(ctx, p.cfg.Interval-time.Since(start)) {
+			if !p.waitNextPoll(ctx, start, kick) {
 				return nil
 			}
 		}
@@ -404,6 +404,22 @@ func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec
 		return 0, fmt.Errorf("write cursor %s: %w", canister, err)
 	}
 	return newRev, nil
+}
+
+// waitNextPoll waits until Interval after the last poll started, or until a kick arrives (but at
+// least KickMinGap after that start, so a stream of kicks cannot turn into a busy loop). It reports
+// whether ctx is still alive.
+func (p *Poller) waitNextPoll(ctx context.Context, lastStart time.Time, kick <-chan struct{}) bool {
+	t := time.NewTimer(max(p.cfg.Interval-time.Since(lastStart), 0))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	case <-kick:
+		return sleep(ctx, p.cfg.KickMinGap-time.Since(lastStart))
+	}
 }
 
 // sleep waits d or until ctx ends; it reports whether ctx is still alive.

@@ -120,6 +120,8 @@ type workerHandle struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	wake   chan struct{}
+	// kick asks for a poll now (a submitter saw a call to the canister executed).
+	kick chan struct{}
 	// idleSince is when the canister's last session went away; zero while it has sessions.
 	idleSince time.Time
 }
@@ -150,13 +152,13 @@ func (p *Poller) Run(ctx context.Context) error {
 			return w
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		w := &workerHandle{cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+		w := &workerHandle{cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
 		workers[id] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer close(w.done)
-			p.runCanister(wctx, c, w.wake)
+			p.runCanister(wctx, c, w.wake, w.kick)
 		}()
 		p.log.Info("canister polling started", "canister", id)
 		return w
@@ -176,6 +178,13 @@ func (p *Poller) Run(ctx context.Context) error {
 		return fmt.Errorf("poller: watch leases: %w", err)
 	}
 	defer func() { _ = lw.Stop() }()
+
+	kicks := make(chan *nats.Msg, 256)
+	ksub, err := p.deps.NC.ChanSubscribe(broker.SubjectKickAll, kicks)
+	if err != nil {
+		return fmt.Errorf("poller: subscribe to poll kicks: %w", err)
+	}
+	defer func() { _ = ksub.Unsubscribe() }()
 
 	tick := time.NewTicker(max(p.cfg.Linger/4, 50*time.Millisecond))
 	defer tick.Stop()
@@ -212,6 +221,15 @@ func (p *Poller) Run(ctx context.Context) error {
 					delete(sessions, id)
 					if w := workers[id]; w != nil && w.idleSince.IsZero() {
 						w.idleSince = time.Now()
+					}
+				}
+			}
+		case m := <-kicks:
+			if id, ok := broker.KickCanister(m.Subject); ok {
+				if w := workers[id]; w != nil {
+					select {
+					case w.kick <- struct{}{}:
+					default:
 					}
 				}
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
 	"github.com/icws/icws/replica/wscanister"
@@ -25,33 +25,9 @@ import (
 // realIC runs the replica simulator with the demo ws canister and gives a gateway icclient.
 func realIC(t *testing.T) (*icclient.Client, *wscanister.Canister, *replica.Replica) {
 	t.Helper()
-	r, err := replica.New(replica.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ws *wscanister.Canister
-	cfg := wscanister.DefaultConfig()
-	if err := r.Install(testCanister, func(h replica.Host) (replica.Canister, error) {
-		c, err := wscanister.New(cfg, h)
-		ws = c
-		return c, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.RunCanisters(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; srv.Close() })
-	gw, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ic, err := icclient.New(ctx, icclient.Config{URL: srv.URL, Identity: gw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ic, ws, r
+	r, ws := testkit.StartWSReplica(t, replica.Config{}, testCanister, wscanister.DefaultConfig())
+	ic, _ := testkit.GatewayClient(t, r.URL, nil)
+	return ic, ws, r.Replica
 }
 
 // openClient makes a client ws_open naming the gateway, through icclient.SubmitCall.

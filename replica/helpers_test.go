@@ -2,12 +2,10 @@ package replica_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
 )
@@ -43,28 +42,13 @@ func start(t *testing.T, cfg replica.Config) *env {
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}
-	r, err := replica.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{r: r}
-	if err := r.Install(testCanisterID, func(h replica.Host) (replica.Canister, error) {
+	e := &env{}
+	r := testkit.StartReplica(t, cfg, testkit.Canister{ID: testCanisterID, New: func(h replica.Host) (replica.Canister, error) {
 		c, err := newTestCanister(h)
 		e.can, _ = c.(*testCanister)
 		return c, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.RunCanisters(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		srv.Close()
-	})
-	e.url = srv.URL
+	}})
+	e.r, e.url = r.Replica, r.URL
 	return e
 }
 

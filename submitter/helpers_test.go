@@ -18,7 +18,6 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,39 +25,13 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
 )
 
 // testCanister is the session canister of the fake tests.
 var testCanister = principal.Principal{Raw: []byte{0, 0, 0, 0, 0, 0, 0, 7, 1, 1}}
-
-func startNATS(t testing.TB) string {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
-}
-
-func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
-}
 
 // env is a NATS server with the icws topology and a publisher connection.
 type env struct {
@@ -69,15 +42,9 @@ type env struct {
 
 func newEnv(t testing.TB, partitions int) *env {
 	t.Helper()
-	url := startNATS(t)
-	_, js := connect(t, url)
 	topo := broker.DefaultTopology()
 	topo.Partitions = partitions
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := broker.Ensure(ctx, js, topo); err != nil {
-		t.Fatal(err)
-	}
+	url, _, js := testkit.StartBroker(t, topo)
 	return &env{url: url, js: js, partitions: partitions}
 }
 
@@ -138,7 +105,7 @@ func (r *running) kill(t testing.TB) {
 
 func (e *env) start(t testing.TB, cfg Config, ic IC) *running {
 	t.Helper()
-	nc, js := connect(t, e.url)
+	nc, js := natstest.Connect(t, e.url)
 	reg := prometheus.NewRegistry()
 	s, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Logger: testLogger(t).With("test_submitter", cfg.ID), Registry: reg})
 	if err != nil {

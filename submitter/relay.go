@@ -98,7 +98,7 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 			return false
 		}
 		if err == nil {
-			return s.recordOutcome(ctx, log, kind, out)
+			return s.recordOutcome(ctx, log, kind, canister, out)
 		}
 		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("envelope refused by the IC", "err", err)
@@ -115,7 +115,10 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 	}
 }
 
-func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, out callOutcome) bool {
+func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, out callOutcome) bool {
+	if out.Status == statusReplied || out.Status == statusRejected {
+		s.kickPoller(log, canister)
+	}
 	switch out.Status {
 	case statusReplied:
 		log.Debug("envelope executed", "request_id", fmt.Sprintf("%x", out.RequestID[:]))
@@ -243,4 +246,12 @@ func jitter(d time.Duration) time.Duration {
 		return d
 	}
 	return d/2 + rand.N(d/2)
+}
+
+// kickPoller tells the canister's active poller that a call was executed, so messages the call
+// queued are polled at once. A lost kick only costs one poll interval.
+func (s *Submitter) kickPoller(log *slog.Logger, canister principal.Principal) {
+	if err := s.nc.Publish(broker.KickSubject(canister.Encode()), nil); err != nil {
+		log.Debug("poll kick not sent", "err", err)
+	}
 }

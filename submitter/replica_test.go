@@ -1,10 +1,7 @@
 package submitter
 
 import (
-	"context"
-	"crypto/rand"
 	"fmt"
-	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
@@ -12,50 +9,17 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/nats-io/nats.go"
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
 	"github.com/icws/icws/replica/wscanister"
 )
 
 var demoCanister = principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
-
-// signCall builds a client-signed call envelope the way ic-websocket-js does.
-func signCall(t testing.TB, id identity.Identity, canister principal.Principal, method string, arg []byte, expiry time.Time) []byte {
-	t.Helper()
-	nonce := make([]byte, 16)
-	_, _ = rand.Read(nonce)
-	content, err := cbor.Marshal(map[string]any{
-		"request_type":   "call",
-		"canister_id":    canister.Raw,
-		"method_name":    method,
-		"arg":            arg,
-		"sender":         id.Sender().Raw,
-		"ingress_expiry": uint64(expiry.UnixNano()),
-		"nonce":          nonce,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rid, err := protocol.RequestIDOfContent(content)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := id.Sign(append([]byte("\x0Aic-request"), rid[:]...))
-	env, err := cbor.Marshal(map[string]any{
-		"content":       cbor.RawMessage(content),
-		"sender_pubkey": id.PublicKey(),
-		"sender_sig":    sig,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(append([]byte{}, protocol.SelfDescribeTag...), env...)
-}
 
 func mustCandid(t testing.TB, v ...any) []byte {
 	t.Helper()
@@ -74,39 +38,9 @@ type demoEnv struct {
 
 func startDemoReplica(t testing.TB, latency time.Duration) *demoEnv {
 	t.Helper()
-	r, err := replica.New(replica.Config{Logger: testLogger(t), UpdateLatency: latency})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &demoEnv{}
-	if err := r.Install(demoCanister, func(h replica.Host) (replica.Canister, error) {
-		c, err := wscanister.New(wscanister.DefaultConfig(), h)
-		e.can = c
-		return c, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.RunCanisters(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		srv.Close()
-	})
-	gwID, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.gw = gwID.Sender()
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	e.ic, err = icclient.New(cctx, icclient.Config{URL: srv.URL, Identity: gwID, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
+	r, can := testkit.StartWSReplica(t, replica.Config{Logger: testLogger(t), UpdateLatency: latency}, demoCanister, wscanister.DefaultConfig())
+	ic, gw := testkit.GatewayClient(t, r.URL, testLogger(t))
+	return &demoEnv{can: can, ic: ic, gw: gw}
 }
 
 // demoClient is a client of the demo canister with its signed envelopes, as an edge publishes them.
@@ -128,15 +62,15 @@ func newDemoClient(t testing.TB, nonce uint64) demoClient {
 // session is the open envelope, n message envelopes and a close request.
 func (c demoClient) session(t testing.TB, pub *publisher, gw principal.Principal, n int) []*nats.Msg {
 	exp := time.Now().Add(4 * time.Minute)
-	open := signCall(t, c.id, demoCanister, "ws_open",
-		mustCandid(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), exp)
+	open := testkit.SignedCall(t, c.id, demoCanister, "ws_open",
+		mustCandid(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), testkit.WithExpiry(exp))
 	out := []*nats.Msg{pub.msg(demoCanister, c.tc, broker.KindOpen, 0, open)}
 	for i := 1; i <= n; i++ {
 		app := mustCandid(t, protocol.AppMessage{Text: fmt.Sprintf("m%d", i), Timestamp: uint64(i)})
 		arg := mustCandid(t, protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
 			ClientKey: c.key, SequenceNum: uint64(i), Timestamp: uint64(time.Now().UnixNano()), Content: app,
 		}})
-		out = append(out, pub.msg(demoCanister, c.tc, broker.KindMessage, uint64(i), signCall(t, c.id, demoCanister, "ws_message", arg, exp)))
+		out = append(out, pub.msg(demoCanister, c.tc, broker.KindMessage, uint64(i), testkit.SignedCall(t, c.id, demoCanister, "ws_message", arg, testkit.WithExpiry(exp))))
 	}
 	return append(out, pub.msg(demoCanister, c.tc, broker.KindClose, 0, nil))
 }

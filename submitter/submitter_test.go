@@ -10,6 +10,7 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
 )
 
@@ -263,8 +264,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestRunWaitsForStreams(t *testing.T) {
-	url := startNATS(t)
-	nc, js := connect(t, url)
+	_, nc, js := natstest.StartJetStream(t)
 	s, err := New(testConfig("early"), Deps{NC: nc, JS: js, IC: newFakeStore().as("early"), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -24,7 +24,7 @@ import (
 type connectConfig struct {
 	config.Log
 	Gateway       string        `envconfig:"CONNECT_GATEWAY" default:"ws://127.0.0.1:8080" desc:"icws connect: WebSocket URL of the gateway"`
-	ICURL         string        `envconfig:"IC_URL" default:"http://127.0.0.1:4943" desc:"IC HTTP endpoint (root key from /api/v2/status unless mainnet)"`
+	ICURL         string        `envconfig:"CONNECT_IC_URL" default:"http://127.0.0.1:4943" desc:"icws connect: IC HTTP endpoint for the root key (fetched from /api/v2/status unless mainnet)"`
 	Canister      string        `envconfig:"CONNECT_CANISTER" default:"bkyz2-fmaaa-aaaaa-qaaaq-cai" desc:"icws connect: canister id"`
 	IdentityFile  string        `envconfig:"CONNECT_IDENTITY_FILE" default:"" desc:"icws connect: client identity PEM (Ed25519 PKCS#8, secp256k1 or P-256 EC key); empty means a fresh random Ed25519 identity"`
 	AckInterval   time.Duration `envconfig:"CONNECT_ACK_INTERVAL" default:"300s" desc:"icws connect: the canister's send_ack_interval (the client's ack watchdog is this + 30s)"`
@@ -44,7 +44,7 @@ func connectCommand() command {
 func runConnect(ctx context.Context, stdout io.Writer, stdin io.Reader, cfg *connectConfig, logger *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
 	fs.StringVar(&cfg.Gateway, "gateway", cfg.Gateway, "gateway WebSocket URL (ICWS_CONNECT_GATEWAY)")
-	fs.StringVar(&cfg.ICURL, "ic", cfg.ICURL, "IC HTTP endpoint for the root key (ICWS_IC_URL)")
+	fs.StringVar(&cfg.ICURL, "ic", cfg.ICURL, "IC HTTP endpoint for the root key (ICWS_CONNECT_IC_URL)")
 	fs.StringVar(&cfg.Canister, "canister", cfg.Canister, "canister id (ICWS_CONNECT_CANISTER)")
 	fs.StringVar(&cfg.IdentityFile, "identity", cfg.IdentityFile, "identity PEM file; empty = random Ed25519 (ICWS_CONNECT_IDENTITY_FILE)")
 	fs.DurationVar(&cfg.AckInterval, "ack-interval", cfg.AckInterval, "the canister's ack interval (ICWS_CONNECT_ACK_INTERVAL)")

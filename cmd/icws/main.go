@@ -31,6 +31,7 @@ func commands() []command {
 		versionCommand(),
 		helpCommand(),
 		connectCommand(),
+		benchCommand(),
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
 	"github.com/icws/icws/replica/wscanister"
@@ -34,29 +34,10 @@ type e2e struct {
 
 func startE2E(t *testing.T, cfg wscanister.Config) *e2e {
 	t.Helper()
-	r, err := replica.New(replica.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &e2e{r: r}
-	if err := r.Install(canisterID, func(h replica.Host) (replica.Canister, error) {
-		c, err := wscanister.New(cfg, h)
-		e.can = c
-		return c, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.RunCanisters(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		srv.Close()
-	})
-	e.url, _ = url.Parse(srv.URL)
-	e.ctrl = &wscanister.ControlClient{BaseURL: srv.URL + "/_/control/" + canisterID.Encode(), HTTP: srv.Client()}
+	r, can := testkit.StartWSReplica(t, replica.Config{}, canisterID, cfg)
+	e := &e2e{r: r.Replica, can: can}
+	e.url, _ = url.Parse(r.URL)
+	e.ctrl = &wscanister.ControlClient{BaseURL: r.URL + "/_/control/" + canisterID.Encode(), HTTP: r.Server.Client()}
 	return e
 }
 
