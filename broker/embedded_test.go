@@ -138,6 +138,10 @@ func TestEnsureUpdatesChangedTopology(t *testing.T) {
 	topo.Partitions = 4
 	topo.OutMaxAge = 20 * time.Minute
 	topo.OutMaxMsgsPerSubject = 50
+	if err := Ensure(ctx, js, topo); !errors.Is(err, ErrPartitionsMismatch) || !strings.Contains(err.Error(), "ICWS_PARTITIONS=4") {
+		t.Fatalf("Ensure with other partitions: err = %v, want ErrPartitionsMismatch naming ICWS_PARTITIONS", err)
+	}
+	topo.Repartition = true
 	if err := Ensure(ctx, js, topo); err != nil {
 		t.Fatalf("Ensure with a changed topology: %v", err)
 	}

@@ -20,7 +20,8 @@ type Topology struct {
 	OutMaxAge            time.Duration `envconfig:"REPLAY_MAX_AGE" default:"10m" desc:"replay window by age: how long canister messages stay in ICWS_OUT"`
 	OutMaxMsgsPerSubject int64         `envconfig:"REPLAY_MAX_MESSAGES" default:"10000" desc:"replay window by count: messages kept per client in ICWS_OUT"`
 	DuplicateWindow      time.Duration `envconfig:"DUPLICATE_WINDOW" default:"6m" desc:"JetStream de-duplication window of ICWS_IN and ICWS_OUT; at least the canister's message retention"`
-	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes)"`
+	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes); at least 3.5 MiB so any IC reply fits"`
+	Repartition          bool          `envconfig:"STREAM_REPARTITION" default:"false" desc:"allow a different ICWS_PARTITIONS than the existing ICWS_IN stream records (stop every edge and submitter first: processes that disagree lose envelopes)"`
 }
 
 // Validate checks the ranges the roles rely on.
@@ -38,8 +39,8 @@ func (t Topology) Validate() error {
 		return fmt.Errorf("ICWS_REPLAY_MAX_MESSAGES=%d: must be at least 1", t.OutMaxMsgsPerSubject)
 	case t.DuplicateWindow <= 0 || t.DuplicateWindow > t.OutMaxAge || t.DuplicateWindow > t.InMaxAge:
 		return fmt.Errorf("ICWS_DUPLICATE_WINDOW=%s: must be positive and not longer than ICWS_REPLAY_MAX_AGE and ICWS_IN_MAX_AGE", t.DuplicateWindow)
-	case t.MaxMessageBytes < 64*1024:
-		return fmt.Errorf("ICWS_STREAM_MAX_MESSAGE_BYTES=%d: must be at least 65536", t.MaxMessageBytes)
+	case t.MaxMessageBytes < minMaxMessageBytes:
+		return fmt.Errorf("ICWS_STREAM_MAX_MESSAGE_BYTES=%d: must be at least %d (a canister message frame carries an IC reply's certificate and tree)", t.MaxMessageBytes, minMaxMessageBytes)
 	}
 	return nil
 }
@@ -58,6 +59,13 @@ func DefaultTopology() Topology {
 }
 
 const metadataPartitions = "icws.partitions"
+
+// minMaxMessageBytes keeps room for the largest frame a poller stores: an IC query reply is at most
+// about 3 MiB, and its certificate and tree travel with every message.
+const minMaxMessageBytes = 3584 * 1024
+
+// ErrPartitionsMismatch means the ICWS_IN stream was created with another partition count.
+var ErrPartitionsMismatch = errors.New("partition count differs from the existing ICWS_IN stream")
 
 func streamConfigs(t Topology) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
@@ -105,6 +113,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}
+	if !t.Repartition {
+		if err := checkPartitions(ctx, js, t.Partitions); err != nil {
+			return err
+		}
+	}
 	for _, cfg := range streamConfigs(t) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
@@ -116,6 +129,23 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		}
 	}
 	return nil
+}
+
+// checkPartitions refuses a partition count that differs from the existing stream's: edges and
+// submitters that disagree on it route envelopes to partitions nobody consumes.
+func checkPartitions(ctx context.Context, js jetstream.JetStream, want int) error {
+	s, err := js.Stream(ctx, StreamIn)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("ensure stream %s: %w", StreamIn, err)
+	}
+	have, err := strconv.Atoi(s.CachedInfo().Config.Metadata[metadataPartitions])
+	if err != nil || have == want {
+		return nil // a stream without the record is adopted
+	}
+	return fmt.Errorf("ICWS_PARTITIONS=%d: %w (%d); use the same value everywhere, or stop every edge and submitter and set ICWS_STREAM_REPARTITION=true once", want, ErrPartitionsMismatch, have)
 }
 
 // Handles are the streams and buckets a role works with.

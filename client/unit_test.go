@@ -97,7 +97,10 @@ func TestSignCall(t *testing.T) {
 			if err != nil || got != rid {
 				t.Fatalf("request id %x, %v; want %x", got, err, rid)
 			}
-			var e envelope
+			var e struct {
+				SenderPubkey []byte `cbor:"sender_pubkey"`
+				SenderSig    []byte `cbor:"sender_sig"`
+			}
 			if err := cbor.Unmarshal(env.Raw, &e); err != nil {
 				t.Fatal(err)
 			}

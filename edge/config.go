@@ -34,6 +34,11 @@ type Config struct {
 	SweepBatch       int           `envconfig:"EDGE_SWEEP_BATCH" default:"256" desc:"most sessions acted on per sweep (bounds the sweeper's work)"`
 	GapTimeout       time.Duration `envconfig:"GAP_TIMEOUT" default:"5s" desc:"how long a missing canister message may stay missing from the stream before the socket is closed (1011)"`
 	PendingLimit     int           `envconfig:"PENDING_LIMIT" default:"4096" desc:"out-of-order canister messages buffered per connection while a gap is filled"`
+	PendingBytes     int           `envconfig:"PENDING_BYTES" default:"8388608" desc:"bytes of out-of-order canister messages buffered per connection while a gap is filled (beyond it they are re-read from the stream)"`
+	SendQueueBytes   int           `envconfig:"SEND_QUEUE_BYTES" default:"8388608" desc:"bytes of frames queued per connection before the client is closed as slow (4101); one larger frame alone is always queued"`
+	LeaseSkew        time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
+	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages per second one connection may send on average; more closes it with 1008"`
+	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"500" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -55,6 +60,11 @@ func DefaultConfig() Config {
 		SweepBatch:       256,
 		GapTimeout:       5 * time.Second,
 		PendingLimit:     4096,
+		PendingBytes:     8 << 20,
+		SendQueueBytes:   8 << 20,
+		LeaseSkew:        time.Second,
+		MaxClientRate:    200,
+		MaxClientBurst:   500,
 	}
 }
 
@@ -121,6 +131,21 @@ func (c *Config) validate() error {
 	}
 	if c.PendingLimit < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_PENDING_LIMIT=%d: must be at least 1", c.PendingLimit))
+	}
+	if c.PendingBytes < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_PENDING_BYTES=%d: must be at least 1", c.PendingBytes))
+	}
+	if c.SendQueueBytes < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_SEND_QUEUE_BYTES=%d: must be at least 1", c.SendQueueBytes))
+	}
+	if c.LeaseSkew < 0 {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_LEASE_SKEW=%s: must not be negative", c.LeaseSkew))
+	}
+	if c.MaxClientRate <= 0 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_RATE=%g: must be positive", c.MaxClientRate))
+	}
+	if c.MaxClientBurst < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BURST=%d: must be at least 1", c.MaxClientBurst))
 	}
 	return errors.Join(errs...)
 }

@@ -54,10 +54,12 @@ type conn struct {
 	partition int
 	inSubj    string
 	outSubj   string
+	sessTag   string // sessionTag of the session's record, part of every Nats-Msg-Id
 	sub       *nats.Subscription
 
 	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
 	pubMu sync.Mutex
+	rate  tokenBucket // client messages (reader goroutine only)
 
 	delivery
 	sendq
@@ -87,6 +89,7 @@ func (c *conn) setClose(code int, reason string) {
 func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
 	c := &conn{e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get("icws-resume") == "1", gone: make(chan struct{}), closeSent: make(chan struct{})}
 	c.sendq.limit = e.cfg.SendQueue
+	c.sendq.maxB = e.cfg.SendQueueBytes
 	return c
 }
 
@@ -290,7 +293,11 @@ func (c *conn) open(frame []byte) bool {
 		case old == nil:
 			rev, err = c.e.h.Sessions.Create(ctx, c.key, val)
 		case old.State == broker.SessionClosed:
-			rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev)
+			// Its close request may not be out yet: publish it first, so the canister sees the
+			// old session end before the new one opens (the record is all that remembers it).
+			if err = c.e.publishClose(ctx, old, "session closed"); err == nil {
+				rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev)
+			}
 		default:
 			c.reject(websocket.ClosePolicyViolation, "icws: duplicate client key (its session is live)", "rejected")
 			return false
@@ -301,6 +308,7 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return false
 	}
+	c.sessTag = sessionTag(&rec)
 	// Subscribe before the open goes out, so the OpenMessage cannot be missed.
 	c.next = 1
 	if err := c.subscribe(); err != nil {
@@ -311,7 +319,7 @@ func (c *conn) open(frame []byte) bool {
 	}
 	msg := nats.NewMsg(c.inSubj)
 	msg.Header.Set(broker.HeaderKind, broker.KindOpen)
-	msg.Header.Set(broker.HeaderMsgID, "open."+c.canText+"."+c.clientTok)
+	msg.Header.Set(broker.HeaderMsgID, "open."+c.canText+"."+c.clientTok+"."+c.sessTag)
 	msg.Data = env.Raw
 	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
 		c.e.log.Warn("publish open", "session", c.key, "err", err)
@@ -401,6 +409,10 @@ func (c *conn) readLoop() string {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
 			return "text frame"
 		}
+		if !c.rate.allow(time.Now(), c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
+			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
+			return "client message rate exceeded"
+		}
 		code, reason := c.relay(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
@@ -436,7 +448,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 	msg.Header.Set(broker.HeaderKind, broker.KindMessage)
 	seqText := strconv.FormatUint(seq, 10)
 	msg.Header.Set(broker.HeaderClientSeq, seqText)
-	msg.Header.Set(broker.HeaderMsgID, "msg."+c.canText+"."+c.clientTok+"."+seqText)
+	msg.Header.Set(broker.HeaderMsgID, "msg."+c.canText+"."+c.clientTok+"."+c.sessTag+"."+seqText)
 	msg.Data = env.Raw
 
 	c.pubMu.Lock()

@@ -20,12 +20,18 @@ type delivery struct {
 	live    bool
 	next    uint64            // next sequence number to deliver
 	pending map[uint64][]byte // seq > next, held until the gap closes
-	filling bool
+	// pendingBytes is the size of the frames in pending (bounded by PendingBytes).
+	pendingBytes int
+	filling      bool
 	dropped uint64 // core messages the subscription dropped, as last seen
 	refill  bool   // pending overflowed while filling: read the stream again
 	// resumedFrame is sent before the first replayed frame (resume only).
 	resumedFrame []byte
 	resumeStart  time.Time
+	// readFrom is the ICWS_OUT stream sequence the next read of the client's subject starts at:
+	// every message stored before it has a seq below next (delivered), so a fill need not re-read
+	// the client's whole history.
+	readFrom uint64
 }
 
 // sendq is a per-connection bounded frame queue. It holds no buffer while empty, and its writer
@@ -34,6 +40,8 @@ type sendq struct {
 	qmu     sync.Mutex
 	queue   [][]byte
 	limit   int
+	bytes   int // size of the frames in queue
+	maxB    int // byte limit of the queue (SendQueueBytes)
 	writing bool
 	stopped bool
 	space   chan struct{} // closed when the writer takes frames; created on demand
@@ -95,14 +103,52 @@ func (e *Edge) checkDrops() {
 		}
 	}
 	e.mu.RUnlock()
-	for _, c := range hit {
+	e.startFills(hit)
+}
+
+// refillAll reads the stream for every live connection: core subscriptions miss everything
+// published while the NATS connection was down, and a missed last message shows no gap.
+func (e *Edge) refillAll() {
+	e.mu.RLock()
+	cs := make([]*conn, 0, len(e.bySub))
+	for _, c := range e.bySub {
+		cs = append(cs, c)
+	}
+	e.mu.RUnlock()
+	e.startFills(cs)
+}
+
+// startFills starts a fill for each connection, or makes a running one read once more.
+func (e *Edge) startFills(cs []*conn) {
+	for _, c := range cs {
 		c.dmu.Lock()
 		start := c.live && !c.filling
+		if c.live && c.filling {
+			c.refill = true
+		}
 		c.filling = c.filling || start
 		c.dmu.Unlock()
 		if start {
 			e.m.gapFills.Inc()
 			go c.fill()
+		}
+	}
+}
+
+// watchReconnects refills every connection each time the NATS connection is (re)established.
+// A status listener rather than a ReconnectHandler, so the handler set by whoever built the
+// connection (broker.Connect logs with it) stays in place.
+func (e *Edge) watchReconnects(ctx context.Context, ch chan nats.Status) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+			e.log.Info("nats (re)connected: reading missed canister messages from the stream")
+			e.refillAll()
 		}
 	}
 }
@@ -114,11 +160,36 @@ func (c *conn) holdLocked(seq uint64, data []byte) {
 	if _, dup := c.pending[seq]; dup {
 		return
 	}
-	if len(c.pending) >= c.e.cfg.PendingLimit {
+	if len(c.pending) >= c.e.cfg.PendingLimit || (len(c.pending) > 0 && c.pendingBytes+len(data) > c.e.cfg.PendingBytes) {
 		c.refill = true
 		return
 	}
 	c.pending[seq] = data
+	c.pendingBytes += len(data)
+}
+
+// takeLocked removes seq from pending and returns its frame.
+func (c *conn) takeLocked(seq uint64) ([]byte, bool) {
+	d, ok := c.pending[seq]
+	if ok {
+		delete(c.pending, seq)
+		c.pendingBytes -= len(d)
+	}
+	return d, ok
+}
+
+// prunePendingLocked drops held frames that were delivered meanwhile.
+func (c *conn) prunePendingLocked() {
+	for s, d := range c.pending {
+		if s < c.next {
+			delete(c.pending, s)
+			c.pendingBytes -= len(d)
+		}
+	}
+	if len(c.pending) == 0 {
+		c.pending = nil
+		c.pendingBytes = 0
+	}
 }
 
 // deliverLocked queues the frame for c.next and then every held frame that follows it.
@@ -126,69 +197,76 @@ func (c *conn) deliverLocked(data []byte) {
 	c.next++
 	c.push(data)
 	for len(c.pending) > 0 {
-		d, ok := c.pending[c.next]
+		d, ok := c.takeLocked(c.next)
 		if !ok {
 			break
 		}
-		delete(c.pending, c.next)
 		c.next++
 		c.push(d)
 	}
-	for s := range c.pending {
-		if s < c.next {
-			delete(c.pending, s)
-		}
-	}
-	if len(c.pending) == 0 {
-		c.pending = nil
-	}
+	c.prunePendingLocked()
 }
 
-var errHistoryHole = errors.New("history incomplete")
+var (
+	errHistoryHole = errors.New("history incomplete")
+	errReadAborted = errors.New("read aborted: the connection is closing")
+)
+
+// reasonHistoryUnavailable ends a resume whose history could not be read within GapTimeout.
+const reasonHistoryUnavailable = "history unavailable (message bus not answering)"
 
 // fill reads the client's stored messages from ICWS_OUT and delivers those from c.next on,
-// merging with what the live path buffered. It repeats while a gap remains, up to GapTimeout.
+// merging with what the live path buffered. It repeats while a gap remains or the read fails
+// (NATS reconnecting, a direct get timing out), up to GapTimeout; a resume's answer is sent only
+// once the history was read completely.
 func (c *conn) fill() {
 	deadline := time.Now().Add(c.e.cfg.GapTimeout)
 	backoff := 5 * time.Millisecond
 	for {
 		err := c.readHistory()
+		switch {
+		case errors.Is(err, errHistoryHole):
+			c.dmu.Lock()
+			c.filling = false
+			c.dmu.Unlock()
+			c.notResumable("history no longer complete (messages after last_seq expired)")
+			return
+		case errors.Is(err, errReadAborted):
+			c.dmu.Lock()
+			c.filling = false
+			c.dmu.Unlock()
+			return
+		}
 		c.dmu.Lock()
 		if !c.live {
 			c.filling = false
 			c.dmu.Unlock()
 			return
 		}
-		if err == nil && c.resumedFrame != nil {
-			// Nothing stored after last_seq: the resume answer goes out now.
-			c.push(c.resumedFrame)
-			c.resumedFrame = nil
-		}
-		if errors.Is(err, errHistoryHole) {
-			c.dmu.Unlock()
-			c.notResumable("history no longer complete (messages after last_seq expired)")
-			return
-		}
-		for s := range c.pending {
-			if s < c.next { // delivered from the stream meanwhile
-				delete(c.pending, s)
+		progress := false
+		if err == nil {
+			if c.resumedFrame != nil {
+				// Nothing stored after last_seq: the resume answer goes out now.
+				c.push(c.resumedFrame)
+				c.resumedFrame = nil
 			}
-		}
-		if d, ok := c.pending[c.next]; ok && err == nil {
-			delete(c.pending, c.next)
-			c.deliverLocked(d)
-		}
-		if len(c.pending) == 0 && !c.refill {
-			c.filling = false
-			if !c.resumeStart.IsZero() {
-				c.e.m.replayLatency.Observe(time.Since(c.resumeStart).Seconds())
-				c.resumeStart = time.Time{}
+			c.prunePendingLocked()
+			if d, ok := c.takeLocked(c.next); ok {
+				c.deliverLocked(d)
 			}
-			c.dmu.Unlock()
-			return
+			if len(c.pending) == 0 && !c.refill {
+				c.filling = false
+				if !c.resumeStart.IsZero() {
+					c.e.m.replayLatency.Observe(time.Since(c.resumeStart).Seconds())
+					c.resumeStart = time.Time{}
+				}
+				c.dmu.Unlock()
+				return
+			}
+			progress = c.refill
+			c.refill = false
 		}
-		progress := c.refill
-		c.refill = false
+		resuming := c.resumedFrame != nil
 		c.dmu.Unlock()
 		if err != nil {
 			c.e.log.Warn("read history", "subject", c.outSubj, "err", err)
@@ -197,7 +275,18 @@ func (c *conn) fill() {
 			continue
 		}
 		if time.Now().After(deadline) {
-			c.closeWith(websocket.CloseInternalServerErr, "icws: canister message missing from the stream")
+			c.dmu.Lock()
+			c.filling = false
+			c.dmu.Unlock()
+			switch {
+			case resuming:
+				// The answer was never sent, so the client cannot be told anything but 4100.
+				c.notResumable(reasonHistoryUnavailable)
+			case err != nil:
+				c.closeWith(websocket.CloseInternalServerErr, "icws: message bus unavailable")
+			default:
+				c.closeWith(websocket.CloseInternalServerErr, "icws: canister message missing from the stream")
+			}
 			return
 		}
 		select {
@@ -209,16 +298,30 @@ func (c *conn) fill() {
 	}
 }
 
-// readHistory walks the client's subject in ICWS_OUT with direct gets and delivers every message
-// with seq ≥ c.next in order. The first message it delivers during a resume must be last_seq+1.
+// readHistory walks the client's subject in ICWS_OUT with direct gets, from c.readFrom on, and
+// delivers every message with seq ≥ c.next in sequence order (the stream may hold a client's
+// messages out of order: a batch re-published after a partial failure, two pollers across a lease
+// hand-over), holding those above c.next. During a resume the first frame it delivers is preceded
+// by the resume answer; a hole is declared only after the whole subject was read: last_seq+1 was
+// never found although a later message is stored.
 func (c *conn) readHistory() error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.GapTimeout)
 	defer cancel()
-	var hole bool
-	err := c.e.readSubject(ctx, c.outSubj, 1, func(hdr nats.Header, data []byte) error {
+	c.dmu.Lock()
+	from := max(c.readFrom, 1)
+	c.dmu.Unlock()
+	var (
+		above     bool   // a stored message above c.next was seen
+		firstHeld uint64 // stream sequence of the first message not delivered when read
+		last      = from - 1
+		aborted   bool
+	)
+	err := c.e.readSubject(ctx, c.outSubj, from, func(sseq uint64, hdr nats.Header, data []byte) error {
 		if c.isGone() {
+			aborted = true
 			return errStopRead
 		}
+		last = sseq
 		c.e.m.replayed.Inc()
 		seq, ok := seqOf(hdr)
 		if !ok {
@@ -227,6 +330,7 @@ func (c *conn) readHistory() error {
 		c.dmu.Lock()
 		if !c.live {
 			c.dmu.Unlock()
+			aborted = true
 			return errStopRead
 		}
 		switch {
@@ -234,34 +338,58 @@ func (c *conn) readHistory() error {
 			c.dmu.Unlock()
 			return nil
 		case seq > c.next:
-			if c.resumedFrame != nil {
-				c.dmu.Unlock()
-				hole = true
-				return errStopRead
+			above = true
+			if firstHeld == 0 {
+				firstHeld = sseq
 			}
 			c.holdLocked(seq, data)
 			c.dmu.Unlock()
 			return nil
 		}
-		delete(c.pending, seq)
+		c.takeLocked(seq)
 		c.next++
-		first := c.resumedFrame
-		c.resumedFrame = nil
+		frames := [][]byte{}
+		if c.resumedFrame != nil {
+			frames = append(frames, c.resumedFrame)
+			c.resumedFrame = nil
+		}
+		frames = append(frames, data)
+		for {
+			d, ok := c.takeLocked(c.next)
+			if !ok {
+				break
+			}
+			c.next++
+			frames = append(frames, d)
+		}
 		c.dmu.Unlock()
 		// Only this goroutine produces frames while filling, so pushing outside the lock keeps
 		// order, and waiting for queue space here throttles the replay instead of failing it.
-		if first != nil && !c.pushWait(first) {
-			return errStopRead
-		}
-		if !c.pushWait(data) {
-			return errStopRead
+		for _, f := range frames {
+			if !c.pushWait(f) {
+				aborted = true
+				return errStopRead
+			}
 		}
 		return nil
 	})
-	if hole {
+	if aborted {
+		return errReadAborted
+	}
+	if err != nil {
+		return err
+	}
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.resumedFrame != nil && above {
 		return errHistoryHole
 	}
-	return err
+	if firstHeld != 0 {
+		c.readFrom = firstHeld
+	} else {
+		c.readFrom = last + 1
+	}
+	return nil
 }
 
 // notResumable ends a resume that cannot deliver a complete history: 4100, and the session is
@@ -281,7 +409,7 @@ func (c *conn) push(f []byte) bool {
 		c.qmu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.limit {
+	if c.fullLocked(len(f)) {
 		c.qmu.Unlock()
 		c.e.m.overflows.Inc()
 		c.closeWith(CloseSlowClient, reasonSlowClient)
@@ -302,7 +430,7 @@ func (c *conn) pushWait(f []byte) bool {
 			c.qmu.Unlock()
 			return false
 		}
-		if len(c.queue) < c.limit {
+		if !c.fullLocked(len(f)) {
 			c.enqueueLocked(f)
 			c.qmu.Unlock()
 			return true
@@ -324,8 +452,14 @@ func (c *conn) pushWait(f []byte) bool {
 	}
 }
 
+// fullLocked reports whether a frame of n bytes does not fit; a frame always fits an empty queue.
+func (c *conn) fullLocked(n int) bool {
+	return len(c.queue) >= c.limit || (len(c.queue) > 0 && c.bytes+n > c.maxB)
+}
+
 func (c *conn) enqueueLocked(f []byte) {
 	c.queue = append(c.queue, f)
+	c.bytes += len(f)
 	if !c.writing {
 		c.writing = true
 		go c.writeLoop()
@@ -336,6 +470,7 @@ func (c *conn) stopQueue() {
 	c.qmu.Lock()
 	c.stopped = true
 	c.queue = nil
+	c.bytes = 0
 	if c.space != nil {
 		close(c.space)
 		c.space = nil
@@ -348,6 +483,7 @@ func (c *conn) writeLoop() {
 		c.qmu.Lock()
 		batch := c.queue
 		c.queue = nil
+		c.bytes = 0
 		if len(batch) == 0 || c.stopped {
 			c.writing = false
 			c.qmu.Unlock()

@@ -66,6 +66,8 @@ type Edge struct {
 
 	// testDropLive, when set by a test, makes the live path ignore matching messages (to create gaps).
 	testDropLive atomic.Pointer[func(*nats.Msg) bool]
+	// testReadErr, when set by a test, makes a read of ICWS_OUT fail with its error (transient faults).
+	testReadErr atomic.Pointer[func() error]
 }
 
 // New validates the configuration and looks up the streams and buckets (broker.Ensure must have run).
@@ -183,7 +185,10 @@ func (e *Edge) Run(ctx context.Context) error {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); e.dispatch(bg, ch) }()
 	}
-	bgWG.Add(2)
+	status := e.nc.StatusChanged(nats.CONNECTED)
+	defer e.nc.RemoveStatusListener(status)
+	bgWG.Add(3)
+	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()
 	go func() { defer bgWG.Done(); e.sweep(bg) }()
 

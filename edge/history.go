@@ -27,7 +27,12 @@ var errStopRead = errors.New("stop")
 // readSubject calls fn for every message stored on subject in ICWS_OUT from stream sequence
 // from on, in stream order, using batched direct gets: no consumer is created, so a reconnect
 // storm costs requests, not consumer objects. fn may return errStopRead to end early.
-func (e *Edge) readSubject(ctx context.Context, subject string, from uint64, fn func(hdr nats.Header, data []byte) error) error {
+func (e *Edge) readSubject(ctx context.Context, subject string, from uint64, fn func(streamSeq uint64, hdr nats.Header, data []byte) error) error {
+	if f := e.testReadErr.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return err
+		}
+	}
 	inbox := e.nc.NewRespInbox()
 	sub, err := e.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -69,7 +74,7 @@ func (e *Edge) readSubject(ctx context.Context, subject string, from uint64, fn 
 				return fmt.Errorf("direct get %s: bad Nats-Sequence", subject)
 			}
 			from = seq + 1
-			if err := fn(m.Header, m.Data); err != nil {
+			if err := fn(seq, m.Header, m.Data); err != nil {
 				if errors.Is(err, errStopRead) {
 					return nil
 				}

@@ -70,7 +70,12 @@ func (c *conn) resume(req *resumeRequest) bool {
 			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
 			}
-		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		} else if errors.Is(err, jetstream.ErrMsgNotFound) {
+			// Nothing stored: the client cannot have verified anything the gateway delivered.
+			if req.LastSeq > 0 {
+				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number 0")
+			}
+		} else {
 			c.e.m.resumes.WithLabelValues("error").Inc()
 			c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 			return false
@@ -87,6 +92,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 		return false
 	}
 	c.bound = true
+	c.sessTag = sessionTag(&prev)
 	c.partition = prev.Partition
 	c.inSubj = broker.InSubject(prev.Partition, c.canText, c.clientTok)
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/icws/icws/broker"
@@ -82,6 +83,10 @@ func (e *Edge) sweep(ctx context.Context) {
 	var updates <-chan jetstream.KeyValueEntry
 	var w jetstream.KeyWatcher
 	startWatch := func() {
+		// A new watch replays every current key: forget what the old one reported, or keys
+		// deleted while no watch ran would stay in the index forever.
+		clear(idx)
+		clear(orphans)
 		var err error
 		w, err = e.h.Sessions.WatchAll(ctx)
 		if err != nil {
@@ -144,6 +149,15 @@ func (e *Edge) hasLocal(key string) bool {
 	return e.byKey[key] != nil
 }
 
+// holdsSocket reports whether this edge still serves the session of rec on a live socket: the
+// connection bound to key is not closing and is the one the record names (same token hash).
+func (e *Edge) holdsSocket(key string, rec *broker.SessionRecord) bool {
+	e.mu.RLock()
+	c := e.byKey[key]
+	e.mu.RUnlock()
+	return c != nil && rec.Edge == e.cfg.ID && c.tokenHash == rec.TokenHash && !c.isGone()
+}
+
 func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, orphans map[string]time.Time) {
 	now := time.Now()
 	alive := map[string]bool{e.cfg.ID: true}
@@ -154,7 +168,8 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, 
 		v := false
 		if ent, err := e.h.Leases.Get(ctx, broker.EdgeLeaseKey(id)); err == nil {
 			var l broker.LeaseRecord
-			v = json.Unmarshal(ent.Value(), &l) == nil && now.Before(l.ExpiresAt)
+			// ExpiresAt was computed with the holder's clock: allow for skew between the clocks.
+			v = json.Unmarshal(ent.Value(), &l) == nil && now.Before(l.ExpiresAt.Add(e.cfg.LeaseSkew))
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			v = true // cannot tell: do not act on its sessions
 		}
@@ -174,6 +189,9 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, 
 		mine := s.edge == e.cfg.ID
 		switch s.state {
 		case broker.SessionDetached:
+			if mine && e.hasLocal(key) {
+				break // detached by another edge while our lease had lapsed: sweepSession reclaims it
+			}
 			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace || !(mine || !edgeAlive(s.edge)) {
 				continue
 			}
@@ -237,6 +255,16 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 		e.m.sweeps.WithLabelValues("closed_dead_edge").Inc()
 		e.finishSession(ctx, key, rec, rev, "edge gone")
 	case broker.SessionDetached:
+		if e.holdsSocket(key, rec) {
+			// Another edge detached it while our lease had lapsed (NATS blip), but the socket is
+			// still here and relaying: the session is open, not to be closed.
+			rec.State, rec.DetachedAt = broker.SessionOpen, time.Time{}
+			if _, err := e.putSession(ctx, key, rec, rev); err == nil {
+				e.m.sweeps.WithLabelValues("reclaimed").Inc()
+				e.log.Info("session reclaimed: its socket is still here", "session", key)
+			}
+			return
+		}
 		if now.Sub(rec.DetachedAt) < e.cfg.ResumeGrace {
 			return
 		}
@@ -257,7 +285,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 // touches it) and deletes the record. If publishing fails the record stays closed and a later sweep
 // retries; the close request is de-duplicated by its Nats-Msg-Id.
 func (e *Edge) finishSession(ctx context.Context, key string, rec *broker.SessionRecord, rev uint64, reason string) {
-	if err := e.publishClose(ctx, rec.Partition, rec.Canister, rec.Client, reason); err != nil {
+	if err := e.publishClose(ctx, rec, reason); err != nil {
 		e.log.Warn("publish close request", "session", key, "err", err)
 		return
 	}
@@ -293,13 +321,21 @@ func (e *Edge) putSession(ctx context.Context, key string, rec *broker.SessionRe
 	return nrev, nil
 }
 
-func (e *Edge) publishClose(ctx context.Context, partition int, canister, client, reason string) error {
-	msg := nats.NewMsg(broker.InSubject(partition, canister, client))
+func (e *Edge) publishClose(ctx context.Context, rec *broker.SessionRecord, reason string) error {
+	msg := nats.NewMsg(broker.InSubject(rec.Partition, rec.Canister, rec.Client))
 	msg.Header.Set(broker.HeaderKind, broker.KindClose)
 	msg.Header.Set(broker.HeaderCloseReason, reason)
-	msg.Header.Set(broker.HeaderMsgID, "close."+canister+"."+client)
+	msg.Header.Set(broker.HeaderMsgID, "close."+rec.Canister+"."+rec.Client+"."+sessionTag(rec))
 	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("publish close request for %s.%s: %w", canister, client, err)
+		return fmt.Errorf("publish close request for %s.%s: %w", rec.Canister, rec.Client, err)
 	}
 	return nil
+}
+
+// sessionTag tells apart sessions that reuse a client key: it goes into every Nats-Msg-Id the edge
+// publishes for the session, so JetStream's de-duplication (ICWS_DUPLICATE_WINDOW) never mistakes
+// a new session's open, messages or close for the previous session's. It survives resumes (the
+// record keeps OpenedAt), so re-sent messages of one session are still de-duplicated.
+func sessionTag(rec *broker.SessionRecord) string {
+	return strconv.FormatInt(rec.OpenedAt.UnixNano(), 10)
 }

@@ -45,28 +45,29 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 	cases := []struct {
 		name  string
 		frame func(t *testing.T, gw principal.Principal) (int, []byte)
+		raw   []byte // written to the TCP connection as is, instead of frame
 		codes []int
 	}{
-		{"garbage binary", func(*testing.T, principal.Principal) (int, []byte) {
+		{name: "garbage binary", frame: func(*testing.T, principal.Principal) (int, []byte) {
 			return websocket.BinaryMessage, []byte{0xff, 0x00, 0x13, 0x37, 0xde, 0xad}
-		}, []int{websocket.CloseProtocolError}},
-		{"text frame", func(*testing.T, principal.Principal) (int, []byte) {
+		}, codes: []int{websocket.CloseProtocolError}},
+		{name: "text frame", frame: func(*testing.T, principal.Principal) (int, []byte) {
 			return websocket.TextMessage, []byte(`{"envelope":{}}`)
-		}, []int{websocket.CloseUnsupportedData}},
-		{"cbor without envelope", func(t *testing.T, _ principal.Principal) (int, []byte) {
+		}, codes: []int{websocket.CloseUnsupportedData}},
+		{name: "cbor without envelope", frame: func(t *testing.T, _ principal.Principal) (int, []byte) {
 			b, err := cbor.Marshal(map[string]int{"foo": 1})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return websocket.BinaryMessage, b
-		}, []int{websocket.CloseProtocolError, websocket.ClosePolicyViolation}},
-		{"too large", func(*testing.T, principal.Principal) (int, []byte) {
-			return websocket.BinaryMessage, make([]byte, 100<<10)
-		}, []int{websocket.CloseMessageTooBig}},
-		{"ws_message as first frame", func(t *testing.T, gw principal.Principal) (int, []byte) {
+		}, codes: []int{websocket.CloseProtocolError, websocket.ClosePolicyViolation}},
+		// Only the header of a masked binary frame announcing 100 KiB: the edge must refuse on the
+		// length alone (sending the payload would race its close and end in a reset).
+		{name: "too large", raw: []byte{0x82, 0xff, 0, 0, 0, 0, 0, 1, 0x90, 0, 1, 2, 3, 4}, codes: []int{websocket.CloseMessageTooBig}},
+		{name: "ws_message as first frame", frame: func(t *testing.T, gw principal.Principal) (int, []byte) {
 			return websocket.BinaryMessage, fakeCallFrame(t, cid, "ws_message", []byte("DIDL\x00\x00"))
-		}, []int{websocket.ClosePolicyViolation}},
-		{"ws_open for another gateway", func(t *testing.T, gw principal.Principal) (int, []byte) {
+		}, codes: []int{websocket.ClosePolicyViolation}},
+		{name: "ws_open for another gateway", frame: func(t *testing.T, gw principal.Principal) (int, []byte) {
 			other, err := identity.NewRandomEd25519Identity()
 			if err != nil {
 				t.Fatal(err)
@@ -76,14 +77,19 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 				t.Fatal(err)
 			}
 			return websocket.BinaryMessage, fakeCallFrame(t, cid, "ws_open", arg)
-		}, []int{websocket.ClosePolicyViolation}},
-		{"no first frame", nil, []int{websocket.ClosePolicyViolation}},
+		}, codes: []int{websocket.ClosePolicyViolation}},
+		{name: "no first frame", codes: []int{websocket.ClosePolicyViolation}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ws, gw := rawDial(t, edge.WSURL)
 			defer ws.Close()
-			if tc.frame != nil {
+			switch {
+			case tc.raw != nil:
+				if _, err := ws.NetConn().Write(tc.raw); err != nil {
+					t.Fatalf("write: %v", err)
+				}
+			case tc.frame != nil:
 				typ, b := tc.frame(t, gw)
 				if err := ws.WriteMessage(typ, b); err != nil {
 					t.Fatalf("write: %v", err)

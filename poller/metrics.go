@@ -24,6 +24,7 @@ const (
 	errKindLease      = "lease"
 	errKindGap        = "gap"
 	errKindBadContent = "bad_content"
+	errKindTooLarge   = "too_large"
 	errKindReject     = "ic_reject"
 )
 
@@ -59,4 +60,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// forget drops the per-canister series of a canister that is no longer polled.
+func (m *metrics) forget(canister string) {
+	m.leaseHeld.DeleteLabelValues(canister)
+	m.cursor.DeleteLabelValues(canister)
+	m.messages.DeleteLabelValues(canister)
+	m.resets.DeleteLabelValues(canister)
 }

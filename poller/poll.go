@@ -30,13 +30,28 @@ func (p *Poller) handles() *broker.Handles {
 	return p.h
 }
 
+// frameHeaderAllowance leaves room for the headers of an ICWS_OUT message within the limits.
+const frameHeaderAllowance = 1024
+
+// frameLimit is the largest frame ICWS_OUT and the NATS connection accept.
+func (p *Poller) frameLimit() int {
+	limit := int(p.deps.NC.MaxPayload())
+	if h := p.handles(); h != nil {
+		if m := int(h.Out.CachedInfo().Config.MaxMsgSize); m > 0 {
+			limit = min(limit, m)
+		}
+	}
+	return limit - frameHeaderAllowance
+}
+
 // runCanister competes for the canister's lease and polls while holding it, until ctx ends.
 func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake, kick <-chan struct{}) {
 	id := c.Encode()
 	key := broker.PollerLeaseKey(id)
 	h := p.handles()
 	log := p.log.With("canister", id)
-	defer p.m.leaseHeld.DeleteLabelValues(id)
+	// Canister ids come from clients; a stopped worker's series must not stay behind.
+	defer p.m.forget(id)
 	for ctx.Err() == nil {
 		l, err := p.acquire(ctx, h.Leases, key, wake)
 		if err != nil {
@@ -275,6 +290,7 @@ type published struct {
 func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
 	log := p.log.With("canister", canister)
 	out := make([]*nats.Msg, 0, len(msgs))
+	limit := p.frameLimit()
 	var last published
 	var prev *uint64
 	for _, m := range msgs {
@@ -300,6 +316,14 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 		frame, err := protocol.CanisterToClientMessage{Key: m.Key, Content: m.Content, Cert: res.Cert, Tree: res.Tree}.Encode()
 		if err != nil {
 			return 0, last, err
+		}
+		if len(frame) > limit {
+			// JetStream would refuse it on every retry and stall the canister's other clients.
+			// The client sees a sequence gap and closes; nothing else is held up.
+			p.m.errors.WithLabelValues(errKindTooLarge).Inc()
+			log.Error("skipping canister message larger than the stream accepts", "key", m.Key,
+				"client", m.ClientKey.Token(), "frame_bytes", len(frame), "limit_bytes", limit)
+			continue
 		}
 		msg := nats.NewMsg(broker.OutSubject(canister, m.ClientKey.Token()))
 		msg.Data = frame

@@ -122,6 +122,17 @@ func (r *Replica) readRequest(w http.ResponseWriter, req *http.Request) (princip
 	return ecid, body, true
 }
 
+// readValidated reads a request of type typ to the effective canister in the path and validates
+// it; when it fails it has answered.
+func (r *Replica) readValidated(w http.ResponseWriter, req *http.Request, typ string) (*ingress, principal.Principal, bool) {
+	ecid, body, ok := r.readRequest(w, req)
+	if !ok {
+		return nil, principal.Principal{}, false
+	}
+	in, ok := r.validate(w, body, typ, ecid)
+	return in, ecid, ok
+}
+
 func (r *Replica) validate(w http.ResponseWriter, body []byte, typ string, ecid principal.Principal) (*ingress, bool) {
 	in, herr := r.val.validate(body, typ, ecid, time.Now())
 	if herr != nil {
@@ -145,23 +156,15 @@ func (r *Replica) handleStatus(w http.ResponseWriter, _ *http.Request) {
 // longer than SyncCallTimeout (the agent then polls read_state).
 func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
-	ecid, body, ok := r.readRequest(w, req)
-	if !ok {
-		return
-	}
-	in, ok := r.validate(w, body, "call", ecid)
+	in, _, ok := r.readValidated(w, req, "call")
 	if !ok {
 		return
 	}
 	cs := r.canister(in.canisterID)
 	if cs == nil {
-		rj := canisterNotFound(in.canisterID)
-		writeCBOR(w, http.StatusOK, map[string]any{
-			"status":         "non_replicated_rejection",
-			"reject_code":    uint64(rj.Code),
-			"reject_message": rj.Message,
-			"error_code":     rj.ErrorCode,
-		})
+		resp := rejectFields(canisterNotFound(in.canisterID))
+		resp["status"] = "non_replicated_rejection"
+		writeCBOR(w, http.StatusOK, resp)
 		return
 	}
 	rs := r.submit(in, cs)
@@ -187,22 +190,13 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 
 // handleCallV2 accepts a call for asynchronous execution.
 func (r *Replica) handleCallV2(w http.ResponseWriter, req *http.Request) {
-	ecid, body, ok := r.readRequest(w, req)
-	if !ok {
-		return
-	}
-	in, ok := r.validate(w, body, "call", ecid)
+	in, _, ok := r.readValidated(w, req, "call")
 	if !ok {
 		return
 	}
 	cs := r.canister(in.canisterID)
 	if cs == nil {
-		rj := canisterNotFound(in.canisterID)
-		writeCBOR(w, http.StatusOK, map[string]any{
-			"reject_code":    uint64(rj.Code),
-			"reject_message": rj.Message,
-			"error_code":     rj.ErrorCode,
-		})
+		writeCBOR(w, http.StatusOK, rejectFields(canisterNotFound(in.canisterID)))
 		return
 	}
 	r.submit(in, cs)
@@ -211,11 +205,7 @@ func (r *Replica) handleCallV2(w http.ResponseWriter, req *http.Request) {
 
 // handleQuery executes a query and answers with a node-signed response.
 func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
-	ecid, body, ok := r.readRequest(w, req)
-	if !ok {
-		return
-	}
-	in, ok := r.validate(w, body, "query", ecid)
+	in, _, ok := r.readValidated(w, req, "query")
 	if !ok {
 		return
 	}
@@ -237,12 +227,8 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	resp := map[string]any{}
 	signed := map[string]any{"timestamp": ts, "request_id": in.id[:]}
 	if rej != nil {
-		for k, v := range map[string]any{
-			"status":         statusRejected,
-			"reject_code":    uint64(rej.Code),
-			"reject_message": rej.Message,
-			"error_code":     rej.ErrorCode,
-		} {
+		resp["status"], signed["status"] = statusRejected, statusRejected
+		for k, v := range rejectFields(rej) {
 			resp[k], signed[k] = v, v
 		}
 	} else {
@@ -265,11 +251,7 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 
 // handleReadState certifies the requested paths, authorised as the IC's read_state endpoint does.
 func (r *Replica) handleReadState(w http.ResponseWriter, req *http.Request) {
-	ecid, body, ok := r.readRequest(w, req)
-	if !ok {
-		return
-	}
-	in, ok := r.validate(w, body, "read_state", ecid)
+	in, ecid, ok := r.readValidated(w, req, "read_state")
 	if !ok {
 		return
 	}
@@ -282,13 +264,7 @@ func (r *Replica) handleReadState(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	t["time"] = timeLeaf(r.certTime())
-	cert, err := r.keys.certify(t, r.corruptCerts.Load())
-	if err != nil {
-		textError(w, http.StatusInternalServerError, "certify: "+err.Error())
-		return
-	}
-	writeCBOR(w, http.StatusOK, map[string][]byte{"certificate": cert})
+	r.writeCertificate(w, t)
 }
 
 // handleSubnetReadState serves read_state of a subnet: time and subnet/... only.
@@ -318,6 +294,11 @@ func (r *Replica) handleSubnetReadState(w http.ResponseWriter, req *http.Request
 			return
 		}
 	}
+	r.writeCertificate(w, t)
+}
+
+// writeCertificate answers a read_state with t and the current time, certified.
+func (r *Replica) writeCertificate(w http.ResponseWriter, t tree) {
 	t["time"] = timeLeaf(r.certTime())
 	cert, err := r.keys.certify(t, r.corruptCerts.Load())
 	if err != nil {
@@ -325,6 +306,15 @@ func (r *Replica) handleSubnetReadState(w http.ResponseWriter, req *http.Request
 		return
 	}
 	writeCBOR(w, http.StatusOK, map[string][]byte{"certificate": cert})
+}
+
+// rejectFields are the reject_code, reject_message and error_code of an answer that rejects.
+func rejectFields(rj *Reject) map[string]any {
+	return map[string]any{
+		"reject_code":    uint64(rj.Code),
+		"reject_message": rj.Message,
+		"error_code":     rj.ErrorCode,
+	}
 }
 
 func invalidPath() *httpError {

@@ -312,20 +312,11 @@ func clientOfSubject(subject string) string {
 	return subject[i:]
 }
 
-// relayClient relays one client's queued envelopes in order and ends when the queue is empty.
+// relayClient relays one client's queued envelopes in order and ends when the queue is empty. It
+// holds an in-flight slot only while one envelope is relayed, so a client with a long backlog (or
+// a slow canister) takes turns with the others instead of holding a slot for its whole backlog.
 func (p *partition) relayClient(client string, q *clientQueue) {
 	defer p.workers.Done()
-	select {
-	case p.s.sem <- struct{}{}:
-	case <-p.ctx.Done():
-		p.forget(client)
-		return
-	}
-	p.s.m.clientsInFlight.Inc()
-	defer func() {
-		p.s.m.clientsInFlight.Dec()
-		<-p.s.sem
-	}()
 	for {
 		p.mu.Lock()
 		if len(q.msgs) == 0 || p.stopping.Load() || p.ctx.Err() != nil {
@@ -334,19 +325,30 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 			return
 		}
 		msg := q.msgs[0]
-		q.msgs[0] = nil
-		q.msgs = q.msgs[1:]
 		p.mu.Unlock()
 		if !p.valid() {
 			p.lose("lease not renewed in time")
 			p.forget(client)
 			return
 		}
+		select {
+		case p.s.sem <- struct{}{}:
+		case <-p.ctx.Done():
+			p.forget(client)
+			return
+		}
+		p.mu.Lock()
+		q.msgs[0] = nil
+		q.msgs = q.msgs[1:]
+		p.mu.Unlock()
+		p.s.m.clientsInFlight.Inc()
 		if p.s.handle(p.ctx, p.n, msg) {
 			if err := msg.Ack(); err != nil {
 				p.s.log.Debug("ack", "partition", p.n, "err", err)
 			}
 		}
+		p.s.m.clientsInFlight.Dec()
+		<-p.s.sem
 		if md, err := msg.Metadata(); err == nil {
 			p.mu.Lock()
 			delete(p.pending, md.Sequence.Stream)

@@ -184,29 +184,32 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		Ready(context.Context) error
 	}
 	var roles []role
-	if parts.roles.edge {
-		theEdge, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{NC: nc, JS: js, Gateway: gateway, Logger: logger.With("role", "edge"), Registry: reg})
+	// addRole takes a role constructor's results, so each role is built, checked and registered alike.
+	addRole := func(name string, r role, err error) error {
 		if err != nil {
-			return fmt.Errorf("edge: %w", err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		roles = append(roles, theEdge)
-		checks = append(checks, admin.Check{Name: "edge", Func: theEdge.Ready})
+		roles = append(roles, r)
+		checks = append(checks, admin.Check{Name: name, Func: r.Ready})
+		return nil
+	}
+	if parts.roles.edge {
+		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{NC: nc, JS: js, Gateway: gateway, Logger: logger.With("role", "edge"), Registry: reg})
+		if err := addRole("edge", r, err); err != nil {
+			return err
+		}
 	}
 	if parts.roles.submitter {
-		s, err := submitter.New(cfg.SubmitterSettings.Config, submitter.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "submitter"), Registry: reg})
-		if err != nil {
-			return fmt.Errorf("submitter: %w", err)
+		r, err := submitter.New(cfg.SubmitterSettings.Config, submitter.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "submitter"), Registry: reg})
+		if err := addRole("submitter", r, err); err != nil {
+			return err
 		}
-		roles = append(roles, s)
-		checks = append(checks, admin.Check{Name: "submitter", Func: s.Ready})
 	}
 	if parts.roles.poller {
-		p, err := poller.New(cfg.PollerSettings.Config, poller.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "poller"), Registry: reg})
-		if err != nil {
-			return fmt.Errorf("poller: %w", err)
+		r, err := poller.New(cfg.PollerSettings.Config, poller.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "poller"), Registry: reg})
+		if err := addRole("poller", r, err); err != nil {
+			return err
 		}
-		roles = append(roles, p)
-		checks = append(checks, admin.Check{Name: "poller", Func: p.Ready})
 	}
 
 	adm := admin.New(cfg.AdminListen, reg, checks, logger.With("component", "admin"))
