@@ -1,8 +1,8 @@
 package poller
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"testing"
 	"time"
 
