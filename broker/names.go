@@ -29,8 +29,9 @@ const (
 
 // Subject prefixes. Tokens: canister = principal text, client = protocol.ClientKey.Token().
 const (
-	subjectInPrefix  = "icws.in."
-	subjectOutPrefix = "icws.out."
+	subjectInPrefix   = "icws.in."
+	subjectOutPrefix  = "icws.out."
+	subjectLivePrefix = "icws.live."
 	// SubjectInAll and SubjectOutAll are the streams' subject filters.
 	SubjectInAll  = subjectInPrefix + ">"
 	SubjectOutAll = subjectOutPrefix + ">"
@@ -45,6 +46,14 @@ func InSubject(partition int, canister, client string) string {
 // InPartitionFilter selects one partition of ICWS_IN.
 func InPartitionFilter(partition int) string {
 	return subjectInPrefix + strconv.Itoa(partition) + ".>"
+}
+
+// LiveSubject is where ICWS_OUT re-publishes a client's message once it is stored: edges deliver
+// live from here, so a client never sees a message the stream could lose (a publish that reached
+// subscribers but not the stream's quorum would otherwise make the client ahead of the history it
+// may later resume from).
+func LiveSubject(canister, client string) string {
+	return subjectLivePrefix + canister + "." + client
 }
 
 // OutSubject is where the poller publishes a client's certified messages: icws.out.<canister>.<client>.

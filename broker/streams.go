@@ -94,6 +94,7 @@ func streamConfigs(t Topology) []jetstream.StreamConfig {
 			Replicas:          t.Replicas,
 			MaxMsgSize:        t.MaxMessageBytes,
 			AllowDirect:       true,
+			RePublish:         &jetstream.RePublish{Source: SubjectOutAll, Destination: subjectLivePrefix + ">"},
 		},
 	}
 }

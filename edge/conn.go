@@ -353,7 +353,7 @@ func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
 }
 
 func (c *conn) subscribe() error {
-	sub, err := c.e.nc.ChanSubscribe(c.outSubj, c.e.shardFor(c.outSubj))
+	sub, err := c.e.nc.ChanSubscribe(broker.LiveSubject(c.canText, c.clientTok), c.e.shardFor(c.outSubj))
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", c.outSubj, err)
 	}
