@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
 )
@@ -19,10 +20,7 @@ func defaultCanister() wscanister.Config {
 
 func ed25519ID(t *testing.T) identity.Identity {
 	t.Helper()
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	return id
 }
 

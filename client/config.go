@@ -15,7 +15,6 @@ import (
 	"github.com/aviate-labs/agent-go/certification"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/protocol"
 )
@@ -160,7 +159,7 @@ func isMainnet(icURL string) bool {
 	if err != nil {
 		return false
 	}
-	return u.Scheme == "https" && (u.Host == "icp0.io" || u.Host == "icp-api.io" || u.Host == "ic0.app")
+	return u.Scheme == "https" && protocol.IsMainnetHost(u.Host)
 }
 
 // RootKey returns the root key to verify against: cfg.RootKey, the mainnet key for mainnet URLs,
@@ -194,14 +193,9 @@ func RootKey(ctx context.Context, icURL string, explicit []byte, hc *http.Client
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("root key: GET /api/v2/status: HTTP %d", resp.StatusCode)
 	}
-	var st struct {
-		RootKey []byte `cbor:"root_key"`
+	key, err := protocol.RootKeyOfStatus(body)
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
 	}
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body), &st); err != nil {
-		return nil, fmt.Errorf("root key: decode status: %w", err)
-	}
-	if len(st.RootKey) == 0 {
-		return nil, errors.New("root key: status has no root_key")
-	}
-	return st.RootKey, nil
+	return key, nil
 }

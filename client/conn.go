@@ -740,7 +740,8 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { ws.Close() })
 	defer stop()
-	if err := ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err == nil {
+	err = ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	if err == nil {
 		err = ws.WriteMessage(websocket.BinaryMessage, frame)
 	}
 	if err != nil {

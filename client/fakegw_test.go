@@ -24,6 +24,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
 	"github.com/icws/icws/replica/wscanister"
@@ -54,30 +55,15 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func startEnv(t *testing.T, canCfg wscanister.Config, resume bool) *testEnv {
 	t.Helper()
-	r, err := replica.New(replica.Config{Logger: levelLogger(t, slog.LevelWarn)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testEnv{rootKey: r.RootKey()}
 	canCfg.Logger = levelLogger(t, slog.LevelInfo)
-	if err := r.Install(testCanister, func(h replica.Host) (replica.Canister, error) {
-		c, err := wscanister.New(canCfg, h)
-		e.can = c
-		return c, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rs := httptest.NewServer(r.Handler())
+	r, can := testkit.StartWSReplica(t, replica.Config{Logger: levelLogger(t, slog.LevelWarn)}, testCanister, canCfg)
+	e := &testEnv{rootKey: r.RootKey(), can: can, replicaURL: r.URL}
+	// The gateway stops before the replica (cleanups run last in, first out).
 	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { r.RunCanisters(ctx); close(runDone) }()
-	e.replicaURL = rs.URL
-	e.gw = newFakeGateway(t, ctx, rs.URL, resume)
+	e.gw = newFakeGateway(t, ctx, r.URL, resume)
 	t.Cleanup(func() {
 		cancel()
 		e.gw.close()
-		<-runDone
-		rs.Close()
 	})
 	return e
 }
@@ -134,10 +120,7 @@ type fgSession struct {
 
 func newFakeGateway(t *testing.T, ctx context.Context, replicaURL string, resume bool) *fakeGateway {
 	t.Helper()
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	u, _ := url.Parse(replicaURL)
 	a, err := agent.New(agent.Config{Identity: id, FetchRootKey: true, ClientConfig: []agent.ClientOption{agent.WithHostURL(u)}, DisableSignedQueryVerification: true})
 	if err != nil {

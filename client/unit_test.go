@@ -14,6 +14,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
 
@@ -65,10 +66,7 @@ func TestCandidMatchesSDK(t *testing.T) {
 }
 
 func TestSignCall(t *testing.T) {
-	ed, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ed := testkit.NewIdentity(t)
 	k1, err := identity.NewRandomSecp256k1Identity()
 	if err != nil {
 		t.Fatal(err)
@@ -217,10 +215,7 @@ func TestResendKeepsOrResignsFrame(t *testing.T) {
 	defer ws.Close()
 	now := time.Now()
 	clock := func() time.Time { return now }
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	c := &Conn{cfg: Config{Identity: id, Canister: principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai"), Now: clock, WriteTimeout: time.Second}}
 	o := &outgoing{msg: protocol.WebsocketMessage{SequenceNum: 1, Content: []byte{1}}}
 	var frames [][]byte

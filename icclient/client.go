@@ -22,7 +22,6 @@ import (
 	"github.com/aviate-labs/agent-go/certification"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/protocol"
 	"golang.org/x/sync/singleflight"
 )
@@ -55,9 +54,6 @@ type Config struct {
 	// MaxResponseBytes bounds the size of an answer body. Default 16 MiB.
 	MaxResponseBytes int64
 }
-
-// mainnetURLs are the hosts for which the built-in mainnet root key is used and never fetched.
-var mainnetHosts = []string{"icp-api.io", "icp0.io", "ic0.app"}
 
 // Client talks to one IC HTTP endpoint. It is safe for concurrent use.
 type Client struct {
@@ -125,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	case len(cfg.RootKey) > 0:
 		c.rootKey = cfg.RootKey
 		c.log.Info("ic root key from configuration", "url", c.base)
-	case isMainnet(u.Hostname()):
+	case protocol.IsMainnetHost(u.Hostname()):
 		c.rootKey, _ = hex.DecodeString(certification.RootKey)
 		c.log.Info("ic root key: built-in mainnet key", "url", c.base)
 	default:
@@ -142,15 +138,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func isMainnet(host string) bool {
-	for _, h := range mainnetHosts {
-		if host == h {
-			return true
-		}
-	}
-	return false
-}
-
 // RootKey returns the DER root key the client verifies against.
 func (c *Client) RootKey() []byte { return c.rootKey }
 
@@ -162,16 +149,14 @@ func (c *Client) fetchRootKey(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("icclient: fetch root key: %w", err)
 	}
-	var st struct {
-		RootKey []byte `cbor:"root_key"`
+	key, err := protocol.RootKeyOfStatus(body.data)
+	if errors.Is(err, protocol.ErrNoRootKey) {
+		return nil, fmt.Errorf("icclient: fetch root key: %w", err)
 	}
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body.data), &st); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("icclient: fetch root key: %w", &DecodeError{err})
 	}
-	if len(st.RootKey) == 0 {
-		return nil, errors.New("icclient: fetch root key: status has no root_key")
-	}
-	return st.RootKey, nil
+	return key, nil
 }
 
 type answer struct {

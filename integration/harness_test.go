@@ -447,8 +447,13 @@ func waitHTTP200(t testing.TB, url string, timeout time.Duration, proc *Process)
 	})
 }
 
-// waitReady polls <adminURL>/readyz until 200.
-func waitReady(t testing.TB, adminURL string) {
+// waitReady polls <adminURL>/readyz until 200 (60 s at most: JetStream may first recover or elect); if proc is given and exits
+// meanwhile, it fails at once with that.
+func waitReady(t testing.TB, adminURL string, proc ...*Process) {
 	t.Helper()
-	waitHTTP200(t, strings.TrimRight(adminURL, "/")+"/readyz", 30*time.Second, nil)
+	var p *Process
+	if len(proc) > 0 {
+		p = proc[0]
+	}
+	waitHTTP200(t, strings.TrimRight(adminURL, "/")+"/readyz", 60*time.Second, p)
 }

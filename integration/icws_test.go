@@ -159,7 +159,7 @@ func startRole(t testing.TB, role, idVar string, o RoleOptions, extra map[string
 	maps.Copy(env, extra)
 	r := Role{Name: o.ID, AdminURL: admin}
 	r.Proc = startProcess(t, o.ID, icwsBinary(t), []string{role}, env)
-	waitHTTP200(t, admin+"/readyz", 60*time.Second, r.Proc)
+	waitReady(t, admin, r.Proc)
 	return r
 }
 
@@ -209,7 +209,7 @@ func startDev(t testing.TB, o ReplicaOptions) *Dev {
 	maps.Copy(env, o.Env)
 	d := &Dev{Replica: newReplicaHandle("http://" + rep), GatewayURL: "ws://" + ws, AdminURL: "http://" + admin}
 	d.Proc = startProcess(t, "icws-dev", icwsBinary(t), []string{"dev"}, env)
-	waitHTTP200(t, d.AdminURL+"/readyz", 60*time.Second, d.Proc)
+	waitReady(t, d.AdminURL, d.Proc)
 	waitHTTP200(t, d.URL+"/api/v2/status", 10*time.Second, d.Proc)
 	return d
 }

@@ -4,22 +4,11 @@ import (
 	"testing"
 
 	"github.com/aviate-labs/agent-go/candid"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/icws/icws/protocol"
 )
 
 func candidMarshal(v any) ([]byte, error) { return candid.Marshal([]any{v}) }
-
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
 
 func BenchmarkDecodeGetMessages50(b *testing.B) {
 	c := newFakeCanister(testGateway)

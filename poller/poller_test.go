@@ -12,6 +12,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -302,7 +303,7 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	waitFor(t, 20*time.Second, "200 messages", func() bool { return cursorOf(t, e).NextNonce == 200 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 	for _, kind := range []string{errKindTransient, errKindDecode, errKindCanister} {
-		if v := counterValue(t, rp.p.m.errors.WithLabelValues(kind)); v == 0 {
+		if v := testkit.MetricValue(t, rp.p.m.errors.WithLabelValues(kind)); v == 0 {
 			t.Errorf("no %s errors counted", kind)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/certification"
 	"github.com/aviate-labs/agent-go/certification/hashtree"
-	"github.com/aviate-labs/agent-go/identity"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
@@ -33,10 +32,7 @@ func realIC(t *testing.T) (*icclient.Client, *wscanister.Canister, *replica.Repl
 // openClient makes a client ws_open naming the gateway, through icclient.SubmitCall.
 func openClient(t *testing.T, ic *icclient.Client, nonce uint64) protocol.ClientKey {
 	t.Helper()
-	cl, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := testkit.NewIdentity(t)
 	arg, err := candid.Marshal([]any{protocol.CanisterWsOpenArguments{ClientNonce: nonce, GatewayPrincipal: ic.Principal()}})
 	if err != nil {
 		t.Fatal(err)

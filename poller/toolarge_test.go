@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
 
@@ -41,7 +42,7 @@ func TestTooLargeMessageIsSkipped(t *testing.T) {
 	waitFor(t, 5*time.Second, "cursor past the large message", func() bool { return cursorOf(t, e).NextNonce == 5 })
 	want := snapshot(c)
 	checkStream(t, e, append(want[:2:2], want[3:]...), zeroEpoch)
-	if got := counterValue(t, rp.p.m.errors.WithLabelValues(errKindTooLarge)); got != 1 {
+	if got := testkit.MetricValue(t, rp.p.m.errors.WithLabelValues(errKindTooLarge)); got != 1 {
 		t.Fatalf("too_large errors = %v, want 1", got)
 	}
 }

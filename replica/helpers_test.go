@@ -71,10 +71,7 @@ func (e *env) agent(t *testing.T, id identity.Identity, mod ...func(*agent.Confi
 
 func identities(t *testing.T) map[string]identity.Identity {
 	t.Helper()
-	ed, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ed := testkit.NewIdentity(t)
 	k1, err := identity.NewRandomSecp256k1Identity()
 	if err != nil {
 		t.Fatal(err)

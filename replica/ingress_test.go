@@ -10,6 +10,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 )
 
@@ -18,10 +19,7 @@ func TestIngressValidation(t *testing.T) {
 	e := start(t, replica.Config{MaxRequestBytes: 64 << 10})
 	ids := identities(t)
 	ed, k1, p256 := ids["ed25519"], ids["secp256k1"], ids["p256"]
-	session, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	session := testkit.NewIdentity(t)
 	other := principal.MustDecode("ryjl3-tyaaa-aaaaa-aaaba-cai")
 	echo := mustCandid(t, "x")
 	future := time.Now().Add(time.Hour)

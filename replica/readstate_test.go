@@ -18,6 +18,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 )
 
@@ -386,14 +387,8 @@ func asLookup(err error, le *hashtree.LookupError) bool {
 // canister may not read its status (403), one that does may.
 func TestReadStateDelegationTargets(t *testing.T) {
 	e := start(t, replica.Config{})
-	root, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	session, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := testkit.NewIdentity(t)
+	session := testkit.NewIdentity(t)
 	exp := time.Now().Add(time.Hour)
 	toCanister := []signedDelegation{delegate(t, root, session, exp, [][]byte{testCanisterID.Raw})}
 	elsewhere := []signedDelegation{delegate(t, root, session, exp, [][]byte{principal.MustDecode("ryjl3-tyaaa-aaaaa-aaaba-cai").Raw})}

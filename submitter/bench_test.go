@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/icws/icws/internal/testkit"
 )
 
 // BenchmarkRelayManyClients measures envelopes per second through one submitter to a fake IC that
@@ -33,7 +35,7 @@ func BenchmarkRelayManyClients(b *testing.B) {
 			r := e.start(b, cfg, store.as("bench"))
 			b.Logf("ready after %s", time.Since(start))
 			defer func() {
-				b.Logf("leases lost %v, acquisitions %v, calls %d", metricValue(b, r.s.m.leasesLost), metricValue(b, r.s.m.takeovers), len(store.calls))
+				b.Logf("leases lost %v, acquisitions %v, calls %d", testkit.MetricValue(b, r.s.m.leasesLost), testkit.MetricValue(b, r.s.m.takeovers), len(store.calls))
 			}()
 			waitFor(b, 5*time.Minute, "all executed", func() bool { return store.executedCount() == len(msgs) })
 			b.StopTimer()

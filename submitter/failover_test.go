@@ -5,10 +5,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/icws/icws/internal/testkit"
 )
 
 func owned(t testing.TB, r *running) int {
-	return int(metricValue(t, r.s.m.partitionsOwned))
+	return int(testkit.MetricValue(t, r.s.m.partitionsOwned))
 }
 
 func (f *fakeStore) callsBy(by string) int {
@@ -116,7 +118,7 @@ func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
 		t.Error("no client moved from a to b")
 	}
 	t.Logf("%d clients moved from the stalled owner", moved)
-	if metricValue(t, a.s.m.leasesLost) == 0 {
+	if testkit.MetricValue(t, a.s.m.leasesLost) == 0 {
 		t.Error("a did not count lost leases")
 	}
 	if owned(t, a) != 0 {

@@ -44,6 +44,9 @@ type partition struct {
 	closed  bool // no more workers may start: run is waiting for them
 	clients map[string]*clientQueue
 	pending map[uint64]struct{} // stream sequences held, to ignore redeliveries
+	// lastDelivery is the consumer sequence of the last delivery received: a jump means a delivery
+	// was lost in flight (a dropped NATS connection), so a client's later envelope could overtake it.
+	lastDelivery uint64
 	workers sync.WaitGroup
 
 	done chan struct{} // closed when nothing of the partition runs any more
@@ -283,6 +286,14 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 	if p.closed {
 		return
 	}
+	if last := p.lastDelivery; last != 0 && md.Sequence.Consumer != last+1 {
+		// The lost delivery would only come back after AckWait, behind this one. Start again
+		// from the ack floor instead (the next owner, possibly this process, does), in order.
+		go p.lose(fmt.Sprintf("delivery %d was lost in flight (got %d)", last+1, md.Sequence.Consumer))
+		p.closed = true
+		return
+	}
+	p.lastDelivery = md.Sequence.Consumer
 	if _, held := p.pending[md.Sequence.Stream]; held {
 		return // redelivered after AckWait while still queued here
 	}

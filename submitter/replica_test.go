@@ -51,10 +51,7 @@ type demoClient struct {
 }
 
 func newDemoClient(t testing.TB, nonce uint64) demoClient {
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	k := protocol.ClientKey{ClientPrincipal: id.Sender(), ClientNonce: nonce}
 	return demoClient{id: id, key: k, tc: testClient{key: k, token: k.Token()}}
 }
@@ -125,7 +122,7 @@ func TestRealEnvelopesThroughReplica(t *testing.T) {
 		checkDemoClient(t, d.can, c, counts[i])
 	}
 	// More only if a lease lapsed under load and envelopes were re-sent (same request ids).
-	if got := metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)); got < 220 {
+	if got := testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)); got < 220 {
 		t.Errorf("replied ws_message envelopes = %v, want ≥ 220", got)
 	}
 }
@@ -157,7 +154,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 	}
 	pub.async(interleave(sessions...))
 	waitFor(t, 30*time.Second, "a has relayed some envelopes", func() bool {
-		return metricValue(t, a.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) > 10
+		return testkit.MetricValue(t, a.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) > 10
 	})
 	a.kill(t)
 	received := 0

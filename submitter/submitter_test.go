@@ -10,6 +10,7 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
 )
@@ -40,7 +41,7 @@ func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
 		t.Errorf("at most %d clients were relayed at once; want parallelism", maxClients)
 	}
 	waitFor(t, 10*time.Second, "replied metric", func() bool {
-		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) >= 1100
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) >= 1100
 	})
 	t.Logf("max clients in flight: %d", maxClients)
 	r.stop(t)
@@ -62,7 +63,7 @@ func TestSettleDelayAfterAccepted(t *testing.T) {
 	pub.async(pub.burst(c, 1, 4))
 	waitFor(t, 10*time.Second, "4 envelopes executed", func() bool { return store.executedCount() == 4 })
 	waitFor(t, 10*time.Second, "accepted metric", func() bool {
-		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeAccepted)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeAccepted)) == 1
 	})
 	store.checkOrder(t, map[string]uint64{c.token: 4})
 	store.mu.Lock()
@@ -110,7 +111,7 @@ func TestRetryableErrorsResendSameBytes(t *testing.T) {
 	if attempts != 4 {
 		t.Errorf("seq 2 sent %d times, want 4", attempts)
 	}
-	if got := metricValue(t, r.s.m.retries.WithLabelValues(broker.KindMessage)); got != 3 {
+	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(broker.KindMessage)); got != 3 {
 		t.Errorf("retries metric = %v, want 3", got)
 	}
 }
@@ -146,9 +147,9 @@ func TestNonRetryableAndExpiredAreSkipped(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "the three second envelopes executed", func() bool { return store.executedCount() == 3 })
 	waitFor(t, 10*time.Second, "metrics", func() bool {
-		return metricValue(t, r.s.m.expired) == 2 &&
-			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeRefused)) == 1 &&
-			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeInvalid)) == 1
+		return testkit.MetricValue(t, r.s.m.expired) == 2 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeRefused)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeInvalid)) == 1
 	})
 	store.mu.Lock()
 	defer store.mu.Unlock()
@@ -190,7 +191,7 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 		t.Errorf("ws_close came after %d of the client's envelopes, want 10", cl.execsSoFar)
 	}
 	waitFor(t, 5*time.Second, "close metric", func() bool {
-		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
 	})
 }
 
@@ -214,10 +215,10 @@ func TestCloseRetriesTransientErrorsAndLogsErrResult(t *testing.T) {
 		pub.msg(testCanister, rejected, broker.KindClose, 0, nil),
 	})
 	waitFor(t, 10*time.Second, "close outcomes", func() bool {
-		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseErr)) == 1 &&
-			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeRejected)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseErr)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeRejected)) == 1
 	})
-	if got := metricValue(t, r.s.m.retries.WithLabelValues(broker.KindClose)); got != 2 {
+	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(broker.KindClose)); got != 2 {
 		t.Errorf("close retries = %v, want 2", got)
 	}
 }
@@ -236,8 +237,8 @@ func TestNonReplicatedRejectionIsCountedAndSkipped(t *testing.T) {
 	c := newTestClient(1)
 	pub.async(pub.burst(c, 1, 2))
 	waitFor(t, 10*time.Second, "outcomes", func() bool {
-		return metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeNonReplicated)) == 1 &&
-			metricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeNonReplicated)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) == 1
 	})
 	store.mu.Lock()
 	defer store.mu.Unlock()

@@ -50,3 +50,13 @@ func SignedCall(t testing.TB, id identity.Identity, canister principal.Principal
 	}
 	return env
 }
+
+// NewIdentity is a fresh Ed25519 identity.
+func NewIdentity(t testing.TB) identity.Identity {
+	t.Helper()
+	id, err := identity.NewRandomEd25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

@@ -496,8 +496,7 @@ func TestKeepAliveCycle(t *testing.T) {
 func TestKeepAliveOnlyAfterAck(t *testing.T) {
 	e := newEnv(t, nil)
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	e.openClient(10, 1, gw)
 	// Without an ack round the client is not waiting, however old its keep-alive.
 	e.clock.Advance(time.Hour)
 	e.c.KeepAliveCheck()
@@ -509,8 +508,7 @@ func TestKeepAliveOnlyAfterAck(t *testing.T) {
 func TestRetention(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.DeleteBatch = 5 })
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	e.mustOk(e.appMessage(k, 1, "burst:11")) // nonces 0..11
 	if n := e.c.st.tree.len(); n != 12 {
 		t.Fatalf("tree holds %d keys, want 12", n)
@@ -546,8 +544,7 @@ func TestRetention(t *testing.T) {
 func TestGatewayRemovalRestartsNonce(t *testing.T) {
 	e := newEnv(t, nil)
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	e.mustOk(e.appMessage(k, 1, "a"))
 	e.mustOk(e.close(gw, k))
 
@@ -566,8 +563,7 @@ func TestGatewayRemovalRestartsNonce(t *testing.T) {
 		t.Fatal("certified keys of the removed gateway remain")
 	}
 	// Re-registered: nonce 0 again.
-	k2 := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 11), ClientNonce: 1}
-	e.mustOk(e.open(k2.ClientPrincipal, 1, gw))
+	e.openClient(11, 1, gw)
 	if out := e.poll(gw, 0); len(out.Messages) != 1 || out.Messages[0].Key != protocol.MessageKey(gw, 0) {
 		t.Fatalf("after re-registration: %+v", out.Messages)
 	}
@@ -576,8 +572,7 @@ func TestGatewayRemovalRestartsNonce(t *testing.T) {
 func TestGatewayRemovalCancelledByNewClient(t *testing.T) {
 	e := newEnv(t, nil)
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	e.mustOk(e.close(gw, k))
 	e.mustOk(e.open(newPrincipal(t, 11), 1, gw))
 	e.clock.Advance(time.Hour)
@@ -590,8 +585,7 @@ func TestGatewayRemovalCancelledByNewClient(t *testing.T) {
 func TestUpgradeWipesState(t *testing.T) {
 	e := newEnv(t, nil)
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	e.mustOk(e.appMessage(k, 1, "a"))
 	e.c.Upgrade()
 	if len(e.c.Clients()) != 0 || len(e.c.Gateways()) != 0 {
@@ -656,8 +650,7 @@ func TestHooks(t *testing.T) {
 func TestLoggedTextsAreBounded(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxLoggedTexts = 3 })
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	for i := 1; i <= 10; i++ {
 		e.mustOk(e.appMessage(k, uint64(i), fmt.Sprint(i)))
 	}
@@ -738,8 +731,7 @@ func BenchmarkEcho(b *testing.B) {
 	e := newEnv(t, nil)
 	e.t = t
 	gw := newPrincipal(t, 1)
-	k := protocol.ClientKey{ClientPrincipal: newPrincipal(t, 10), ClientNonce: 1}
-	e.mustOk(e.open(k.ClientPrincipal, 1, gw))
+	k := e.openClient(10, 1, gw)
 	content, _ := candid.Marshal([]any{protocol.AppMessage{Text: "hello, benchmark", Timestamp: 1}})
 	var none *protocol.AppMessage
 	b.ResetTimer()

@@ -52,10 +52,7 @@ func (e *e2e) agent(t *testing.T, id identity.Identity) *agent.Agent {
 
 func newIdentity(t *testing.T) identity.Identity {
 	t.Helper()
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	return id
 }
 

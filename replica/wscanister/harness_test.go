@@ -162,6 +162,15 @@ func newPrincipal(t *testing.T, seed byte) principal.Principal {
 	return principal.NewSelfAuthenticating(pub)
 }
 
+// openClient opens a session of the client newPrincipal(seed) with nonce through gw and returns
+// its key.
+func (e *env) openClient(seed byte, nonce uint64, gw principal.Principal) protocol.ClientKey {
+	e.t.Helper()
+	k := protocol.ClientKey{ClientPrincipal: newPrincipal(e.t, seed), ClientNonce: nonce}
+	e.mustOk(e.open(k.ClientPrincipal, nonce, gw))
+	return k
+}
+
 func (e *env) update(caller principal.Principal, method string, args ...any) ([]byte, error) {
 	arg, err := candid.Marshal(args)
 	if err != nil {
