@@ -28,7 +28,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		"ICWS_REPLAY_MAX_AGE":      "5s",
 		"ICWS_DUPLICATE_WINDOW":    "5s", // must not exceed the replay window
 	}
-	d := faultStartDeployment(t, DeploymentOptions{
+	d := startDeployment(t, DeploymentOptions{
 		NATSNodes: 1, Edges: 1, Submitters: 1, Pollers: 1,
 		EdgeEnv: env, SubmitterEnv: env, PollEnv: env,
 	})

@@ -38,7 +38,7 @@ func startFaultDeployment(t *testing.T, replica ReplicaOptions, extra map[string
 	env := faultLeaseEnv(extra)
 	env["ICWS_STREAM_REPLICAS"] = "3"
 	start := time.Now()
-	d := faultStartDeployment(t, DeploymentOptions{
+	d := startDeployment(t, DeploymentOptions{
 		NATSNodes: 3, Edges: 2, Submitters: 2, Pollers: 2,
 		Replica: replica, EdgeEnv: env, SubmitterEnv: env, PollEnv: env,
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,8 +72,17 @@ func startNATSCluster(t testing.TB, n int) *NATSCluster {
 		node.Proc = startProcess(t, "nats-"+name, bin, []string{"-c", confPath}, nil)
 		c.Nodes = append(c.Nodes, node)
 	}
+	// nats-server answers /varz before it listens for clients, so wait for the client port too.
 	for _, node := range c.Nodes {
 		waitHTTP200(t, node.MonitorURL+"/varz", 30*time.Second, node.Proc)
+		addr := strings.TrimPrefix(node.ClientURL, "nats://")
+		waitFor(t, 30*time.Second, 20*time.Millisecond, node.Name+" accepting clients", func() error {
+			conn, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return err
+			}
+			return conn.Close()
+		})
 	}
 	c.WaitJetStream(60 * time.Second)
 	return c
