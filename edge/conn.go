@@ -296,7 +296,10 @@ func (c *conn) open(frame []byte) bool {
 			// Its close request may not be out yet: publish it first, so the canister sees the
 			// old session end before the new one opens (the record is all that remembers it).
 			if err = c.e.publishClose(ctx, old, "session closed"); err == nil {
-				rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev)
+				if rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev); err != nil {
+					// A sweeper finished and deleted the closed record meanwhile.
+					rev, err = c.e.h.Sessions.Create(ctx, c.key, val)
+				}
 			}
 		default:
 			c.reject(websocket.ClosePolicyViolation, "icws: duplicate client key (its session is live)", "rejected")

@@ -23,8 +23,8 @@ type delivery struct {
 	// pendingBytes is the size of the frames in pending (bounded by PendingBytes).
 	pendingBytes int
 	filling      bool
-	dropped uint64 // core messages the subscription dropped, as last seen
-	refill  bool   // pending overflowed while filling: read the stream again
+	dropped      uint64 // core messages the subscription dropped, as last seen
+	refill       bool   // pending overflowed while filling: read the stream again
 	// resumedFrame is sent before the first replayed frame (resume only).
 	resumedFrame []byte
 	resumeStart  time.Time

@@ -236,10 +236,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	v.startPipeline(true)
 	e := v.startEdge(testConfig("e1"))
 	// Warm up one full session so lazily started goroutines (nats, http) are in the baseline.
-	w := newClient(t, v.gw, randomCanister(t))
-	w.dial(e.url, false)
-	w.open()
-	w.next()
+	w := openedClient(t, v, e.url, false)
 	_ = w.ws.Close()
 	waitFor(t, 5*time.Second, "warm-up session gone", func() bool { return v.sessionCount() == 0 })
 	time.Sleep(50 * time.Millisecond)
@@ -266,10 +263,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
 	_ = c.ws.UnderlyingConn().Close()
 	// After the first frame: the standard session is closed (close request published).
-	c = newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c = openedClient(t, v, e.url, false)
 	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
 	_ = c.ws.UnderlyingConn().Close()
 	waitFor(t, 5*time.Second, "close request", func() bool {
@@ -277,10 +271,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 		return len(in) == 2 && in[1].kind == broker.KindClose
 	})
 	// A resumable session after the first frame: detached, kept.
-	r := newClient(t, v.gw, randomCanister(t))
-	r.dial(e.url, true)
-	r.open()
-	r.next()
+	r := openedClient(t, v, e.url, true)
 	_ = r.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
 	_ = r.ws.UnderlyingConn().Close()
 	waitFor(t, 5*time.Second, "detached", func() bool {
@@ -298,10 +289,7 @@ func TestClientCloseAfterMessages(t *testing.T) {
 	v := newEnv(t)
 	v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	for i := 0; i < 3; i++ {
 		c.send()
 	}
@@ -328,10 +316,7 @@ func TestRelayPolicy(t *testing.T) {
 	v := newEnv(t)
 	v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	// A ws_message signed by someone else.
 	other := newClient(t, v.gw, c.canister)
 	c.sendEnvelope(other.messageEnvelope(1, false))
@@ -348,10 +333,7 @@ func TestSlowClient(t *testing.T) {
 	cfg.SendQueue = 4
 	cfg.WriteTimeout = 3 * time.Second
 	e := v.startEdge(cfg)
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, true)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, true)
 	subj := outSubjectOfClient(c)
 	// The client stops reading; large frames fill the socket buffers, then the queue.
 	go func() {
@@ -374,14 +356,8 @@ func TestDrainClosesWith1001(t *testing.T) {
 	v := newEnv(t)
 	v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	r := newClient(t, v.gw, randomCanister(t))
-	r.dial(e.url, true)
-	r.open()
-	r.next()
-	s := newClient(t, v.gw, randomCanister(t))
-	s.dial(e.url, false)
-	s.open()
-	s.next()
+	r := openedClient(t, v, e.url, true)
+	s := openedClient(t, v, e.url, false)
 	done := make(chan error, 1)
 	go func() { done <- e.stop() }()
 	for _, c := range []*client{r, s} {

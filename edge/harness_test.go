@@ -25,7 +25,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 type env struct {
@@ -52,10 +51,7 @@ func newEnv(t testing.TB) *env {
 }
 
 func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *broker.Handles) *env {
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	return &env{t: t, nc: nc, js: js, h: h, gw: id.Sender()}
 }
 
@@ -133,10 +129,7 @@ type client struct {
 }
 
 func newClient(t testing.TB, gw, canister principal.Principal) *client {
-	id, err := identity.NewRandomEd25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testkit.NewIdentity(t)
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	n := uint64(0)
@@ -148,6 +141,17 @@ func newClient(t testing.TB, gw, canister principal.Principal) *client {
 
 func (c *client) key() protocol.ClientKey {
 	return protocol.ClientKey{ClientPrincipal: c.id.Sender(), ClientNonce: c.nonce}
+}
+
+// openedClient is a new client of a random canister, connected to url, whose session is open and
+// whose open answer has been read.
+func openedClient(t testing.TB, v *env, url string, resume bool) *client {
+	t.Helper()
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(url, resume)
+	c.open()
+	c.next()
+	return c
 }
 
 func (c *client) dial(u string, resume bool) []byte {
@@ -472,18 +476,10 @@ func outSubjectOfClient(c *client) string {
 	return broker.OutSubject(c.canister.Encode(), c.key().Token())
 }
 
+// counter is the value of a counter or gauge.
 func counter(t testing.TB, c prometheus.Metric) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	return 0
+	t.Helper()
+	return testkit.MetricValue(t, c)
 }
 
 func randomCanister(t testing.TB) principal.Principal {

@@ -135,10 +135,7 @@ func TestResumeRejections(t *testing.T) {
 		t.Fatalf("unknown: %d %q", code, reason)
 	}
 	// A standard session cannot be resumed.
-	s := newClient(t, v.gw, randomCanister(t))
-	s.dial(e.url, false)
-	s.open()
-	s.next()
+	s := openedClient(t, v, e.url, false)
 	s.token = good
 	if _, code, reason := s.resume(e.url, 1); code != CloseNotResumable || !strings.Contains(reason, "opt in") {
 		t.Fatalf("standard: %d %q", code, reason)
