@@ -47,7 +47,7 @@ type partition struct {
 	// lastDelivery is the consumer sequence of the last delivery received: a jump means a delivery
 	// was lost in flight (a dropped NATS connection), so a client's later envelope could overtake it.
 	lastDelivery uint64
-	workers sync.WaitGroup
+	workers      sync.WaitGroup
 
 	done chan struct{} // closed when nothing of the partition runs any more
 }
