@@ -38,7 +38,7 @@ type Config struct {
 	SendQueueBytes   int           `envconfig:"SEND_QUEUE_BYTES" default:"8388608" desc:"bytes of frames queued per connection before the client is closed as slow (4101); one larger frame alone is always queued"`
 	LeaseSkew        time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
 	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages per second one connection may send on average; more closes it with 1008"`
-	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"500" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
+	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -64,7 +64,7 @@ func DefaultConfig() Config {
 		SendQueueBytes:   8 << 20,
 		LeaseSkew:        time.Second,
 		MaxClientRate:    200,
-		MaxClientBurst:   500,
+		MaxClientBurst:   2000,
 	}
 }
 

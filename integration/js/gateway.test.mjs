@@ -310,3 +310,37 @@ test("canister close reaches the SDK as 4001 ClosedByApplication", { ...main, ti
   assert.equal(log.open, false);
   assert.ok((log.closes ?? []).includes("ClosedByApplication"), JSON.stringify(log.closes));
 });
+
+// --- the shared scenario (TestSameScenarioGoAndJS runs it through client/ too) ---
+// Sends "one", "two", "burst:3", "three", has the canister push "pushed", closes, and writes what
+// it saw to SCENARIO_OUT as JSON: the texts received in order and the canister's view of the client.
+const scenario = { skip: SUITE !== "scenario" && `JS_SUITE=${SUITE}` };
+export const SCENARIO_SENDS = ["one", "two", "burst:3", "three"];
+
+test("shared scenario", { ...scenario, timeout: 90_000 }, async () => {
+  const c = await openClient();
+  for (const text of SCENARIO_SENDS) c.ws.send({ text, timestamp: now() });
+  await waitMessages(c, 6);
+  await canisterSend(c.token, "pushed");
+  await waitMessages(c, 7);
+  assertHealthy(c);
+  await closeClient(c);
+  const log = await waitCanisterClosed(c.token);
+  const out = {
+    received: c.messages.map((m) => m.text),
+    canister_texts: log.texts,
+    canister_sequence_errors: log.sequence_errors,
+    canister_closes: log.closes,
+  };
+  const { writeFile } = await import("node:fs/promises");
+  await writeFile(env("SCENARIO_OUT"), JSON.stringify(out));
+});
+
+async function waitCanisterClosed(token) {
+  let log;
+  await waitUntil("ws_close at the canister", 30_000, async () => {
+    log = await received(token);
+    return (log.closes ?? []).includes("ws_close");
+  });
+  return log;
+}
