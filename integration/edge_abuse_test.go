@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica/wscanister"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -134,7 +135,7 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 		reset := time.Now()
 		resetConn(t, conns[0])
 		// Resume grace (2 s) over, the gateway closes the session itself.
-		waitCanisterLog(t, d.Replica.Control, c.Key, 30*time.Second, "ws_close after reset", func(l clientLog) error {
+		waitCanisterLog(t, d.Replica.Control, c.Key, 30*time.Second, "ws_close after reset", func(l wscanister.ClientLog) error {
 			if l.Open || !slices.Contains(l.Closes, "ws_close") {
 				return fmt.Errorf("open=%v closes=%v", l.Open, l.Closes)
 			}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/replica/wscanister"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -139,7 +140,7 @@ func TestRoleFailover(t *testing.T) {
 		return "nats " + info.Cluster.Leader
 	})
 
-	l := waitCanisterLog(t, d.Replica.Control, c.Key, 30*time.Second, "canister log", func(l clientLog) error {
+	l := waitCanisterLog(t, d.Replica.Control, c.Key, 30*time.Second, "canister log", func(l wscanister.ClientLog) error {
 		if l.Received < sent {
 			return fmt.Errorf("canister received %d of %d", l.Received, sent)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/replica/wscanister"
 )
 
 // TestFaultResumeGraceExpiry (DESIGN.md guarantee 3, RESUME.md §6): a client whose connection drops
@@ -107,7 +108,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		return nil
 	})
 
-	l := waitCanisterLog(t, d.Replica.Control, away.key, 30*time.Second, "ws_close at the canister", func(l clientLog) error {
+	l := waitCanisterLog(t, d.Replica.Control, away.key, 30*time.Second, "ws_close at the canister", func(l wscanister.ClientLog) error {
 		if l.Open || !slices.Contains(l.Closes, "ws_close") {
 			return fmt.Errorf("open=%v closes=%v", l.Open, l.Closes)
 		}

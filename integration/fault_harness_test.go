@@ -26,6 +26,7 @@ import (
 
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica/wscanister"
 )
 
 // faultLeaseEnv pins the lease TTLs the figures were measured with. They are the defaults: shorter
@@ -403,7 +404,7 @@ func (r *faultRun) verify(timeout time.Duration) {
 			r.dumpClientLog(c)
 		}
 		assertSameTexts(t, fmt.Sprintf("client %d: canister → client", c.idx), texts, expected)
-		l := waitCanisterLog(t, ctl, c.key, 10*time.Second, fmt.Sprintf("client %d: canister log", c.idx), func(l clientLog) error {
+		l := waitCanisterLog(t, ctl, c.key, 10*time.Second, fmt.Sprintf("client %d: canister log", c.idx), func(l wscanister.ClientLog) error {
 			if l.Received < len(sent) {
 				return fmt.Errorf("canister received %d of %d", l.Received, len(sent))
 			}

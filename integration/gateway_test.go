@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/replica/wscanister"
 )
 
 // TestAllInOne drives `icws dev` (replica, embedded NATS and every role in one process) with the
@@ -30,7 +31,7 @@ func allInOne(t *testing.T, dev *Dev) {
 	echoes := c.receiveTexts(n, 2*time.Minute)
 	echoTime := time.Since(start)
 	assertSameTexts(t, "echoes", echoes, numbered("m", n))
-	l := waitCanisterLog(t, dev.Control, c.Key, 10*time.Second, "canister log", func(l clientLog) error {
+	l := waitCanisterLog(t, dev.Control, c.Key, 10*time.Second, "canister log", func(l wscanister.ClientLog) error {
 		if l.Received < n {
 			return fmt.Errorf("canister received %d of %d", l.Received, n)
 		}
@@ -58,7 +59,7 @@ func allInOne(t *testing.T, dev *Dev) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	waitCanisterLog(t, dev.Control, c.Key, 20*time.Second, "ws_close at the canister", func(l clientLog) error {
+	waitCanisterLog(t, dev.Control, c.Key, 20*time.Second, "ws_close at the canister", func(l wscanister.ClientLog) error {
 		if l.Open || !slices.Contains(l.Closes, "ws_close") {
 			return fmt.Errorf("open=%v closes=%v", l.Open, l.Closes)
 		}
@@ -103,7 +104,7 @@ func TestBurstOrdered(t *testing.T) {
 	})
 }
 
-func burstOrdered(t *testing.T, gatewayURL, icURL, canister string, ctl *controlClient, clients, n int) {
+func burstOrdered(t *testing.T, gatewayURL, icURL, canister string, ctl *wscanister.ControlClient, clients, n int) {
 	cs := make([]*testClient, clients)
 	for i := range cs {
 		cs[i] = dialClient(t, gatewayURL, icURL, canister, dialOptions{})
@@ -122,7 +123,7 @@ func burstOrdered(t *testing.T, gatewayURL, icURL, canister string, ctl *control
 		t.Fatal(err)
 	}
 	for i, c := range cs {
-		l := waitCanisterLog(t, ctl, c.Key, 20*time.Second, "canister log", func(l clientLog) error {
+		l := waitCanisterLog(t, ctl, c.Key, 20*time.Second, "canister log", func(l wscanister.ClientLog) error {
 			if l.Received < n {
 				return fmt.Errorf("canister received %d of %d", l.Received, n)
 			}
@@ -156,7 +157,7 @@ func keepAliveCycle(t *testing.T, dev *Dev, ack, keepAlive time.Duration, cycles
 	c.sendTexts([]string{"before"})
 	assertSameTexts(t, "echo", c.receiveTexts(1, 20*time.Second), []string{"before"})
 	start := time.Now()
-	waitCanisterLog(t, dev.Control, c.Key, time.Duration(cycles+2)*ack+10*time.Second, "keep-alives", func(l clientLog) error {
+	waitCanisterLog(t, dev.Control, c.Key, time.Duration(cycles+2)*ack+10*time.Second, "keep-alives", func(l wscanister.ClientLog) error {
 		if !l.Open {
 			t.Fatalf("canister dropped the client: closes %v", l.Closes)
 		}

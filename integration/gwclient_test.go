@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica/wscanister"
 )
 
 // syncBuffer is a log sink shared by a client's goroutines.
@@ -193,9 +194,9 @@ func assertSameTexts(t testing.TB, what string, got, want []string) {
 }
 
 // waitCanisterLog polls the control API until cond accepts the client's log.
-func waitCanisterLog(t testing.TB, ctl *controlClient, key protocol.ClientKey, timeout time.Duration, what string, cond func(clientLog) error) clientLog {
+func waitCanisterLog(t testing.TB, ctl *wscanister.ControlClient, key protocol.ClientKey, timeout time.Duration, what string, cond func(wscanister.ClientLog) error) wscanister.ClientLog {
 	t.Helper()
-	var last clientLog
+	var last wscanister.ClientLog
 	waitFor(t, timeout, 50*time.Millisecond, what, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

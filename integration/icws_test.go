@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+	"github.com/icws/icws/replica/wscanister"
 )
 
 // DemoCanisterID is the replica's default demo canister (ICWS_REPLICA_CANISTER_ID).
@@ -21,7 +22,7 @@ type Replica struct {
 	URL        string // http://127.0.0.1:<port>, the ICWS_IC_URL of the roles
 	CanisterID string
 	ControlURL string // <URL>/_/control/<canister id>/
-	Control    *controlClient
+	Control    *wscanister.ControlClient
 	Proc       *Process
 }
 
@@ -54,7 +55,7 @@ func newReplicaHandle(url string) Replica {
 		URL:        url,
 		CanisterID: DemoCanisterID,
 		ControlURL: control,
-		Control:    &controlClient{baseURL: control},
+		Control:    &wscanister.ControlClient{BaseURL: control},
 	}
 }
 

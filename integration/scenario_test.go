@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/icws/icws/replica/wscanister"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,7 +94,7 @@ func runScenarioGo(t *testing.T, dev *Dev) scenarioResult {
 	if err := c.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	l := waitCanisterLog(t, dev.Control, c.Key, 30*time.Second, "ws_close at the canister", func(l clientLog) error {
+	l := waitCanisterLog(t, dev.Control, c.Key, 30*time.Second, "ws_close at the canister", func(l wscanister.ClientLog) error {
 		if !slices.Contains(l.Closes, "ws_close") {
 			return fmt.Errorf("closes=%v", l.Closes)
 		}
