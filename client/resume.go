@@ -12,13 +12,13 @@ import (
 // Frames of the icws resume extension v1 (docs/RESUME.md).
 
 // ResumeQueryParam opts a connection into the icws resume extension.
-const ResumeQueryParam = "icws-resume"
+const ResumeQueryParam = protocol.ResumeQueryParam
 
 // Close codes of icws (resume extension and edge policy).
 const (
-	CloseNotResumable     = 4100
-	CloseSlowClient       = 4101
-	CloseResumedElsewhere = 4102
+	CloseNotResumable     = protocol.CloseNotResumable
+	CloseSlowClient       = protocol.CloseSlowClient
+	CloseResumedElsewhere = protocol.CloseResumedElsewhere
 )
 
 // handshake is the gateway's first frame, with the optional resume offer.
@@ -28,26 +28,12 @@ type handshake struct {
 	Resumed          *resumeAnswer `cbor:"icws_resumed"`
 }
 
-type resumeOffer struct {
-	Version uint64 `cbor:"version"`
-	Token   []byte `cbor:"token"`
-}
-
-type resumeAnswer struct {
-	LastClientSeq uint64 `cbor:"last_client_seq"`
-}
-
-type resumeKey struct {
-	ClientPrincipal []byte `cbor:"client_principal"`
-	ClientNonce     uint64 `cbor:"client_nonce"`
-}
-
-type resumeRequest struct {
-	Token      []byte    `cbor:"token"`
-	CanisterID []byte    `cbor:"canister_id"`
-	ClientKey  resumeKey `cbor:"client_key"`
-	LastSeq    uint64    `cbor:"last_seq"`
-}
+type (
+	resumeOffer   = protocol.ResumeOffer
+	resumeAnswer  = protocol.ResumedAnswer
+	resumeKey     = protocol.ResumeClientKey
+	resumeRequest = protocol.ResumeRequest
+)
 
 func decodeHandshake(frame []byte) (principal.Principal, *resumeOffer, error) {
 	var h handshake
@@ -57,7 +43,7 @@ func decodeHandshake(frame []byte) (principal.Principal, *resumeOffer, error) {
 	if len(h.GatewayPrincipal) == 0 {
 		return principal.Principal{}, nil, errors.New("decode handshake: no gateway_principal byte string")
 	}
-	if h.Resume != nil && (h.Resume.Version != 1 || len(h.Resume.Token) == 0) {
+	if h.Resume != nil && (h.Resume.Version != protocol.ResumeVersion || len(h.Resume.Token) == 0) {
 		return principal.Principal{}, nil, fmt.Errorf("decode handshake: unsupported icws_resume offer (version %d, %d-byte token)", h.Resume.Version, len(h.Resume.Token))
 	}
 	return principal.Principal{Raw: h.GatewayPrincipal}, h.Resume, nil

@@ -27,9 +27,9 @@ import (
 
 // Close codes of the icws extension (docs/RESUME.md).
 const (
-	CloseNotResumable      = 4100
-	CloseSlowClient        = 4101
-	CloseResumedElsewhere  = 4102
+	CloseNotResumable      = protocol.CloseNotResumable
+	CloseSlowClient        = protocol.CloseSlowClient
+	CloseResumedElsewhere  = protocol.CloseResumedElsewhere
 	closeGrace             = time.Second // how long we wait for the client's close reply
 	reasonSlowClient       = "icws: slow client"
 	reasonResumedElsewhere = "icws: session resumed elsewhere"
@@ -87,7 +87,7 @@ func (c *conn) setClose(code int, reason string) {
 }
 
 func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
-	c := &conn{e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get("icws-resume") == "1", gone: make(chan struct{}), closeSent: make(chan struct{})}
+	c := &conn{e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get(protocol.ResumeQueryParam) == "1", gone: make(chan struct{}), closeSent: make(chan struct{})}
 	c.sendq.limit = e.cfg.SendQueue
 	c.sendq.maxB = e.cfg.SendQueueBytes
 	return c

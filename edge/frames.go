@@ -9,30 +9,16 @@ import (
 
 // Resume extension frames (docs/RESUME.md).
 
-type resumeOffer struct {
-	Version uint64 `cbor:"version"`
-	Token   []byte `cbor:"token"`
-}
+type (
+	resumeOffer     = protocol.ResumeOffer
+	resumeClientKey = protocol.ResumeClientKey
+	resumeRequest   = protocol.ResumeRequest
+	resumedBody     = protocol.ResumedAnswer
+)
 
 type resumeHandshake struct {
 	GatewayPrincipal []byte      `cbor:"gateway_principal"`
 	Resume           resumeOffer `cbor:"icws_resume"`
-}
-
-type resumeClientKey struct {
-	ClientPrincipal []byte `cbor:"client_principal"`
-	ClientNonce     uint64 `cbor:"client_nonce"`
-}
-
-type resumeRequest struct {
-	Token      []byte          `cbor:"token"`
-	CanisterID []byte          `cbor:"canister_id"`
-	ClientKey  resumeClientKey `cbor:"client_key"`
-	LastSeq    uint64          `cbor:"last_seq"`
-}
-
-type resumedBody struct {
-	LastClientSeq uint64 `cbor:"last_client_seq"`
 }
 
 type resumedFrame struct {
@@ -46,7 +32,7 @@ type firstFrame struct {
 }
 
 func encodeResumeHandshake(gateway []byte, token []byte) ([]byte, error) {
-	b, err := cbor.Marshal(resumeHandshake{GatewayPrincipal: gateway, Resume: resumeOffer{Version: 1, Token: token}})
+	b, err := cbor.Marshal(resumeHandshake{GatewayPrincipal: gateway, Resume: resumeOffer{Version: protocol.ResumeVersion, Token: token}})
 	if err != nil {
 		return nil, fmt.Errorf("encode resume handshake: %w", err)
 	}
