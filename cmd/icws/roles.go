@@ -11,30 +11,62 @@ import (
 	"github.com/icws/icws/internal/config"
 )
 
-// singleRoleConfig is the configuration of `icws edge|submitter|poller`: one role against an
-// external NATS server or cluster (ICWS_NATS_URL).
-type singleRoleConfig struct{ GatewayConfig }
+// The configurations of `icws edge|submitter|poller`: one role against an external NATS server or
+// cluster (ICWS_NATS_URL). Each names only what its role reads, so `icws env` and the README say
+// which variables matter where.
+type (
+	EdgeConfig struct {
+		config.Common
+		broker.ClientConfig
+		broker.Topology
+		EdgeSettings
+	}
+	SubmitterConfig struct {
+		config.Common
+		broker.ClientConfig
+		broker.Topology
+		ICSettings
+		SubmitterSettings
+	}
+	PollerConfig struct {
+		config.Common
+		broker.ClientConfig
+		broker.Topology
+		ICSettings
+		PollerSettings
+	}
+)
 
-// singleRole builds the command of one role.
-func singleRole(name, summary string, roles roleSet) command {
-	return configured(name, summary, func(ctx context.Context, a *app, cfg *singleRoleConfig, logger *slog.Logger, _ []string) error {
-		if err := cfg.validateFor(roles, true); err != nil {
-			return &config.Error{Err: err}
-		}
-		return runGateway(ctx, &cfg.GatewayConfig, gatewayParts{roles: roles}, logger)
-	})
+// runSingle validates a single role's configuration and runs it.
+func runSingle(ctx context.Context, cfg *GatewayConfig, roles roleSet, logger *slog.Logger) error {
+	if err := cfg.validateFor(roles, true); err != nil {
+		return &config.Error{Err: err}
+	}
+	return runGateway(ctx, cfg, gatewayParts{roles: roles}, logger)
 }
 
 func edgeCommand() command {
-	return singleRole("edge", "run the WebSocket edge role against ICWS_NATS_URL", roleSet{edge: true})
+	return configured("edge", "run the WebSocket edge role against ICWS_NATS_URL",
+		func(ctx context.Context, _ *app, c *EdgeConfig, logger *slog.Logger, _ []string) error {
+			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, EdgeSettings: c.EdgeSettings}
+			return runSingle(ctx, &cfg, roleSet{edge: true}, logger)
+		})
 }
 
 func submitterCommand() command {
-	return singleRole("submitter", "run the submitter role (relays client envelopes to the IC) against ICWS_NATS_URL", roleSet{submitter: true})
+	return configured("submitter", "run the submitter role (relays client envelopes to the IC) against ICWS_NATS_URL",
+		func(ctx context.Context, _ *app, c *SubmitterConfig, logger *slog.Logger, _ []string) error {
+			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, SubmitterSettings: c.SubmitterSettings}
+			return runSingle(ctx, &cfg, roleSet{submitter: true}, logger)
+		})
 }
 
 func pollerCommand() command {
-	return singleRole("poller", "run the poller role (polls canisters for messages) against ICWS_NATS_URL", roleSet{poller: true})
+	return configured("poller", "run the poller role (polls canisters for messages) against ICWS_NATS_URL",
+		func(ctx context.Context, _ *app, c *PollerConfig, logger *slog.Logger, _ []string) error {
+			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, PollerSettings: c.PollerSettings}
+			return runSingle(ctx, &cfg, roleSet{poller: true}, logger)
+		})
 }
 
 // allConfig is the configuration of `icws all`: every role in one process, with the embedded NATS
