@@ -161,3 +161,8 @@ func KickCanister(subject string) (string, bool) {
 	c, ok := strings.CutPrefix(subject, subjectKickPrefix)
 	return c, ok && c != ""
 }
+
+// OutLeaderElectedAdvisory is JetStream's advisory for a new ICWS_OUT leader. Entries a dying
+// leader committed but had not applied are applied by its successor without being re-published to
+// the live subjects, so edges re-read the stream when it fires.
+const OutLeaderElectedAdvisory = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + StreamOut

@@ -153,6 +153,20 @@ func (e *Edge) watchReconnects(ctx context.Context, ch chan nats.Status) {
 	}
 }
 
+// watchLeaderChanges refills every connection when ICWS_OUT elects a new leader: messages the old
+// leader committed but had not applied are stored without reaching the live subjects.
+func (e *Edge) watchLeaderChanges(ctx context.Context, ch chan *nats.Msg) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			e.log.Info("ICWS_OUT has a new leader: reading canister messages it may not have re-published")
+			e.refillAll()
+		}
+	}
+}
+
 func (c *conn) holdLocked(seq uint64, data []byte) {
 	if c.pending == nil {
 		c.pending = map[uint64][]byte{}

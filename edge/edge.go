@@ -187,6 +187,16 @@ func (e *Edge) Run(ctx context.Context) error {
 	}
 	status := e.nc.StatusChanged(nats.CONNECTED)
 	defer e.nc.RemoveStatusListener(status)
+	leader := make(chan *nats.Msg, 1)
+	leaderSub, err := e.nc.ChanSubscribe(broker.OutLeaderElectedAdvisory, leader)
+	if err != nil {
+		stopBG()
+		bgWG.Wait()
+		return fmt.Errorf("edge: subscribe to %s: %w", broker.OutLeaderElectedAdvisory, err)
+	}
+	defer func() { _ = leaderSub.Unsubscribe() }()
+	bgWG.Add(1)
+	go func() { defer bgWG.Done(); e.watchLeaderChanges(bg, leader) }()
 	bgWG.Add(3)
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()

@@ -57,3 +57,23 @@ func TestLostDeliveryStopsThePartition(t *testing.T) {
 		t.Fatal("the delivery before the loss was not queued")
 	}
 }
+
+// A new owner's consumer starts at delivery 1; if that one is lost, the next must not overtake it.
+func TestLostFirstDeliveryStopsThePartition(t *testing.T) {
+	e := newEnv(t, 1)
+	nc, js := natstest.Connect(t, e.url)
+	s, err := New(testConfig("a"), Deps{NC: nc, JS: js, IC: newFakeStore().as("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPartition(s, nil, 0, 1, time.Now().Add(time.Minute))
+	for range cap(s.sem) {
+		s.sem <- struct{}{}
+	}
+	p.onMsg(deliveredMsg{subject: broker.InSubject(0, testCanister.Encode(), newTestClient(1).token), stream: 11, consumer: 2})
+	select {
+	case <-p.ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("partition still running after its first delivery was lost")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
@@ -144,12 +145,19 @@ func (p *partition) run() {
 	defer p.cancel()
 	go p.watchdog()
 
+	// A delivery in flight when the connection dropped comes back only after AckWait, and if it
+	// was a client's last envelope no later delivery shows the gap: start again from the ack floor
+	// after every reconnect instead.
+	reconnected := p.s.nc.StatusChanged(nats.CONNECTED)
+	defer p.s.nc.RemoveStatusListener(reconnected)
 	cc, err := p.subscribe()
 	if err == nil {
 		select {
 		case <-p.stopCh:
 		case <-cc.Closed():
 			p.lose("consumer closed")
+		case <-reconnected:
+			p.lose("NATS reconnected; restarting from the ack floor")
 		}
 		cc.Stop()
 	}
@@ -286,7 +294,8 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 	if p.closed {
 		return
 	}
-	if last := p.lastDelivery; last != 0 && md.Sequence.Consumer != last+1 {
+	// Every owner has a consumer of its own, so its first delivery is number 1.
+	if last := p.lastDelivery; md.Sequence.Consumer != last+1 {
 		// The lost delivery would only come back after AckWait, behind this one. Start again
 		// from the ack floor instead (the next owner, possibly this process, does), in order.
 		go p.lose(fmt.Sprintf("delivery %d was lost in flight (got %d)", last+1, md.Sequence.Consumer))
@@ -344,7 +353,15 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 		}
 		select {
 		case p.s.sem <- struct{}{}:
+		case <-p.stopCh:
+			p.forget(client)
+			return
 		case <-p.ctx.Done():
+			p.forget(client)
+			return
+		}
+		if p.stopping.Load() || !p.valid() {
+			<-p.s.sem
 			p.forget(client)
 			return
 		}

@@ -3,12 +3,11 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/config"
@@ -59,17 +58,33 @@ func devCommand() command {
 			fmt.Fprintf(a.stdout, "root key: %s\n", hex.EncodeToString(r.RootKey()))
 			fmt.Fprintf(a.stdout, "admin:    http://%s\n", cfg.AdminListen)
 
-			g, gctx := errgroup.WithContext(ctx)
-			g.Go(func() error { return r.Serve(gctx, ln) })
-			g.Go(func() error {
-				parts := gatewayParts{
-					roles:    roleSet{edge: true, submitter: true, poller: true},
-					embedded: emb,
-					icURL:    replicaURL, icRootKey: r.RootKey(),
+			// The replica outlives the gateway: submitters drain against it on the way out.
+			replicaCtx, stopReplica := context.WithCancel(context.Background())
+			defer stopReplica()
+			replicaDone := make(chan error, 1)
+			go func() { replicaDone <- r.Serve(replicaCtx, ln) }()
+			parts := gatewayParts{
+				roles:    roleSet{edge: true, submitter: true, poller: true},
+				embedded: emb,
+				icURL:    replicaURL, icRootKey: r.RootKey(),
+			}
+			gwCtx, stopGateway := context.WithCancel(ctx)
+			defer stopGateway()
+			gwDone := make(chan error, 1)
+			go func() { gwDone <- runGateway(gwCtx, &cfg.GatewayConfig, parts, logger) }()
+			var err1, err2 error
+			select {
+			case err1 = <-gwDone:
+				stopReplica()
+				err2 = <-replicaDone
+			case err2 = <-replicaDone:
+				stopGateway()
+				err1 = <-gwDone
+				if err2 == nil {
+					err2 = errors.New("replica stopped")
 				}
-				return runGateway(gctx, &cfg.GatewayConfig, parts, logger)
-			})
-			return g.Wait()
+			}
+			return errors.Join(err1, err2)
 		})
 }
 

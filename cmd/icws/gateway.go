@@ -253,6 +253,9 @@ func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo broker.To
 		if err == nil {
 			return nil
 		}
+		if permanentEnsureError(err) {
+			return &config.Error{Err: fmt.Errorf("ensure streams: %w", err)}
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("ensure streams: %w", err)
 		}
@@ -264,6 +267,16 @@ func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo broker.To
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// permanentEnsureError tells a configuration the servers refuse (retrying cannot help) from a
+// cluster that is not ready yet.
+func permanentEnsureError(err error) bool {
+	if errors.Is(err, broker.ErrPartitionsMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408
 }
 
 func streamsCheck(js jetstream.JetStream) func(context.Context) error {
