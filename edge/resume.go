@@ -91,6 +91,11 @@ func (c *conn) resume(req *resumeRequest) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: session busy, try again", "error")
 		return false
 	}
+	if prev.Partition >= c.e.h.Partitions {
+		// ICWS_PARTITIONS was lowered (ICWS_STREAM_REPARTITION) since the session opened: nobody
+		// consumes its partition any more.
+		return fail("the gateway was repartitioned since the session opened")
+	}
 	c.bound = true
 	c.sessTag = sessionTag(&prev)
 	c.partition = prev.Partition

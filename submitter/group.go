@@ -70,8 +70,16 @@ func (g *group) run(ctx context.Context) error {
 	case <-runCtx.Done():
 		return nil
 	}
-	if err := g.renewLive(runCtx); err != nil {
-		return fmt.Errorf("submitter: announce liveness: %w", err)
+	// A KV hiccup at start must not end the process (in `icws all` it would take every role down).
+	for backoff := s.cfg.RetryMin; ; backoff = min(2*backoff, s.cfg.RetryMax) {
+		err := g.renewLive(runCtx)
+		if err == nil {
+			break
+		}
+		s.log.Warn("announce liveness; retrying", "err", err, "in", backoff)
+		if !sleepCtx(runCtx, jitter(backoff)) {
+			return nil
+		}
 	}
 	s.ready.Store(true)
 	defer s.ready.Store(false)

@@ -216,10 +216,17 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
 	defer cancel()
 	prefix := consumerPrefix(p.n)
+	own := prefix + strconv.FormatUint(p.leaseRev(), 10)
 	lister := p.h.In.ListConsumers(ctx)
 	var olds []string
 	var floor uint64
+	ownExists := false
 	for info := range lister.Info() {
+		if info.Name == own {
+			// Left by an earlier attempt of ours whose Consume failed: reuse it as it is.
+			ownExists = true
+			continue
+		}
 		if !strings.HasPrefix(info.Name, prefix) {
 			continue
 		}
@@ -232,7 +239,7 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		return nil, fmt.Errorf("list consumers of %s: %w", broker.StreamIn, err)
 	}
 	cfg := jetstream.ConsumerConfig{
-		Durable:       prefix + strconv.FormatUint(p.leaseRev(), 10),
+		Durable:       own,
 		Description:   "icws submitter, partition " + strconv.Itoa(p.n) + ", holder " + p.s.cfg.ID,
 		FilterSubject: broker.InPartitionFilter(p.n),
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -245,7 +252,13 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 		cfg.OptStartSeq = floor + 1
 	}
-	cons, err := p.h.In.CreateOrUpdateConsumer(ctx, cfg)
+	var cons jetstream.Consumer
+	var err error
+	if ownExists {
+		cons, err = p.h.In.Consumer(ctx, own)
+	} else {
+		cons, err = p.h.In.CreateOrUpdateConsumer(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
 	}
