@@ -191,10 +191,10 @@ func faultSubmitterPartitions(t *testing.T, d *Deployment) (map[int]string, int)
 }
 
 // TestFaultKillSubmitterMidBurst: SIGKILL a submitter while every client has a back-to-back burst
-// in flight (each update takes 200 ms at the replica, so a burst of 10 takes about 2 s); its partitions move
+// in flight (each update takes 400 ms at the replica, so a burst of 10 takes about 4 s); its partitions move
 // to the other submitter and the affected clients continue exactly where they were, in order.
 func TestFaultKillSubmitterMidBurst(t *testing.T) {
-	d := startFaultDeployment(t, ReplicaOptions{UpdateLatency: 200 * time.Millisecond}, nil)
+	d := startFaultDeployment(t, ReplicaOptions{UpdateLatency: 400 * time.Millisecond}, nil)
 	run := startFaultClients(t, d, faultClients, faultClientOptions{})
 
 	owners, partitions := faultWaitPartitionsSplit(t, d, 20*time.Second)
