@@ -224,6 +224,10 @@ type faultTraffic struct {
 	Before, Burst, After int
 	CanisterBurst        int
 	Pace                 time.Duration
+	// KillAfter, when set, kills as soon as that many clients have started their burst instead of
+	// once every client has sent all of it: a slow client (the race detector) may take as long to
+	// send its burst as the gateway takes to relay it.
+	KillAfter int
 }
 
 func (tr faultTraffic) plan(idx int) (before, burst, after []string) {
@@ -303,8 +307,12 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var ready sync.WaitGroup
-	ready.Add(len(r.clients))
+	need := len(r.clients)
+	if tr.KillAfter > 0 && tr.KillAfter < need {
+		need = tr.KillAfter
+	}
+	var readyN atomic.Int32
+	readyCh := make(chan struct{})
 	killed := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	var failed atomic.Pointer[faultClient]
@@ -316,7 +324,11 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 				}
 			}()
 			before, burst, after := tr.plan(c.idx)
-			readyOnce := sync.OnceFunc(ready.Done)
+			readyOnce := sync.OnceFunc(func() {
+				if int(readyN.Add(1)) == need {
+					close(readyCh)
+				}
+			})
 			defer readyOnce()
 			tick := time.NewTicker(tr.Pace)
 			defer tick.Stop()
@@ -336,6 +348,9 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 			if err := steady(before); err != nil {
 				return err
 			}
+			if tr.KillAfter > 0 {
+				readyOnce()
+			}
 			for _, s := range burst {
 				if err := c.send(gctx, s); err != nil {
 					return err
@@ -350,8 +365,6 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 			return steady(after)
 		})
 	}
-	readyCh := make(chan struct{})
-	go func() { ready.Wait(); close(readyCh) }()
 	select {
 	case <-readyCh:
 	case <-ctx.Done():

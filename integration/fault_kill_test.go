@@ -210,20 +210,27 @@ func TestFaultKillSubmitterMidBurst(t *testing.T) {
 		t.Fatalf("no client in %s's partitions; the kill would prove nothing", victim.Name)
 	}
 
-	killedAt := run.runWithKill(defaultFaultTraffic, func() { victim.Proc.Kill() })
-	// How far the affected clients' bursts had got when the submitter died (read right after).
+	// Kill once the first clients have started their burst, and read right then how far the
+	// affected clients' bursts had got at the canister: their in-flight envelopes wait for the
+	// takeover.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	midBurst := 0
-	for _, c := range affected {
-		l, err := d.Replica.Control.Received(ctx, c.key)
-		if err != nil {
-			t.Fatal(err)
+	traffic := defaultFaultTraffic
+	traffic.KillAfter = 5
+	killedAt := run.runWithKill(traffic, func() {
+		victim.Proc.Kill()
+		for _, c := range affected {
+			l, err := d.Replica.Control.Received(ctx, c.key)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if l.Received < defaultFaultTraffic.Before+defaultFaultTraffic.Burst {
+				midBurst++
+			}
 		}
-		if l.Received < defaultFaultTraffic.Before+defaultFaultTraffic.Burst {
-			midBurst++
-		}
-	}
+	})
 	t.Logf("%d of %d clients of %s had not all of their burst at the canister at the kill", midBurst, len(affected), victim.Name)
 	if midBurst == 0 {
 		t.Fatalf("no affected client was mid-burst at the kill; the test proves nothing")
