@@ -9,32 +9,54 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/aviate-labs/agent-go/principal"
 )
 
-// testdata/test_key_pair is the public test key of the Rust gateway
-// (ic-websocket-gateway src/ic-identity/tests/data/test_key_pair), written by ring; the Rust
-// gateway's own unit test expects this principal for it.
-const rustTestPrincipal = "7cio4-7j2lx-6f3tp-mkfw7-t4amd-tjphs-hkits-6qa7x-hmnmx-yvwxk-nqe"
+// ringKeyFile is a key file as ring (and so the Rust gateway's data/key_pair) writes it: a raw DER
+// PKCS#8 v2 document (RFC 5958 OneAsymmetricKey, version 1) holding the Ed25519 seed and, in the
+// [1] field, the public key. It is built byte by byte here from the format, for a fixed seed.
+func ringKeyFile(t *testing.T) (file []byte, priv ed25519.PrivateKey) {
+	t.Helper()
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(i + 1)
+	}
+	priv = ed25519.NewKeyFromSeed(seed)
+	file = append([]byte{0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20}, seed...)
+	file = append(file, 0xa1, 0x23, 0x03, 0x21, 0x00)
+	file = append(file, priv.Public().(ed25519.PublicKey)...)
+	return file, priv
+}
 
-func TestRustGatewayKeyFile(t *testing.T) {
-	p, err := Principal(filepath.Join("testdata", "test_key_pair"))
+// wantPrincipal is the self-authenticating principal of the key, derived independently of the
+// package: SHA-224 of the DER SubjectPublicKeyInfo plus the 0x02 suffix.
+func wantPrincipal(t *testing.T, priv ed25519.PrivateKey) string {
+	t.Helper()
+	spki, err := x509.MarshalPKIXPublicKey(priv.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.String() != rustTestPrincipal {
-		t.Fatalf("principal %s, want %s", p, rustTestPrincipal)
+	return principal.NewSelfAuthenticating(spki).String()
+}
+
+func TestRingFormatKeyFile(t *testing.T) {
+	file, priv := ringKeyFile(t)
+	path := filepath.Join(t.TempDir(), "key_pair")
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Principal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := wantPrincipal(t, priv); p.String() != want {
+		t.Fatalf("principal %s, want %s", p, want)
 	}
 }
 
 func TestMarshalIsRingFormat(t *testing.T) {
-	ring, err := os.ReadFile(filepath.Join("testdata", "test_key_pair"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := Parse(ring)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ring, priv := ringKeyFile(t)
 	der, err := Marshal(priv)
 	if err != nil {
 		t.Fatal(err)
@@ -45,14 +67,8 @@ func TestMarshalIsRingFormat(t *testing.T) {
 }
 
 func TestReadsPKCS8v1AndPEM(t *testing.T) {
-	ring, err := os.ReadFile(filepath.Join("testdata", "test_key_pair"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := Parse(ring)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ring, priv := ringKeyFile(t)
+	want := wantPrincipal(t, priv)
 	v1, err := x509.MarshalPKCS8PrivateKey(priv) // Go writes v1, without the public key
 	if err != nil {
 		t.Fatal(err)
@@ -71,8 +87,8 @@ func TestReadsPKCS8v1AndPEM(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if p.String() != rustTestPrincipal {
-			t.Fatalf("%s: principal %s", name, p)
+		if p.String() != want {
+			t.Fatalf("%s: principal %s, want %s", name, p, want)
 		}
 	}
 }
@@ -132,10 +148,7 @@ func TestLoadOrCreate(t *testing.T) {
 }
 
 func TestCorruptFiles(t *testing.T) {
-	ring, err := os.ReadFile(filepath.Join("testdata", "test_key_pair"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ring, _ := ringKeyFile(t)
 	mismatched := bytes.Clone(ring)
 	mismatched[len(mismatched)-1] ^= 1
 	for _, tc := range []struct {

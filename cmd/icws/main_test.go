@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -156,10 +158,26 @@ func TestIdentity(t *testing.T) {
 		t.Fatalf("second icws identity: %+v (first printed %s)", r, p)
 	}
 
-	// The Rust gateway's key file gives the Rust gateway's principal.
-	r = runIcws(t, []string{"ICWS_IDENTITY_FILE=" + filepath.Join("..", "..", "identity", "testdata", "test_key_pair")}, "identity")
-	if r.code != 0 || strings.TrimSpace(r.stdout) != "7cio4-7j2lx-6f3tp-mkfw7-t4amd-tjphs-hkits-6qa7x-hmnmx-yvwxk-nqe" {
-		t.Fatalf("icws identity on the Rust test key: %+v", r)
+	// A key file in ring's PKCS#8 v2 layout (the Rust gateway's data/key_pair) gives the
+	// self-authenticating principal of its key.
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(i + 1)
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	ring := append([]byte{0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20}, seed...)
+	ring = append(append(ring, 0xa1, 0x23, 0x03, 0x21, 0x00), priv.Public().(ed25519.PublicKey)...)
+	ringFile := filepath.Join(t.TempDir(), "key_pair")
+	if err := os.WriteFile(ringFile, ring, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = runIcws(t, []string{"ICWS_IDENTITY_FILE=" + ringFile}, "identity")
+	if want := principal.NewSelfAuthenticating(spki).String(); r.code != 0 || strings.TrimSpace(r.stdout) != want {
+		t.Fatalf("icws identity on a ring-format key: %+v, want %s", r, want)
 	}
 
 	// A corrupt key is an error (exit 1), and stays as it was.
