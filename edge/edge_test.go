@@ -102,12 +102,7 @@ func TestDeliveryOrderDedupAndGapFill(t *testing.T) {
 	v := newEnv(t)
 	p := v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	if seq, _ := c.next(); seq != 1 {
-		t.Fatal(seq)
-	}
+	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
 	// Out of order and duplicates on the live subject (core publish duplicates reach subscribers
 	// even when the stream de-duplicates them).

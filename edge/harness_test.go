@@ -144,13 +144,15 @@ func (c *client) key() protocol.ClientKey {
 }
 
 // openedClient is a new client of a random canister, connected to url, whose session is open and
-// whose open answer has been read.
+// whose open answer (seq 1) has been read.
 func openedClient(t testing.TB, v *env, url string, resume bool) *client {
 	t.Helper()
 	c := newClient(t, v.gw, randomCanister(t))
 	c.dial(url, resume)
 	c.open()
-	c.next()
+	if seq, _ := c.next(); seq != 1 {
+		t.Fatalf("first canister message has seq %d, want 1", seq)
+	}
 	return c
 }
 

@@ -16,12 +16,7 @@ import (
 // openResumable opens a resumable session, receives seq 1, sends n client messages and waits
 // until they are stored.
 func openResumable(t *testing.T, v *env, url string, n int) *client {
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(url, true)
-	c.open()
-	if s, _ := c.next(); s != 1 {
-		t.Fatalf("seq %d", s)
-	}
+	c := openedClient(t, v, url, true)
 	for i := 0; i < n; i++ {
 		c.send()
 	}

@@ -169,12 +169,7 @@ func TestGapFillOutOfOrderStream(t *testing.T) {
 	v := newEnv(t)
 	p := v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	if s, _ := c.next(); s != 1 {
-		t.Fatal(s)
-	}
+	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
 	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
 	e.testDropLive.Store(&drop)
@@ -322,12 +317,7 @@ func TestGapFillStartsAfterLastRead(t *testing.T) {
 	v := newEnv(t)
 	p := v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	if s, _ := c.next(); s != 1 {
-		t.Fatal(s)
-	}
+	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
 	for s := uint64(2); s <= 50; s++ {
 		p.publish(subj, s, 0)
@@ -381,10 +371,7 @@ func TestReusedClientKeyIsNotDeduplicated(t *testing.T) {
 	v := newEnv(t)
 	v.startPipeline(false)
 	e := v.startEdge(testConfig("e1"))
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	c.send()
 	waitFor(t, 5*time.Second, "open+message", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
@@ -440,10 +427,7 @@ func TestSendQueueByteLimit(t *testing.T) {
 	cfg.SendQueueBytes = 1 << 20
 	cfg.WriteTimeout = 3 * time.Second
 	e := v.startEdge(cfg)
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
 	// The client stops reading; large frames fill the socket buffers, then the queue.
 	go func() {
@@ -465,10 +449,7 @@ func TestPendingByteLimit(t *testing.T) {
 	cfg := testConfig("e1")
 	cfg.PendingBytes = 1
 	e := v.startEdge(cfg)
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
 	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
 	e.testDropLive.Store(&drop)
@@ -490,10 +471,7 @@ func TestClientRateLimit(t *testing.T) {
 	cfg.MaxClientRate = 1
 	cfg.MaxClientBurst = 3
 	e := v.startEdge(cfg)
-	c := newClient(t, v.gw, randomCanister(t))
-	c.dial(e.url, false)
-	c.open()
-	c.next()
+	c := openedClient(t, v, e.url, false)
 	for i := 0; i < 5; i++ {
 		c.seq++
 		f, err := protocol.EncodeClientFrame(c.messageEnvelope(c.seq, false))

@@ -100,6 +100,14 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 		backoff = min(2*backoff, p.cfg.BackoffMax)
 		return ok
 	}
+	// failFetch is fail for a ws_get_messages error, classified; false once ctx has ended.
+	failFetch := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		kind, msg := classify(err)
+		return fail(kind, msg, err)
+	}
 
 	var cur broker.CursorRecord
 	var rev uint64
@@ -126,11 +134,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 		}
 		res, err := p.fetch(ctx, c, from)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			kind, msg := classify(err)
-			if !fail(kind, msg, err) {
+			if !failFetch(err) {
 				return nil
 			}
 			continue
@@ -168,11 +172,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 			log.Warn("canister queue reset detected; resynchronising from its first retained message", "next_nonce", cur.NextNonce, "last_key", cur.LastKey, "epoch", cur.Epoch+1)
 			p.m.resets.WithLabelValues(id).Inc()
 			if res, err = p.fetch(ctx, c, 0); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				kind, msg := classify(err)
-				if !fail(kind, msg, err) {
+				if !failFetch(err) {
 					return nil
 				}
 				continue

@@ -100,7 +100,8 @@ type Envelope struct {
 	Signed bool
 }
 
-// EnvelopeContent holds the fields of an envelope's content that the gateway looks at.
+// EnvelopeContent holds the fields of a call or query content map, in the order agent-js writes
+// them: what the gateway reads of a client's envelope, and what SignEnvelope signs.
 type EnvelopeContent struct {
 	RequestType   string `cbor:"request_type"`
 	CanisterID    []byte `cbor:"canister_id"`
@@ -108,7 +109,7 @@ type EnvelopeContent struct {
 	Arg           []byte `cbor:"arg"`
 	Sender        []byte `cbor:"sender"`
 	IngressExpiry uint64 `cbor:"ingress_expiry"`
-	Nonce         []byte `cbor:"nonce"`
+	Nonce         []byte `cbor:"nonce,omitempty"`
 }
 
 type envelopeView struct {

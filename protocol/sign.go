@@ -28,17 +28,6 @@ type SignRequest struct {
 	Nonce         []byte // optional, at most 32 bytes
 }
 
-// callContent is the content map of a call or query, fields in the order agent-js writes them.
-type callContent struct {
-	RequestType   string `cbor:"request_type"`
-	CanisterID    []byte `cbor:"canister_id"`
-	MethodName    string `cbor:"method_name"`
-	Arg           []byte `cbor:"arg"`
-	Sender        []byte `cbor:"sender"`
-	IngressExpiry uint64 `cbor:"ingress_expiry"`
-	Nonce         []byte `cbor:"nonce,omitempty"`
-}
-
 type readStateContent struct {
 	RequestType   string     `cbor:"request_type"`
 	Paths         [][][]byte `cbor:"paths"`
@@ -81,7 +70,7 @@ func SignEnvelope(id identity.Identity, r SignRequest) ([]byte, RequestID, error
 		if arg == nil {
 			arg = []byte{}
 		}
-		content = callContent{
+		content = EnvelopeContent{
 			RequestType:   r.Type,
 			CanisterID:    r.Canister.Raw,
 			MethodName:    r.Method,
