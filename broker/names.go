@@ -80,6 +80,25 @@ func PollerLeaseKey(canister string) string { return "poller." + canister }
 // SubmitterLeaseKey is the leases-bucket key of the submitter lease for an ICWS_IN partition.
 func SubmitterLeaseKey(partition int) string { return "submitter." + strconv.Itoa(partition) }
 
+// Msg-Ids of ICWS_IN: "<kind>.<canister>.<client>.<session tag>[.<client seq>]". The session tag
+// (SessionRecord.Tag) keeps a new session's messages from being de-duplicated against an earlier
+// session of the same client key.
+
+// OpenMsgID is the Msg-Id of a session's ws_open envelope.
+func OpenMsgID(canister, client, tag string) string {
+	return "open." + canister + "." + client + "." + tag
+}
+
+// MessageMsgID is the Msg-Id of a session's ws_message envelope with client sequence number seq.
+func MessageMsgID(canister, client, tag string, seq uint64) string {
+	return "msg." + canister + "." + client + "." + tag + "." + strconv.FormatUint(seq, 10)
+}
+
+// CloseMsgID is the Msg-Id of a session's close request.
+func CloseMsgID(canister, client, tag string) string {
+	return "close." + canister + "." + client + "." + tag
+}
+
 // Headers.
 const (
 	// HeaderMsgID is JetStream's de-duplication header.
@@ -98,6 +117,9 @@ const (
 	HeaderNonce = "Icws-Nonce"
 	// HeaderEpoch names the canister queue generation (bumped on every detected queue reset).
 	HeaderEpoch = "Icws-Epoch"
+	// HeaderSessionTag carries SessionRecord.Tag on an ICWS_IN open message and on an open result,
+	// so a submitter confirms or refuses exactly the session that sent the envelope.
+	HeaderSessionTag = "Icws-Session-Tag"
 )
 
 // Kinds of ICWS_IN messages.
@@ -106,27 +128,6 @@ const (
 	KindMessage = "message"
 	KindClose   = "close"
 )
-
-// Session states.
-const (
-	SessionOpen     = "open"
-	SessionDetached = "detached"
-	SessionClosed   = "closed"
-)
-
-// SessionRecord is the value kept per client session in BucketSessions.
-type SessionRecord struct {
-	State      string    `json:"state"`
-	Canister   string    `json:"canister"`
-	Client     string    `json:"client"`
-	Edge       string    `json:"edge,omitempty"`
-	Resumable  bool      `json:"resumable"`
-	TokenHash  string    `json:"token_hash,omitempty"`
-	OpenedAt   time.Time `json:"opened_at"`
-	DetachedAt time.Time `json:"detached_at,omitzero"`
-	// Partition is the ICWS_IN partition of this client, fixed at open.
-	Partition int `json:"partition"`
-}
 
 // CursorRecord is the value kept per canister in BucketCursors.
 type CursorRecord struct {
@@ -166,3 +167,20 @@ func KickCanister(subject string) (string, bool) {
 // leader committed but had not applied are applied by its successor without being re-published to
 // the live subjects, so edges re-read the stream when it fires.
 const OutLeaderElectedAdvisory = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + StreamOut
+
+// Open results: the submitter that relayed a session's ws_open tells the session's edge how the
+// IC answered (core NATS; the session record says the same, so a lost message only costs the
+// edge a re-read). Body = SessionKey; headers HeaderSessionTag, HeaderOpenOutcome and, when
+// refused, HeaderOpenReason.
+const subjectOpenResultPrefix = "icws.opened."
+
+// OpenResultSubject is where the submitter reports ws_open outcomes to edge id.
+func OpenResultSubject(edgeID string) string { return subjectOpenResultPrefix + edgeID }
+
+// Open result headers and outcomes.
+const (
+	HeaderOpenOutcome = "Icws-Open-Outcome"
+	HeaderOpenReason  = "Icws-Open-Reason"
+	OpenConfirmed     = "confirmed"
+	OpenRefused       = "refused"
+)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+	"github.com/icws/icws/internal/config"
 )
 
 // Config is the edge role's configuration (envconfig tags; the caller applies the ICWS_ prefix).
@@ -39,6 +40,20 @@ type Config struct {
 	LeaseSkew        time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
 	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages per second one connection may send on average; more closes it with 1008"`
 	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
+
+	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average; more closes it with 1008"`
+	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above MAX_CLIENT_BYTES_RATE (at least MAX_MESSAGE_BYTES)"`
+	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"WebSocket connections one edge holds at once; further upgrade requests are answered 503"`
+	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge; more are answered 429"`
+	TrustedProxies          []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client address; empty = use the TCP peer address"`
+	MaxSessionsPerPrincipal int           `envconfig:"MAX_SESSIONS_PER_PRINCIPAL" default:"100" desc:"sessions one client principal may hold across the deployment; more ws_open calls are refused with 1008"`
+	MaxCanisters            int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
+	OpenConfirmTimeout      time.Duration `envconfig:"OPEN_CONFIRM_TIMEOUT" default:"6m" desc:"how long a session waits for the IC to execute its ws_open before the socket is closed (1011); the client's messages wait meanwhile"`
+	IngressMaxTTL           time.Duration `envconfig:"INGRESS_MAX_TTL" default:"5m" desc:"longest ingress_expiry ahead of now accepted on a client envelope (the IC's limit)"`
+	IngressDrift            time.Duration `envconfig:"INGRESS_DRIFT" default:"30s" desc:"clock drift allowance on the ingress_expiry window of client envelopes (the IC's allowance)"`
+	HTTPIdleTimeout         time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"30s" desc:"how long a keep-alive HTTP connection that never upgraded may stay idle"`
+	HTTPMaxHeaderBytes      int           `envconfig:"HTTP_MAX_HEADER_BYTES" default:"16384" desc:"largest HTTP request header accepted on the WebSocket port (431 above)"`
+	StreamAdmitPercent      int           `envconfig:"STREAM_ADMIT_PERCENT" default:"90" desc:"new sessions are refused (1013) while ICWS_IN or ICWS_OUT holds more than this percentage of its byte limit"`
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -65,6 +80,19 @@ func DefaultConfig() Config {
 		LeaseSkew:        time.Second,
 		MaxClientRate:    200,
 		MaxClientBurst:   2000,
+
+		MaxClientBytesRate:      1 << 20,
+		MaxClientBytesBurst:     8 << 20,
+		MaxConnections:          100000,
+		MaxConnectionsPerIP:     1000,
+		MaxSessionsPerPrincipal: 100,
+		MaxCanisters:            1000,
+		OpenConfirmTimeout:      6 * time.Minute,
+		IngressMaxTTL:           5 * time.Minute,
+		IngressDrift:            30 * time.Second,
+		HTTPIdleTimeout:         30 * time.Second,
+		HTTPMaxHeaderBytes:      16384,
+		StreamAdmitPercent:      90,
 	}
 }
 
@@ -146,6 +174,38 @@ func (c *Config) validate() error {
 	}
 	if c.MaxClientBurst < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BURST=%d: must be at least 1", c.MaxClientBurst))
+	}
+	if c.MaxClientBytesRate < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_RATE=%d: must be positive", c.MaxClientBytesRate))
+	}
+	if int64(c.MaxClientBytesBurst) < c.MaxMessageBytes {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_BURST=%d: must be at least ICWS_MAX_MESSAGE_BYTES (%d), or the largest frame could never pass", c.MaxClientBytesBurst, c.MaxMessageBytes))
+	}
+	for name, n := range map[string]int{
+		"ICWS_MAX_CONNECTIONS": c.MaxConnections, "ICWS_MAX_CONNECTIONS_PER_IP": c.MaxConnectionsPerIP,
+		"ICWS_MAX_SESSIONS_PER_PRINCIPAL": c.MaxSessionsPerPrincipal, "ICWS_MAX_CANISTERS": c.MaxCanisters,
+		"ICWS_HTTP_MAX_HEADER_BYTES": c.HTTPMaxHeaderBytes,
+	} {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s=%d: must be at least 1", name, n))
+		}
+	}
+	if c.StreamAdmitPercent < 1 || c.StreamAdmitPercent > 100 {
+		errs = append(errs, fmt.Errorf("ICWS_STREAM_ADMIT_PERCENT=%d: must be between 1 and 100", c.StreamAdmitPercent))
+	}
+	for name, d := range map[string]time.Duration{
+		"ICWS_OPEN_CONFIRM_TIMEOUT": c.OpenConfirmTimeout, "ICWS_INGRESS_MAX_TTL": c.IngressMaxTTL,
+		"ICWS_HTTP_IDLE_TIMEOUT": c.HTTPIdleTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%s: must be positive", name, d))
+		}
+	}
+	if c.IngressDrift < 0 {
+		errs = append(errs, fmt.Errorf("ICWS_INGRESS_DRIFT=%s: must not be negative", c.IngressDrift))
+	}
+	if _, err := parseProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("ICWS_TRUSTED_PROXIES: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -54,12 +53,22 @@ type conn struct {
 	partition int
 	inSubj    string
 	outSubj   string
-	sessTag   string // sessionTag of the session's record, part of every Nats-Msg-Id
+	principal string // client principal text
+	sessTag   string // SessionRecord.Tag of the session, part of every Nats-Msg-Id
+	openedAt  time.Time
 	sub       *nats.Subscription
+	addr      string // client address the connection is counted under
+	counted   bool   // counted in Edge.byPrincipal (guarded by Edge.mu)
+
+	// confirmed is closed once the IC has executed the session's ws_open; until then the
+	// client's messages wait (the session has no effect beyond this socket).
+	confirmed   chan struct{}
+	confirmOnce sync.Once
 
 	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
 	pubMu sync.Mutex
-	rate  tokenBucket // client messages (reader goroutine only)
+	rate      tokenBucket // client messages (reader goroutine only)
+	byteRate  byteBucket  // client bytes (reader goroutine only)
 
 	delivery
 	sendq
@@ -87,7 +96,10 @@ func (c *conn) setClose(code int, reason string) {
 }
 
 func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
-	c := &conn{e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get(protocol.ResumeQueryParam) == "1", gone: make(chan struct{}), closeSent: make(chan struct{})}
+	c := &conn{
+		e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get(protocol.ResumeQueryParam) == "1",
+		gone: make(chan struct{}), closeSent: make(chan struct{}), confirmed: make(chan struct{}),
+	}
 	c.sendq.limit = e.cfg.SendQueue
 	c.sendq.maxB = e.cfg.SendQueueBytes
 	return c
@@ -274,31 +286,43 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.ClosePolicyViolation, "icws: ws_open names another gateway: "+args.GatewayPrincipal.Encode(), "rejected")
 		return false
 	}
-	c.bind(canister, protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: ct.Sender}, ClientNonce: args.ClientNonce})
+	client := protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: ct.Sender}, ClientNonce: args.ClientNonce}
+	if code, reason, outcome := c.e.admitSession(canText, client.ClientPrincipal.Encode()); code != 0 {
+		c.reject(code, reason, outcome)
+		return false
+	}
+	c.bind(canister, client)
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
 	defer cancel()
-	rec := broker.SessionRecord{
+	// What the stream holds for this client key now belongs to earlier sessions.
+	outFrom, err := c.e.nextOutSeq(ctx, c.outSubj)
+	if err != nil {
+		c.e.log.Warn("open: read the client's stored messages", "session", c.key, "err", err)
+		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		return false
+	}
+	rec := &broker.SessionRecord{
 		State: broker.SessionOpen, Canister: c.canText, Client: c.clientTok, Edge: c.e.cfg.ID,
 		Resumable: c.resumeOpt, TokenHash: c.tokenHash, OpenedAt: time.Now().UTC(), Partition: c.partition,
+		OutFrom: outFrom,
 	}
-	val, _ := json.Marshal(rec)
-	rev, err := c.e.h.Sessions.Create(ctx, c.key, val)
-	if errors.Is(err, jetstream.ErrKeyExists) {
+	rev, err := c.e.sessions.Create(ctx, rec)
+	if errors.Is(err, broker.ErrSessionConflict) {
 		// A closed record is a finished session whose deletion is pending: the key is free again.
-		old, oldRev, gerr := c.e.getSession(ctx, c.key)
+		old, oldRev, gerr := c.e.sessions.Get(ctx, c.key)
 		switch {
 		case gerr != nil:
 			err = gerr
 		case old == nil:
-			rev, err = c.e.h.Sessions.Create(ctx, c.key, val)
+			rev, err = c.e.sessions.Create(ctx, rec)
 		case old.State == broker.SessionClosed:
 			// Its close request may not be out yet: publish it first, so the canister sees the
 			// old session end before the new one opens (the record is all that remembers it).
-			if err = c.e.publishClose(ctx, old, "session closed"); err == nil {
-				if rev, err = c.e.h.Sessions.Update(ctx, c.key, val, oldRev); err != nil {
+			if err = c.e.sessions.PublishClose(ctx, old, "session closed"); err == nil {
+				if rev, err = c.e.sessions.Put(ctx, rec, oldRev); err != nil {
 					// A sweeper finished and deleted the closed record meanwhile.
-					rev, err = c.e.h.Sessions.Create(ctx, c.key, val)
+					rev, err = c.e.sessions.Create(ctx, rec)
 				}
 			}
 		default:
@@ -311,28 +335,32 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return false
 	}
-	c.sessTag = sessionTag(&rec)
+	c.sessTag = rec.Tag()
+	c.openedAt = rec.OpenedAt
 	// Subscribe before the open goes out, so the OpenMessage cannot be missed.
 	c.next = 1
+	c.readFrom = outFrom
 	if err := c.subscribe(); err != nil {
 		c.e.log.Warn("subscribe", "subject", c.outSubj, "err", err)
-		_ = c.e.h.Sessions.Delete(ctx, c.key, jetstream.LastRevision(rev))
+		_ = c.e.sessions.Delete(ctx, c.key, rev)
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return false
 	}
 	msg := nats.NewMsg(c.inSubj)
 	msg.Header.Set(broker.HeaderKind, broker.KindOpen)
-	msg.Header.Set(broker.HeaderMsgID, "open."+c.canText+"."+c.clientTok+"."+c.sessTag)
+	msg.Header.Set(broker.HeaderSessionTag, c.sessTag)
+	msg.Header.Set(broker.HeaderMsgID, broker.OpenMsgID(c.canText, c.clientTok, c.sessTag))
 	msg.Data = env.Raw
 	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
 		c.e.log.Warn("publish open", "session", c.key, "err", err)
 		c.unsubscribe()
-		_ = c.e.h.Sessions.Delete(ctx, c.key, jetstream.LastRevision(rev))
-		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		_ = c.e.sessions.Delete(ctx, c.key, rev)
+		code, reason := publishFailure(err)
+		c.reject(code, reason, "error")
 		return false
 	}
 	c.e.m.connectionsTotal.WithLabelValues("open").Inc()
-	c.e.log.Info("session open", "client", c.clientTok, "canister", c.canText, "resumable", c.resumeOpt, "remote", c.remote)
+	c.e.log.Debug("session opening", "client", c.clientTok, "canister", c.canText, "resumable", c.resumeOpt, "remote", c.remote)
 	return true
 }
 
@@ -349,6 +377,7 @@ func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
 	c.canText = canister.Encode()
 	c.client = client
 	c.clientTok = client.Token()
+	c.principal = client.ClientPrincipal.Encode()
 	c.key = broker.SessionKey(c.canText, c.clientTok)
 	c.partition = broker.Partition(c.canText, c.clientTok, c.e.h.Partitions)
 	c.inSubj = broker.InSubject(c.partition, c.canText, c.clientTok)
@@ -412,9 +441,15 @@ func (c *conn) readLoop() string {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
 			return "text frame"
 		}
-		if !c.rate.allow(time.Now(), c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
+		now := time.Now()
+		if !c.rate.allow(now, c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 			return "client message rate exceeded"
+		}
+		if !c.byteRate.allow(now, len(frame), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
+			c.e.m.refused.WithLabelValues("byte_rate").Inc()
+			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
+			return "client byte rate exceeded"
 		}
 		code, reason := c.relay(frame)
 		if code != 0 {
@@ -451,9 +486,12 @@ func (c *conn) relay(frame []byte) (int, string) {
 	msg.Header.Set(broker.HeaderKind, broker.KindMessage)
 	seqText := strconv.FormatUint(seq, 10)
 	msg.Header.Set(broker.HeaderClientSeq, seqText)
-	msg.Header.Set(broker.HeaderMsgID, "msg."+c.canText+"."+c.clientTok+"."+c.sessTag+"."+seqText)
+	msg.Header.Set(broker.HeaderMsgID, broker.MessageMsgID(c.canText, c.clientTok, c.sessTag, seq))
 	msg.Data = env.Raw
 
+	if code, reason := c.awaitConfirmed(); code != 0 {
+		return code, reason
+	}
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
 	if c.isGone() {
@@ -463,7 +501,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 	defer cancel()
 	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
 		c.e.log.Warn("relay envelope", "session", c.key, "err", err)
-		return websocket.CloseInternalServerErr, "icws: gateway unavailable"
+		return publishFailure(err)
 	}
 	return 0, ""
 }
@@ -503,13 +541,13 @@ func (c *conn) teardown(reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.DrainTimeout)
 	defer cancel()
 	for attempt := 0; attempt < 3; attempt++ {
-		rec, rev, err := c.e.getSession(ctx, c.key)
+		rec, rev, err := c.e.sessions.Get(ctx, c.key)
 		if err != nil {
 			log.Warn("session end: read record", "err", err)
 			return
 		}
 		if rec == nil || rec.Edge != c.e.cfg.ID || rec.TokenHash != c.tokenHash || rec.State == broker.SessionClosed {
-			log.Info("session end: record no longer ours")
+			log.Debug("session end: record no longer ours")
 			return
 		}
 		if rec.Resumable && !force {
@@ -517,20 +555,96 @@ func (c *conn) teardown(reason string) {
 				return
 			}
 			rec.State, rec.DetachedAt = broker.SessionDetached, time.Now().UTC()
-			if _, err := c.e.putSession(ctx, c.key, rec, rev); err != nil {
+			if _, err := c.e.sessions.Put(ctx, rec, rev); err != nil {
 				continue
 			}
 			log.Info("session detached", "grace", c.e.cfg.ResumeGrace)
 			return
 		}
 		rec.State = broker.SessionClosed
-		nrev, err := c.e.putSession(ctx, c.key, rec, rev)
+		nrev, err := c.e.sessions.Put(ctx, rec, rev)
 		if err != nil {
 			continue
 		}
-		c.e.finishSession(ctx, c.key, rec, nrev, reason)
+		c.e.finishSession(ctx, rec, nrev, reason)
 		log.Info("session closed")
 		return
 	}
 	log.Warn("session end: record kept changing; left to the sweeper")
+}
+
+// confirm records that the IC executed the session's ws_open: the client's messages flow.
+func (c *conn) confirm() {
+	c.confirmOnce.Do(func() {
+		close(c.confirmed)
+		c.e.m.opens.WithLabelValues("confirmed").Inc()
+	})
+}
+
+func (c *conn) isConfirmed() bool {
+	select {
+	case <-c.confirmed:
+		return true
+	default:
+		return false
+	}
+}
+
+// refuse ends a session whose ws_open the canister refused. The submitter has removed its record
+// already, so teardown finds nothing to detach or close.
+func (c *conn) refuse(reason string) {
+	c.e.m.opens.WithLabelValues("refused").Inc()
+	c.e.log.Info("ws_open refused by the canister", "client", c.clientTok, "canister", c.canText, "reason", reason)
+	c.closeWith(websocket.ClosePolicyViolation, "icws: the canister refused ws_open: "+reason)
+}
+
+// awaitConfirmed blocks a client message until the session's ws_open is confirmed. The
+// submitter's report is the fast path; the session record is re-read every sweep interval in
+// case that report was lost. It returns a close code when the session must end instead.
+func (c *conn) awaitConfirmed() (int, string) {
+	if c.isConfirmed() {
+		return 0, ""
+	}
+	deadline := time.NewTimer(time.Until(c.openedAt.Add(c.e.cfg.OpenConfirmTimeout)))
+	defer deadline.Stop()
+	tick := time.NewTicker(c.e.cfg.SweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.confirmed:
+			return 0, ""
+		case <-c.gone:
+			return 0, "" // the caller sees the socket closing
+		case <-deadline.C:
+			c.e.m.opens.WithLabelValues("timeout").Inc()
+			return websocket.CloseInternalServerErr, "icws: ws_open was not executed in time"
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
+			rec, _, err := c.e.sessions.Get(ctx, c.key)
+			cancel()
+			switch {
+			case err != nil:
+				// NATS unreachable: keep waiting, the deadline bounds it.
+			case rec == nil || rec.Tag() != c.sessTag:
+				c.e.m.opens.WithLabelValues("refused").Inc()
+				return websocket.ClosePolicyViolation, "icws: the canister refused ws_open"
+			case rec.Confirmed:
+				c.confirm()
+				return 0, ""
+			}
+		}
+	}
+}
+
+// nextOutSeq is the ICWS_OUT stream sequence after the last message stored on subject (1 if
+// none): a session that opens now owns nothing stored before it.
+func (e *Edge) nextOutSeq(ctx context.Context, subject string) (uint64, error) {
+	m, err := e.h.Out.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 1, nil
+	case err != nil:
+		return 0, fmt.Errorf("last message on %s: %w", subject, err)
+	}
+	return m.Sequence + 1, nil
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,13 +53,21 @@ type Edge struct {
 	upgrader  websocket.Upgrader
 	canisters map[string]bool
 	origins   map[string]bool
+	proxies   []netip.Prefix
+	sessions  *broker.Sessions
+	index     *sessionIndex
 
-	mu       sync.RWMutex
-	bySub    map[*nats.Subscription]*conn // live delivery routing
-	byKey    map[string]*conn             // bound sessions by SessionKey
-	conns    map[*conn]struct{}           // every socket, for drain
-	running  bool
-	draining bool
+	mu          sync.RWMutex
+	bySub       map[*nats.Subscription]*conn // live delivery routing
+	byKey       map[string]*conn             // bound sessions by SessionKey
+	conns       map[*conn]struct{}           // every socket, for drain
+	byAddr      map[string]int               // connections (and upgrades under way) per client address
+	byPrincipal map[string]int               // bound sessions per client principal on this edge
+	upgrading   int                          // admitted connections not yet in conns
+	running     bool
+	draining    bool
+	// streamsFull names a stream above StreamAdmitPercent of its byte limit (nil: room left).
+	streamsFull atomic.Pointer[string]
 
 	shards  []chan *nats.Msg
 	connWG  sync.WaitGroup
@@ -98,11 +108,14 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge: register metrics: %w", err)
 	}
+	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
 		cfg: cfg, nc: deps.NC, js: deps.JS, h: h, gateway: deps.Gateway, handshake: hs,
-		log: deps.Logger.With("role", "edge", "edge", cfg.ID), m: m,
-		canisters: map[string]bool{}, origins: map[string]bool{},
-		bySub: map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
+		log: deps.Logger.With("edge", cfg.ID), m: m,
+		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
+		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
+		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
+		byAddr: map[string]int{}, byPrincipal: map[string]int{},
 	}
 	for _, c := range cfg.Canisters {
 		e.canisters[c] = true
@@ -179,6 +192,12 @@ func (e *Edge) Run(ctx context.Context) error {
 		return fmt.Errorf("edge: subscribe control subject: %w", err)
 	}
 	defer func() { _ = ctl.Unsubscribe() }()
+	opened, err := e.nc.Subscribe(broker.OpenResultSubject(e.cfg.ID), e.onOpenResult)
+	if err != nil {
+		_ = ctl.Unsubscribe()
+		return fmt.Errorf("edge: subscribe to open results: %w", err)
+	}
+	defer func() { _ = opened.Unsubscribe() }()
 
 	var bgWG sync.WaitGroup
 	for _, ch := range e.shards {
@@ -197,7 +216,8 @@ func (e *Edge) Run(ctx context.Context) error {
 	defer func() { _ = leaderSub.Unsubscribe() }()
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); e.watchLeaderChanges(bg, leader) }()
-	bgWG.Add(3)
+	bgWG.Add(4)
+	go func() { defer bgWG.Done(); e.watchStreams(bg) }()
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()
 	go func() { defer bgWG.Done(); e.sweep(bg) }()
@@ -223,7 +243,12 @@ func (e *Edge) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           e.Handler(),
 		ReadHeaderTimeout: e.cfg.HandshakeTimeout,
-		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		// Requests that never upgrade must not hold a socket: the whole request within the
+		// handshake timeout, idle keep-alive connections closed after HTTPIdleTimeout.
+		ReadTimeout:    e.cfg.HandshakeTimeout,
+		IdleTimeout:    e.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes: e.cfg.HTTPMaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	e.mu.Lock()
 	e.running = true
@@ -290,15 +315,40 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "icws edge not serving", http.StatusServiceUnavailable)
 		return
 	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		// Nothing but WebSockets is served here; the connection is not kept for another request.
+		e.m.refused.WithLabelValues("not_upgrade").Inc()
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "icws: this endpoint serves WebSocket upgrades only", http.StatusUpgradeRequired)
+		return
+	}
+	addr := e.clientAddr(r)
+	if !e.admitConn(w, addr) {
+		return
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			e.mu.Lock()
+			e.upgrading--
+			e.mu.Unlock()
+			e.releaseConn(addr)
+		}
+	}()
 	ws, err := e.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		e.m.connectionsTotal.WithLabelValues("upgrade_failed").Inc()
 		return // the upgrader has answered
 	}
 	c := newConn(e, ws, r)
+	c.addr = addr
 	e.mu.Lock()
+	e.upgrading--
+	admitted = false
 	if e.draining {
 		e.mu.Unlock()
+		e.releaseConn(addr)
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "icws: edge draining"), time.Now().Add(time.Second))
 		_ = ws.Close()
 		return
@@ -307,20 +357,38 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	e.connWG.Add(1)
 	e.mu.Unlock()
 	e.m.connections.Inc()
+	var doneOnce sync.Once
 	done := func() {
-		c.closeSocket()
-		e.mu.Lock()
-		delete(e.conns, c)
-		e.mu.Unlock()
-		e.m.connections.Dec()
-		e.connWG.Done()
+		doneOnce.Do(func() {
+			c.closeSocket()
+			e.mu.Lock()
+			delete(e.conns, c)
+			e.mu.Unlock()
+			e.releaseConn(addr)
+			e.m.connections.Dec()
+			e.connWG.Done()
+		})
 	}
-	if !c.start() {
+	started := false
+	func() {
+		defer safe.Recover(e.log, e.m.panics.WithLabelValues("open"), "connection", func() {
+			c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
+			if c.bound {
+				c.teardown("internal error")
+			}
+		})
+		started = c.start()
+	}()
+	if !started {
 		done()
 		return
 	}
 	go func() {
 		defer done()
+		defer safe.Recover(e.log, e.m.panics.WithLabelValues("read"), "connection", func() {
+			c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
+			c.teardown("internal error")
+		})
 		c.run()
 	}()
 }
@@ -364,9 +432,30 @@ func (e *Edge) onControl(msg *nats.Msg) {
 	}()
 }
 
+// onOpenResult handles a submitter's report of how the IC answered a session's ws_open.
+func (e *Edge) onOpenResult(msg *nats.Msg) {
+	tag := msg.Header.Get(broker.HeaderSessionTag)
+	e.mu.RLock()
+	c := e.byKey[string(msg.Data)]
+	e.mu.RUnlock()
+	if c == nil || c.sessTag != tag {
+		return // another session of the key, or the socket is gone (the record says the rest)
+	}
+	switch msg.Header.Get(broker.HeaderOpenOutcome) {
+	case broker.OpenConfirmed:
+		c.confirm()
+	case broker.OpenRefused:
+		c.refuse(msg.Header.Get(broker.HeaderOpenReason))
+	}
+}
+
 func (e *Edge) register(c *conn, sub *nats.Subscription) (old *conn) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if !c.counted {
+		c.counted = true
+		e.byPrincipal[c.principal]++
+	}
 	e.bySub[sub] = c
 	old = e.byKey[c.key]
 	e.byKey[c.key] = c
@@ -379,6 +468,10 @@ func (e *Edge) register(c *conn, sub *nats.Subscription) (old *conn) {
 func (e *Edge) unregister(c *conn) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if c.counted {
+		c.counted = false
+		decrement(e.byPrincipal, c.principal)
+	}
 	if c.sub != nil {
 		delete(e.bySub, c.sub)
 	}

@@ -10,7 +10,9 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +35,10 @@ type env struct {
 	js jetstream.JetStream
 	h  *broker.Handles
 	gw principal.Principal
+	// refuseOpens, when set, makes the stand-in submitter refuse every ws_open with this reason.
+	refuseOpens atomic.Pointer[string]
+	// holdOpens, when set, makes the stand-in submitter leave ws_open outcomes unrecorded.
+	holdOpens atomic.Bool
 }
 
 func startNATS(t testing.TB) (*nats.Conn, jetstream.JetStream) {
@@ -52,7 +58,60 @@ func newEnv(t testing.TB) *env {
 
 func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *broker.Handles) *env {
 	id := testkit.NewIdentity(t)
-	return &env{t: t, nc: nc, js: js, h: h, gw: id.Sender()}
+	v := &env{t: t, nc: nc, js: js, h: h, gw: id.Sender()}
+	v.settleOpens()
+	return v
+}
+
+// settleOpens stands in for the submitter's part of opening a session: it sees each ws_open as
+// it is stored in ICWS_IN and records the IC's answer (confirmed, or refused when refuseOpens is
+// set) in the session record, then tells the session's edge.
+func (v *env) settleOpens() {
+	sessions := broker.NewSessions(v.h.Sessions, v.js)
+	sub, err := v.nc.Subscribe(broker.SubjectInAll, func(m *nats.Msg) {
+		if m.Header.Get(broker.HeaderKind) != broker.KindOpen || v.holdOpens.Load() {
+			return
+		}
+		toks := strings.Split(m.Subject, ".")
+		key, tag := broker.SessionKey(toks[3], toks[4]), m.Header.Get(broker.HeaderSessionTag)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			reason := v.refuseOpens.Load()
+			var edgeID string
+			_, _, err := sessions.Modify(ctx, key, 10, func(rec *broker.SessionRecord) (bool, error) {
+				if rec == nil || rec.Tag() != tag {
+					return false, nil
+				}
+				edgeID = rec.Edge
+				if reason != nil {
+					return false, nil
+				}
+				rec.Confirmed = true
+				return true, nil
+			})
+			if err != nil || edgeID == "" {
+				return
+			}
+			res := nats.NewMsg(broker.OpenResultSubject(edgeID))
+			res.Data = []byte(key)
+			res.Header.Set(broker.HeaderSessionTag, tag)
+			if reason != nil {
+				if rec, rev, err := sessions.Get(ctx, key); err == nil && rec != nil {
+					_ = sessions.Delete(ctx, key, rev)
+				}
+				res.Header.Set(broker.HeaderOpenOutcome, broker.OpenRefused)
+				res.Header.Set(broker.HeaderOpenReason, *reason)
+			} else {
+				res.Header.Set(broker.HeaderOpenOutcome, broker.OpenConfirmed)
+			}
+			_ = v.nc.PublishMsg(res)
+		}()
+	})
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	v.t.Cleanup(func() { _ = sub.Unsubscribe() })
 }
 
 type runningEdge struct {
@@ -320,7 +379,8 @@ type pipeline struct {
 	js     jetstream.JetStream
 	gw     principal.Principal
 	mu     sync.Mutex
-	seq    map[string]uint64 // OUT subject → last seq published
+	seq    map[string]uint64 // OUT subject → last seq published in the current session
+	opens  map[string]int    // OUT subject → sessions opened (a new session restarts at seq 1)
 	paused bool
 	held   []*nats.Msg
 	sub    *nats.Subscription
@@ -328,7 +388,7 @@ type pipeline struct {
 }
 
 func (v *env) startPipeline(echo bool) *pipeline {
-	p := &pipeline{t: v.t, js: v.js, gw: v.gw, seq: map[string]uint64{}, echo: echo}
+	p := &pipeline{t: v.t, js: v.js, gw: v.gw, seq: map[string]uint64{}, opens: map[string]int{}, echo: echo}
 	sub, err := v.nc.Subscribe(broker.SubjectInAll, p.onIn)
 	if err != nil {
 		v.t.Fatal(err)
@@ -364,7 +424,13 @@ func (p *pipeline) onIn(m *nats.Msg) {
 	p.mu.Unlock()
 	switch m.Header.Get(broker.HeaderKind) {
 	case broker.KindOpen:
-		p.publishNext(outSubjectOf(m.Subject))
+		// Like the CDK, a new session of a client key starts its sequence numbers again.
+		subj := outSubjectOf(m.Subject)
+		p.mu.Lock()
+		p.seq[subj] = 0
+		p.opens[subj]++
+		p.mu.Unlock()
+		p.publishNext(subj)
 	case broker.KindMessage:
 		if p.echo {
 			p.publishNext(outSubjectOf(m.Subject))
@@ -411,7 +477,13 @@ func (p *pipeline) publishNext(subject string) uint64 {
 func (p *pipeline) publish(subject string, seq uint64, pad int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := p.js.PublishMsg(ctx, outMsg(p.gw, subject, seq, pad)); err != nil {
+	m := outMsg(p.gw, subject, seq, pad)
+	p.mu.Lock()
+	// The canister's queue nonce differs between sessions; here the seq stands in for it, so the
+	// session count keeps the Msg-Ids of a reused client key apart.
+	m.Header.Set(broker.HeaderMsgID, m.Header.Get(broker.HeaderMsgID)+"."+strconv.Itoa(p.opens[subject]))
+	p.mu.Unlock()
+	if _, err := p.js.PublishMsg(ctx, m); err != nil {
 		p.t.Errorf("publish out: %v", err)
 	}
 }

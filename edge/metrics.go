@@ -15,6 +15,9 @@ type metrics struct {
 	replayLatency    prometheus.Histogram
 	gapFills         prometheus.Counter
 	sweeps           *prometheus.CounterVec // action
+	refused          *prometheus.CounterVec // reason
+	panics           *prometheus.CounterVec // where
+	opens            *prometheus.CounterVec // result of ws_open at the IC
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -35,12 +38,18 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		gapFills: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_gap_fills_total", Help: "reads from ICWS_OUT started to fill a sequence gap"}),
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_sweeper_actions_total",
 			Help: "sessions acted on by the sweeper (expired, detached_dead_edge, closed_dead_edge, finished)"}, []string{"action"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_refused_total",
+			Help: "connections and sessions refused by a limit or a failed check, by reason (max_connections, max_connections_per_ip, max_sessions_per_principal, max_canisters, streams_full, not_upgrade, forged_envelope, byte_rate)"}, []string{"reason"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_panics_total",
+			Help: "panics recovered while handling one connection (the connection was closed), by where"}, []string{"where"}),
+		opens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_open_results_total",
+			Help: "sessions by the IC's answer to their ws_open (confirmed, refused, timeout)"}, []string{"result"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.framesIn, m.framesOut, m.bytesIn,
-		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps} {
+		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -4,7 +4,10 @@ import "time"
 
 // reasonRateExceeded closes (1008) a connection that sends more than MaxClientRate messages per
 // second beyond its MaxClientBurst: one client must not flood ICWS_IN.
-const reasonRateExceeded = "icws: client message rate exceeded"
+const (
+	reasonRateExceeded     = "icws: client message rate exceeded"
+	reasonByteRateExceeded = "icws: client byte rate exceeded"
+)
 
 // tokenBucket limits a connection's client messages. Only the connection's reader uses it, so it
 // needs no lock; the zero value starts full.

@@ -47,7 +47,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 	var prev broker.SessionRecord
 	rebound := false
 	for attempt := 0; attempt < 3 && !rebound; attempt++ {
-		rec, rev, err := c.e.getSession(ctx, c.key)
+		rec, rev, err := c.e.sessions.Get(ctx, c.key)
 		if err != nil {
 			c.e.m.resumes.WithLabelValues("error").Inc()
 			c.e.log.Warn("resume: read session", "session", c.key, "err", err)
@@ -66,12 +66,13 @@ func (c *conn) resume(req *resumeRequest) bool {
 		case rec.State == broker.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
 			return fail("grace period over")
 		}
-		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil {
+		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil && last.Sequence >= rec.OutFrom {
 			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
 			}
-		} else if errors.Is(err, jetstream.ErrMsgNotFound) {
-			// Nothing stored: the client cannot have verified anything the gateway delivered.
+		} else if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
+			// Nothing stored for this session: the client cannot have verified anything the
+			// gateway delivered.
 			if req.LastSeq > 0 {
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number 0")
 			}
@@ -82,7 +83,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 		}
 		prev = *rec
 		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = broker.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
-		if _, err := c.e.putSession(ctx, c.key, rec, rev); err == nil {
+		if _, err := c.e.sessions.Put(ctx, rec, rev); err == nil {
 			rebound = true
 		}
 	}
@@ -97,7 +98,11 @@ func (c *conn) resume(req *resumeRequest) bool {
 		return fail("the gateway was repartitioned since the session opened")
 	}
 	c.bound = true
-	c.sessTag = sessionTag(&prev)
+	c.sessTag = prev.Tag()
+	c.openedAt = prev.OpenedAt
+	if prev.Confirmed {
+		c.confirm()
+	}
 	c.partition = prev.Partition
 	c.inSubj = broker.InSubject(prev.Partition, c.canText, c.clientTok)
 
@@ -140,6 +145,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 	// Race-free replay: the live subscription buffers (filling = true) before history is read.
 	c.dmu.Lock()
 	c.next = req.LastSeq + 1
+	c.readFrom = prev.OutFrom
 	c.filling = true
 	c.resumedFrame = resumed
 	c.resumeStart = start

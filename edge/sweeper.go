@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/icws/icws/broker"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -66,26 +64,16 @@ func (e *Edge) renewLease(ctx context.Context, rev uint64) {
 	}
 }
 
-type sessionIndexEntry struct {
-	state      string
-	edge       string
-	resumable  bool
-	detachedAt time.Time
-}
-
-// sweep keeps an index of all sessions (one KV watcher per edge) and periodically acts on those
+// sweep keeps the session index (one KV watcher per edge) and periodically acts on the sessions
 // that need it: detached sessions past their grace, sessions of edges whose lease expired, and
 // closed sessions whose close request still has to be published. Every action is a compare-and-set
 // on the session record, so when several edges race, exactly one acts.
 func (e *Edge) sweep(ctx context.Context) {
-	idx := map[string]sessionIndexEntry{}
 	orphans := map[string]time.Time{}
 	var updates <-chan jetstream.KeyValueEntry
 	var w jetstream.KeyWatcher
 	startWatch := func() {
-		// A new watch replays every current key: forget what the old one reported, or keys
-		// deleted while no watch ran would stay in the index forever.
-		clear(idx)
+		e.index.reset()
 		clear(orphans)
 		var err error
 		w, err = e.h.Sessions.WatchAll(ctx)
@@ -117,14 +105,14 @@ func (e *Edge) sweep(ctx context.Context) {
 				continue // initial values done
 			}
 			if ent.Operation() != jetstream.KeyValuePut {
-				delete(idx, ent.Key())
+				e.index.remove(ent.Key())
 				continue
 			}
-			var rec broker.SessionRecord
-			if json.Unmarshal(ent.Value(), &rec) != nil {
+			rec, err := broker.DecodeSessionRecord(ent.Value())
+			if err != nil {
 				continue
 			}
-			idx[ent.Key()] = sessionIndexEntry{state: rec.State, edge: rec.Edge, resumable: rec.Resumable, detachedAt: rec.DetachedAt}
+			e.index.put(ent.Key(), indexEntryOf(rec))
 		case <-t.C:
 			if updates == nil {
 				if w != nil {
@@ -132,7 +120,7 @@ func (e *Edge) sweep(ctx context.Context) {
 				}
 				startWatch()
 			}
-			e.sweepOnce(ctx, idx, orphans)
+			e.sweepOnce(ctx, orphans)
 			e.checkDrops()
 		}
 	}
@@ -158,7 +146,7 @@ func (e *Edge) holdsSocket(key string, rec *broker.SessionRecord) bool {
 	return c != nil && rec.Edge == e.cfg.ID && c.tokenHash == rec.TokenHash && !c.isGone()
 }
 
-func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, orphans map[string]time.Time) {
+func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 	now := time.Now()
 	alive := map[string]bool{e.cfg.ID: true}
 	edgeAlive := func(id string) bool {
@@ -177,22 +165,42 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, 
 		return v
 	}
 	for key := range orphans {
-		if s, ok := idx[key]; !ok || s.state != broker.SessionOpen || s.edge != e.cfg.ID {
+		if s, ok := e.index.get(key); !ok || s.state != broker.SessionOpen || s.edge != e.cfg.ID {
 			delete(orphans, key)
 		}
 	}
+	// Candidates are picked under the index's lock; lease look-ups and record changes happen after.
+	type candidate struct {
+		key string
+		s   sessionIndexEntry
+	}
+	var cands []candidate
+	e.index.each(func(key string, s sessionIndexEntry) bool {
+		switch s.state {
+		case broker.SessionDetached:
+			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace && !(s.edge == e.cfg.ID && e.hasLocal(key)) {
+				return true
+			}
+		case broker.SessionClosed, broker.SessionOpen:
+		default:
+			return true
+		}
+		cands = append(cands, candidate{key, s})
+		return true
+	})
 	budget := e.cfg.SweepBatch
-	for key, s := range idx {
+	for _, cd := range cands {
 		if budget == 0 || ctx.Err() != nil {
 			return
 		}
+		key, s := cd.key, cd.s
 		mine := s.edge == e.cfg.ID
 		switch s.state {
 		case broker.SessionDetached:
 			if mine && e.hasLocal(key) {
 				break // detached by another edge while our lease had lapsed: sweepSession reclaims it
 			}
-			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace || !(mine || !edgeAlive(s.edge)) {
+			if !(mine || !edgeAlive(s.edge)) {
 				continue
 			}
 		case broker.SessionClosed:
@@ -217,8 +225,6 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, 
 			} else if edgeAlive(s.edge) {
 				continue
 			}
-		default:
-			continue
 		}
 		budget--
 		e.sweepSession(ctx, key)
@@ -230,7 +236,7 @@ func (e *Edge) sweepOnce(ctx context.Context, idx map[string]sessionIndexEntry, 
 func (e *Edge) sweepSession(ctx context.Context, key string) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.WriteTimeout)
 	defer cancel()
-	rec, rev, err := e.getSession(ctx, key)
+	rec, rev, err := e.sessions.Get(ctx, key)
 	if err != nil || rec == nil {
 		return
 	}
@@ -242,24 +248,24 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 		}
 		if rec.Resumable {
 			rec.State, rec.DetachedAt = broker.SessionDetached, now
-			if _, err := e.putSession(ctx, key, rec, rev); err == nil {
+			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("detached_dead_edge").Inc()
 				e.log.Info("session detached: its edge is gone", "session", key, "dead_edge", rec.Edge)
 			}
 			return
 		}
 		rec.State = broker.SessionClosed
-		if rev, err = e.putSession(ctx, key, rec, rev); err != nil {
+		if rev, err = e.sessions.Put(ctx, rec, rev); err != nil {
 			return
 		}
 		e.m.sweeps.WithLabelValues("closed_dead_edge").Inc()
-		e.finishSession(ctx, key, rec, rev, "edge gone")
+		e.finishSession(ctx, rec, rev, "edge gone")
 	case broker.SessionDetached:
 		if e.holdsSocket(key, rec) {
 			// Another edge detached it while our lease had lapsed (NATS blip), but the socket is
 			// still here and relaying: the session is open, not to be closed.
 			rec.State, rec.DetachedAt = broker.SessionOpen, time.Time{}
-			if _, err := e.putSession(ctx, key, rec, rev); err == nil {
+			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("reclaimed").Inc()
 				e.log.Info("session reclaimed: its socket is still here", "session", key)
 			}
@@ -269,73 +275,23 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 			return
 		}
 		rec.State = broker.SessionClosed
-		if rev, err = e.putSession(ctx, key, rec, rev); err != nil {
+		if rev, err = e.sessions.Put(ctx, rec, rev); err != nil {
 			return
 		}
 		e.m.sweeps.WithLabelValues("expired").Inc()
 		e.log.Info("session closed: resume grace over", "session", key, "canister", rec.Canister, "client", rec.Client)
-		e.finishSession(ctx, key, rec, rev, "resume grace over")
+		e.finishSession(ctx, rec, rev, "resume grace over")
 	case broker.SessionClosed:
 		e.m.sweeps.WithLabelValues("finished").Inc()
-		e.finishSession(ctx, key, rec, rev, "session closed")
+		e.finishSession(ctx, rec, rev, "session closed")
 	}
 }
 
-// finishSession publishes the close request for a session already marked closed (so nobody else
-// touches it) and deletes the record. If publishing fails the record stays closed and a later sweep
-// retries; the close request is de-duplicated by its Nats-Msg-Id.
-func (e *Edge) finishSession(ctx context.Context, key string, rec *broker.SessionRecord, rev uint64, reason string) {
-	if err := e.publishClose(ctx, rec, reason); err != nil {
-		e.log.Warn("publish close request", "session", key, "err", err)
-		return
+// finishSession ends a session already marked closed: close request published, record deleted.
+// If publishing fails the record stays closed and a later sweep retries; the close request is
+// de-duplicated by its Nats-Msg-Id.
+func (e *Edge) finishSession(ctx context.Context, rec *broker.SessionRecord, rev uint64, reason string) {
+	if err := e.sessions.Finish(ctx, rec, rev, reason); err != nil {
+		e.log.Debug("finish session", "session", rec.Key(), "err", err)
 	}
-	if err := e.h.Sessions.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
-		e.log.Debug("delete session", "session", key, "err", err)
-	}
-}
-
-func (e *Edge) getSession(ctx context.Context, key string) (*broker.SessionRecord, uint64, error) {
-	ent, err := e.h.Sessions.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("get session %s: %w", key, err)
-	}
-	var rec broker.SessionRecord
-	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
-		return nil, 0, fmt.Errorf("session %s: bad record: %w", key, err)
-	}
-	return &rec, ent.Revision(), nil
-}
-
-func (e *Edge) putSession(ctx context.Context, key string, rec *broker.SessionRecord, rev uint64) (uint64, error) {
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return 0, err
-	}
-	nrev, err := e.h.Sessions.Update(ctx, key, val, rev)
-	if err != nil {
-		return 0, fmt.Errorf("update session %s: %w", key, err)
-	}
-	return nrev, nil
-}
-
-func (e *Edge) publishClose(ctx context.Context, rec *broker.SessionRecord, reason string) error {
-	msg := nats.NewMsg(broker.InSubject(rec.Partition, rec.Canister, rec.Client))
-	msg.Header.Set(broker.HeaderKind, broker.KindClose)
-	msg.Header.Set(broker.HeaderCloseReason, reason)
-	msg.Header.Set(broker.HeaderMsgID, "close."+rec.Canister+"."+rec.Client+"."+sessionTag(rec))
-	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("publish close request for %s.%s: %w", rec.Canister, rec.Client, err)
-	}
-	return nil
-}
-
-// sessionTag tells apart sessions that reuse a client key: it goes into every Nats-Msg-Id the edge
-// publishes for the session, so JetStream's de-duplication (ICWS_DUPLICATE_WINDOW) never mistakes
-// a new session's open, messages or close for the previous session's. It survives resumes (the
-// record keeps OpenedAt), so re-sent messages of one session are still de-duplicated.
-func sessionTag(rec *broker.SessionRecord) string {
-	return strconv.FormatInt(rec.OpenedAt.UnixNano(), 10)
 }

@@ -22,6 +22,7 @@ type Config struct {
 	Linger         time.Duration `envconfig:"POLL_LINGER" default:"5s" desc:"how long a canister is still polled after its last session is gone"`
 	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
 	KickMinGap     time.Duration `envconfig:"POLL_KICK_MIN_GAP" default:"5ms" desc:"least time between two polls of a canister when submitters announce executed calls (poll kicks); 0 polls at once"`
+	MaxCanisters   int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
 	// ReadyWindow: Ready fails when polls have been failing for longer than this.
 	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
 }
@@ -48,6 +49,9 @@ func (c Config) withDefaults() Config {
 	def(&c.Linger, 5*time.Second)
 	def(&c.PublishTimeout, 5*time.Second)
 	def(&c.ReadyWindow, 30*time.Second)
+	if c.MaxCanisters == 0 {
+		c.MaxCanisters = 1000
+	}
 	return c
 }
 
@@ -67,6 +71,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_LINGER=%s: must not be negative", c.Linger)
 	case c.PublishTimeout <= 0:
 		return fmt.Errorf("ICWS_POLL_PUBLISH_TIMEOUT=%s: must be positive", c.PublishTimeout)
+	case c.MaxCanisters < 1:
+		return fmt.Errorf("ICWS_MAX_CANISTERS=%d: must be at least 1", c.MaxCanisters)
 	}
 	var errs []error
 	for _, s := range c.Canisters {

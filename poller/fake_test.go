@@ -109,6 +109,14 @@ type fakeIC struct {
 	canisters map[string]*fakeCanister
 	gateway   principal.Principal
 	queries   atomic.Int64
+	mu        sync.Mutex
+	polled    map[string]int // queries per canister id
+}
+
+func (ic *fakeIC) queriesOf(canister string) int {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	return ic.polled[canister]
 }
 
 func (ic *fakeIC) Principal() principal.Principal { return ic.gateway }
@@ -121,6 +129,12 @@ func (ic *fakeIC) Query(ctx context.Context, canister principal.Principal, metho
 		return nil, err
 	}
 	ic.queries.Add(1)
+	ic.mu.Lock()
+	if ic.polled == nil {
+		ic.polled = map[string]int{}
+	}
+	ic.polled[canister.Encode()]++
+	ic.mu.Unlock()
 	var a protocol.CanisterWsGetMessagesArguments
 	if err := candid.Unmarshal(arg, []any{&a}); err != nil {
 		return nil, err

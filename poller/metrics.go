@@ -12,6 +12,8 @@ type metrics struct {
 	errors         *prometheus.CounterVec
 	leaseHeld      *prometheus.GaugeVec
 	resets         *prometheus.CounterVec
+	panics         prometheus.Counter
+	refused        prometheus.Counter
 }
 
 // Error kinds of icws_poller_errors_total.
@@ -53,8 +55,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "icws_poller_queue_resets_total", Help: "Detected canister queue resets (epoch bumps).",
 		}, []string{"canister"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_poller_panics_total", Help: "Panics recovered while handling one ws_get_messages answer (the poll failed and is retried).",
+		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_poller_canisters_refused_total", Help: "Canisters not polled because ICWS_MAX_CANISTERS are polled already.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets} {
+	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -230,7 +231,10 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 
 // fetch runs one ws_get_messages query with the poll timeout and decodes the answer. A canister
 // Err answer is an error too.
-func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64) (protocol.CanisterOutputCertifiedMessages, error) {
+func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64) (res protocol.CanisterOutputCertifiedMessages, err error) {
+	defer safe.Recover(p.log, p.m.panics, "poll", func() {
+		res, err = protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): the answer could not be handled", nonce)}
+	})
 	arg, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}})
 	if err != nil {
 		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("encode ws_get_messages argument: %w", err)
@@ -245,7 +249,7 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages(%d): %w", nonce, err)
 	}
 	p.notePoll(true)
-	res, err := protocol.DecodeGetMessagesResult(reply)
+	res, err = protocol.DecodeGetMessagesResult(reply)
 	switch {
 	case errors.Is(err, protocol.ErrGetMessagesRefused):
 		return protocol.CanisterOutputCertifiedMessages{}, &canisterError{fmt.Errorf("ws_get_messages(%d): %w", nonce, err)}

@@ -5,7 +5,6 @@ package poller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -151,6 +150,12 @@ func (p *Poller) Run(ctx context.Context) error {
 		if w := workers[id]; w != nil {
 			return w
 		}
+		if _, static := p.static[id]; !static && len(workers) >= len(p.static)+p.cfg.MaxCanisters {
+			// Edges refuse sessions for more canisters; this guards against edges that disagree.
+			p.m.refused.Inc()
+			p.log.Warn("not polling one more canister: ICWS_MAX_CANISTERS reached", "canister", id, "max", p.cfg.MaxCanisters)
+			return nil
+		}
 		wctx, cancel := context.WithCancel(ctx)
 		w := &workerHandle{cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
 		workers[id] = w
@@ -214,7 +219,9 @@ func (p *Poller) Run(ctx context.Context) error {
 					sessions[id] = set
 				}
 				set[e.Key()] = struct{}{}
-				start(id, c).idleSince = time.Time{}
+				if w := start(id, c); w != nil {
+					w.idleSince = time.Time{}
+				}
 			} else if set != nil {
 				delete(set, e.Key())
 				if len(set) == 0 {
@@ -264,8 +271,9 @@ func (p *Poller) Run(ctx context.Context) error {
 	}
 }
 
-// sessionChange reads a sessions-bucket update: the canister and whether the session counts
-// (open or detached).
+// sessionChange reads a sessions-bucket update: the canister and whether the session counts: open
+// or detached, and confirmed — the IC executed its ws_open, so the canister exists and runs the
+// ic-websocket protocol (a session a stranger opened for any canister id never gets it polled).
 func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool) {
 	key := e.Key()
 	i := strings.IndexByte(key, '.')
@@ -279,10 +287,9 @@ func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool
 	if e.Operation() != jetstream.KeyValuePut {
 		return c.Encode(), c, false
 	}
-	var rec broker.SessionRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		// A record we cannot read still names a canister that has a session.
-		return c.Encode(), c, true
+	rec, err := broker.DecodeSessionRecord(e.Value())
+	if err != nil {
+		return c.Encode(), c, false
 	}
-	return c.Encode(), c, rec.State == broker.SessionOpen || rec.State == broker.SessionDetached
+	return c.Encode(), c, rec.Confirmed && (rec.State == broker.SessionOpen || rec.State == broker.SessionDetached)
 }

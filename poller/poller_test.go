@@ -312,6 +312,33 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	}
 }
 
+// A session whose ws_open the IC has not executed yet (anyone can open one naming any canister id)
+// never makes a canister polled; a confirmed one does.
+func TestUnconfirmedSessionsAreNotPolled(t *testing.T) {
+	e := startEnv(t)
+	c := newFakeCanister(testGateway)
+	c.push(3, testClient(1))
+	ic := newIC(c)
+	e.startPoller("p", fastConfig(), ic, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stranger := principal.NewSelfAuthenticating([]byte("a canister id nobody runs")).Encode()
+	for _, rec := range []broker.SessionRecord{
+		{State: broker.SessionOpen, Canister: stranger, Client: testClient(2).Token()},
+		// The watch delivers updates in order: once this one is polled, the one above was seen.
+		{State: broker.SessionOpen, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true},
+	} {
+		b, _ := json.Marshal(rec)
+		if _, err := e.h.Sessions.Put(ctx, broker.SessionKey(rec.Canister, rec.Client), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "confirmed canister polled", func() bool { return e.outCount() == 3 })
+	if n := ic.queriesOf(stranger); n != 0 {
+		t.Fatalf("the canister of an unconfirmed session was polled %d times", n)
+	}
+}
+
 func TestCanisterSetFollowsSessions(t *testing.T) {
 	e := startEnv(t)
 	c := newFakeCanister(testGateway)
@@ -323,7 +350,7 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 	// Nothing to poll without sessions.
 	key := broker.SessionKey(testCanister.Encode(), testClient(1).Token())
 	put := func(state string) {
-		b, _ := json.Marshal(broker.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token()})
+		b, _ := json.Marshal(broker.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true})
 		if _, err := e.h.Sessions.Put(ctx, key, b); err != nil {
 			t.Fatal(err)
 		}

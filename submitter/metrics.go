@@ -16,6 +16,8 @@ type metrics struct {
 	clientsInFlight prometheus.Gauge
 	takeovers       prometheus.Counter
 	leasesLost      prometheus.Counter
+	opens           *prometheus.CounterVec // result
+	panics          prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,9 +59,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "icws_submitter_partition_leases_lost_total",
 			Help: "Partitions this process stopped working on because it could not renew their lease in time.",
 		}),
+		opens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "icws_submitter_open_results_total",
+			Help: "Sessions whose ws_open outcome was recorded, by result (confirmed, refused).",
+		}, []string{"result"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_submitter_panics_total",
+			Help: "Panics recovered while relaying one ICWS_IN message (the message was dropped).",
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.envelopes, m.rejects, m.latency, m.expired, m.retries,
-		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost} {
+		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register submitter metrics: %w", err)
 		}

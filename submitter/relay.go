@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 )
 
@@ -37,7 +38,10 @@ const (
 
 // handle relays one ICWS_IN message and reports whether it is finished (to be acked). false means
 // the partition is stopping and the message must stay unacknowledged for the next owner.
-func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg) bool {
+func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg) (done bool) {
+	// A panic while relaying one message (an IC answer no decoder expected) drops that message
+	// only; the client's next envelope follows as it would after any refusal.
+	defer safe.Recover(s.log, s.m.panics, "message", func() { done = true })
 	kind := msg.Headers().Get(broker.HeaderKind)
 	toks := strings.Split(msg.Subject(), ".")
 	log := s.log.With("partition", partition, "kind", kind)
@@ -55,11 +59,18 @@ func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg
 	client := toks[4]
 	log = log.With("canister", toks[3], "client", client)
 	switch kind {
-	case broker.KindOpen, broker.KindMessage:
+	case broker.KindOpen:
+		done, verdict := s.relayEnvelope(ctx, log, kind, canister, msg.Data())
+		if !done {
+			return false
+		}
+		return s.settleOpen(ctx, log, toks[3], client, msg.Headers().Get(broker.HeaderSessionTag), verdict)
+	case broker.KindMessage:
 		if seq := msg.Headers().Get(broker.HeaderClientSeq); seq != "" {
 			log = log.With("seq", seq)
 		}
-		return s.relayEnvelope(ctx, log, kind, canister, msg.Data())
+		done, _ := s.relayEnvelope(ctx, log, kind, canister, msg.Data())
+		return done
 	case broker.KindClose:
 		return s.closeClient(ctx, log.With("reason", msg.Headers().Get(broker.HeaderCloseReason)), canister, client)
 	default:
@@ -73,13 +84,21 @@ func (s *Submitter) count(kind, outcome string) {
 	s.m.envelopes.WithLabelValues(kind, outcome).Inc()
 }
 
+// callVerdict is what the IC made of a relayed envelope, as far as the gateway can tell: refused
+// (with the reason a client should see) or not.
+type callVerdict struct {
+	refused bool
+	reason  string
+}
+
 // relayEnvelope posts the client's envelope until it has an outcome or its ingress expiry passes.
-func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, body []byte) bool {
+// done is false when the partition is stopping and the envelope must stay unacknowledged.
+func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, body []byte) (done bool, v callVerdict) {
 	expiry, err := ingressExpiry(body)
 	if err != nil {
 		log.Warn("dropping invalid envelope", "err", err)
 		s.count(kind, outcomeInvalid)
-		return true
+		return true, callVerdict{refused: true, reason: "invalid envelope"}
 	}
 	backoff := s.cfg.RetryMin
 	for attempt := 0; ; attempt++ {
@@ -87,7 +106,7 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 			log.Warn("expired", "ingress_expiry", expiry, "attempts", attempt)
 			s.m.expired.Inc()
 			s.count(kind, outcomeExpired)
-			return true
+			return true, callVerdict{refused: true, reason: "the envelope expired before the IC could be reached"}
 		}
 		callCtx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 		start := time.Now()
@@ -95,24 +114,43 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 		cancel()
 		s.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 		if ctx.Err() != nil {
-			return false
+			return false, callVerdict{}
 		}
 		if err == nil {
-			return s.recordOutcome(ctx, log, kind, canister, out)
+			return s.recordOutcome(ctx, log, kind, canister, out), verdictOf(out)
 		}
 		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("envelope refused by the IC", "err", err)
 			s.count(kind, outcomeRefused)
-			return true
+			return true, callVerdict{refused: true, reason: "the IC refused the envelope: " + err.Error()}
 		}
 		s.m.retries.WithLabelValues(kind).Inc()
 		wait := min(jitter(backoff), time.Until(expiry))
 		log.Debug("retrying envelope", "attempt", attempt+1, "wait", wait, "err", err)
 		if wait > 0 && !sleepCtx(ctx, wait) {
-			return false
+			return false, callVerdict{}
 		}
 		backoff = min(2*backoff, s.cfg.RetryMax)
 	}
+}
+
+// verdictOf reads a call's outcome: a certified reply whose Candid value is Err, a reject before
+// or during execution. A 202 (accepted, outcome unknown) and "done" (executed, answer pruned) are
+// not refusals: the IC validated and took the call.
+func verdictOf(out callOutcome) callVerdict {
+	switch out.Status {
+	case statusReplied:
+		res, err := decodeWsResult(out.Reply)
+		switch {
+		case err != nil:
+			return callVerdict{refused: true, reason: "undecodable reply: " + err.Error()}
+		case res.Err != nil:
+			return callVerdict{refused: true, reason: *res.Err}
+		}
+	case statusRejected, statusNonReplicatedRejection:
+		return callVerdict{refused: true, reason: fmt.Sprintf("reject code %d: %s", out.RejectCode, out.RejectMessage)}
+	}
+	return callVerdict{}
 }
 
 func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, out callOutcome) bool {

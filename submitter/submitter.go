@@ -58,6 +58,8 @@ type Submitter struct {
 	ic  IC
 	log *slog.Logger
 	m   *metrics
+	// sessions is set by Run once the buckets are open.
+	sessions *broker.Sessions
 
 	// sem bounds the clients relayed at the same time across all partitions.
 	sem chan struct{}
@@ -136,6 +138,7 @@ func (s *Submitter) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+	s.sessions = broker.NewSessions(h.Sessions, s.js)
 	g := &group{s: s, h: h, owned: map[int]*partition{}}
 	return g.run(ctx)
 }

@@ -1,0 +1,208 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Session states.
+const (
+	SessionOpen     = "open"
+	SessionDetached = "detached"
+	SessionClosed   = "closed"
+)
+
+// SessionRecord is the value kept per client session in BucketSessions.
+type SessionRecord struct {
+	State      string    `json:"state"`
+	Canister   string    `json:"canister"`
+	Client     string    `json:"client"`
+	Edge       string    `json:"edge,omitempty"`
+	Resumable  bool      `json:"resumable"`
+	TokenHash  string    `json:"token_hash,omitempty"`
+	OpenedAt   time.Time `json:"opened_at"`
+	DetachedAt time.Time `json:"detached_at,omitzero"`
+	// Partition is the ICWS_IN partition of this client, fixed at open.
+	Partition int `json:"partition"`
+	// Confirmed is set by the submitter once the IC executed the client's ws_open without an
+	// error (or accepted it, where the IC does not tell the outcome). Until then the session has
+	// no effect beyond its own socket: pollers do not poll its canister and edges relay none of
+	// its messages.
+	Confirmed bool `json:"confirmed,omitempty"`
+	// OutFrom is the first ICWS_OUT stream sequence that can hold this session's messages: what
+	// the stream held for the same client key before the session opened belongs to an earlier
+	// session and is never delivered or replayed to this one.
+	OutFrom uint64 `json:"out_from,omitempty"`
+}
+
+// Tag tells apart sessions that reuse a client key: it goes into every Nats-Msg-Id published for
+// the session, so JetStream's de-duplication (ICWS_DUPLICATE_WINDOW) never mistakes a new
+// session's open, messages or close for the previous session's. It survives resumes (the record
+// keeps OpenedAt), so re-sent messages of one session are still de-duplicated.
+func (r *SessionRecord) Tag() string {
+	return strconv.FormatInt(r.OpenedAt.UnixNano(), 10)
+}
+
+// Key is the record's key in BucketSessions.
+func (r *SessionRecord) Key() string { return SessionKey(r.Canister, r.Client) }
+
+// ErrSessionConflict means a compare-and-set on a session record lost: the record was created,
+// changed or deleted since it was read.
+var ErrSessionConflict = errors.New("session record changed concurrently")
+
+// Sessions is the store of session records. Every change is a compare-and-set on the record's
+// revision, so when edges, submitters and sweepers race on one session exactly one of them acts.
+type Sessions struct {
+	kv jetstream.KeyValue
+	js jetstream.Publisher
+}
+
+// NewSessions wraps the sessions bucket; close requests are published through js.
+func NewSessions(kv jetstream.KeyValue, js jetstream.Publisher) *Sessions {
+	return &Sessions{kv: kv, js: js}
+}
+
+// Get reads a record; a missing record is (nil, 0, nil).
+func (s *Sessions) Get(ctx context.Context, key string) (*SessionRecord, uint64, error) {
+	ent, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get session %s: %w", key, err)
+	}
+	rec, err := DecodeSessionRecord(ent.Value())
+	if err != nil {
+		return nil, 0, fmt.Errorf("session %s: %w", key, err)
+	}
+	return rec, ent.Revision(), nil
+}
+
+// DecodeSessionRecord reads a record's JSON value.
+func DecodeSessionRecord(b []byte) (*SessionRecord, error) {
+	var rec SessionRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("bad session record: %w", err)
+	}
+	return &rec, nil
+}
+
+// Create writes a record that must not exist yet; ErrSessionConflict if it does.
+func (s *Sessions) Create(ctx context.Context, rec *SessionRecord) (uint64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("encode session %s: %w", rec.Key(), err)
+	}
+	rev, err := s.kv.Create(ctx, rec.Key(), val)
+	if err != nil {
+		return 0, fmt.Errorf("create session %s: %w", rec.Key(), casError(err))
+	}
+	return rev, nil
+}
+
+// Put replaces the record at revision rev; ErrSessionConflict if it changed since.
+func (s *Sessions) Put(ctx context.Context, rec *SessionRecord, rev uint64) (uint64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("encode session %s: %w", rec.Key(), err)
+	}
+	nrev, err := s.kv.Update(ctx, rec.Key(), val, rev)
+	if err != nil {
+		return 0, fmt.Errorf("update session %s: %w", rec.Key(), casError(err))
+	}
+	return nrev, nil
+}
+
+// Delete removes the record at revision rev; ErrSessionConflict if it changed since.
+func (s *Sessions) Delete(ctx context.Context, key string, rev uint64) error {
+	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+		return fmt.Errorf("delete session %s: %w", key, casError(err))
+	}
+	return nil
+}
+
+// casError folds every way JetStream reports a lost compare-and-set (a lost Create, a revision
+// mismatch on R1 and on replicated buckets, a key deleted meanwhile) into ErrSessionConflict.
+func casError(err error) error {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%w: %w", ErrSessionConflict, err)
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		// A Create that lost on a replicated bucket (code 10164 is not folded into ErrKeyExists).
+		return fmt.Errorf("%w: %w", ErrSessionConflict, err)
+	}
+	return err
+}
+
+// PublishClose asks the submitters to call ws_close for the session (after everything the client
+// sent before). It is de-duplicated by the session's Msg-Id, so publishing twice is harmless.
+func (s *Sessions) PublishClose(ctx context.Context, rec *SessionRecord, reason string) error {
+	msg := nats.NewMsg(InSubject(rec.Partition, rec.Canister, rec.Client))
+	msg.Header.Set(HeaderKind, KindClose)
+	msg.Header.Set(HeaderCloseReason, reason)
+	msg.Header.Set(HeaderMsgID, CloseMsgID(rec.Canister, rec.Client, rec.Tag()))
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish close request for %s: %w", rec.Key(), err)
+	}
+	return nil
+}
+
+// Finish ends a session already marked closed (so nobody else acts on it): the close request is
+// published, then the record deleted. If publishing fails the record stays closed and a later
+// sweep retries.
+func (s *Sessions) Finish(ctx context.Context, rec *SessionRecord, rev uint64, reason string) error {
+	if err := s.PublishClose(ctx, rec, reason); err != nil {
+		return err
+	}
+	return s.Delete(ctx, rec.Key(), rev)
+}
+
+// Modify applies change to the current record with compare-and-set, re-reading and retrying
+// when another writer got there first (at most attempts times). change returns false to leave
+// the record as it is; a missing record is passed as nil. It returns the record as written (or
+// left) and its revision.
+func (s *Sessions) Modify(ctx context.Context, key string, attempts int, change func(rec *SessionRecord) (write bool, err error)) (*SessionRecord, uint64, error) {
+	for i := 0; ; i++ {
+		rec, rev, err := s.Get(ctx, key)
+		if err != nil {
+			return nil, 0, err
+		}
+		write, err := change(rec)
+		if err != nil || !write || rec == nil {
+			return rec, rev, err
+		}
+		nrev, err := s.Put(ctx, rec, rev)
+		if err == nil {
+			return rec, nrev, nil
+		}
+		if !errors.Is(err, ErrSessionConflict) || i+1 >= attempts {
+			return nil, 0, err
+		}
+	}
+}
+
+// IsStreamFull reports whether a publish failed because the stream (or the account's storage) is
+// at its limit: the streams discard new messages then, never stored ones.
+func IsStreamFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case 10023: // JSInsufficientResourcesErr: the account or server storage limit
+		return true
+	case 10077: // JSStreamStoreFailedF: the message did not fit the stream's limits
+		d := strings.ToLower(apiErr.Description)
+		return strings.Contains(d, "maximum bytes") || strings.Contains(d, "maximum messages") || strings.Contains(d, "resource limits")
+	}
+	return false
+}

@@ -1,0 +1,94 @@
+package submitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/aviate-labs/agent-go/candid"
+	"github.com/nats-io/nats.go"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
+)
+
+// settleOpen records the IC's answer to a session's ws_open. A confirmed session may relay its
+// messages and its canister gets polled; a refused one is removed (the canister has no session to
+// close). The session's edge is told at once; the record says the same if that message is lost.
+// It returns false only when the partition is stopping before the record could be written.
+func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, client, tag string, v callVerdict) bool {
+	key := broker.SessionKey(canister, client)
+	backoff := s.cfg.RetryMin
+	var edge string
+	for attempt := 1; ; attempt++ {
+		rec, rev, err := s.sessions.Get(ctx, key)
+		if err == nil {
+			if rec == nil || rec.Tag() != tag {
+				return true // the session ended meanwhile (or the key has a newer session)
+			}
+			edge = rec.Edge
+			switch {
+			case v.refused:
+				err = s.sessions.Delete(ctx, key, rev)
+			case rec.Confirmed:
+			default:
+				rec.Confirmed = true
+				_, err = s.sessions.Put(ctx, rec, rev)
+			}
+			if err == nil {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if !errors.Is(err, broker.ErrSessionConflict) || attempt%4 == 0 {
+			log.Warn("recording the ws_open outcome failed; retrying", "attempt", attempt, "err", err)
+			if !sleepCtx(ctx, jitter(backoff)) {
+				return false
+			}
+			backoff = min(2*backoff, s.cfg.RetryMax)
+		}
+	}
+	result := broker.OpenConfirmed
+	if v.refused {
+		result = broker.OpenRefused
+		log.Info("ws_open refused; session removed", "reason", v.reason)
+	}
+	s.m.opens.WithLabelValues(result).Inc()
+	msg := nats.NewMsg(broker.OpenResultSubject(edge))
+	msg.Data = []byte(key)
+	msg.Header.Set(broker.HeaderSessionTag, tag)
+	msg.Header.Set(broker.HeaderOpenOutcome, result)
+	if v.refused {
+		msg.Header.Set(broker.HeaderOpenReason, truncate(v.reason, 200))
+	}
+	if err := s.nc.PublishMsg(msg); err != nil {
+		log.Debug("open result not sent to the edge; it reads the session record", "err", err)
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// decodeWsResult reads variant { Ok : null; Err : text }.
+func decodeWsResult(reply []byte) (res protocol.CanisterWsResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("malformed Candid: %v", r)
+		}
+	}()
+	if err := candid.Unmarshal(reply, []any{&res}); err != nil {
+		return res, fmt.Errorf("decode ws result: %w", err)
+	}
+	if res.Ok == nil && res.Err == nil {
+		return res, errors.New("decode ws result: neither Ok nor Err")
+	}
+	return res, nil
+}
