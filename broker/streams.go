@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/icws/icws/internal/config"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,6 +22,8 @@ type Topology struct {
 	OutMaxMsgsPerSubject int64         `envconfig:"REPLAY_MAX_MESSAGES" default:"10000" desc:"replay window by count: messages kept per client in ICWS_OUT"`
 	DuplicateWindow      time.Duration `envconfig:"DUPLICATE_WINDOW" default:"6m" desc:"JetStream de-duplication window of ICWS_IN and ICWS_OUT; at least the canister's message retention"`
 	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes); at least 3.5 MiB so any IC reply fits"`
+	InMaxBytes           config.Bytes  `envconfig:"IN_MAX_BYTES" default:"256MiB" desc:"byte limit of ICWS_IN; when full, new client envelopes are refused (1013) and nothing stored is dropped"`
+	OutMaxBytes          config.Bytes  `envconfig:"OUT_MAX_BYTES" default:"512MiB" desc:"byte limit of ICWS_OUT; when full, pollers wait (the canister keeps its messages) and nothing stored is dropped"`
 	Repartition          bool          `envconfig:"STREAM_REPARTITION" default:"false" desc:"allow a different ICWS_PARTITIONS than the existing ICWS_IN stream records (stop every edge and submitter first: processes that disagree lose envelopes)"`
 }
 
@@ -39,6 +42,8 @@ func (t Topology) Validate() error {
 		return fmt.Errorf("ICWS_REPLAY_MAX_MESSAGES=%d: must be at least 1", t.OutMaxMsgsPerSubject)
 	case t.DuplicateWindow <= 0 || t.DuplicateWindow > t.OutMaxAge || t.DuplicateWindow > t.InMaxAge:
 		return fmt.Errorf("ICWS_DUPLICATE_WINDOW=%s: must be positive and not longer than ICWS_REPLAY_MAX_AGE and ICWS_IN_MAX_AGE", t.DuplicateWindow)
+	case t.InMaxBytes < config.Bytes(t.MaxMessageBytes)*4 || t.OutMaxBytes < config.Bytes(t.MaxMessageBytes)*4:
+		return fmt.Errorf("ICWS_IN_MAX_BYTES=%d, ICWS_OUT_MAX_BYTES=%d: each must hold at least 4 messages of ICWS_STREAM_MAX_MESSAGE_BYTES (%d)", t.InMaxBytes, t.OutMaxBytes, t.MaxMessageBytes)
 	case t.MaxMessageBytes < minMaxMessageBytes:
 		return fmt.Errorf("ICWS_STREAM_MAX_MESSAGE_BYTES=%d: must be at least %d (a canister message frame carries an IC reply's certificate and tree)", t.MaxMessageBytes, minMaxMessageBytes)
 	}
@@ -55,6 +60,8 @@ func DefaultTopology() Topology {
 		OutMaxMsgsPerSubject: 10000,
 		DuplicateWindow:      6 * time.Minute,
 		MaxMessageBytes:      4 << 20,
+		InMaxBytes:           256 << 20,
+		OutMaxBytes:          512 << 20,
 	}
 }
 
@@ -79,6 +86,8 @@ func streamConfigs(t Topology) []jetstream.StreamConfig {
 			Duplicates:  t.DuplicateWindow,
 			Replicas:    t.Replicas,
 			MaxMsgSize:  t.MaxMessageBytes,
+			MaxBytes:    int64(t.InMaxBytes),
+			Discard:     jetstream.DiscardNew, // a full stream refuses new envelopes, never drops stored ones
 			AllowDirect: true,
 			Metadata:    map[string]string{metadataPartitions: strconv.Itoa(t.Partitions)},
 		},
@@ -93,8 +102,13 @@ func streamConfigs(t Topology) []jetstream.StreamConfig {
 			Duplicates:        t.DuplicateWindow,
 			Replicas:          t.Replicas,
 			MaxMsgSize:        t.MaxMessageBytes,
-			AllowDirect:       true,
-			RePublish:         &jetstream.RePublish{Source: SubjectOutAll, Destination: subjectLivePrefix + ">"},
+			MaxBytes:          int64(t.OutMaxBytes),
+			// A full stream refuses new messages (the poller retries; the canister still holds
+			// them) instead of dropping stored ones a client may still resume from. The
+			// per-client window (MaxMsgsPerSubject) still drops a client's oldest messages.
+			Discard:     jetstream.DiscardNew,
+			AllowDirect: true,
+			RePublish:   &jetstream.RePublish{Source: SubjectOutAll, Destination: subjectLivePrefix + ">"},
 		},
 	}
 }

@@ -82,7 +82,7 @@ func (e *Edge) clientAddr(r *http.Request) string {
 }
 
 // admitConn counts a new connection before the upgrade. It answers the refusal itself and returns
-// false; on true the caller must call releaseConn(addr) once the socket is gone.
+// false; on true the caller must call releaseConnLocked(addr) once the socket is gone.
 func (e *Edge) admitConn(w http.ResponseWriter, addr string) bool {
 	e.mu.Lock()
 	total, perIP := len(e.conns)+e.upgrading, e.byAddr[addr]
@@ -106,9 +106,7 @@ func (e *Edge) admitConn(w http.ResponseWriter, addr string) bool {
 	return true
 }
 
-func (e *Edge) releaseConn(addr string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (e *Edge) releaseConnLocked(addr string) {
 	if e.byAddr[addr] <= 1 {
 		delete(e.byAddr, addr)
 	} else {

@@ -437,6 +437,9 @@ func (c *conn) readLoop() string {
 		}
 		c.e.m.framesIn.Inc()
 		c.e.m.bytesIn.Add(float64(len(frame)))
+		if f := c.e.testFrame.Load(); f != nil {
+			(*f)(frame)
+		}
 		if typ != websocket.BinaryMessage {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
 			return "text frame"

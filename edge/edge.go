@@ -78,6 +78,8 @@ type Edge struct {
 	testDropLive atomic.Pointer[func(*nats.Msg) bool]
 	// testReadErr, when set by a test, makes a read of ICWS_OUT fail with its error (transient faults).
 	testReadErr atomic.Pointer[func() error]
+	// testFrame, when set by a test, sees every client frame the reader takes (to inject panics).
+	testFrame atomic.Pointer[func([]byte)]
 }
 
 // New validates the configuration and looks up the streams and buckets (broker.Ensure must have run).
@@ -332,8 +334,8 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if admitted {
 			e.mu.Lock()
 			e.upgrading--
+			e.releaseConnLocked(addr)
 			e.mu.Unlock()
-			e.releaseConn(addr)
 		}
 	}()
 	ws, err := e.upgrader.Upgrade(w, r, nil)
@@ -347,8 +349,8 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	e.upgrading--
 	admitted = false
 	if e.draining {
+		e.releaseConnLocked(addr)
 		e.mu.Unlock()
-		e.releaseConn(addr)
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "icws: edge draining"), time.Now().Add(time.Second))
 		_ = ws.Close()
 		return
@@ -363,8 +365,8 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			c.closeSocket()
 			e.mu.Lock()
 			delete(e.conns, c)
+			e.releaseConnLocked(addr)
 			e.mu.Unlock()
-			e.releaseConn(addr)
 			e.m.connections.Dec()
 			e.connWG.Done()
 		})
