@@ -165,6 +165,18 @@ func (c *conn) closeSocket() {
 // net/http's request state and the stack grown while opening are released for idle sessions.
 func (c *conn) start() bool {
 	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
+	// Pings count against the client's message rate: every one costs a pong.
+	c.ws.SetPingHandler(func(data string) error {
+		if !c.rate.allow(time.Now(), c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
+			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
+			return errRateExceeded
+		}
+		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.e.cfg.WriteTimeout))
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			return err
+		}
+		return nil
+	})
 	hs := c.e.handshake
 	if c.resumeOpt {
 		token := make([]byte, 32)

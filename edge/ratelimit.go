@@ -1,6 +1,9 @@
 package edge
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // reasonRateExceeded closes (1008) a connection that sends more than MaxClientRate messages per
 // second beyond its MaxClientBurst: one client must not flood ICWS_IN.
@@ -29,3 +32,6 @@ func (b *tokenBucket) allow(now time.Time, rate float64, burst int) bool {
 	b.tokens--
 	return true
 }
+
+// errRateExceeded ends the read of a connection whose pings exceeded the message rate.
+var errRateExceeded = errors.New(reasonRateExceeded)
