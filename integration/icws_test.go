@@ -191,24 +191,26 @@ type Dev struct {
 	Replica
 	GatewayURL string // ws://127.0.0.1:<port>
 	AdminURL   string
+	DemoURL    string // http://127.0.0.1:<port>/, the demo page (ICWS_DEMO_LISTEN)
 }
 
 // startDev runs `icws dev` with every address on a free loopback port and waits for /readyz.
 func startDev(t testing.TB, o ReplicaOptions) *Dev {
 	t.Helper()
-	ws, rep, admin := freeAddr(t), freeAddr(t), freeAddr(t)
+	ws, rep, admin, page := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
 	env := o.env()
 	maps.Copy(env, map[string]string{
 		"ICWS_LISTEN":         ws,
 		"ICWS_REPLICA_LISTEN": rep,
 		"ICWS_ADMIN_LISTEN":   admin,
+		"ICWS_DEMO_LISTEN":    page,
 		"ICWS_DATA_DIR":       dir,
 		"ICWS_IDENTITY_FILE":  filepath.Join(dir, "key_pair"),
 		"ICWS_LOG_LEVEL":      "debug",
 	})
 	maps.Copy(env, o.Env)
-	d := &Dev{Replica: newReplicaHandle("http://" + rep), GatewayURL: "ws://" + ws, AdminURL: "http://" + admin}
+	d := &Dev{Replica: newReplicaHandle("http://" + rep), GatewayURL: "ws://" + ws, AdminURL: "http://" + admin, DemoURL: "http://" + page + "/"}
 	d.Proc = startProcess(t, "icws-dev", icwsBinary(t), []string{"dev"}, env)
 	waitReady(t, d.AdminURL, d.Proc)
 	waitHTTP200(t, d.URL+"/api/v2/status", 10*time.Second, d.Proc)

@@ -12,11 +12,34 @@ import (
 func envCommand() command {
 	return command{
 		name:    "env",
-		summary: "list every configuration variable with its default and meaning",
-		run: func(_ context.Context, a *app, _ []string) error {
-			return writeEnvTable(a.stdout, a.commands)
+		summary: "list every configuration variable with its default and meaning; `env check <command>` validates that command's configuration",
+		run: func(_ context.Context, a *app, args []string) error {
+			switch {
+			case len(args) == 0:
+				return writeEnvTable(a.stdout, a.commands)
+			case len(args) == 2 && args[0] == "check":
+				return checkEnv(a, args[1])
+			}
+			return &config.Error{Err: fmt.Errorf("usage: icws env [check <command>], not %q", strings.Join(args, " "))}
 		},
 	}
+}
+
+// checkEnv loads and validates a command's configuration from the environment as the command
+// would at start, without running it (for deployment checks).
+func checkEnv(a *app, name string) error {
+	c, ok := a.find(name)
+	if !ok {
+		return &config.Error{Err: fmt.Errorf("unknown command %q", name)}
+	}
+	if c.spec == nil {
+		return &config.Error{Err: fmt.Errorf("command %q has no configuration", name)}
+	}
+	if err := config.Load(c.spec()); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(a.stdout, "icws %s: configuration ok\n", name)
+	return err
 }
 
 // writeEnvTable prints a Markdown table of every variable any command reads; the README carries

@@ -37,6 +37,33 @@ type (
 	}
 )
 
+// gateway returns the parts of the configuration that runGateway reads.
+func (c *EdgeConfig) gateway() *GatewayConfig {
+	return &GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, EdgeSettings: c.EdgeSettings}
+}
+
+func (c *SubmitterConfig) gateway() *GatewayConfig {
+	return &GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, SubmitterSettings: c.SubmitterSettings}
+}
+
+func (c *PollerConfig) gateway() *GatewayConfig {
+	return &GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, PollerSettings: c.PollerSettings}
+}
+
+// The Validate methods check at load what runSingle checks, so that `icws env check <role>` finds
+// the same errors as starting the role.
+func (c *EdgeConfig) Validate() error {
+	return c.gateway().validateFor(roleSet{edge: true}, true)
+}
+
+func (c *SubmitterConfig) Validate() error {
+	return c.gateway().validateFor(roleSet{submitter: true}, true)
+}
+
+func (c *PollerConfig) Validate() error {
+	return c.gateway().validateFor(roleSet{poller: true}, true)
+}
+
 // runSingle validates a single role's configuration and runs it.
 func runSingle(ctx context.Context, cfg *GatewayConfig, roles roleSet, logger *slog.Logger) error {
 	if err := cfg.validateFor(roles, true); err != nil {
@@ -48,24 +75,21 @@ func runSingle(ctx context.Context, cfg *GatewayConfig, roles roleSet, logger *s
 func edgeCommand() command {
 	return configured("edge", "run the WebSocket edge role against ICWS_NATS_URL",
 		func(ctx context.Context, _ *app, c *EdgeConfig, logger *slog.Logger, _ []string) error {
-			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, EdgeSettings: c.EdgeSettings}
-			return runSingle(ctx, &cfg, roleSet{edge: true}, logger)
+			return runSingle(ctx, c.gateway(), roleSet{edge: true}, logger)
 		})
 }
 
 func submitterCommand() command {
 	return configured("submitter", "run the submitter role (relays client envelopes to the IC) against ICWS_NATS_URL",
 		func(ctx context.Context, _ *app, c *SubmitterConfig, logger *slog.Logger, _ []string) error {
-			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, SubmitterSettings: c.SubmitterSettings}
-			return runSingle(ctx, &cfg, roleSet{submitter: true}, logger)
+			return runSingle(ctx, c.gateway(), roleSet{submitter: true}, logger)
 		})
 }
 
 func pollerCommand() command {
 	return configured("poller", "run the poller role (polls canisters for messages) against ICWS_NATS_URL",
 		func(ctx context.Context, _ *app, c *PollerConfig, logger *slog.Logger, _ []string) error {
-			cfg := GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: c.ICSettings, PollerSettings: c.PollerSettings}
-			return runSingle(ctx, &cfg, roleSet{poller: true}, logger)
+			return runSingle(ctx, c.gateway(), roleSet{poller: true}, logger)
 		})
 }
 
