@@ -283,10 +283,7 @@ func (c *Canister) getMessages(call replica.Call) ([]byte, error) {
 			if err != nil {
 				return nil, c.trap(fmt.Sprintf("data certificate: %v", err))
 			}
-			witness, err := c.st.tree.witness(batch[0].out.Key, batch[len(batch)-1].out.Key)
-			if err != nil {
-				return nil, c.trap(fmt.Sprintf("witness: %v", err))
-			}
+			witness := c.st.tree.valueRange(batch[0].out.Key, batch[len(batch)-1].out.Key)
 			tree, err := hashtree.Serialize(hashtree.Labeled{Label: hashtree.Label(labelWebsocket), Tree: witness})
 			if err != nil {
 				return nil, c.trap(fmt.Sprintf("serialize witness: %v", err))

@@ -15,11 +15,8 @@ import (
 // the same maps, the same order of effects and the same error strings. All functions run with
 // Canister.mu held for writing unless they say otherwise; times are nanoseconds, as ic0.time.
 
-const (
-	labelWebsocket = "websocket"
-	// initialClientSequenceNum is the first sequence number expected from a client.
-	initialClientSequenceNum = 1
-)
+// initialClientSequenceNum is the first sequence number expected from a client.
+const initialClientSequenceNum = 1
 
 // clientID is a comparable form of protocol.ClientKey for map keys.
 type clientID struct {
@@ -59,7 +56,7 @@ type wsState struct {
 	byPrincipal      map[string]protocol.ClientKey // CURRENT_CLIENT_KEY_MAP
 	gateways         map[string]*registeredGateway
 	gatewaysToRemove map[string]uint64
-	tree             certTree
+	tree             rbTree
 	registrations    uint64
 	ackInterval      uint64 // ns
 	deleteBatch      int
