@@ -46,7 +46,7 @@ type Request struct {
 	ID        RequestID
 	Type      string // RequestCall, RequestQuery or RequestReadState
 	Sender    principal.Principal
-	Anonymous bool // sender is the anonymous principal; the envelope carried no key or signature
+	Anonymous bool // sender is the anonymous principal (verified: the envelope carries no key or signature)
 	Expiry    time.Time
 	Canister  principal.Principal // call and query
 	Method    string              // call and query
