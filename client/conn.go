@@ -207,7 +207,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 }
 
 // connect dials the gateway and reads its handshake.
-func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principal, *resumeOffer, error) {
+func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principal, *protocol.ResumeOffer, error) {
 	u := c.cfg.GatewayURL
 	if c.cfg.Resume {
 		pu, err := url.Parse(u)
@@ -241,11 +241,12 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principa
 		c.closeWith(ws, 4000, "Handshake message error")
 		return nil, principal.Principal{}, nil, fmt.Errorf("client: handshake is not a binary frame")
 	}
-	gw, offer, err := decodeHandshake(frame)
+	hs, err := protocol.DecodeHandshake(frame)
 	if err != nil {
 		c.closeWith(ws, 4000, "Handshake message error")
 		return nil, principal.Principal{}, nil, fmt.Errorf("client: %w", err)
 	}
+	gw, offer := hs.Gateway(), hs.Resume
 	if !c.cfg.Resume {
 		offer = nil
 	}
@@ -733,7 +734,12 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		c.log.Warn("gateway principal changed on resume", "old", c.gateway.Encode(), "new", gw.Encode())
 	}
 	c.mu.Unlock()
-	frame, err := encodeResumeRequest(token, c.cfg.Canister, c.key, lastSeq)
+	frame, err := protocol.ResumeRequest{
+		Token:      token,
+		CanisterID: c.cfg.Canister.Raw,
+		ClientKey:  protocol.ResumeClientKey{ClientPrincipal: c.key.ClientPrincipal.Raw, ClientNonce: c.key.ClientNonce},
+		LastSeq:    lastSeq,
+	}.Encode()
 	if err != nil {
 		ws.Close()
 		return nil, fatal(err, 4000, "Resume failed")
@@ -764,11 +770,12 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		c.closeWith(ws, 4000, "Resume failed")
 		return nil, fatal(fmt.Errorf("%w: resume answer is not binary", ErrInvalidMessage), 4000, "Resume failed")
 	}
-	lastClientSeq, err := decodeResumed(answer)
+	resumed, err := protocol.DecodeResumed(answer)
 	if err != nil {
 		c.closeWith(ws, 4000, "Resume failed")
 		return nil, fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Resume failed")
 	}
+	lastClientSeq := resumed.LastClientSeq
 	if !stop() {
 		ws.Close()
 		return nil, ctx.Err()

@@ -22,7 +22,6 @@ import (
 	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
@@ -184,32 +183,28 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		return ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 	})
-	hs := map[string]any{"gateway_principal": g.id.Sender().Raw}
+	hs := protocol.GatewayHandshake{GatewayPrincipal: g.id.Sender().Raw}
 	token := make([]byte, 32)
 	_, _ = rand.Read(token)
 	offer := g.resume && r.URL.Query().Get(ResumeQueryParam) == "1"
 	if offer {
-		hs["icws_resume"] = map[string]any{"version": 1, "token": token}
+		hs.Resume = &protocol.ResumeOffer{Version: protocol.ResumeVersion, Token: token}
 	}
-	b, _ := cbor.Marshal(hs)
-	if err := ws.WriteMessage(websocket.BinaryMessage, append(append([]byte{}, protocol.SelfDescribeTag...), b...)); err != nil {
+	b, _ := hs.Encode()
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
 		return
 	}
 	_, first, err := ws.ReadMessage()
 	if err != nil {
 		return
 	}
-	var probe map[string]cbor.RawMessage
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(first), &probe); err != nil {
+	ff, err := protocol.DecodeFirstFrame(first)
+	if err != nil {
 		ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseProtocolError, "bad frame"), time.Now().Add(time.Second))
 		return
 	}
 	var s *fgSession
-	if raw, ok := probe["icws_resume"]; ok && offer {
-		var req resumeRequest
-		if err := cbor.Unmarshal(raw, &req); err != nil {
-			return
-		}
+	if req := ff.Resume; req != nil && offer {
 		g.mu.Lock()
 		s = g.tokens[hex.EncodeToString(req.Token)]
 		if s != nil {
@@ -222,7 +217,7 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.mu.Lock()
-		ans, _ := cbor.Marshal(map[string]any{"icws_resumed": map[string]any{"last_client_seq": s.lastClientSeq}})
+		ans, _ := protocol.ResumedAnswer{LastClientSeq: s.lastClientSeq}.Encode()
 		err := ws.WriteMessage(websocket.BinaryMessage, ans)
 		for i := req.LastSeq; err == nil && i < uint64(len(s.frames)); i++ {
 			err = ws.WriteMessage(websocket.BinaryMessage, s.frames[i])

@@ -153,42 +153,6 @@ func TestAckQueue(t *testing.T) {
 	}
 }
 
-func TestResumeFrames(t *testing.T) {
-	tok := make([]byte, 32)
-	hs, err := cbor.Marshal(map[string]any{"gateway_principal": []byte{1, 2, 3}, "icws_resume": map[string]any{"version": 1, "token": tok}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, offer, err := decodeHandshake(append(append([]byte{}, protocol.SelfDescribeTag...), hs...))
-	if err != nil || offer == nil || len(offer.Token) != 32 || len(gw.Raw) != 3 {
-		t.Fatalf("handshake = %v %+v %v", gw, offer, err)
-	}
-	if _, _, err := decodeHandshake([]byte{0xa1, 0x61, 0x61, 0x01}); err == nil {
-		t.Fatal("handshake without gateway_principal accepted")
-	}
-	// A text principal is refused, as the SDK does.
-	hs, _ = cbor.Marshal(map[string]any{"gateway_principal": "aaaaa-aa"})
-	if _, _, err := decodeHandshake(hs); err == nil {
-		t.Fatal("text gateway_principal accepted")
-	}
-	key := protocol.ClientKey{ClientPrincipal: principal.MustDecode("2vxsx-fae"), ClientNonce: 9}
-	b, err := encodeResumeRequest(tok, principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai"), key, 17)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back map[string]map[string]any
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(b), &back); err != nil {
-		t.Fatal(err)
-	}
-	if r := back["icws_resume"]; r["last_seq"] != uint64(17) || r["client_key"].(map[any]any)["client_nonce"] != uint64(9) {
-		t.Fatalf("resume frame = %v", back)
-	}
-	ans, _ := cbor.Marshal(map[string]any{"icws_resumed": map[string]any{"last_client_seq": 4}})
-	if n, err := decodeResumed(ans); err != nil || n != 4 {
-		t.Fatalf("resumed = %d, %v", n, err)
-	}
-}
-
 // A kept frame is re-sent byte for byte while its ingress_expiry is far enough away (the IC then
 // deduplicates a repeat by request id) and signed anew when it is about to expire.
 func TestResendKeepsOrResignsFrame(t *testing.T) {

@@ -108,7 +108,7 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, err := protocol.DecodeHandshake(hs); err != nil || !p.Equal(v.gw) {
+	if h, err := protocol.DecodeHandshake(hs); err != nil || !h.Gateway().Equal(v.gw) {
 		t.Fatalf("handshake over TLS: %v", err)
 	}
 }

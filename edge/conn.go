@@ -16,7 +16,6 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/protocol"
@@ -187,7 +186,8 @@ func (c *conn) start() bool {
 		sum := sha256.Sum256(token)
 		c.tokenHash = hex.EncodeToString(sum[:])
 		var err error
-		if hs, err = encodeResumeHandshake(c.e.gateway.Raw, token); err != nil {
+		offer := &protocol.ResumeOffer{Version: protocol.ResumeVersion, Token: token}
+		if hs, err = (protocol.GatewayHandshake{GatewayPrincipal: c.e.gateway.Raw, Resume: offer}).Encode(); err != nil {
 			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
 			return false
 		}
@@ -212,8 +212,8 @@ func (c *conn) start() bool {
 		c.reject(websocket.CloseUnsupportedData, "icws: text frames are not supported", "rejected")
 		return false
 	}
-	var ff firstFrame
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(frame), &ff); err != nil {
+	ff, err := protocol.DecodeFirstFrame(frame)
+	if err != nil {
 		c.reject(websocket.CloseProtocolError, "icws: undecodable frame: "+short(err), "rejected")
 		return false
 	}

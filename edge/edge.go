@@ -96,7 +96,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	hs, err := protocol.EncodeHandshake(deps.Gateway)
+	hs, err := protocol.GatewayHandshake{GatewayPrincipal: deps.Gateway.Raw}.Encode()
 	if err != nil {
 		return nil, err
 	}

@@ -22,14 +22,14 @@ func TestHandshakeBytes(t *testing.T) {
 	e := v.startEdge(testConfig("e1"))
 	c := newClient(t, v.gw, randomCanister(t))
 	hs := c.dial(e.url, false)
-	want, _ := protocol.EncodeHandshake(v.gw)
+	want, _ := protocol.GatewayHandshake{GatewayPrincipal: v.gw.Raw}.Encode()
 	if !bytes.Equal(hs, want) {
 		t.Fatalf("handshake %x, want %x", hs, want)
 	}
 	c2 := newClient(t, v.gw, randomCanister(t))
 	hs2 := c2.dial(e.url, true)
-	p, err := protocol.DecodeHandshake(hs2)
-	if err != nil || !p.Equal(v.gw) {
+	h, err := protocol.DecodeHandshake(hs2)
+	if err != nil || !h.Gateway().Equal(v.gw) {
 		t.Fatalf("resume handshake does not decode as a standard one: %v", err)
 	}
 	if !bytes.HasPrefix(hs2, protocol.SelfDescribeTag) {

@@ -19,7 +19,6 @@ import (
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/testkit"
@@ -232,8 +231,8 @@ func (c *client) dial(u string, resume bool) []byte {
 		c.t.Fatalf("handshake: %v %d", err, typ)
 	}
 	if resume {
-		var h resumeHandshake
-		if err := cbor.Unmarshal(protocol.StripSelfDescribe(hs), &h); err != nil || len(h.Resume.Token) != 32 || h.Resume.Version != 1 {
+		h, err := protocol.DecodeHandshake(hs)
+		if err != nil || h.Resume == nil || len(h.Resume.Token) != 32 {
 			c.t.Fatalf("resume handshake: %v %+v", err, h)
 		}
 		c.token = h.Resume.Token
@@ -338,10 +337,10 @@ func expectClose(t testing.TB, ws *websocket.Conn) (int, string) {
 }
 
 func (c *client) resumeFrame(canister principal.Principal, token []byte, lastSeq uint64) []byte {
-	b, err := cbor.Marshal(map[string]any{"icws_resume": resumeRequest{
+	b, err := protocol.ResumeRequest{
 		Token: token, CanisterID: canister.Raw,
-		ClientKey: resumeClientKey{ClientPrincipal: c.id.Sender().Raw, ClientNonce: c.nonce}, LastSeq: lastSeq,
-	}})
+		ClientKey: protocol.ResumeClientKey{ClientPrincipal: c.id.Sender().Raw, ClientNonce: c.nonce}, LastSeq: lastSeq,
+	}.Encode()
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -365,11 +364,11 @@ func (c *client) resume(u string, lastSeq uint64) (lastClient uint64, code int, 
 		}
 		c.t.Fatalf("resume answer: %v", err)
 	}
-	var r resumedFrame
-	if err := cbor.Unmarshal(f, &r); err != nil {
+	r, err := protocol.DecodeResumed(f)
+	if err != nil {
 		c.t.Fatalf("resume answer %x: %v", f, err)
 	}
-	return r.Resumed.LastClientSeq, 0, ""
+	return r.LastClientSeq, 0, ""
 }
 
 // ---- fake pipeline (stands in for submitter and poller) ----

@@ -19,7 +19,7 @@ import (
 
 // resume handles an icws_resume first frame (docs/RESUME.md). On success the session is bound to
 // this connection, {icws_resumed} and the replay are under way, and it returns true.
-func (c *conn) resume(req *resumeRequest) bool {
+func (c *conn) resume(req *protocol.ResumeRequest) bool {
 	start := time.Now()
 	fail := func(why string) bool {
 		c.e.m.resumes.WithLabelValues("not_resumable").Inc()
@@ -136,7 +136,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 		c.teardown("resume failed")
 		return false
 	}
-	resumed, err := encodeResumed(lastClient)
+	resumed, err := protocol.ResumedAnswer{LastClientSeq: lastClient}.Encode()
 	if err != nil {
 		c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
 		c.teardown("resume failed")

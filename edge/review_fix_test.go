@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/testkit"
@@ -41,10 +40,7 @@ func expectResumed(t *testing.T, c *client) {
 	if err != nil {
 		t.Fatalf("no {icws_resumed} after the handshake: %v", err)
 	}
-	var r struct {
-		Resumed *resumedBody `cbor:"icws_resumed"`
-	}
-	if err := cbor.Unmarshal(fr, &r); err != nil || r.Resumed == nil {
+	if _, err := protocol.DecodeResumed(fr); err != nil {
 		t.Fatalf("first frame after the handshake is not {icws_resumed}: %x", fr)
 	}
 }

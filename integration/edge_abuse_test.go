@@ -207,10 +207,11 @@ func rawDial(t *testing.T, url string) (*websocket.Conn, principal.Principal) {
 	if typ != websocket.BinaryMessage {
 		t.Fatalf("handshake frame type %d", typ)
 	}
-	gw, err := protocol.DecodeHandshake(b)
+	h, err := protocol.DecodeHandshake(b)
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
 	}
+	gw := h.Gateway()
 	ws.SetReadDeadline(time.Time{})
 	return ws, gw
 }

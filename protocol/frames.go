@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
@@ -19,30 +20,41 @@ func StripSelfDescribe(b []byte) []byte {
 }
 
 // GatewayHandshake is the first frame the gateway sends: the raw bytes of its principal as a CBOR
-// byte string, in a map prefixed with the self-describe tag.
+// byte string, in a map prefixed with the self-describe tag, and on a connection that opted into
+// the resume extension (docs/RESUME.md) the offer of a session token.
 type GatewayHandshake struct {
-	GatewayPrincipal []byte `cbor:"gateway_principal"`
+	GatewayPrincipal []byte       `cbor:"gateway_principal"`
+	Resume           *ResumeOffer `cbor:"icws_resume,omitempty"`
 }
 
-// EncodeHandshake builds the handshake frame for a gateway principal.
-func EncodeHandshake(gateway principal.Principal) ([]byte, error) {
-	b, err := cbor.Marshal(GatewayHandshake{GatewayPrincipal: gateway.Raw})
+// Gateway is the gateway's principal.
+func (h GatewayHandshake) Gateway() principal.Principal {
+	return principal.Principal{Raw: h.GatewayPrincipal}
+}
+
+// Encode serialises the handshake frame.
+func (h GatewayHandshake) Encode() ([]byte, error) {
+	b, err := cbor.Marshal(h)
 	if err != nil {
 		return nil, fmt.Errorf("encode handshake: %w", err)
 	}
 	return append(append([]byte{}, SelfDescribeTag...), b...), nil
 }
 
-// DecodeHandshake reads a handshake frame; the principal must be a byte string.
-func DecodeHandshake(frame []byte) (principal.Principal, error) {
+// DecodeHandshake reads a handshake frame. The principal must be a byte string, as the SDK
+// requires; a resume offer must be of ResumeVersion with a token.
+func DecodeHandshake(frame []byte) (GatewayHandshake, error) {
 	var h GatewayHandshake
-	if err := cbor.Unmarshal(StripSelfDescribe(frame), &h); err != nil {
-		return principal.Principal{}, fmt.Errorf("decode handshake: %w", err)
+	if err := frameDecMode.Unmarshal(StripSelfDescribe(frame), &h); err != nil {
+		return GatewayHandshake{}, fmt.Errorf("decode handshake: %w", err)
 	}
-	if len(h.GatewayPrincipal) == 0 {
-		return principal.Principal{}, errors.New("decode handshake: no gateway_principal")
+	if len(h.GatewayPrincipal) == 0 || len(h.GatewayPrincipal) > MaxPrincipalBytes {
+		return GatewayHandshake{}, fmt.Errorf("decode handshake: no gateway_principal of 1 to %d bytes", MaxPrincipalBytes)
 	}
-	return principal.Principal{Raw: h.GatewayPrincipal}, nil
+	if h.Resume != nil && (h.Resume.Version != ResumeVersion || len(h.Resume.Token) == 0) {
+		return GatewayHandshake{}, fmt.Errorf("decode handshake: unsupported icws_resume offer (version %d, %d-byte token)", h.Resume.Version, len(h.Resume.Token))
+	}
+	return h, nil
 }
 
 // CanisterToClientMessage is every gateway → client frame after the handshake. The field order and
@@ -66,7 +78,7 @@ func (m CanisterToClientMessage) Encode() ([]byte, error) {
 // DecodeCanisterToClientMessage parses a gateway → client frame.
 func DecodeCanisterToClientMessage(frame []byte) (CanisterToClientMessage, error) {
 	var m CanisterToClientMessage
-	if err := cbor.Unmarshal(StripSelfDescribe(frame), &m); err != nil {
+	if err := frameDecMode.Unmarshal(StripSelfDescribe(frame), &m); err != nil {
 		return m, fmt.Errorf("decode canister message frame: %w", err)
 	}
 	if m.Key == "" || m.Content == nil || m.Cert == nil || m.Tree == nil {
@@ -75,10 +87,27 @@ func DecodeCanisterToClientMessage(frame []byte) (CanisterToClientMessage, error
 	return m, nil
 }
 
-// clientFrame is the client → gateway frame {envelope: <envelope>}; the envelope stays raw so the
-// gateway can forward it byte for byte.
+// clientFrame is a client → gateway frame: {envelope: <envelope>} carrying a call or, as the first
+// frame of a resuming connection, {icws_resume: ...}. The envelope stays raw so the gateway can
+// forward it byte for byte.
 type clientFrame struct {
-	Envelope cbor.RawMessage `cbor:"envelope"`
+	Envelope cbor.RawMessage `cbor:"envelope,omitempty"`
+	Resume   *ResumeRequest  `cbor:"icws_resume,omitempty"`
+}
+
+// decodeClientFrame reads a client frame holding exactly one of envelope and icws_resume.
+func decodeClientFrame(frame []byte) (clientFrame, error) {
+	var f clientFrame
+	if err := frameDecMode.Unmarshal(StripSelfDescribe(frame), &f); err != nil {
+		return clientFrame{}, fmt.Errorf("decode client frame: %w", err)
+	}
+	switch {
+	case len(f.Envelope) > 0 && f.Resume != nil:
+		return clientFrame{}, errors.New("decode client frame: both envelope and icws_resume")
+	case len(f.Envelope) == 0 && f.Resume == nil:
+		return clientFrame{}, errors.New("decode client frame: no envelope")
+	}
+	return f, nil
 }
 
 // EncodeClientFrame wraps an encoded envelope as {envelope: ...} with the self-describe tag, as
@@ -91,7 +120,29 @@ func EncodeClientFrame(envelope []byte) ([]byte, error) {
 	return append(append([]byte{}, SelfDescribeTag...), b...), nil
 }
 
-// Envelope is a decoded view of a client's signed call envelope. Raw holds the exact bytes of the
+// FirstFrame is the first client frame of a connection: an envelope frame that opens a session,
+// or a resume frame (docs/RESUME.md §1.4) that continues one.
+type FirstFrame struct {
+	// Envelope is the raw envelope of an {envelope} frame; nil for a resume frame.
+	Envelope []byte
+	// Resume is the request of an {icws_resume} frame; nil for an envelope frame.
+	Resume *ResumeRequest
+}
+
+// DecodeFirstFrame tells a resume frame from an envelope frame without decoding the envelope.
+// The fields of a resume request are not checked beyond their CBOR types.
+func DecodeFirstFrame(frame []byte) (FirstFrame, error) {
+	f, err := decodeClientFrame(frame)
+	if err != nil {
+		return FirstFrame{}, err
+	}
+	if f.Resume != nil {
+		return FirstFrame{Resume: f.Resume}, nil
+	}
+	return FirstFrame{Envelope: []byte(f.Envelope)}, nil
+}
+
+// Envelope is a decoded view of a client's call envelope. Raw holds the exact bytes of the
 // envelope value as the client sent them.
 type Envelope struct {
 	Raw     []byte
@@ -121,21 +172,22 @@ type envelopeView struct {
 // ErrNotCallEnvelope is returned for frames whose envelope is not a call.
 var ErrNotCallEnvelope = errors.New("envelope is not a call")
 
-// DecodeClientFrame parses a client frame {envelope} and returns the envelope with its raw bytes.
-// Only call envelopes are accepted.
+// DecodeClientFrame parses a client frame {envelope} and returns the envelope with its raw bytes,
+// unverified: a gateway uses IngressPolicy.VerifyClientFrame instead. Only call envelopes are
+// accepted.
 func DecodeClientFrame(frame []byte) (Envelope, error) {
-	var f clientFrame
-	if err := cbor.Unmarshal(StripSelfDescribe(frame), &f); err != nil {
-		return Envelope{}, fmt.Errorf("decode client frame: %w", err)
+	f, err := decodeClientFrame(frame)
+	if err != nil {
+		return Envelope{}, err
 	}
-	if len(f.Envelope) == 0 {
-		return Envelope{}, errors.New("decode client frame: no envelope")
+	if f.Resume != nil {
+		return Envelope{}, errors.New("decode client frame: icws_resume where an envelope is expected")
 	}
 	var v envelopeView
-	if err := cbor.Unmarshal(StripSelfDescribe(f.Envelope), &v); err != nil {
+	if err := frameDecMode.Unmarshal(StripSelfDescribe(f.Envelope), &v); err != nil {
 		return Envelope{}, fmt.Errorf("decode envelope: %w", err)
 	}
-	if v.Content.RequestType != "call" {
+	if v.Content.RequestType != RequestCall {
 		return Envelope{}, fmt.Errorf("decode envelope: %w (request_type %q)", ErrNotCallEnvelope, v.Content.RequestType)
 	}
 	return Envelope{
@@ -143,6 +195,38 @@ func DecodeClientFrame(frame []byte) (Envelope, error) {
 		Content: v.Content,
 		Signed:  len(v.SenderPubkey) > 0 && len(v.SenderSig) > 0,
 	}, nil
+}
+
+// VerifyClientFrame decodes a client frame {envelope} and verifies its envelope as a call with
+// VerifyEnvelope. It returns the envelope (Raw as the client sent it, to be forwarded byte for
+// byte; Content taken from the verified request) and the verified request. Errors are
+// *IngressError; an undecodable frame is of kind IngressMalformed.
+func (p IngressPolicy) VerifyClientFrame(frame []byte, now time.Time, prechecks ...Precheck) (Envelope, *Request, error) {
+	f, err := decodeClientFrame(frame)
+	if err != nil {
+		return Envelope{}, nil, &IngressError{Kind: IngressMalformed, Msg: err.Error()}
+	}
+	if f.Resume != nil {
+		return Envelope{}, nil, &IngressError{Kind: IngressMalformed, Msg: "decode client frame: icws_resume where an envelope is expected"}
+	}
+	req, err := p.VerifyEnvelope(f.Envelope, RequestCall, now, prechecks...)
+	if err != nil {
+		return Envelope{}, nil, err
+	}
+	env := Envelope{
+		Raw: []byte(f.Envelope),
+		Content: EnvelopeContent{
+			RequestType:   req.Type,
+			CanisterID:    req.Canister.Raw,
+			MethodName:    req.Method,
+			Arg:           req.Arg,
+			Sender:        req.Sender.Raw,
+			IngressExpiry: uint64(req.Expiry.UnixNano()),
+			Nonce:         req.Nonce,
+		},
+		Signed: !req.Anonymous,
+	}
+	return env, req, nil
 }
 
 // EncodeWebsocketMessageCBOR serialises a canister message content as the CDK does: a CBOR map in
@@ -181,7 +265,7 @@ func DecodeWebsocketMessageCBOR(content []byte) (WebsocketMessage, error) {
 		IsServiceMessage bool          `cbor:"is_service_message"`
 		Content          []byte        `cbor:"content"`
 	}
-	if err := cbor.Unmarshal(StripSelfDescribe(content), &v); err != nil {
+	if err := icDecMode.Unmarshal(StripSelfDescribe(content), &v); err != nil {
 		return WebsocketMessage{}, fmt.Errorf("decode websocket message: %w", err)
 	}
 	return WebsocketMessage{

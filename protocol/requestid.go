@@ -16,13 +16,6 @@ import (
 // does, so fields unknown to us are hashed too.
 type RequestID [32]byte
 
-// requestIDDecMode decodes maps with any key type so non-text keys are reported, not mangled.
-var requestIDDecMode, _ = cbor.DecOptions{
-	DefaultMapType: nil,
-	IntDec:         cbor.IntDecConvertNone,
-	BigIntDec:      cbor.BigIntDecodeValue,
-}.DecMode()
-
 // RequestIDOfContent hashes the CBOR encoding of a content map.
 func RequestIDOfContent(content []byte) (RequestID, error) {
 	var v any
@@ -44,7 +37,7 @@ func RequestIDOfEnvelope(envelope []byte) (RequestID, error) {
 	var e struct {
 		Content cbor.RawMessage `cbor:"content"`
 	}
-	if err := cbor.Unmarshal(StripSelfDescribe(envelope), &e); err != nil {
+	if err := icDecMode.Unmarshal(StripSelfDescribe(envelope), &e); err != nil {
 		return RequestID{}, fmt.Errorf("request id: decode envelope: %w", err)
 	}
 	if len(e.Content) == 0 {

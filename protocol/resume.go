@@ -1,7 +1,15 @@
 package protocol
 
-// The icws resume extension v1 (docs/RESUME.md): frames and close codes shared by the gateway's
-// edge and the Go client.
+import (
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// The icws resume extension v1 (docs/RESUME.md): frames, their codecs and close codes, shared by
+// the gateway's edge and the Go client. The offer travels in the handshake (GatewayHandshake), the
+// request as a first client frame (DecodeFirstFrame).
 
 // ResumeQueryParam, set to "1" on the WebSocket URL, opts a connection into the extension.
 const ResumeQueryParam = "icws-resume"
@@ -40,8 +48,43 @@ type ResumeRequest struct {
 	LastSeq uint64 `cbor:"last_seq"`
 }
 
+// Encode serialises the resume frame {icws_resume: r} with the self-describe tag.
+func (r ResumeRequest) Encode() ([]byte, error) {
+	b, err := cbor.Marshal(clientFrame{Resume: &r})
+	if err != nil {
+		return nil, fmt.Errorf("encode resume frame: %w", err)
+	}
+	return append(append([]byte{}, SelfDescribeTag...), b...), nil
+}
+
 // ResumedAnswer is the icws_resumed value of the edge's answer to a successful resume.
 type ResumedAnswer struct {
 	// LastClientSeq is the highest client sequence number the gateway has stored.
 	LastClientSeq uint64 `cbor:"last_client_seq"`
+}
+
+// resumedFrame is the gateway's answer to a successful resume: {icws_resumed: ...}.
+type resumedFrame struct {
+	Resumed *ResumedAnswer `cbor:"icws_resumed"`
+}
+
+// Encode serialises the frame {icws_resumed: a}, without the self-describe tag.
+func (a ResumedAnswer) Encode() ([]byte, error) {
+	b, err := cbor.Marshal(resumedFrame{Resumed: &a})
+	if err != nil {
+		return nil, fmt.Errorf("encode resumed frame: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeResumed reads the gateway's answer to a resume frame.
+func DecodeResumed(frame []byte) (ResumedAnswer, error) {
+	var f resumedFrame
+	if err := frameDecMode.Unmarshal(StripSelfDescribe(frame), &f); err != nil {
+		return ResumedAnswer{}, fmt.Errorf("decode resumed frame: %w", err)
+	}
+	if f.Resumed == nil {
+		return ResumedAnswer{}, errors.New("decode resumed frame: no icws_resumed")
+	}
+	return *f.Resumed, nil
 }

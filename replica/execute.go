@@ -67,21 +67,21 @@ func (rs *requestState) addTo(t tree, id protocol.RequestID) {
 
 // submit records an update call and starts executing it, unless a call with the same request id
 // is already known: the IC never executes a request id twice.
-func (r *Replica) submit(in *ingress, cs *canisterState) *requestState {
+func (r *Replica) submit(in *protocol.Request, cs *canisterState) *requestState {
 	now := time.Now()
 	r.mu.Lock()
-	if rs, ok := r.requests[in.id]; ok {
+	if rs, ok := r.requests[in.ID]; ok {
 		r.mu.Unlock()
 		return rs
 	}
 	rs := &requestState{
-		sender:   in.sender,
+		sender:   in.Sender,
 		canister: cs.id,
-		expiry:   in.expiry,
+		expiry:   in.Expiry,
 		done:     make(chan struct{}),
 		status:   statusReceived,
 	}
-	r.requests[in.id] = rs
+	r.requests[in.ID] = rs
 	if now.Sub(r.lastPrune) > time.Second {
 		r.lastPrune = now
 		for id, old := range r.requests {
@@ -102,7 +102,7 @@ func (r *Replica) submit(in *ingress, cs *canisterState) *requestState {
 	return rs
 }
 
-func (r *Replica) execute(rs *requestState, cs *canisterState, in *ingress, prev <-chan struct{}, mine chan<- struct{}) {
+func (r *Replica) execute(rs *requestState, cs *canisterState, in *protocol.Request, prev <-chan struct{}, mine chan<- struct{}) {
 	defer close(mine)
 	if r.cfg.UpdateLatency > 0 {
 		// Simulated consensus delay: calls arriving together are "in the same block".
@@ -113,7 +113,7 @@ func (r *Replica) execute(rs *requestState, cs *canisterState, in *ingress, prev
 		<-prev
 	}
 	rs.setStatus(statusProcessing)
-	call := Call{Caller: in.sender, Method: in.method, Arg: in.arg, Time: r.now()}
+	call := Call{Caller: in.Sender, Method: in.Method, Arg: in.Arg, Time: r.now()}
 	reply, rej := invoke(cs.id, func() ([]byte, error) { return cs.impl.Update(context.Background(), call) })
 	r.height.Add(1)
 	rs.mu.Lock()
@@ -124,8 +124,8 @@ func (r *Replica) execute(rs *requestState, cs *canisterState, in *ingress, prev
 	}
 	rs.mu.Unlock()
 	close(rs.done)
-	r.log.Debug("update executed", "canister", cs.id.String(), "method", in.method,
-		"request_id", fmt.Sprintf("%x", in.id[:]), "rejected", rej != nil)
+	r.log.Debug("update executed", "canister", cs.id.String(), "method", in.Method,
+		"request_id", fmt.Sprintf("%x", in.ID[:]), "rejected", rej != nil)
 }
 
 // invoke runs a canister method; a panic or a non-Reject error is a trap.

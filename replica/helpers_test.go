@@ -69,7 +69,7 @@ func (e *env) agent(t *testing.T, id identity.Identity, mod ...func(*agent.Confi
 	return a
 }
 
-func identities(t *testing.T) map[string]identity.Identity {
+func identities(t testing.TB) map[string]identity.Identity {
 	t.Helper()
 	ed := testkit.NewIdentity(t)
 	k1, err := identity.NewRandomSecp256k1Identity()
@@ -88,7 +88,7 @@ func identities(t *testing.T) map[string]identity.Identity {
 	}
 }
 
-func mustCandid(t *testing.T, v ...any) []byte {
+func mustCandid(t testing.TB, v ...any) []byte {
 	t.Helper()
 	b, err := candid.Marshal(v)
 	if err != nil {
@@ -97,7 +97,7 @@ func mustCandid(t *testing.T, v ...any) []byte {
 	return b
 }
 
-func nonce(t *testing.T, n int) []byte {
+func nonce(t testing.TB, n int) []byte {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -107,7 +107,7 @@ func nonce(t *testing.T, n int) []byte {
 }
 
 // callContent is the content map of a call (or query) to the test canister.
-func callContent(t *testing.T, typ string, sender principal.Principal, method string, arg []byte) map[string]any {
+func callContent(t testing.TB, typ string, sender principal.Principal, method string, arg []byte) map[string]any {
 	return map[string]any{
 		"request_type":   typ,
 		"sender":         sender.Raw,
@@ -125,7 +125,7 @@ type signedDelegation struct {
 }
 
 // envelope signs content as id would; dels (if any) delegate from id to signer.
-func envelope(t *testing.T, content map[string]any, id identity.Identity, dels []signedDelegation, signer identity.Identity) ([]byte, protocol.RequestID) {
+func envelope(t testing.TB, content map[string]any, id identity.Identity, dels []signedDelegation, signer identity.Identity) ([]byte, protocol.RequestID) {
 	t.Helper()
 	raw, err := cbor.Marshal(content)
 	if err != nil {
@@ -154,7 +154,7 @@ func envelope(t *testing.T, content map[string]any, id identity.Identity, dels [
 }
 
 // delegate makes from delegate to "to" until exp, optionally restricted to targets.
-func delegate(t *testing.T, from, to identity.Identity, exp time.Time, targets [][]byte) signedDelegation {
+func delegate(t testing.TB, from, to identity.Identity, exp time.Time, targets [][]byte) signedDelegation {
 	t.Helper()
 	d := map[string]any{"pubkey": to.PublicKey(), "expiration": uint64(exp.UnixNano())}
 	if targets != nil {

@@ -84,6 +84,18 @@ func (r *Replica) middleware(next http.Handler) http.Handler {
 	})
 }
 
+// httpError is a refusal answered as text/plain with the IC's status code.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("%d: %s", e.status, e.msg) }
+
+func badRequest(format string, args ...any) *httpError {
+	return &httpError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
 func textError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -124,7 +136,7 @@ func (r *Replica) readRequest(w http.ResponseWriter, req *http.Request) (princip
 
 // readValidated reads a request of type typ to the effective canister in the path and validates
 // it; when it fails it has answered.
-func (r *Replica) readValidated(w http.ResponseWriter, req *http.Request, typ string) (*ingress, principal.Principal, bool) {
+func (r *Replica) readValidated(w http.ResponseWriter, req *http.Request, typ string) (*protocol.Request, principal.Principal, bool) {
 	ecid, body, ok := r.readRequest(w, req)
 	if !ok {
 		return nil, principal.Principal{}, false
@@ -133,11 +145,20 @@ func (r *Replica) readValidated(w http.ResponseWriter, req *http.Request, typ st
 	return in, ecid, ok
 }
 
-func (r *Replica) validate(w http.ResponseWriter, body []byte, typ string, ecid principal.Principal) (*ingress, bool) {
-	in, herr := r.val.validate(body, typ, ecid, time.Now())
-	if herr != nil {
-		r.log.Debug("request refused", "type", typ, "status", herr.status, "reason", herr.msg)
-		textError(w, herr.status, herr.msg)
+// validate verifies an envelope as the IC's ingress validator does, checking that a call or query
+// is for the effective canister id of the URL before its signatures (as the IC does); every
+// refusal is a 400 with the IC's wording.
+func (r *Replica) validate(w http.ResponseWriter, body []byte, typ string, ecid principal.Principal) (*protocol.Request, bool) {
+	in, err := r.ingress.VerifyEnvelope(body, typ, time.Now(), func(in *protocol.Request) error {
+		if typ != protocol.RequestReadState && !in.Canister.Equal(ecid) {
+			return &protocol.IngressError{Kind: protocol.IngressRefused, Msg: fmt.Sprintf(
+				"Specified CanisterId %s does not match effective canister id in URL %s", in.Canister, ecid)}
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Debug("request refused", "type", typ, "status", http.StatusBadRequest, "reason", err.Error())
+		textError(w, http.StatusBadRequest, err.Error())
 		return nil, false
 	}
 	return in, true
@@ -160,9 +181,9 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	cs := r.canister(in.canisterID)
+	cs := r.canister(in.Canister)
 	if cs == nil {
-		resp := rejectFields(canisterNotFound(in.canisterID))
+		resp := rejectFields(canisterNotFound(in.Canister))
 		resp["status"] = "non_replicated_rejection"
 		writeCBOR(w, http.StatusOK, resp)
 		return
@@ -180,7 +201,7 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 		textError(w, http.StatusServiceUnavailable, "The replica is shutting down or the client went away.")
 		return
 	}
-	cert, err := r.statusCertificate(rs, in.id)
+	cert, err := r.statusCertificate(rs, in.ID)
 	if err != nil {
 		textError(w, http.StatusInternalServerError, "certify: "+err.Error())
 		return
@@ -194,9 +215,9 @@ func (r *Replica) handleCallV2(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	cs := r.canister(in.canisterID)
+	cs := r.canister(in.Canister)
 	if cs == nil {
-		writeCBOR(w, http.StatusOK, rejectFields(canisterNotFound(in.canisterID)))
+		writeCBOR(w, http.StatusOK, rejectFields(canisterNotFound(in.Canister)))
 		return
 	}
 	r.submit(in, cs)
@@ -211,13 +232,13 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	}
 	var reply []byte
 	var rej *Reject
-	if cs := r.canister(in.canisterID); cs == nil {
-		rej = canisterNotFound(in.canisterID)
+	if cs := r.canister(in.Canister); cs == nil {
+		rej = canisterNotFound(in.Canister)
 	} else {
 		call := Call{
-			Caller:          in.sender,
-			Method:          in.method,
-			Arg:             in.arg,
+			Caller:          in.Sender,
+			Method:          in.Method,
+			Arg:             in.Arg,
 			Time:            r.now(),
 			DataCertificate: func() ([]byte, error) { return r.dataCertificate(cs) },
 		}
@@ -225,7 +246,7 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	}
 	ts := uint64(r.now().UnixNano())
 	resp := map[string]any{}
-	signed := map[string]any{"timestamp": ts, "request_id": in.id[:]}
+	signed := map[string]any{"timestamp": ts, "request_id": in.ID[:]}
 	if rej != nil {
 		resp["status"], signed["status"] = statusRejected, statusRejected
 		for k, v := range rejectFields(rej) {
@@ -257,7 +278,7 @@ func (r *Replica) handleReadState(w http.ResponseWriter, req *http.Request) {
 	}
 	t := tree{}
 	var statusID []byte
-	for _, path := range in.paths {
+	for _, path := range in.Paths {
 		if herr := r.addPath(t, path, ecid, in, &statusID); herr != nil {
 			r.log.Debug("read_state refused", "status", herr.status, "reason", herr.msg)
 			textError(w, herr.status, herr.msg)
@@ -284,7 +305,7 @@ func (r *Replica) handleSubnetReadState(w http.ResponseWriter, req *http.Request
 		return
 	}
 	t := tree{}
-	for _, path := range in.paths {
+	for _, path := range in.Paths {
 		if len(path) == 0 || (string(path[0]) != "time" && string(path[0]) != "subnet") {
 			textError(w, http.StatusNotFound, "Invalid path requested.")
 			return
@@ -321,7 +342,7 @@ func invalidPath() *httpError {
 	return &httpError{status: http.StatusNotFound, msg: "Invalid path requested."}
 }
 
-func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *ingress, statusID *[]byte) *httpError {
+func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *protocol.Request, statusID *[]byte) *httpError {
 	if len(path) == 0 {
 		return invalidPath()
 	}
@@ -407,7 +428,7 @@ func (r *Replica) isSubnet(id []byte) bool {
 	return false
 }
 
-func (r *Replica) addRequestStatus(t tree, path [][]byte, in *ingress, statusID *[]byte) *httpError {
+func (r *Replica) addRequestStatus(t tree, path [][]byte, in *protocol.Request, statusID *[]byte) *httpError {
 	switch len(path) {
 	case 2:
 	case 3:
@@ -433,10 +454,10 @@ func (r *Replica) addRequestStatus(t tree, path [][]byte, in *ingress, statusID 
 	if rs == nil {
 		return nil
 	}
-	if !rs.sender.Equal(in.sender) {
+	if !rs.sender.Equal(in.Sender) {
 		return &httpError{status: http.StatusForbidden, msg: "Request IDs must be for requests signed by the caller."}
 	}
-	if !in.targetAllowed(rs.canister) {
+	if !in.TargetAllowed(rs.canister) {
 		return &httpError{status: http.StatusForbidden, msg: fmt.Sprintf("Request ID %x is for canister %s, which is not one of the delegation targets.", id, rs.canister)}
 	}
 	rs.addTo(t, protocol.RequestID(id))

@@ -22,7 +22,7 @@ import (
 	"github.com/icws/icws/replica"
 )
 
-func readStateBody(t *testing.T, id identity.Identity, paths ...[][]byte) []byte {
+func readStateBody(t testing.TB, id identity.Identity, paths ...[][]byte) []byte {
 	t.Helper()
 	ps := make([]any, len(paths))
 	for i, p := range paths {

@@ -91,10 +91,10 @@ func (c *Config) setDefaults() {
 
 // Replica is a simulated IC replica hosting Go canisters.
 type Replica struct {
-	cfg  Config
-	log  *slog.Logger
-	keys *keys
-	val  validation
+	cfg     Config
+	log     *slog.Logger
+	keys    *keys
+	ingress protocol.IngressPolicy
 
 	mu        sync.Mutex
 	canisters map[string]*canisterState
@@ -125,7 +125,7 @@ func New(cfg Config) (*Replica, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		keys:      k,
-		val:       validation{maxTTL: cfg.MaxIngressTTL, drift: cfg.IngressDrift},
+		ingress:   protocol.IngressPolicy{MaxTTL: cfg.MaxIngressTTL, Drift: cfg.IngressDrift},
 		canisters: map[string]*canisterState{},
 		requests:  map[protocol.RequestID]*requestState{},
 	}, nil
@@ -171,7 +171,7 @@ func (c *canisterState) getCertifiedData() []byte {
 
 // Install adds a canister at id. newCanister receives the Host of that canister.
 func (r *Replica) Install(id principal.Principal, newCanister func(Host) (Canister, error)) error {
-	if len(id.Raw) == 0 || len(id.Raw) > maxPrincipalBytes {
+	if len(id.Raw) == 0 || len(id.Raw) > protocol.MaxPrincipalBytes {
 		return fmt.Errorf("install %s: not a canister id", id)
 	}
 	cs := &canisterState{id: id, certifiedData: []byte{}}
