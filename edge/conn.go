@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -65,9 +64,9 @@ type conn struct {
 	confirmOnce sync.Once
 
 	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
-	pubMu sync.Mutex
-	rate      tokenBucket // client messages (reader goroutine only)
-	byteRate  byteBucket  // client bytes (reader goroutine only)
+	pubMu    sync.Mutex
+	rate     tokenBucket // client messages (reader goroutine only)
+	byteRate byteBucket  // client bytes (reader goroutine only)
 
 	delivery
 	sendq
@@ -263,34 +262,56 @@ func short(err error) string {
 	return s
 }
 
+// verifyFrame decodes a client frame and verifies its envelope as the IC would (signature,
+// sender, delegations, expiry window) after the caller's cheap checks, so nothing a client did
+// not sign can have an effect. On failure it returns the close code and reason.
+func (c *conn) verifyFrame(frame []byte, expected string, check protocol.Precheck) (protocol.Envelope, *protocol.Request, int, string) {
+	env, req, err := c.e.ingress.VerifyClientFrame(frame, time.Now(), check)
+	var ie *protocol.IngressError
+	switch {
+	case err == nil && req.Anonymous:
+		c.e.m.refused.WithLabelValues("anonymous").Inc()
+		return env, nil, websocket.ClosePolicyViolation, "icws: anonymous clients are not served"
+	case err == nil:
+		return env, req, 0, ""
+	case !errors.As(err, &ie):
+		return env, nil, websocket.CloseProtocolError, "icws: undecodable frame: " + short(err)
+	case ie.Kind == protocol.IngressMalformed:
+		return env, nil, websocket.CloseProtocolError, "icws: undecodable frame: " + short(err)
+	case ie.Kind == protocol.IngressRefused:
+		return env, nil, websocket.ClosePolicyViolation, "icws: " + short(err)
+	case ie.Kind == protocol.IngressRequestType:
+		return env, nil, websocket.ClosePolicyViolation, "icws: " + expected
+	}
+	c.e.m.refused.WithLabelValues("forged_envelope").Inc()
+	c.e.log.Debug("envelope refused", "remote", c.remote, "kind", ie.Kind.String(), "err", err)
+	return env, nil, websocket.ClosePolicyViolation, "icws: envelope refused (" + ie.Kind.String() + "): " + short(err)
+}
+
+// refusal is what a precheck returns to refuse a request with a reason the client sees.
+func refusal(format string, args ...any) error {
+	return &protocol.IngressError{Kind: protocol.IngressRefused, Msg: fmt.Sprintf(format, args...)}
+}
+
 // open handles a ws_open first frame. It returns true with the session bound and live.
 func (c *conn) open(frame []byte) bool {
-	env, err := protocol.DecodeClientFrame(frame)
-	if err != nil {
-		if errors.Is(err, protocol.ErrNotCallEnvelope) {
-			c.reject(websocket.ClosePolicyViolation, "icws: first frame must be a ws_open call", "rejected")
-		} else {
-			c.reject(websocket.CloseProtocolError, "icws: undecodable frame: "+short(err), "rejected")
+	env, req, code, reason := c.verifyFrame(frame, "first frame must be a ws_open call", func(r *protocol.Request) error {
+		if r.Method != "ws_open" {
+			return refusal("first frame must be a ws_open call, not %s", strconv.Quote(trunc(r.Method, 40)))
 		}
+		if len(c.e.canisters) > 0 && !c.e.canisters[r.Canister.Encode()] {
+			return refusal("canister not allowed: %s", r.Canister.Encode())
+		}
+		return nil
+	})
+	if code != 0 {
+		c.reject(code, reason, "rejected")
 		return false
 	}
-	ct := env.Content
-	if ct.MethodName != "ws_open" {
-		c.reject(websocket.ClosePolicyViolation, "icws: first frame must be a ws_open call, not "+strconv.Quote(trunc(ct.MethodName, 40)), "rejected")
-		return false
-	}
-	if len(ct.CanisterID) == 0 || len(ct.CanisterID) > 29 || len(ct.Sender) == 0 || len(ct.Sender) > 29 {
-		c.reject(websocket.ClosePolicyViolation, "icws: ws_open without a valid canister_id or sender", "rejected")
-		return false
-	}
-	canister := principal.Principal{Raw: ct.CanisterID}
+	canister := req.Canister
 	canText := canister.Encode()
-	if len(c.e.canisters) > 0 && !c.e.canisters[canText] {
-		c.reject(websocket.ClosePolicyViolation, "icws: canister not allowed: "+canText, "rejected")
-		return false
-	}
 	var args protocol.CanisterWsOpenArguments
-	if err := candid.Unmarshal(ct.Arg, []any{&args}); err != nil {
+	if err := candid.Unmarshal(req.Arg, []any{&args}); err != nil {
 		c.reject(websocket.CloseProtocolError, "icws: ws_open argument is not CanisterWsOpenArguments", "rejected")
 		return false
 	}
@@ -298,7 +319,7 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.ClosePolicyViolation, "icws: ws_open names another gateway: "+args.GatewayPrincipal.Encode(), "rejected")
 		return false
 	}
-	client := protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: ct.Sender}, ClientNonce: args.ClientNonce}
+	client := protocol.ClientKey{ClientPrincipal: req.Sender, ClientNonce: args.ClientNonce}
 	if code, reason, outcome := c.e.admitSession(canText, client.ClientPrincipal.Encode()); code != 0 {
 		c.reject(code, reason, outcome)
 		return false
@@ -477,23 +498,21 @@ func (c *conn) readLoop() string {
 // relay checks one client frame and publishes it to ICWS_IN, waiting for the PubAck so that the
 // stream holds the client's envelopes in the order they were sent.
 func (c *conn) relay(frame []byte) (int, string) {
-	env, err := protocol.DecodeClientFrame(frame)
-	if err != nil {
-		if errors.Is(err, protocol.ErrNotCallEnvelope) {
-			return websocket.ClosePolicyViolation, "icws: only ws_message calls are relayed"
+	env, req, code, reason := c.verifyFrame(frame, "only ws_message calls are relayed", func(r *protocol.Request) error {
+		switch {
+		case r.Method != "ws_message":
+			return refusal("only ws_message calls are relayed, not %s", strconv.Quote(trunc(r.Method, 40)))
+		case !r.Canister.Equal(c.canister):
+			return refusal("ws_message for another canister than the session's")
+		case !r.Sender.Equal(c.client.ClientPrincipal):
+			return refusal("ws_message from another sender than the session's")
 		}
-		return websocket.CloseProtocolError, "icws: undecodable frame: " + short(err)
+		return nil
+	})
+	if code != 0 {
+		return code, reason
 	}
-	ct := env.Content
-	switch {
-	case ct.MethodName != "ws_message":
-		return websocket.ClosePolicyViolation, "icws: only ws_message calls are relayed, not " + strconv.Quote(trunc(ct.MethodName, 40))
-	case !bytes.Equal(ct.CanisterID, c.canister.Raw):
-		return websocket.ClosePolicyViolation, "icws: ws_message for another canister than the session's"
-	case !bytes.Equal(ct.Sender, c.client.ClientPrincipal.Raw):
-		return websocket.ClosePolicyViolation, "icws: ws_message from another sender than the session's"
-	}
-	seq, err := decodeMessageSeq(ct.Arg)
+	seq, err := decodeMessageSeq(req.Arg)
 	if err != nil {
 		return websocket.CloseProtocolError, "icws: ws_message argument: " + short(err)
 	}

@@ -56,6 +56,7 @@ type Edge struct {
 	proxies   []netip.Prefix
 	sessions  *broker.Sessions
 	index     *sessionIndex
+	ingress   protocol.IngressPolicy
 
 	mu          sync.RWMutex
 	bySub       map[*nats.Subscription]*conn // live delivery routing
@@ -116,6 +117,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
 		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
+		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift},
 		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{},
 	}

@@ -144,6 +144,9 @@ func TestConnectionSlotsAreReturned(t *testing.T) {
 		if code != 101 {
 			t.Fatalf("connection %d refused (%d): a closed connection kept its slot", i+1, code)
 		}
+		if _, _, err := ws.ReadMessage(); err != nil { // the handshake: the edge holds the connection
+			t.Fatal(err)
+		}
 		_ = ws.Close()
 		waitFor(t, 5*time.Second, "connection gone", func() bool { return e.connCount() == 0 })
 	}
