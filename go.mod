@@ -4,7 +4,6 @@ go 1.26.8
 
 require (
 	github.com/aviate-labs/agent-go v0.8.0
-	github.com/aviate-labs/leb128 v0.3.0
 	github.com/aviate-labs/secp256k1 v0.0.0-5e6736a
 	github.com/consensys/gnark-crypto v0.15.0
 	github.com/fxamacker/cbor/v2 v2.10.0
@@ -20,6 +19,7 @@ require (
 require (
 	github.com/0x51-dev/upeg v0.1.5 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/aviate-labs/leb128 v0.3.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/bits-and-blooms/bitset v1.20.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
