@@ -4,7 +4,6 @@ go 1.26.8
 
 require (
 	github.com/aviate-labs/agent-go v0.8.0
-	github.com/aviate-labs/leb128 v0.3.0
 	github.com/aviate-labs/secp256k1 v0.0.0-5e6736a
 	github.com/chromedp/cdproto v0.159.0
 	github.com/chromedp/chromedp v0.23.0
@@ -23,6 +22,7 @@ require (
 require (
 	github.com/0x51-dev/upeg v0.1.5 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/aviate-labs/leb128 v0.3.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/bits-and-blooms/bitset v1.20.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect

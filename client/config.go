@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,11 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aviate-labs/agent-go/certification"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
 )
 
 // Defaults, as in ic-websocket-js 0.5.0 where it has one.
@@ -172,7 +171,7 @@ func RootKey(ctx context.Context, icURL string, explicit []byte, hc *http.Client
 		return nil, errors.New("root key: neither RootKey nor ICURL is set")
 	}
 	if isMainnet(icURL) {
-		return hex.DecodeString(certification.RootKey)
+		return certificate.MainnetRootKey(), nil
 	}
 	if hc == nil {
 		hc = http.DefaultClient

@@ -7,11 +7,12 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
+	"github.com/icws/icws/protocol/hashtree"
 )
 
 // CallStatus is what the IC said about an update call.
@@ -65,12 +66,21 @@ func (o CallOutcome) Reject() *RejectError {
 	return &RejectError{Code: o.RejectCode, Message: o.RejectMessage, ErrorCode: o.ErrorCode}
 }
 
+// callAnswer is the body of a v3 call answered with 200.
 type callAnswer struct {
 	Status        string  `cbor:"status"`
 	Certificate   []byte  `cbor:"certificate"`
 	RejectCode    uint64  `cbor:"reject_code"`
 	RejectMessage *string `cbor:"reject_message"`
 	ErrorCode     string  `cbor:"error_code"`
+}
+
+func decodeCallAnswer(body []byte) (callAnswer, error) {
+	var a callAnswer
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body), &a); err != nil {
+		return a, &DecodeError{fmt.Errorf("call answer: %w", err)}
+	}
+	return a, nil
 }
 
 // SubmitCall POSTs a signed call envelope byte for byte to the call endpoint of canister (the
@@ -91,9 +101,9 @@ func (c *Client) SubmitCall(ctx context.Context, canister principal.Principal, e
 		out.Status = CallAccepted
 		return out, nil
 	}
-	var a callAnswer
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(ans.data), &a); err != nil {
-		return out, fmt.Errorf("submit call %x: %w", rid[:8], &DecodeError{err})
+	a, err := decodeCallAnswer(ans.data)
+	if err != nil {
+		return out, fmt.Errorf("submit call %x: %w", rid[:8], err)
 	}
 	switch {
 	case a.Status == "replied" && len(a.Certificate) > 0:
@@ -200,12 +210,24 @@ func (c *Client) Call(ctx context.Context, canister principal.Principal, method 
 // maxBadAnswers bounds how often Call retries after answers that fail verification or decoding.
 const maxBadAnswers = 3
 
+// readStateAnswer is the body of a read_state answer.
 type readStateAnswer struct {
 	Certificate []byte `cbor:"certificate"`
 }
 
+func decodeReadStateAnswer(body []byte) (readStateAnswer, error) {
+	var a readStateAnswer
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body), &a); err != nil {
+		return a, &DecodeError{fmt.Errorf("read_state answer: %w", err)}
+	}
+	if len(a.Certificate) == 0 {
+		return a, &DecodeError{errors.New("read_state answer has no certificate")}
+	}
+	return a, nil
+}
+
 // readState signs a read_state request for paths and returns its verified certificate.
-func (c *Client) readState(ctx context.Context, canister principal.Principal, paths [][][]byte) (*certification.Certificate, error) {
+func (c *Client) readState(ctx context.Context, canister principal.Principal, paths [][][]byte) (*certificate.Certificate, error) {
 	r := c.newRequest(RequestReadState)
 	r.Paths = paths
 	env, _, err := SignEnvelope(c.cfg.Identity, r)
@@ -216,12 +238,9 @@ func (c *Client) readState(ctx context.Context, canister principal.Principal, pa
 	if err != nil {
 		return nil, err
 	}
-	var a readStateAnswer
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(ans.data), &a); err != nil {
-		return nil, &DecodeError{err}
-	}
-	if len(a.Certificate) == 0 {
-		return nil, &DecodeError{errors.New("read_state answer has no certificate")}
+	a, err := decodeReadStateAnswer(ans.data)
+	if err != nil {
+		return nil, err
 	}
 	return c.verifyCertificate(a.Certificate, canister)
 }
@@ -231,26 +250,18 @@ const maxFutureSkew = 5 * time.Minute
 
 // verifyCertificate decodes a certificate, checks its signature chain against the root key for the
 // effective canister, and checks its time.
-func (c *Client) verifyCertificate(raw []byte, canister principal.Principal) (*certification.Certificate, error) {
-	var cert certification.Certificate
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(raw), &cert); err != nil {
-		return nil, &VerificationError{fmt.Errorf("decode certificate: %w", err)}
-	}
-	if cert.Tree.Root == nil {
-		return nil, &VerificationError{errors.New("certificate has no tree")}
-	}
-	if err := certification.VerifyCertificate(cert, canister, c.rootKey); err != nil {
-		return nil, &VerificationError{fmt.Errorf("certificate: %w", err)}
-	}
-	rawTime, err := cert.Tree.Lookup(hashtree.Label("time"))
+func (c *Client) verifyCertificate(raw []byte, canister principal.Principal) (*certificate.Certificate, error) {
+	cert, err := certificate.Decode(raw)
 	if err != nil {
-		return nil, &VerificationError{fmt.Errorf("certificate time: %w", err)}
+		return nil, &VerificationError{err}
 	}
-	ns, err := uleb(rawTime)
+	if err := cert.Verify(c.rootKey, canister.Raw); err != nil {
+		return nil, &VerificationError{err}
+	}
+	t, err := cert.Time()
 	if err != nil {
-		return nil, &VerificationError{fmt.Errorf("certificate time: %w", err)}
+		return nil, &VerificationError{err}
 	}
-	t := time.Unix(0, int64(ns))
 	now := time.Now()
 	if now.Sub(t) > c.cfg.IngressExpiry {
 		return nil, &VerificationError{fmt.Errorf("certificate is %s old (max %s)", now.Sub(t).Round(time.Millisecond), c.cfg.IngressExpiry)}
@@ -258,23 +269,26 @@ func (c *Client) verifyCertificate(raw []byte, canister principal.Principal) (*c
 	if t.Sub(now) > maxFutureSkew {
 		return nil, &VerificationError{fmt.Errorf("certificate time %s is in the future", t)}
 	}
-	return &cert, nil
+	return cert, nil
 }
 
 // outcomeFromCertificate reads request_status/<rid> out of a verified certificate.
-func outcomeFromCertificate(cert *certification.Certificate, rid protocol.RequestID) (CallOutcome, error) {
+func outcomeFromCertificate(cert *certificate.Certificate, rid protocol.RequestID) (CallOutcome, error) {
 	o := CallOutcome{RequestID: rid}
 	look := func(field string) ([]byte, error) {
-		return cert.Tree.Lookup(hashtree.Label("request_status"), rid[:], hashtree.Label(field))
+		v, st := cert.Tree.Lookup([]byte("request_status"), rid[:], []byte(field))
+		if st != hashtree.Found {
+			return nil, &lookupError{path: "request_status/" + field, status: st}
+		}
+		return v, nil
 	}
 	st, err := look("status")
 	if err != nil {
-		var le hashtree.LookupError
-		if errors.As(err, &le) && le.Type == hashtree.LookupResultAbsent {
+		if err.(*lookupError).status == hashtree.Absent {
 			o.Status = CallAccepted
 			return o, nil
 		}
-		return o, &VerificationError{fmt.Errorf("request_status/status: %w", err)}
+		return o, &VerificationError{err}
 	}
 	switch string(st) {
 	case "received", "processing":
@@ -284,20 +298,20 @@ func outcomeFromCertificate(cert *certification.Certificate, rid protocol.Reques
 	case "replied":
 		reply, err := look("reply")
 		if err != nil {
-			return o, &VerificationError{fmt.Errorf("request_status/reply: %w", err)}
+			return o, &VerificationError{err}
 		}
 		o.Status, o.Reply = CallReplied, reply
 	case "rejected":
 		code, err := look("reject_code")
 		if err != nil {
-			return o, &VerificationError{fmt.Errorf("request_status/reject_code: %w", err)}
+			return o, &VerificationError{err}
 		}
-		if o.RejectCode, err = uleb(code); err != nil {
+		if o.RejectCode, err = certificate.ULEB128(code); err != nil {
 			return o, &VerificationError{fmt.Errorf("request_status/reject_code: %w", err)}
 		}
 		msg, err := look("reject_message")
 		if err != nil {
-			return o, &VerificationError{fmt.Errorf("request_status/reject_message: %w", err)}
+			return o, &VerificationError{err}
 		}
 		o.RejectMessage = string(msg)
 		if ec, err := look("error_code"); err == nil {
@@ -310,19 +324,12 @@ func outcomeFromCertificate(cert *certification.Certificate, rid protocol.Reques
 	return o, nil
 }
 
-func uleb(b []byte) (uint64, error) {
-	var v uint64
-	for i, x := range b {
-		if i == 10 || (i == 9 && x > 1) {
-			return 0, errors.New("LEB128 value overflows 64 bits")
-		}
-		v |= uint64(x&0x7f) << (7 * i)
-		if x&0x80 == 0 {
-			if i != len(b)-1 {
-				return 0, errors.New("trailing bytes after LEB128 value")
-			}
-			return v, nil
-		}
-	}
-	return 0, errors.New("truncated LEB128 value")
+// lookupError is a certificate path that is not found.
+type lookupError struct {
+	path   string
+	status hashtree.LookupStatus
+}
+
+func (e *lookupError) Error() string {
+	return fmt.Sprintf("%s is %s in the certificate", e.path, e.status)
 }

@@ -1,7 +1,6 @@
 package icclient
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -9,13 +8,15 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
+	"github.com/icws/icws/protocol/hashtree"
 )
 
+// queryAnswer is the body of a query answer.
 type queryAnswer struct {
 	Status string `cbor:"status"`
 	Reply  *struct {
@@ -49,16 +50,18 @@ func (c *Client) Query(ctx context.Context, canister principal.Principal, method
 	if err != nil {
 		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
 	}
-	var a queryAnswer
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(ans.data), &a); err != nil {
-		return nil, fmt.Errorf("query %s.%s: %w", canister, method, &DecodeError{err})
+	a, err := decodeQueryAnswer(ans.data)
+	if err != nil {
+		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
 	}
 	signed, err := a.signedMap(rid)
 	if err != nil {
 		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
 	}
-	if err := c.verifyQuery(ctx, canister, a.Signatures, signed); err != nil {
-		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
+	if !c.cfg.SkipQuerySignatures {
+		if err := c.verifyQuery(ctx, canister, a.Signatures, signed); err != nil {
+			return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
+		}
 	}
 	if a.Status == "rejected" {
 		re := &RejectError{Code: a.RejectCode, Message: a.RejectMessage}
@@ -68,6 +71,14 @@ func (c *Client) Query(ctx context.Context, canister principal.Principal, method
 		return nil, re
 	}
 	return a.Reply.Arg, nil
+}
+
+func decodeQueryAnswer(body []byte) (*queryAnswer, error) {
+	var a queryAnswer
+	if err := cbor.Unmarshal(protocol.StripSelfDescribe(body), &a); err != nil {
+		return nil, &DecodeError{fmt.Errorf("query answer: %w", err)}
+	}
+	return &a, nil
 }
 
 // signedMap is the map whose hash the nodes sign, without the per-signature timestamp.
@@ -203,19 +214,31 @@ func (c *Client) fetchNodeKeys(ctx context.Context, canister principal.Principal
 	if err != nil {
 		return nil, err
 	}
+	nk, err := nodeKeysOf(cert, c.rootKey, canister)
+	if err != nil {
+		return nil, err
+	}
+	c.log.Debug("fetched subnet node keys", "canister", canister.Encode(), "nodes", len(nk.keys))
+	return nk, nil
+}
+
+// nodeKeysOf reads the node keys of the subnet that signed a verified read_state [subnet]
+// certificate for canister.
+func nodeKeysOf(cert *certificate.Certificate, rootKey []byte, canister principal.Principal) (*nodeKeys, error) {
 	// With a delegation the subnet is named in it; without one the root key signs for the subnet
 	// itself, which agent-js names selfAuthenticating(root key) and agent-go the NNS subnet id.
-	var candidates []principal.Principal
+	var candidates [][]byte
 	if cert.Delegation != nil {
-		candidates = []principal.Principal{cert.Delegation.SubnetId}
+		candidates = [][]byte{cert.Delegation.SubnetID}
 	} else {
-		candidates = []principal.Principal{principal.NewSelfAuthenticating(c.rootKey), principal.MustDecode(certification.RootSubnetID)}
+		candidates = [][]byte{principal.NewSelfAuthenticating(rootKey).Raw, principal.MustDecode(certificate.NNSSubnetID).Raw}
 	}
 	var lastErr error
 	for _, sid := range candidates {
-		nodes, err := cert.Tree.LookupSubTree(hashtree.Label("subnet"), sid.Raw, hashtree.Label("node"))
-		if err != nil {
-			lastErr = err
+		subnet := principal.Principal{Raw: sid}
+		nodes, st := cert.Tree.LookupSubtree([]byte("subnet"), sid, []byte("node"))
+		if st != hashtree.Found {
+			lastErr = fmt.Errorf("subnet %s nodes are %s", subnet, st)
 			continue
 		}
 		if cert.Delegation == nil {
@@ -224,46 +247,38 @@ func (c *Client) fetchNodeKeys(ctx context.Context, canister principal.Principal
 				continue
 			}
 		}
-		children, err := hashtree.AllChildren(nodes)
-		if err != nil {
-			return nil, &VerificationError{fmt.Errorf("subnet %s nodes: %w", sid, err)}
-		}
+		children, _ := nodes.Children() // pruned node entries carry no key
 		nk := &nodeKeys{keys: make(map[string]ed25519.PublicKey, len(children)), fetched: time.Now()}
 		for _, ch := range children {
-			der, err := hashtree.Lookup(ch.Value, hashtree.Label("public_key"))
+			der, st := ch.Subtree().Lookup([]byte("public_key"))
+			if st != hashtree.Found {
+				continue
+			}
+			pk, err := certificate.ParseEd25519PublicKeyDER(der)
 			if err != nil {
-				continue // pruned node entries carry no key
+				return nil, &VerificationError{fmt.Errorf("node %x key: %w", ch.Label(), err)}
 			}
-			pk, err := certification.PublicED25519KeyFromDER(der)
-			if err != nil || len(*pk) != ed25519.PublicKeySize {
-				return nil, &VerificationError{fmt.Errorf("node %x key: bad DER", []byte(ch.Path[0]))}
-			}
-			nk.keys[string(ch.Path[0])] = *pk
+			nk.keys[string(ch.Label())] = pk
 		}
 		if len(nk.keys) == 0 {
-			lastErr = fmt.Errorf("subnet %s lists no node keys", sid)
+			lastErr = fmt.Errorf("subnet %s lists no node keys", subnet)
 			continue
 		}
-		c.log.Debug("fetched subnet node keys", "canister", canister.Encode(), "subnet", sid.Encode(), "nodes", len(nk.keys))
 		return nk, nil
 	}
 	return nil, &VerificationError{fmt.Errorf("no node keys in read_state [subnet] answer: %w", lastErr)}
 }
 
 // checkRanges verifies, when the tree lists them, that the subnet's canister ranges hold canister.
-func checkRanges(cert *certification.Certificate, sid, canister principal.Principal) error {
-	raw, err := cert.Tree.Lookup(hashtree.Label("subnet"), sid.Raw, hashtree.Label("canister_ranges"))
-	if err != nil {
-		return nil //nolint:nilerr // ranges are optional in a root-signed tree
+func checkRanges(cert *certificate.Certificate, sid []byte, canister principal.Principal) error {
+	ok, err := certificate.SubnetHasCanister(cert.Tree, sid, canister.Raw)
+	switch {
+	case errors.Is(err, certificate.ErrNoRanges):
+		return nil // ranges are optional in a root-signed tree
+	case err != nil:
+		return fmt.Errorf("subnet %s: %w", principal.Principal{Raw: sid}, err)
+	case !ok:
+		return fmt.Errorf("canister %s is not in the ranges of subnet %s", canister, principal.Principal{Raw: sid})
 	}
-	var ranges [][][]byte
-	if err := cbor.Unmarshal(raw, &ranges); err != nil {
-		return fmt.Errorf("subnet %s canister_ranges: %w", sid, err)
-	}
-	for _, r := range ranges {
-		if len(r) == 2 && bytes.Compare(r[0], canister.Raw) <= 0 && bytes.Compare(canister.Raw, r[1]) <= 0 {
-			return nil
-		}
-	}
-	return fmt.Errorf("canister %s is not in the ranges of subnet %s", canister, sid)
+	return nil
 }

@@ -1,18 +1,13 @@
 package poller
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
@@ -55,57 +50,21 @@ func openClient(t *testing.T, ic *icclient.Client, nonce uint64) protocol.Client
 	return protocol.ClientKey{ClientPrincipal: cl.Sender(), ClientNonce: nonce}
 }
 
-// verifyFrame checks a published frame as a client would: certificate signed by the root key,
-// certified_data equal to the tree's root, and sha256(content) under the key in the tree.
-// verified caches certificates already checked (frames of one batch share theirs; BLS is slow).
-func verifyFrame(t *testing.T, rootKey []byte, data []byte, verified map[string]bool) protocol.CanisterToClientMessage {
+// verifyFrame checks a published frame as a client would (protocol.Verifier: certificate signed
+// by the root key, certified_data equal to the tree's root, sha256(content) under the key in the
+// tree) and returns it with its decoded content. The Verifier checks each batch's certificate
+// once (BLS is slow).
+func verifyFrame(t *testing.T, v *protocol.Verifier, data []byte) (protocol.CanisterToClientMessage, protocol.WebsocketMessage) {
 	t.Helper()
 	f, err := protocol.DecodeCanisterToClientMessage(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !verified[string(f.Cert)] {
-		verifyCert(t, rootKey, f)
-		verified[string(f.Cert)] = true
-	}
-	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(f.Tree))
+	wm, err := v.Verify(f, time.Now())
 	if err != nil {
-		t.Fatalf("tree: %v", err)
+		t.Fatalf("frame %s: %v", f.Key, err)
 	}
-	paths, err := hashtree.AllPaths(tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(f.Content)
-	for _, p := range paths {
-		if string(p.Path[len(p.Path)-1]) == f.Key && bytes.Equal(p.Value, sum[:]) {
-			return f
-		}
-	}
-	t.Fatalf("key %s with the content's hash is not in the tree", f.Key)
-	return f
-}
-
-func verifyCert(t *testing.T, rootKey []byte, f protocol.CanisterToClientMessage) {
-	t.Helper()
-	var cert certification.Certificate
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(f.Cert), &cert); err != nil {
-		t.Fatalf("cert: %v", err)
-	}
-	if err := certification.VerifyCertificate(cert, testCanister, rootKey); err != nil {
-		t.Fatalf("cert: %v", err)
-	}
-	cd, err := cert.Tree.Lookup(hashtree.Label("canister"), testCanister.Raw, hashtree.Label("certified_data"))
-	if err != nil {
-		t.Fatalf("certified_data: %v", err)
-	}
-	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(f.Tree))
-	if err != nil {
-		t.Fatalf("tree: %v", err)
-	}
-	if root := tree.Reconstruct(); !bytes.Equal(cd, root[:]) {
-		t.Fatalf("tree root %x is not the certified data %x", root, cd)
-	}
+	return f, wm
 }
 
 func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
@@ -128,14 +87,10 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 	t.Logf("burst: %d messages polled and published in %s (%.0f msg/s)", want, time.Since(start).Round(time.Millisecond),
 		float64(want)/time.Since(start).Seconds())
 
-	verified := map[string]bool{}
+	verifier := &protocol.Verifier{Canister: testCanister, RootKey: r.RootKey()}
 	seqs := map[string]uint64{}
 	for _, m := range e.outMsgs() {
-		f := verifyFrame(t, r.RootKey(), m.Data, verified)
-		wm, err := protocol.DecodeWebsocketMessageCBOR(f.Content)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, wm := verifyFrame(t, verifier, m.Data)
 		tok := wm.ClientKey.Token()
 		if m.Subject != broker.OutSubject(testCanister.Encode(), tok) || m.Header.Get(broker.HeaderClientKey) != tok {
 			t.Fatalf("subject %s for client %s", m.Subject, tok)
@@ -175,9 +130,50 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 	waitFor(t, 10*time.Second, "new queue published", func() bool { return cursorOf(t, e).NextNonce == 2 })
 	msgs := e.outMsgs()
 	for _, m := range msgs[len(msgs)-2:] {
-		verifyFrame(t, r.RootKey(), m.Data, verified)
+		verifyFrame(t, verifier, m.Data)
 		if m.Header.Get(broker.HeaderEpoch) != "1" || m.Header.Get(broker.HeaderClientKey) != c3.Token() {
 			t.Fatalf("after upgrade: headers %v", m.Header)
 		}
+	}
+}
+
+// A local replica that answers queries unsigned is polled when the gateway's icclient skips
+// query signature checks (ICWS_IC_VERIFY_QUERY_SIGNATURES=false), and refused when it does not.
+func TestPollsAReplicaThatDoesNotSignQueries(t *testing.T) {
+	r, ws := testkit.StartWSReplica(t, replica.Config{NoQuerySignatures: true}, testCanister, wscanister.DefaultConfig())
+	id := testkit.NewIdentity(t)
+	newIC := func(skip bool) *icclient.Client {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ic, err := icclient.New(ctx, icclient.Config{URL: r.URL, Identity: id, SkipQuerySignatures: skip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ic
+	}
+	strict, lenient := newIC(false), newIC(true)
+	client := openClient(t, strict, 1)
+	for i := range 3 {
+		if err := ws.Send(client, fmt.Sprintf("hello %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := startEnv(t)
+	cfg := fastConfig(testCanister.Encode())
+
+	refused := e.startPoller("strict", cfg, strict, false)
+	waitFor(t, 10*time.Second, "refused polls", func() bool {
+		return testkit.MetricValue(t, refused.p.m.errors.WithLabelValues(errKindTransient)) >= 3
+	})
+	if n := e.outCount(); n != 0 {
+		t.Fatalf("%d messages published from unsigned answers", n)
+	}
+	refused.stop(t)
+
+	e.startPoller("lenient", cfg, lenient, false)
+	waitFor(t, 10*time.Second, "all messages", func() bool { return e.outCount() == 4 }) // + the OpenMessage
+	verifier := &protocol.Verifier{Canister: testCanister, RootKey: r.RootKey()}
+	for _, m := range e.outMsgs() {
+		verifyFrame(t, verifier, m.Data)
 	}
 }

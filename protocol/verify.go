@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
+
+	"github.com/icws/icws/protocol/certificate"
+	"github.com/icws/icws/protocol/hashtree"
 )
 
 // Errors returned by VerifyCanisterMessage, one per check, so callers (and tests) can tell which
@@ -45,9 +45,10 @@ func VerifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 }
 
 // Verifier verifies canister messages for one canister and root key like VerifyCanisterMessage,
-// and remembers the last few certificates whose signature it checked: every frame of one
-// ws_get_messages batch carries the same certificate, and BLS pairings are the dominant cost.
-// The time check and every tree and hash check still run on each message. Safe for concurrent use.
+// and remembers what it verified: the last few certificates whose signature it checked (BLS
+// pairings are the dominant cost) and the last certificate and tree it decoded and matched (every
+// frame of one ws_get_messages batch carries the same certificate and tree). The time check, the
+// content hash and the content decoding still run on each message. Safe for concurrent use.
 type Verifier struct {
 	Canister   principal.Principal
 	RootKey    []byte
@@ -56,6 +57,15 @@ type Verifier struct {
 	mu       sync.Mutex
 	verified [8][32]byte
 	next     int
+	batch    *verifiedBatch
+}
+
+// verifiedBatch is a certificate whose signature verified and a tree whose root hash is the
+// certificate's certified_data, with the bytes they were decoded from.
+type verifiedBatch struct {
+	rawCert, rawTree []byte
+	cert             *certificate.Certificate
+	tree             *hashtree.Node
 }
 
 // Verify checks one frame at time now.
@@ -81,54 +91,47 @@ func (v *Verifier) remember(sum [32]byte) {
 	v.next = (v.next + 1) % len(v.verified)
 }
 
+func (v *Verifier) lastBatch(msg CanisterToClientMessage) *verifiedBatch {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if b := v.batch; b != nil && bytes.Equal(b.rawCert, msg.Cert) && bytes.Equal(b.rawTree, msg.Tree) {
+		return b
+	}
+	return nil
+}
+
+func (v *Verifier) rememberBatch(b *verifiedBatch) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.batch = b
+}
+
 func verifyCanisterMessage(msg CanisterToClientMessage, canister principal.Principal, rootKey []byte, maxCertAge time.Duration, now time.Time, cache *Verifier) (WebsocketMessage, error) {
 	if maxCertAge <= 0 {
 		maxCertAge = 5 * time.Minute
 	}
-	cert, err := decodeCertificate(msg.Cert)
-	if err != nil {
-		return WebsocketMessage{}, err
-	}
-	if err := checkCertificateTime(cert, maxCertAge, now); err != nil {
-		return WebsocketMessage{}, err
-	}
-	if cert.Delegation != nil {
-		// agent-js checks only the future bound on the delegation's certificate.
-		if err := checkCertificateTime(cert.Delegation.Certificate, 0, now); err != nil {
-			return WebsocketMessage{}, fmt.Errorf("delegation: %w", err)
-		}
-	}
-	var certSum [32]byte
+	var batch *verifiedBatch
 	if cache != nil {
-		certSum = sha256.Sum256(msg.Cert)
+		batch = cache.lastBatch(msg)
 	}
-	if cache == nil || !cache.known(certSum) {
-		if err := safeCall(func() error { return certification.VerifyCertificate(cert, canister, rootKey) }); err != nil {
-			return WebsocketMessage{}, fmt.Errorf("%w: %w", ErrCertificateSignature, err)
+	if batch == nil {
+		var err error
+		if batch, err = verifyBatch(msg, canister, rootKey, maxCertAge, now, cache); err != nil {
+			return WebsocketMessage{}, err
 		}
 		if cache != nil {
-			cache.remember(certSum)
+			batch.rawCert, batch.rawTree = bytes.Clone(msg.Cert), bytes.Clone(msg.Tree)
+			cache.rememberBatch(batch)
 		}
-	}
-	tree, err := decodeTree(msg.Tree)
-	if err != nil {
+	} else if err := checkTimes(batch.cert, maxCertAge, now); err != nil {
 		return WebsocketMessage{}, err
 	}
-	certified, err := cert.Tree.Lookup(hashtree.Label("canister"), canister.Raw, hashtree.Label("certified_data"))
-	if err != nil {
-		return WebsocketMessage{}, fmt.Errorf("%w: no certified_data for canister %s: %w", ErrCertifiedData, canister, err)
-	}
-	root := tree.Reconstruct()
-	if !bytes.Equal(certified, root[:]) {
-		return WebsocketMessage{}, fmt.Errorf("%w: certified_data %x, tree root %x", ErrCertifiedData, certified, root)
-	}
-	leaf, err := hashtree.Lookup(tree, hashtree.Label("websocket"), hashtree.Label(msg.Key))
-	if err != nil {
+	leaf, st := batch.tree.Lookup([]byte("websocket"), []byte(msg.Key))
+	if st != hashtree.Found {
 		// ic-websocket-js accepts a leaf directly under "websocket" as a fallback.
-		var fallbackErr error
-		leaf, fallbackErr = hashtree.Lookup(tree, hashtree.Label("websocket"))
-		if fallbackErr != nil {
-			return WebsocketMessage{}, fmt.Errorf("%w: key %q not in tree: %w", ErrContentHash, msg.Key, err)
+		var fallback hashtree.LookupStatus
+		if leaf, fallback = batch.tree.Lookup([]byte("websocket")); fallback != hashtree.Found {
+			return WebsocketMessage{}, fmt.Errorf("%w: key %q is %s in the tree", ErrContentHash, msg.Key, st)
 		}
 	}
 	sum := sha256.Sum256(msg.Content)
@@ -142,48 +145,62 @@ func verifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 	return wm, nil
 }
 
-func decodeCertificate(raw []byte) (certification.Certificate, error) {
-	var cert certification.Certificate
-	err := safeCall(func() error { return cbor.Unmarshal(StripSelfDescribe(raw), &cert) })
+// verifyBatch runs checks 1 to 3 of VerifyCanisterMessage on the frame's certificate and tree.
+func verifyBatch(msg CanisterToClientMessage, canister principal.Principal, rootKey []byte, maxCertAge time.Duration, now time.Time, cache *Verifier) (*verifiedBatch, error) {
+	cert, err := certificate.Decode(msg.Cert)
 	if err != nil {
-		return cert, fmt.Errorf("%w: %w", ErrCertificateDecode, err)
+		return nil, fmt.Errorf("%w: %w", ErrCertificateDecode, err)
 	}
-	if cert.Tree.Root == nil || len(cert.Signature) == 0 {
-		return cert, fmt.Errorf("%w: tree or signature missing", ErrCertificateDecode)
+	if err := checkTimes(cert, maxCertAge, now); err != nil {
+		return nil, err
 	}
-	if cert.Delegation != nil && cert.Delegation.Certificate.Tree.Root == nil {
-		return cert, fmt.Errorf("%w: delegation without certificate", ErrCertificateDecode)
+	var certSum [32]byte
+	if cache != nil {
+		certSum = sha256.Sum256(msg.Cert)
 	}
-	return cert, nil
-}
-
-func decodeTree(raw []byte) (hashtree.Node, error) {
-	var n hashtree.Node
-	err := safeCall(func() error {
-		var err error
-		n, err = hashtree.Deserialize(StripSelfDescribe(raw))
-		return err
-	})
+	if cache == nil || !cache.known(certSum) {
+		if err := cert.Verify(rootKey, canister.Raw); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCertificateSignature, err)
+		}
+		if cache != nil {
+			cache.remember(certSum)
+		}
+	}
+	tree, err := hashtree.Decode(msg.Tree)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrTreeDecode, err)
 	}
-	if n == nil {
-		return nil, fmt.Errorf("%w: empty", ErrTreeDecode)
+	certified, st := cert.Tree.Lookup([]byte("canister"), canister.Raw, []byte("certified_data"))
+	if st != hashtree.Found {
+		return nil, fmt.Errorf("%w: certified_data of canister %s is %s in the certificate", ErrCertifiedData, canister, st)
 	}
-	return n, nil
+	root := tree.Digest()
+	if !bytes.Equal(certified, root[:]) {
+		return nil, fmt.Errorf("%w: certified_data %x, tree root %x", ErrCertifiedData, certified, root)
+	}
+	return &verifiedBatch{cert: cert, tree: tree}, nil
+}
+
+// checkTimes checks the certificate's time and, if it has one, the delegation's (agent-js checks
+// only the future bound on the delegation's certificate).
+func checkTimes(cert *certificate.Certificate, maxCertAge time.Duration, now time.Time) error {
+	if err := checkCertificateTime(cert, maxCertAge, now); err != nil {
+		return err
+	}
+	if cert.Delegation != nil {
+		if err := checkCertificateTime(cert.Delegation.Certificate, 0, now); err != nil {
+			return fmt.Errorf("delegation: %w", err)
+		}
+	}
+	return nil
 }
 
 // checkCertificateTime applies agent-js's rule; maxAge 0 skips the lower bound.
-func checkCertificateTime(cert certification.Certificate, maxAge time.Duration, now time.Time) error {
-	raw, err := cert.Tree.Lookup(hashtree.Label("time"))
-	if err != nil {
-		return fmt.Errorf("%w: no time: %w", ErrCertificateTime, err)
-	}
-	ns, err := uleb128Decode(raw)
+func checkCertificateTime(cert *certificate.Certificate, maxAge time.Duration, now time.Time) error {
+	t, err := cert.Time()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrCertificateTime, err)
 	}
-	t := time.Unix(0, int64(ns))
 	if maxAge > 0 && t.Before(now.Add(-maxAge)) {
 		return fmt.Errorf("%w: signed more than %s in the past (%s, now %s)", ErrCertificateTime, maxAge, t.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))
 	}
@@ -191,31 +208,4 @@ func checkCertificateTime(cert certification.Certificate, maxAge time.Duration, 
 		return fmt.Errorf("%w: signed more than %s in the future (%s, now %s)", ErrCertificateTime, maxCertFuture, t.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))
 	}
 	return nil
-}
-
-func uleb128Decode(b []byte) (uint64, error) {
-	var v uint64
-	for i, c := range b {
-		if i == 9 && c > 1 {
-			return 0, errors.New("time: LEB128 overflows 64 bits")
-		}
-		v |= uint64(c&0x7f) << (7 * i)
-		if c&0x80 == 0 {
-			if i != len(b)-1 {
-				return 0, errors.New("time: trailing bytes after LEB128")
-			}
-			return v, nil
-		}
-	}
-	return 0, errors.New("time: truncated LEB128")
-}
-
-// safeCall turns a panic in agent-go's decoders (which index into untrusted input) into an error.
-func safeCall(f func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("malformed input: %v", r)
-		}
-	}()
-	return f()
 }

@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/client/certtest"
+
+	"github.com/icws/icws/internal/certauth"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
+	"github.com/icws/icws/protocol/hashtree"
 )
 
 func mustContent(t *testing.T, seq uint64) []byte {
@@ -35,23 +37,23 @@ func TestVerifyCanisterMessage(t *testing.T) {
 	gw := principal.MustDecode("2vxsx-fae")
 	key1, key2 := protocol.MessageKey(gw, 0), protocol.MessageKey(gw, 1)
 
-	auth, err := certtest.New()
+	auth, err := certauth.New(certauth.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign, err := certtest.New()
+	foreign, err := certauth.New(certauth.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	delegated, err := certtest.NewDelegated(canister, canister, now)
+	delegated, err := certauth.New(certauth.Options{Delegated: true, Ranges: []certificate.Range{{Low: canister.Raw, High: canister.Raw}}, DelegationTime: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c1, c2 := mustContent(t, 1), mustContent(t, 2)
 
-	frames := func(a *certtest.Authority, at time.Time) []protocol.CanisterToClientMessage {
+	frames := func(a *certauth.Authority, at time.Time) []protocol.CanisterToClientMessage {
 		t.Helper()
-		fs, err := a.Frames(canister, at, certtest.Message{Key: key1, Content: c1}, certtest.Message{Key: key2, Content: c2})
+		fs, err := a.Frames(canister, at, certauth.Message{Key: key1, Content: c1}, certauth.Message{Key: key2, Content: c2})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,11 +84,7 @@ func TestVerifyCanisterMessage(t *testing.T) {
 		{name: "certificate from the future", msg: func() protocol.CanisterToClientMessage { return frames(auth, now.Add(5*time.Minute+time.Second))[0] }, wantErr: protocol.ErrCertificateTime},
 		{name: "tree root is not certified_data", msg: func() protocol.CanisterToClientMessage {
 			m := frames(auth, now)[0]
-			tree, _, err := certtest.WebsocketTree([]certtest.Message{{Key: key1, Content: c2}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.Tree = tree
+			m.Tree, _ = certauth.WebsocketTree([]certauth.Message{{Key: key1, Content: c2}})
 			return m
 		}, wantErr: protocol.ErrCertifiedData},
 		{name: "content hash mismatch", msg: func() protocol.CanisterToClientMessage {
@@ -110,7 +108,7 @@ func TestVerifyCanisterMessage(t *testing.T) {
 			return m
 		}, wantErr: protocol.ErrTreeDecode},
 		{name: "certified garbage content", msg: func() protocol.CanisterToClientMessage {
-			fs, err := auth.Frames(canister, now, certtest.Message{Key: key1, Content: []byte{0xff, 0x00}})
+			fs, err := auth.Frames(canister, now, certauth.Message{Key: key1, Content: []byte{0xff, 0x00}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -164,18 +162,15 @@ func TestVerifyCanisterMessage(t *testing.T) {
 func TestVerifyCanisterMessageFallbackLeaf(t *testing.T) {
 	canister := principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
 	now := time.Now()
-	auth, err := certtest.New()
+	auth, err := certauth.New(certauth.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	content := mustContent(t, 1)
 	sum := sha256.Sum256(content)
-	node := hashtree.Labeled{Label: hashtree.Label("websocket"), Tree: hashtree.Leaf(sum[:])}
-	tree, err := hashtree.Serialize(node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := node.Reconstruct()
+	node := hashtree.NewLabeled([]byte("websocket"), hashtree.NewLeaf(sum[:]))
+	tree := node.Encode()
+	root := node.Digest()
 	cert, err := auth.Certificate(canister, root[:], now)
 	if err != nil {
 		t.Fatal(err)
@@ -196,16 +191,16 @@ func BenchmarkVerify(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, delegated := range []bool{false, true} {
-		var auth *certtest.Authority
+		var auth *certauth.Authority
 		if delegated {
-			auth, err = certtest.NewDelegated(canister, canister, now)
+			auth, err = certauth.New(certauth.Options{Delegated: true, Ranges: []certificate.Range{{Low: canister.Raw, High: canister.Raw}}, DelegationTime: now})
 		} else {
-			auth, err = certtest.New()
+			auth, err = certauth.New(certauth.Options{})
 		}
 		if err != nil {
 			b.Fatal(err)
 		}
-		fs, err := auth.Frames(canister, now, certtest.Message{Key: "gw_00000000000000000000", Content: c})
+		fs, err := auth.Frames(canister, now, certauth.Message{Key: "gw_00000000000000000000", Content: c})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/icws/icws/internal/certauth"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
 )
 
 // Request statuses as certified under request_status/<id>/status.
@@ -50,16 +53,16 @@ func (rs *requestState) isDone() bool {
 }
 
 // addTo adds request_status/<id>/... to t.
-func (rs *requestState) addTo(t tree, id protocol.RequestID) {
+func (rs *requestState) addTo(t certauth.Tree, id protocol.RequestID) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	s := t.sub([]byte("request_status")).sub(id[:])
+	s := t.Sub([]byte("request_status")).Sub(id[:])
 	s["status"] = []byte(rs.status)
 	switch rs.status {
 	case statusReplied:
 		s["reply"] = rs.reply
 	case statusRejected:
-		s["reject_code"] = leb(uint64(rs.reject.Code))
+		s["reject_code"] = certificate.AppendULEB128(nil, uint64(rs.reject.Code))
 		s["reject_message"] = []byte(rs.reject.Message)
 		s["error_code"] = []byte(rs.reject.ErrorCode)
 	}
@@ -173,14 +176,23 @@ func normalizeReject(rj *Reject) *Reject {
 
 // statusCertificate certifies the current status of a request.
 func (r *Replica) statusCertificate(rs *requestState, id protocol.RequestID) ([]byte, error) {
-	t := tree{"time": timeLeaf(r.certTime())}
+	t := certauth.Tree{"time": certauth.TimeLeaf(r.certTime())}
 	rs.addTo(t, id)
-	return r.keys.certify(t, r.corruptCerts.Load())
+	return r.certify(t)
 }
 
 // dataCertificate is ic0.data_certificate for a query of canister cs.
 func (r *Replica) dataCertificate(cs *canisterState) ([]byte, error) {
-	t := tree{"time": timeLeaf(r.certTime())}
-	t.sub([]byte("canister")).sub(cs.id.Raw)["certified_data"] = cs.getCertifiedData()
-	return r.keys.certify(t, r.corruptCerts.Load())
+	t := certauth.Tree{"time": certauth.TimeLeaf(r.certTime())}
+	t.Sub([]byte("canister")).Sub(cs.id.Raw)["certified_data"] = cs.getCertifiedData()
+	return r.certify(t)
+}
+
+// certify signs t, with a signature that does not verify while the TEST-ONLY corruption switch is
+// on.
+func (r *Replica) certify(t certauth.Tree) ([]byte, error) {
+	if r.corruptCerts.Load() {
+		return r.keys.CertifyWithBadSignature(t.Node())
+	}
+	return r.keys.Certify(t.Node())
 }

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/icws/icws/internal/certauth"
 	"github.com/icws/icws/protocol"
 )
 
@@ -111,7 +112,7 @@ func writeCBOR(w http.ResponseWriter, status int, v any) {
 	}
 	w.Header().Set("Content-Type", "application/cbor")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(append([]byte{}, selfDescribeTag...), body...))
+	_, _ = w.Write(append(append([]byte{}, protocol.SelfDescribeTag...), body...))
 }
 
 // readRequest parses the effective canister id and reads the body within the size limit.
@@ -166,7 +167,7 @@ func (r *Replica) validate(w http.ResponseWriter, body []byte, typ string, ecid 
 
 func (r *Replica) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	writeCBOR(w, http.StatusOK, map[string]any{
-		"root_key":              r.keys.rootDER,
+		"root_key":              r.keys.RootKey(),
 		"impl_version":          implVersion,
 		"replica_health_status": "healthy",
 		"certified_height":      r.height.Load(),
@@ -224,7 +225,8 @@ func (r *Replica) handleCallV2(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// handleQuery executes a query and answers with a node-signed response.
+// handleQuery executes a query and answers with a node-signed response (unsigned with
+// NoQuerySignatures).
 func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	in, _, ok := r.readValidated(w, req, "query")
 	if !ok {
@@ -262,11 +264,13 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 		textError(w, http.StatusInternalServerError, "hash response: "+err.Error())
 		return
 	}
-	sig := ed25519.Sign(r.keys.nodeSK, append([]byte("\x0Bic-response"), h[:]...))
-	if r.corruptQuerySigs.Load() {
-		sig[len(sig)-1] ^= 0x01
+	if !r.cfg.NoQuerySignatures {
+		sig := r.keys.SignQueryAnswer(h)
+		if r.corruptQuerySigs.Load() {
+			sig[len(sig)-1] ^= 0x01
+		}
+		resp["signatures"] = []map[string]any{{"timestamp": ts, "signature": sig, "identity": r.keys.NodeID().Raw}}
 	}
-	resp["signatures"] = []map[string]any{{"timestamp": ts, "signature": sig, "identity": r.keys.nodeID.Raw}}
 	writeCBOR(w, http.StatusOK, resp)
 }
 
@@ -276,7 +280,7 @@ func (r *Replica) handleReadState(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	t := tree{}
+	t := certauth.Tree{}
 	var statusID []byte
 	for _, path := range in.Paths {
 		if herr := r.addPath(t, path, ecid, in, &statusID); herr != nil {
@@ -304,7 +308,7 @@ func (r *Replica) handleSubnetReadState(w http.ResponseWriter, req *http.Request
 	if !ok {
 		return
 	}
-	t := tree{}
+	t := certauth.Tree{}
 	for _, path := range in.Paths {
 		if len(path) == 0 || (string(path[0]) != "time" && string(path[0]) != "subnet") {
 			textError(w, http.StatusNotFound, "Invalid path requested.")
@@ -319,9 +323,9 @@ func (r *Replica) handleSubnetReadState(w http.ResponseWriter, req *http.Request
 }
 
 // writeCertificate answers a read_state with t and the current time, certified.
-func (r *Replica) writeCertificate(w http.ResponseWriter, t tree) {
-	t["time"] = timeLeaf(r.certTime())
-	cert, err := r.keys.certify(t, r.corruptCerts.Load())
+func (r *Replica) writeCertificate(w http.ResponseWriter, t certauth.Tree) {
+	t["time"] = certauth.TimeLeaf(r.certTime())
+	cert, err := r.certify(t)
 	if err != nil {
 		textError(w, http.StatusInternalServerError, "certify: "+err.Error())
 		return
@@ -342,7 +346,7 @@ func invalidPath() *httpError {
 	return &httpError{status: http.StatusNotFound, msg: "Invalid path requested."}
 }
 
-func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *protocol.Request, statusID *[]byte) *httpError {
+func (r *Replica) addPath(t certauth.Tree, path [][]byte, ecid principal.Principal, in *protocol.Request, statusID *[]byte) *httpError {
 	if len(path) == 0 {
 		return invalidPath()
 	}
@@ -363,7 +367,7 @@ func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *p
 		if len(path) >= 2 && !r.isSubnet(path[1]) {
 			return nil // unknown subnet: absent
 		}
-		r.keys.subnetTree(t)
+		r.keys.AddSubnet(t)
 	case "request_status":
 		return r.addRequestStatus(t, path, in, statusID)
 	case "canister":
@@ -383,7 +387,7 @@ func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *p
 		if cs == nil {
 			return nil
 		}
-		c := t.sub([]byte("canister")).sub(ecid.Raw)
+		c := t.Sub([]byte("canister")).Sub(ecid.Raw)
 		switch string(path[2]) {
 		case "controllers":
 			controllers, _ := cbor.Marshal([][]byte{})
@@ -394,7 +398,7 @@ func (r *Replica) addPath(t tree, path [][]byte, ecid principal.Principal, in *p
 		case "metadata":
 			if mp, ok := cs.impl.(MetadataProvider); ok {
 				if data, ok := mp.Metadata(string(path[3])); ok {
-					c.sub([]byte("metadata"))[string(path[3])] = data
+					c.Sub([]byte("metadata"))[string(path[3])] = data
 				}
 			}
 		}
@@ -420,7 +424,7 @@ func validSubnetPath(path [][]byte) bool {
 }
 
 func (r *Replica) isSubnet(id []byte) bool {
-	for _, sid := range r.keys.subnetIDs {
+	for _, sid := range r.keys.SubnetIDs() {
 		if bytes.Equal(sid.Raw, id) {
 			return true
 		}
@@ -428,7 +432,7 @@ func (r *Replica) isSubnet(id []byte) bool {
 	return false
 }
 
-func (r *Replica) addRequestStatus(t tree, path [][]byte, in *protocol.Request, statusID *[]byte) *httpError {
+func (r *Replica) addRequestStatus(t certauth.Tree, path [][]byte, in *protocol.Request, statusID *[]byte) *httpError {
 	switch len(path) {
 	case 2:
 	case 3:

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/icws/icws/internal/certauth"
 	"github.com/icws/icws/protocol"
 )
 
@@ -38,6 +40,8 @@ type Config struct {
 	// NoDelegation signs everything with the root key (local-dfx-like layout) instead of a subnet
 	// key with a root-signed delegation (mainnet-like layout, the default).
 	NoDelegation bool `envconfig:"REPLICA_NO_DELEGATION" default:"false" desc:"sign certificates with the root key directly instead of a delegated subnet key"`
+	// NoQuerySignatures answers queries without node signatures, as some local replicas do.
+	NoQuerySignatures bool `envconfig:"REPLICA_NO_QUERY_SIGNATURES" default:"false" desc:"answer queries without node signatures, like some local replicas (gateways then need ICWS_IC_VERIFY_QUERY_SIGNATURES=false)"`
 	// MaxRequestBytes bounds request bodies; larger ones get 413.
 	MaxRequestBytes int64 `envconfig:"REPLICA_MAX_REQUEST_BYTES" default:"5242880" desc:"largest accepted request body in bytes (413 above)"`
 	// MaxIngressTTL and IngressDrift bound ingress_expiry to [now, now+MaxIngressTTL+IngressDrift].
@@ -93,7 +97,7 @@ func (c *Config) setDefaults() {
 type Replica struct {
 	cfg     Config
 	log     *slog.Logger
-	keys    *keys
+	keys    *certauth.Authority
 	ingress protocol.IngressPolicy
 
 	mu        sync.Mutex
@@ -117,7 +121,7 @@ type Replica struct {
 // New creates a replica with fresh keys and no canisters.
 func New(cfg Config) (*Replica, error) {
 	cfg.setDefaults()
-	k, err := newKeys(!cfg.NoDelegation, time.Now().Add(-cfg.CertificateLag))
+	k, err := certauth.New(certauth.Options{Delegated: !cfg.NoDelegation, DelegationTime: time.Now().Add(-cfg.CertificateLag)})
 	if err != nil {
 		return nil, fmt.Errorf("replica keys: %w", err)
 	}
@@ -132,13 +136,13 @@ func New(cfg Config) (*Replica, error) {
 }
 
 // RootKey returns the DER-encoded BLS root key (133 bytes), as /api/v2/status serves it.
-func (r *Replica) RootKey() []byte { return append([]byte{}, r.keys.rootDER...) }
+func (r *Replica) RootKey() []byte { return r.keys.RootKey() }
 
 // SubnetID returns the id of the simulated subnet (the first one published without delegation).
-func (r *Replica) SubnetID() principal.Principal { return r.keys.subnetIDs[0] }
+func (r *Replica) SubnetID() principal.Principal { return r.keys.SubnetIDs()[0] }
 
 // NodeID returns the id of the node that signs query responses.
-func (r *Replica) NodeID() principal.Principal { return r.keys.nodeID }
+func (r *Replica) NodeID() principal.Principal { return r.keys.NodeID() }
 
 // canisterState is an installed canister and what the replica keeps for it.
 type canisterState struct {

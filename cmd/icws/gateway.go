@@ -36,6 +36,9 @@ type ICSettings struct {
 	ICURL        string `envconfig:"IC_URL" default:"https://icp-api.io" desc:"IC API URL used by submitters and pollers (mainnet: https://icp-api.io; icws dev uses its replica)"`
 	ICRootKey    string `envconfig:"IC_ROOT_KEY" desc:"hex DER root key of the IC network; empty: the built-in key for mainnet URLs, else fetched from <IC_URL>/api/v2/status at start"`
 	ICAPIVersion int    `envconfig:"IC_API_VERSION" default:"3" desc:"version of the call endpoint used to relay client envelopes: 3 (synchronous, certified) or 2"`
+	// ICVerifyQuerySignatures false is for local replicas that answer queries unsigned; icclient
+	// refuses it for mainnet URLs.
+	ICVerifyQuerySignatures bool `envconfig:"IC_VERIFY_QUERY_SIGNATURES" default:"true" desc:"verify the node signatures of query answers (ws_get_messages); false only for local replicas that do not sign them (refused for mainnet URLs)"`
 }
 
 func (s *ICSettings) validate() error {
@@ -172,7 +175,8 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		}
 		ic, err = icclient.New(ctx, icclient.Config{
 			URL: icURL, RootKey: rootKey, Identity: id, CallAPIVersion: cfg.ICAPIVersion,
-			Logger: logger.With("component", "icclient"),
+			SkipQuerySignatures: !cfg.ICVerifyQuerySignatures,
+			Logger:              logger.With("component", "icclient"),
 		})
 		if err != nil {
 			return fmt.Errorf("IC client for %s: %w", icURL, err)

@@ -2,7 +2,6 @@ package wscanister_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/url"
@@ -12,11 +11,8 @@ import (
 
 	agent "github.com/aviate-labs/agent-go"
 	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
@@ -80,29 +76,11 @@ func pollVerified(t *testing.T, gw *agent.Agent, rootKey []byte, nonce uint64) p
 	if len(out.Messages) == 0 {
 		return out
 	}
-	var cert certification.Certificate
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(out.Cert), &cert); err != nil {
-		t.Fatalf("decode cert: %v", err)
-	}
-	if err := certification.VerifyCertificate(cert, canisterID, rootKey); err != nil {
-		t.Fatalf("verify cert: %v", err)
-	}
-	if err := cert.VerifyTime(5 * time.Minute); err != nil {
-		t.Fatalf("cert time: %v", err)
-	}
-	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(out.Tree))
-	if err != nil {
-		t.Fatalf("decode tree: %v", err)
-	}
-	root := tree.Reconstruct()
-	if err := certification.VerifyCertifiedData(cert, canisterID, rootKey, root[:]); err != nil {
-		t.Fatalf("certified data: %v", err)
-	}
+	v := &protocol.Verifier{Canister: canisterID, RootKey: rootKey}
 	for _, m := range out.Messages {
-		leaf, err := hashtree.Lookup(tree, hashtree.Label("websocket"), hashtree.Label(m.Key))
-		sum := sha256.Sum256(m.Content)
-		if err != nil || string(leaf) != string(sum[:]) {
-			t.Fatalf("leaf of %s: %v", m.Key, err)
+		frame := protocol.CanisterToClientMessage{Key: m.Key, Content: m.Content, Cert: out.Cert, Tree: out.Tree}
+		if _, err := v.Verify(frame, time.Now()); err != nil {
+			t.Fatalf("message %s: %v", m.Key, err)
 		}
 	}
 	return out

@@ -12,21 +12,19 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/certification"
-	"github.com/aviate-labs/agent-go/certification/bls"
-	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
-	bls12381 "github.com/consensys/gnark-crypto/ecc/bls12-381"
-	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/certauth"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
+	"github.com/icws/icws/protocol/hashtree"
 	"github.com/icws/icws/replica"
 )
 
-// fakeHost records certified data and signs data certificates with its own BLS root key, the way
-// the replica does, so tests can run the client's full check on every poll.
+// fakeHost records certified data and signs data certificates with its own root key, the way the
+// replica does, so tests can run the client's full check on every poll.
 type fakeHost struct {
 	id      principal.Principal
-	sk      *bls.SecretKey
+	auth    *certauth.Authority
 	rootDER []byte
 	clock   *fakeClock
 
@@ -37,16 +35,14 @@ type fakeHost struct {
 
 func newFakeHost(t *testing.T, clock *fakeClock) *fakeHost {
 	t.Helper()
-	sk := bls.NewSecretKeyByCSPRNG()
-	pk := (*bls12381.G2Affine)(sk.PublicKey()).Bytes()
-	der, err := certification.PublicBLSKeyToDER(pk[:])
+	auth, err := certauth.New(certauth.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fakeHost{
 		id:      principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai"),
-		sk:      sk,
-		rootDER: der,
+		auth:    auth,
+		rootDER: auth.RootKey(),
 		clock:   clock,
 	}
 }
@@ -70,40 +66,10 @@ func (h *fakeHost) certifiedData() []byte {
 	return append([]byte(nil), h.certified...)
 }
 
-func leb128(n uint64) []byte {
-	var b []byte
-	for {
-		c := byte(n & 0x7f)
-		n >>= 7
-		if n != 0 {
-			b = append(b, c|0x80)
-			continue
-		}
-		return append(b, c)
-	}
-}
-
 // dataCertificate builds what ic0.data_certificate returns: a signed tree with time and
 // canister/<id>/certified_data.
 func (h *fakeHost) dataCertificate() ([]byte, error) {
-	tree := hashtree.Fork{
-		LeftTree: hashtree.Labeled{Label: hashtree.Label("canister"), Tree: hashtree.Labeled{
-			Label: hashtree.Label(h.id.Raw),
-			Tree:  hashtree.Labeled{Label: hashtree.Label("certified_data"), Tree: hashtree.Leaf(h.certifiedData())},
-		}},
-		RightTree: hashtree.Labeled{Label: hashtree.Label("time"), Tree: hashtree.Leaf(leb128(uint64(h.clock.Now().UnixNano())))},
-	}
-	root := tree.Reconstruct()
-	sig, err := h.sk.Sign(append(hashtree.DomainSeparator("ic-state-root"), root[:]...))
-	if err != nil {
-		return nil, err
-	}
-	sigBytes := (*bls12381.G1Affine)(sig).Bytes()
-	treeCBOR, err := hashtree.Serialize(tree)
-	if err != nil {
-		return nil, err
-	}
-	return cbor.Marshal(map[string]any{"tree": cbor.RawMessage(treeCBOR), "signature": sigBytes[:]})
+	return h.auth.Certificate(h.id, h.certifiedData(), h.clock.Now())
 }
 
 type fakeClock struct {
@@ -288,32 +254,32 @@ func (e *env) poll(gw principal.Principal, nonce uint64) protocol.CanisterOutput
 
 // verifyBatch is the client's check (SDK isMessageBodyValid) for every message of a batch.
 func verifyBatch(canister principal.Principal, rootDER []byte, out protocol.CanisterOutputCertifiedMessagesStrict) error {
-	var cert certification.Certificate
-	if err := cbor.Unmarshal(protocol.StripSelfDescribe(out.Cert), &cert); err != nil {
+	cert, err := certificate.Decode(out.Cert)
+	if err != nil {
 		return fmt.Errorf("decode cert: %w", err)
 	}
-	if err := certification.VerifyCertificate(cert, canister, rootDER); err != nil {
+	if err := cert.Verify(rootDER, canister.Raw); err != nil {
 		return fmt.Errorf("verify cert: %w", err)
 	}
-	certified, err := cert.Tree.Lookup(hashtree.Label("canister"), canister.Raw, hashtree.Label("certified_data"))
-	if err != nil {
-		return fmt.Errorf("certified_data: %w", err)
+	certified, st := cert.Tree.Lookup([]byte("canister"), canister.Raw, []byte("certified_data"))
+	if st != hashtree.Found {
+		return fmt.Errorf("certified_data is %s", st)
 	}
 	if !bytes.HasPrefix(out.Tree, protocol.SelfDescribeTag) {
 		return errors.New("tree lacks the self-describe tag")
 	}
-	tree, err := hashtree.Deserialize(protocol.StripSelfDescribe(out.Tree))
+	tree, err := hashtree.Decode(out.Tree)
 	if err != nil {
 		return fmt.Errorf("decode tree: %w", err)
 	}
-	root := tree.Reconstruct()
+	root := tree.Digest()
 	if !bytes.Equal(root[:], certified) {
 		return fmt.Errorf("tree root %x != certified_data %x", root, certified)
 	}
 	for _, m := range out.Messages {
-		leaf, err := hashtree.Lookup(tree, hashtree.Label(labelWebsocket), hashtree.Label(m.Key))
-		if err != nil {
-			return fmt.Errorf("lookup %s: %w", m.Key, err)
+		leaf, st := tree.Lookup([]byte(labelWebsocket), []byte(m.Key))
+		if st != hashtree.Found {
+			return fmt.Errorf("lookup %s: %s", m.Key, st)
 		}
 		sum := sha256.Sum256(m.Content)
 		if !bytes.Equal(leaf, sum[:]) {
