@@ -22,6 +22,9 @@ type Topology struct {
 	DuplicateWindow      time.Duration `envconfig:"DUPLICATE_WINDOW" default:"6m" desc:"JetStream de-duplication window of ICWS_IN and ICWS_OUT; at least the canister's message retention"`
 	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes); at least 3.5 MiB so any IC reply fits"`
 	Repartition          bool          `envconfig:"STREAM_REPARTITION" default:"false" desc:"allow a different ICWS_PARTITIONS than the existing ICWS_IN stream records (stop every edge and submitter first: processes that disagree lose envelopes)"`
+	// EnsureStreams is read by the processes that start roles, not by Ensure: a role whose NATS user
+	// may not manage streams leaves that to another process and waits for the streams to exist.
+	EnsureStreams bool `envconfig:"ENSURE_STREAMS" default:"true" desc:"create or update the streams and buckets at start (the NATS user needs JetStream stream-management permissions); false: wait until another process has created them and use them as they are"`
 }
 
 // Validate checks the ranges the roles rely on.
@@ -55,6 +58,7 @@ func DefaultTopology() Topology {
 		OutMaxMsgsPerSubject: 10000,
 		DuplicateWindow:      6 * time.Minute,
 		MaxMessageBytes:      4 << 20,
+		EnsureStreams:        true,
 	}
 }
 
