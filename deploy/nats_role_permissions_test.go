@@ -274,12 +274,12 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 			pub("$JS.API.CONSUMER.MSG.NEXT.ICWS_IN.submitter"), // a submitter's
 			pub("$JS.API.CONSUMER.CREATE.ICWS_IN.x"),
 			pub("$JS.API.STREAM.CREATE.ICWS_OUT"), pub("$JS.API.STREAM.UPDATE.ICWS_OUT"),
+			pub("icws.opened.edge2"), // only a submitter tells an edge how the IC answered ws_open
 			sub("icws.in.>"), sub("icws.kick.*"), sub("_INBOX.poller.>"), sub("_INBOX.submitter.>"),
 		}},
 		{"submitter", []op{
 			pub(broker.InSubject(0, canister, client)), // an edge's: forging client envelopes
 			pub(broker.OutSubject(canister, client)),   // a poller's
-			pub("$KV.icws_sessions." + canister + "." + client),
 			pub("$KV.icws_cursors." + canister),
 			pub("$KV.icws_leases.edge.e1"), pub("$KV.icws_leases.poller." + canister),
 			pub("$JS.API.DIRECT.GET.ICWS_OUT"),
@@ -293,8 +293,8 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 			pub("$KV.icws_leases.submitter.0"), pub("$KV.icws_leases.edge.e1"),
 			pub("$JS.API.STREAM.CREATE.ICWS_OUT"), pub("$JS.API.STREAM.UPDATE.ICWS_OUT"),
 			pub("$JS.API.CONSUMER.CREATE.ICWS_IN.x"),
-			pub("icws.edge.e1.drop"),
-			sub("icws.in.>"), sub("icws.live.>"), sub("_INBOX.edge.>"),
+			pub("icws.edge.e1.drop"), pub("icws.opened.edge1"),
+			sub("icws.in.>"), sub("icws.live.>"), sub("_INBOX.edge.>"), sub("icws.opened.*"),
 		}},
 	} {
 		t.Run(tc.role, func(t *testing.T) {
