@@ -213,3 +213,22 @@ func TestRoleWaitsForStreamsItMayNotCreate(t *testing.T) {
 	}
 	waitReady(t, p)
 }
+
+// A credentials file that is missing or malformed stops a role before it connects, with status 2
+// and the variable's name.
+func TestNATSCredentialFilesCheckedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	junk := natstest.WriteFile(t, dir, "junk", []byte("no key here\n"))
+	for _, tc := range []struct{ name, key, value string }{
+		{"missing creds", "ICWS_NATS_CREDS", filepath.Join(dir, "missing.creds")},
+		{"junk nkey", "ICWS_NATS_NKEY", junk},
+		{"missing CA", "ICWS_NATS_TLS_CA", filepath.Join(dir, "missing.pem")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runIcws(t, []string{"ICWS_NATS_URL=nats://127.0.0.1:1", "ICWS_DATA_DIR=" + t.TempDir(), tc.key + "=" + tc.value}, "edge")
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.key) {
+				t.Fatalf("icws edge with %s=%s: exit %d, stderr %q", tc.key, tc.value, r.code, r.stderr)
+			}
+		})
+	}
+}
