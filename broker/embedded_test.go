@@ -285,7 +285,7 @@ func TestTCPListenerAndExternalConnect(t *testing.T) {
 		t.Fatalf("ClientURL = %q", url)
 	}
 	// Two URLs, the first unreachable: the client must still find the second.
-	nc, err := Connect(ctx, "nats://127.0.0.1:1,"+url, "ext", testLogger(t))
+	nc, err := Connect(ctx, ClientConfig{URL: "nats://127.0.0.1:1," + url}, "ext", testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestConnectGivesUpWhenContextEnds(t *testing.T) {
 	ln.Close() // nothing listens there now
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	_, err = Connect(ctx, "nats://"+addr, "nowhere", testLogger(t))
+	_, err = Connect(ctx, ClientConfig{URL: "nats://" + addr}, "nowhere", testLogger(t))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want deadline exceeded, got %v", err)
 	}

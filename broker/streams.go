@@ -25,6 +25,9 @@ type Topology struct {
 	InMaxBytes           config.Bytes  `envconfig:"IN_MAX_BYTES" default:"256MiB" desc:"byte limit of ICWS_IN; when full, new client envelopes are refused (1013) and nothing stored is dropped"`
 	OutMaxBytes          config.Bytes  `envconfig:"OUT_MAX_BYTES" default:"512MiB" desc:"byte limit of ICWS_OUT; when full, pollers wait (the canister keeps its messages) and nothing stored is dropped"`
 	Repartition          bool          `envconfig:"STREAM_REPARTITION" default:"false" desc:"allow a different ICWS_PARTITIONS than the existing ICWS_IN stream records (stop every edge and submitter first: processes that disagree lose envelopes)"`
+	// EnsureStreams is read by the processes that start roles, not by Ensure: a role whose NATS user
+	// may not manage streams leaves that to another process and waits for the streams to exist.
+	EnsureStreams bool `envconfig:"ENSURE_STREAMS" default:"true" desc:"create or update the streams and buckets at start (the NATS user needs JetStream stream-management permissions); false: wait until another process has created them and use them as they are"`
 }
 
 // Validate checks the ranges the roles rely on.
@@ -62,6 +65,7 @@ func DefaultTopology() Topology {
 		MaxMessageBytes:      4 << 20,
 		InMaxBytes:           256 << 20,
 		OutMaxBytes:          512 << 20,
+		EnsureStreams:        true,
 	}
 }
 

@@ -3,8 +3,10 @@
 package deploy
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 )
 
 func TestNATSClusterConfigs(t *testing.T) {
+	pw := setNATSEnv(t)
 	names := map[string]bool{}
 	for _, n := range []string{"n1", "n2", "n3"} {
 		opts, err := server.ProcessConfigFile(filepath.Join("nats", n+".conf"))
@@ -32,6 +35,33 @@ func TestNATSClusterConfigs(t *testing.T) {
 		if opts.MaxPayload < 4<<20 {
 			t.Errorf("%s.conf: max_payload %d is below the 4 MiB stream default", n, opts.MaxPayload)
 		}
+		// Routes authenticate, with the password of every route URL.
+		if opts.Cluster.Username != "icws-route" || opts.Cluster.Password != pw.Route {
+			t.Errorf("%s.conf: routes do not require the icws-route password", n)
+		}
+		for _, r := range opts.Routes {
+			if p, _ := r.User.Password(); r.User.Username() != "icws-route" || p != pw.Route {
+				t.Errorf("%s.conf: route %s does not authenticate", n, r.Host)
+			}
+		}
+		// Monitoring has no authentication: loopback only.
+		if opts.HTTPHost != "127.0.0.1" {
+			t.Errorf("%s.conf: monitoring listens on %q, want 127.0.0.1", n, opts.HTTPHost)
+		}
+		// Every client is one of the three role users, each with its own permissions.
+		users := map[string]*server.User{}
+		for _, u := range opts.Users {
+			users[u.Username] = u
+		}
+		if len(users) != 3 || len(opts.Nkeys) != 0 || opts.NoAuthUser != "" {
+			t.Errorf("%s.conf: users %v, nkeys %d, no_auth_user %q; want exactly the three role users", n, slices.Sorted(maps.Keys(users)), len(opts.Nkeys), opts.NoAuthUser)
+		}
+		for _, role := range []string{"edge", "submitter", "poller"} {
+			u := users["icws-"+role]
+			if u == nil || u.Password != pw.of(role) || u.Permissions == nil || u.Account == nil || u.Account.Name != "ICWS" {
+				t.Errorf("%s.conf: user icws-%s is missing, has another password, no permissions or another account than ICWS", n, role)
+			}
+		}
 	}
 }
 
@@ -40,7 +70,7 @@ func TestComposeReferencesExistingFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"deploy/Dockerfile", "./deploy/nats/n1.conf", "./deploy/nats/n2.conf", "./deploy/nats/n3.conf", "./deploy/prometheus/prometheus.yml"} {
+	for _, f := range []string{"deploy/Dockerfile", "./deploy/nats/n1.conf", "./deploy/nats/n2.conf", "./deploy/nats/n3.conf", "./deploy/nats/auth.conf", "./deploy/prometheus/prometheus.yml"} {
 		if !strings.Contains(string(compose), f) {
 			t.Errorf("docker-compose.yml does not use %s", f)
 		}
@@ -48,7 +78,15 @@ func TestComposeReferencesExistingFiles(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
-	for _, v := range []string{"ICWS_NATS_URL", "ICWS_STREAM_REPLICAS: \"3\""} {
+	for _, v := range []string{
+		"ICWS_NATS_URL", "ICWS_STREAM_REPLICAS: \"3\"",
+		// Each role connects as its own user (deploy/nats/auth.conf); only submitters manage streams.
+		"ICWS_NATS_USER: icws-edge", "ICWS_NATS_USER: icws-submitter", "ICWS_NATS_USER: icws-poller",
+		"ICWS_NATS_PASSWORD_FILE: /run/secrets/nats_edge_password",
+		"ICWS_NATS_PASSWORD_FILE: /run/secrets/nats_submitter_password",
+		"ICWS_NATS_PASSWORD_FILE: /run/secrets/nats_poller_password",
+		"NATS_ROUTE_1:", "NATS_ROUTE_2:", "NATS_ROUTE_3:",
+	} {
 		if !strings.Contains(string(compose), v) {
 			t.Errorf("docker-compose.yml lacks %s", v)
 		}

@@ -20,7 +20,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-
+	"github.com/icws/icws/internal/redact"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/protocol/certificate"
 	"golang.org/x/sync/singleflight"
@@ -126,23 +126,23 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	switch {
 	case len(cfg.RootKey) > 0:
 		c.rootKey = cfg.RootKey
-		c.log.Info("ic root key from configuration", "url", c.base)
+		c.log.Info("ic root key from configuration", "url", redact.URL(c.base))
 	case protocol.IsMainnetHost(u.Hostname()):
 		c.rootKey = certificate.MainnetRootKey()
-		c.log.Info("ic root key: built-in mainnet key", "url", c.base)
+		c.log.Info("ic root key: built-in mainnet key", "url", redact.URL(c.base))
 	default:
 		k, err := c.fetchRootKey(ctx)
 		if err != nil {
 			return nil, err
 		}
 		c.rootKey = k
-		c.log.Warn("ic root key fetched from the network (trust on first use; only for local/test networks)", "url", c.base)
+		c.log.Warn("ic root key fetched from the network (trust on first use; only for local/test networks)", "url", redact.URL(c.base))
 	}
 	if _, err := certificate.ParseBLSPublicKeyDER(c.rootKey); err != nil {
 		return nil, fmt.Errorf("icclient: root key is not a DER BLS key: %w", err)
 	}
 	if cfg.SkipQuerySignatures {
-		c.log.Warn("ic query answers are accepted without checking their node signatures (only for local replicas)", "url", c.base)
+		c.log.Warn("ic query answers are accepted without checking their node signatures (only for local replicas)", "url", redact.URL(c.base))
 	}
 	return c, nil
 }

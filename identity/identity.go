@@ -17,10 +17,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	agentid "github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
@@ -133,17 +135,48 @@ func publicKeyField(v asn1.RawValue) ([]byte, error) {
 	return bits.Bytes, nil
 }
 
-// Load reads the key file at path.
+// ErrKeyFileMode means the key file may be read or written by users other than its owner.
+var ErrKeyFileMode = errors.New("gateway key file is accessible to group or others")
+
+// Load reads the key file at path. A file that group or others may read or write is refused
+// (ErrKeyFileMode): whoever reads the key can sign as the gateway.
 func Load(path string) (*agentid.Ed25519Identity, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read gateway key: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read gateway key: %w", err)
+	}
+	if err := checkMode(path, st.Mode()); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read gateway key: %w", err)
+	}
+	if len(data) > maxKeyFileBytes {
+		return nil, fmt.Errorf("gateway key %s: larger than %d bytes, not a key file", path, maxKeyFileBytes)
 	}
 	priv, err := Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("gateway key %s: %w", path, err)
 	}
 	return newIdentity(priv)
+}
+
+// maxKeyFileBytes bounds what Load reads: a PKCS#8 Ed25519 key, even as PEM, is under 200 bytes.
+const maxKeyFileBytes = 4096
+
+// checkMode refuses a key file whose permission bits let group or others read or write it.
+// Windows has no such bits; its ACLs are the operator's business.
+func checkMode(path string, mode fs.FileMode) error {
+	if runtime.GOOS == "windows" || mode.Perm()&0o077 == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s has mode %04o; only its owner may read it: run `chmod 600 %s`", ErrKeyFileMode, path, mode.Perm(), path)
 }
 
 func newIdentity(priv ed25519.PrivateKey) (*agentid.Ed25519Identity, error) {

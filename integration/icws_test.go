@@ -65,6 +65,7 @@ func startReplica(t testing.TB, o ReplicaOptions) *Replica {
 	addr := freeAddr(t)
 	env := o.env()
 	env["ICWS_REPLICA_LISTEN"] = addr
+	env["ICWS_REPLICA_CONTROL"] = "true" // the tests drive the demo canister through it
 	env["ICWS_LOG_LEVEL"] = "debug"
 	env["ICWS_ADMIN_LISTEN"] = freeAddr(t)
 	env["ICWS_DATA_DIR"] = t.TempDir()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -33,7 +34,7 @@ func (r *Replica) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v3/canister/{ecid}/read_state", r.handleReadState)
 	mux.HandleFunc("POST /api/v2/subnet/{sid}/read_state", r.handleSubnetReadState)
 	mux.HandleFunc("POST /api/v3/subnet/{sid}/read_state", r.handleSubnetReadState)
-	mux.HandleFunc("/_/control/{target}/", r.handleControl)
+	mux.HandleFunc(controlPrefix+"{target}/", r.handleControl)
 	return r.middleware(mux)
 }
 
@@ -56,19 +57,25 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 	return s.ResponseWriter.Write(b)
 }
 
-// middleware adds CORS (a browser page may talk to the replica directly), request logging and a
-// last-resort recovery so bad input never takes the process down.
+// controlPrefix is where the TEST-ONLY hooks live.
+const controlPrefix = "/_/control/"
+
+// middleware adds CORS to the IC interface (a browser page may talk to the replica directly, as it
+// does to the IC), request logging and a last-resort recovery so bad input never takes the process
+// down. The TEST-ONLY hooks get no CORS: no web page may drive them.
 func (r *Replica) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
-		h := w.Header()
-		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-		h.Set("Access-Control-Allow-Headers", "Content-Type")
-		h.Set("Access-Control-Max-Age", "86400")
-		if req.Method == http.MethodOptions {
-			w.WriteHeader(http.StatusNoContent)
-			return
+		if !strings.HasPrefix(req.URL.Path, controlPrefix) {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", "*")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Content-Type")
+			h.Set("Access-Control-Max-Age", "86400")
+			if req.Method == http.MethodOptions {
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
 		}
 		rec := &statusRecorder{ResponseWriter: w}
 		defer func() {
@@ -469,16 +476,27 @@ func (r *Replica) addRequestStatus(t certauth.Tree, path [][]byte, in *protocol.
 }
 
 // handleControl serves TEST-ONLY hooks: /_/control/replica/ (when Config.TestHooks) and each
-// ControlProvider canister's handler at /_/control/<canister id>/.
+// ControlProvider canister's handler at /_/control/<canister id>/ (when Config.CanisterControl).
+// A request with an Origin header comes from a browser (every cross-origin request and every
+// POST carries one): it is refused, so a page the developer visits cannot drive the hooks even
+// with requests that need no CORS pre-flight.
 func (r *Replica) handleControl(w http.ResponseWriter, req *http.Request) {
+	if req.Header.Get("Origin") != "" {
+		textError(w, http.StatusForbidden, "the test control API does not serve browsers (request has an Origin)")
+		return
+	}
 	target := req.PathValue("target")
-	prefix := "/_/control/" + target
+	prefix := controlPrefix + target
 	if target == "replica" {
 		if !r.cfg.TestHooks {
 			textError(w, http.StatusNotFound, "test hooks are disabled (Config.TestHooks)")
 			return
 		}
 		http.StripPrefix(prefix, http.HandlerFunc(r.replicaControl)).ServeHTTP(w, req)
+		return
+	}
+	if !r.cfg.CanisterControl {
+		textError(w, http.StatusNotFound, "the canister control API is disabled (ICWS_REPLICA_CONTROL, Config.CanisterControl)")
 		return
 	}
 	id, err := principal.Decode(target)

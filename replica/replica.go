@@ -11,8 +11,9 @@
 // TEST-ONLY hooks (nothing like them exists on the IC): with Config.TestHooks,
 // POST /_/control/replica/corrupt?certificates=<bool>&query_signatures=<bool> makes the replica
 // hand out certificates with a wrong BLS signature and query responses with a wrong node
-// signature (SetCorruption is the Go form); canisters implementing ControlProvider get
-// /_/control/<canister id>/.
+// signature (SetCorruption is the Go form); with Config.CanisterControl, canisters implementing
+// ControlProvider get /_/control/<canister id>/. The hooks carry no CORS headers and refuse
+// requests that carry an Origin, so a web page cannot reach them through a browser.
 package replica
 
 import (
@@ -59,6 +60,10 @@ type Config struct {
 	// TestHooks enables TEST-ONLY endpoints under /_/control/replica/ that make the replica
 	// corrupt its certificates or query signatures, so tests can check that agents refuse them.
 	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable /_/control/replica/ corruption switches"`
+	// CanisterControl serves the control API of canisters that have one (ControlProvider) at
+	// /_/control/<canister id>/. It lets anyone who reaches the replica make the canister send,
+	// close clients or wipe its state, so it is off unless asked for.
+	CanisterControl bool `envconfig:"REPLICA_CONTROL" default:"false" desc:"TEST ONLY: serve the demo canister's control API at /_/control/<canister id>/ (send, broadcast, close, upgrade); icws dev turns it on when the replica listens on loopback"`
 }
 
 func (c *Config) setDefaults() {

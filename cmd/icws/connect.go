@@ -17,6 +17,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/internal/config"
+	"github.com/icws/icws/internal/redact"
 	"github.com/icws/icws/protocol"
 )
 
@@ -61,7 +62,7 @@ func runConnect(ctx context.Context, stdout io.Writer, stdin io.Reader, cfg *con
 	if err != nil {
 		return &config.Error{Err: err}
 	}
-	logger.Info("connecting", "gateway", cfg.Gateway, "canister", canister.Encode(), "principal", id.Sender().Encode(), "resume", cfg.Resume)
+	logger.Info("connecting", "gateway", redact.URL(cfg.Gateway), "canister", canister.Encode(), "principal", id.Sender().Encode(), "resume", cfg.Resume)
 	conn, err := client.Dial(ctx, client.Config{
 		GatewayURL:    cfg.Gateway,
 		ICURL:         cfg.ICURL,

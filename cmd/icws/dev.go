@@ -37,6 +37,11 @@ func (c *devConfig) Validate() error {
 	if os.Getenv(config.Prefix+"_LISTEN") == "" {
 		c.EdgeSettings.Listen = devDefaultListen
 	}
+	// The demo canister's control API is for a developer's tests on this machine: on by default
+	// only while the replica listens on loopback; an explicit ICWS_REPLICA_CONTROL always wins.
+	if _, set := os.LookupEnv(config.Prefix + "_REPLICA_CONTROL"); !set {
+		c.ReplicaSettings.CanisterControl = isLoopback(c.ReplicaConfig.Listen)
+	}
 	if err := c.ReplicaConfig.Validate(); err != nil {
 		return err
 	}

@@ -118,6 +118,9 @@ func (c *GatewayConfig) validateFor(roles roleSet, external bool) error {
 	if external && c.ClientConfig.URL == "" {
 		return errors.New("ICWS_NATS_URL: required for a single role (nats://host:4222, comma-separated for a cluster)")
 	}
+	if err := c.ClientConfig.Validate(); err != nil {
+		return err
+	}
 	if roles.needsIC() {
 		if err := c.ICSettings.validate(); err != nil {
 			return err
@@ -141,7 +144,12 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	if err != nil {
 		return err
 	}
-	if err := ensureWithRetry(ctx, js, cfg.Topology, logger); err != nil {
+	if cfg.Topology.EnsureStreams || parts.embedded != nil {
+		err = ensureWithRetry(ctx, js, cfg.Topology, logger)
+	} else {
+		err = waitForStreams(ctx, js, logger)
+	}
+	if err != nil {
 		return err
 	}
 
@@ -243,7 +251,53 @@ func connectNATS(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, lo
 	if parts.embedded != nil {
 		return parts.embedded.Connect(ctx, name)
 	}
-	return broker.Connect(ctx, cfg.ClientConfig.URL, name, logger.With("component", "nats"))
+	var extra []nats.Option
+	if prefix, ok := parts.roles.inboxPrefix(); ok {
+		extra = append(extra, nats.CustomInboxPrefix(prefix))
+	}
+	nc, err := broker.Connect(ctx, cfg.ClientConfig, name, logger.With("component", "nats"), extra...)
+	if errors.Is(err, broker.ErrRefused) {
+		return nil, &config.Error{Err: err}
+	}
+	return nc, err
+}
+
+// inboxPrefix is the reply-subject prefix of a single-role process, _INBOX.<role>: NATS
+// permissions can then let each role read only its own replies (deploy/nats/auth.conf).
+func (r roleSet) inboxPrefix() (string, bool) {
+	switch r {
+	case roleSet{edge: true}, roleSet{submitter: true}, roleSet{poller: true}:
+		return "_INBOX." + r.String(), true
+	}
+	return "", false
+}
+
+// waitForStreams waits until another process has created the streams and buckets
+// (ICWS_ENSURE_STREAMS=false: this process's NATS user may not manage them).
+func waitForStreams(ctx context.Context, js jetstream.JetStream, logger *slog.Logger) error {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		attemptCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := broker.Open(attemptCtx, js)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for streams: %w", err)
+		}
+		if attempt == 1 {
+			logger.Info("waiting for the streams and buckets (ICWS_ENSURE_STREAMS=false: another process creates them)", "err", err)
+		} else {
+			logger.Debug("streams not there yet", "err", err, "in", delay)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for streams: %w", err)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
 }
 
 // ensureWithRetry creates or updates the streams; on a cluster that is still electing a leader the

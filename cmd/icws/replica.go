@@ -103,5 +103,26 @@ func startReplica(ctx context.Context, cfg *ReplicaConfig, logger *slog.Logger) 
 	if err != nil {
 		return nil, nil, err
 	}
+	if !isLoopback(cfg.Listen) {
+		if rcfg.CanisterControl {
+			logger.Warn("TEST ONLY: the canister control API (ICWS_REPLICA_CONTROL) is served on a non-loopback address: anyone who reaches it can make the canister send, close clients or wipe its state", "listen", cfg.Listen)
+		}
+		if rcfg.TestHooks {
+			logger.Warn("TEST ONLY: the corruption hooks (ICWS_REPLICA_TEST_HOOKS) are served on a non-loopback address", "listen", cfg.Listen)
+		}
+	}
 	return r, ln, nil
+}
+
+// isLoopback says whether a host:port listen address only accepts connections from this machine.
+func isLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -15,7 +15,8 @@ import (
 )
 
 // ControlHandler serves the TEST-ONLY control API of the demo canister. Nothing like it exists on
-// the IC; the replica mounts it at /_/control/<canister id>/ with that prefix stripped. All bodies
+// the IC; the replica mounts it at /_/control/<canister id>/ with that prefix stripped, only when
+// its Config.CanisterControl (ICWS_REPLICA_CONTROL) is on, and never for browsers. All bodies
 // are JSON; a client is named by protocol.ClientKey.Token() ("<principal text>_<nonce>").
 //
 //	POST /send      {"client": "<token>", "text": "..."}  → 204; 404 if the client is not connected

@@ -30,7 +30,7 @@ type e2e struct {
 
 func startE2E(t *testing.T, cfg wscanister.Config) *e2e {
 	t.Helper()
-	r, can := testkit.StartWSReplica(t, replica.Config{}, canisterID, cfg)
+	r, can := testkit.StartWSReplica(t, replica.Config{CanisterControl: true}, canisterID, cfg)
 	e := &e2e{r: r.Replica, can: can}
 	e.url, _ = url.Parse(r.URL)
 	e.ctrl = &wscanister.ControlClient{BaseURL: r.URL + "/_/control/" + canisterID.Encode(), HTTP: r.Server.Client()}
