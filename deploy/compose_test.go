@@ -74,13 +74,22 @@ func (x *icwsTool) run(t *testing.T, env []string, args ...string) (string, erro
 	return out.String(), err
 }
 
+// composeTestEnv stands in for the .env file an operator writes: the variables the compose file
+// requires (the NATS passwords) with test values.
+var composeTestEnv = []string{
+	"NATS_EDGE_PASSWORD=test-edge-password", "NATS_SUBMITTER_PASSWORD=test-submitter-password",
+	"NATS_POLLER_PASSWORD=test-poller-password", "NATS_ROUTE_PASSWORD=test-route-password",
+}
+
 // loadCompose loads a compose file as `docker compose` does (schema validation, interpolation
-// with an empty environment so defaults apply, consistency checks, paths resolved).
+// with composeTestEnv so required variables are set and defaults apply, consistency checks,
+// paths resolved).
 func loadCompose(ctx context.Context, file string) (*types.Project, error) {
 	opts, err := cli.NewProjectOptions([]string{file},
 		cli.WithWorkingDirectory(filepath.Dir(file)),
 		cli.WithName("icws"),
 		cli.WithResolvedPaths(true),
+		cli.WithEnv(composeTestEnv),
 	)
 	if err != nil {
 		return nil, err
@@ -119,6 +128,7 @@ type composeCheck struct {
 	dockerfile string            // absolute path of deploy/Dockerfile
 	imageEnv   map[string]string // its ENV
 	volumeDir  string            // stand-ins for named volumes
+	project    *types.Project    // set by problems
 }
 
 // problems lists everything wrong with the compose file; informational notes go to the test log.
@@ -127,6 +137,7 @@ func (c *composeCheck) problems(ctx context.Context, file string) []string {
 	if err != nil {
 		return []string{fmt.Sprintf("load: %v", err)}
 	}
+	c.project = p
 	var out []string
 	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 
@@ -254,6 +265,35 @@ func (c *composeCheck) checkIcwsService(name string, s types.ServiceConfig) []st
 func (c *composeCheck) hostPath(service string, s types.ServiceConfig, value string) string {
 	if !filepath.IsAbs(value) {
 		return value
+	}
+	// A compose secret is mounted at /run/secrets/<target>: stand in a file with its value.
+	for _, sec := range s.Secrets {
+		target := cmpOr(sec.Target, sec.Source)
+		if !filepath.IsAbs(target) {
+			target = "/run/secrets/" + target
+		}
+		if value != target || c.project == nil {
+			continue
+		}
+		def, ok := c.project.Secrets[sec.Source]
+		if !ok {
+			return value
+		}
+		data := def.Content
+		if def.Environment != "" {
+			data = c.project.Environment[def.Environment]
+		}
+		if def.File != "" {
+			return def.File
+		}
+		f := filepath.Join(c.volumeDir, "secrets", service, sec.Source)
+		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+			c.t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
+			c.t.Fatal(err)
+		}
+		return f
 	}
 	for _, v := range s.Volumes {
 		rest, ok := strings.CutPrefix(value, v.Target)
