@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -38,19 +40,88 @@ const magic = "DIDL"
 
 // coercionError is a wire value that does not fit the expected type. Inside an expected opt it is
 // not an error: the opt reads as none (Rust candid's Error::Subtype, which its decoder recovers
-// from in the same place). Every other error (malformed bytes, limits) is fatal.
-type coercionError struct{ msg string }
+// from in the same place). Every other error (malformed bytes, limits) is fatal. Its message is
+// built only when asked for: a hostile message may cause many of them.
+type coercionError struct {
+	wire, expected Kind   // the kinds that do not match, or
+	missing        string // the name of a missing record field, or
+	unknownCase    uint32 // the id of a variant case the expected type lacks
+	kind           uint8  // which of the three
+}
 
-func (e *coercionError) Error() string { return e.msg }
+const (
+	kindMismatch uint8 = iota
+	fieldMissing
+	caseUnknown
+)
+
+func (e *coercionError) Error() string {
+	switch e.kind {
+	case fieldMissing:
+		return "field " + e.missing + " is missing"
+	case caseUnknown:
+		return fmt.Sprintf("variant case %d is not expected", e.unknownCase)
+	}
+	return fmt.Sprintf("wire type %s does not fit %s", e.wire, e.expected)
+}
 
 func mismatch(w, e *Type) error {
-	return &coercionError{msg: fmt.Sprintf("wire type %s does not fit %s", w.kind, e.kind)}
+	return &coercionError{wire: w.kind, expected: e.kind}
 }
 
 func isCoercion(err error) bool {
 	var ce *coercionError
 	return errors.As(err, &ce)
 }
+
+// pathError locates an error in the value: the record fields, vector elements and variant cases
+// from the innermost out. Each level adds its step to the same error, so a failure deep in a
+// value costs one allocation per level at most, not a message per level.
+type pathError struct {
+	steps []step
+	err   error
+}
+
+type step struct {
+	what  string // "field", "element" or "case"
+	name  string // a field or case name, if known
+	index uint64 // an element index, or a field or case id
+}
+
+func (e *pathError) Error() string {
+	var b strings.Builder
+	for i := len(e.steps) - 1; i >= 0; i-- {
+		if n := len(e.steps); n > 8 && i == n-5 {
+			// Outermost and innermost four steps only: the message stays short.
+			fmt.Fprintf(&b, "… %d levels …: ", n-8)
+			i = 3
+		}
+		s := e.steps[i]
+		b.WriteString(s.what)
+		b.WriteByte(' ')
+		if s.name != "" {
+			b.WriteString(s.name)
+		} else {
+			b.WriteString(strconv.FormatUint(s.index, 10))
+		}
+		b.WriteString(": ")
+	}
+	b.WriteString(e.err.Error())
+	return b.String()
+}
+
+func (e *pathError) Unwrap() error { return e.err }
+
+// at adds a step to err's location.
+func at(err error, s step) error {
+	if pe, ok := err.(*pathError); ok {
+		pe.steps = append(pe.steps, s)
+		return pe
+	}
+	return &pathError{steps: append(make([]step, 0, 4), s), err: err}
+}
+
+func fieldStep(f Field) step { return step{what: "field", name: f.Name, index: uint64(f.ID)} }
 
 var (
 	errTruncated = errors.New("message truncated")
@@ -478,7 +549,7 @@ func (d *decoder) vec(w, e *Type, depth int) (Value, error) {
 	for i := range n {
 		el, err := d.value(w.elem, e.elem, depth+1)
 		if err != nil {
-			return Value{}, fmt.Errorf("element %d: %w", i, err)
+			return Value{}, at(err, step{what: "element", index: uint64(i)})
 		}
 		v.elems = append(v.elems, el)
 	}
@@ -529,14 +600,14 @@ func (d *decoder) record(w, e *Type, depth int) (Value, error) {
 		if ei < len(e.fields) && e.fields[ei].ID == wf.ID {
 			f, err := d.value(wf.Type, e.fields[ei].Type, depth+1)
 			if err != nil {
-				return Value{}, fmt.Errorf("field %s: %w", fieldName(e.fields[ei]), err)
+				return Value{}, at(err, fieldStep(e.fields[ei]))
 			}
 			v.elems[ei] = f
 			ei++
 			continue
 		}
 		if err := d.skip(wf.Type, depth+1); err != nil {
-			return Value{}, fmt.Errorf("field %d: %w", wf.ID, err)
+			return Value{}, at(err, fieldStep(wf))
 		}
 	}
 	for ; ei < len(e.fields); ei++ {
@@ -552,7 +623,7 @@ func absent(f Field) error {
 	if f.Type.kind.optional() {
 		return nil
 	}
-	return &coercionError{msg: "field " + fieldName(f) + " is missing"}
+	return &coercionError{kind: fieldMissing, missing: fieldName(f)}
 }
 
 func fieldName(f Field) string {
@@ -575,14 +646,16 @@ func (d *decoder) variant(w, e *Type, depth int) (Value, error) {
 	wf := w.fields[i]
 	ei, ok := e.fieldIndex(wf.ID)
 	if !ok {
-		return Value{}, &coercionError{msg: fmt.Sprintf("variant case %d is not expected", wf.ID)}
+		return Value{}, &coercionError{kind: caseUnknown, unknownCase: wf.ID}
 	}
 	if err := d.keep(1); err != nil {
 		return Value{}, err
 	}
 	p, err := d.value(wf.Type, e.fields[ei].Type, depth+1)
 	if err != nil {
-		return Value{}, fmt.Errorf("case %s: %w", fieldName(e.fields[ei]), err)
+		cs := fieldStep(e.fields[ei])
+		cs.what = "case"
+		return Value{}, at(err, cs)
 	}
 	return Value{t: e, n: uint64(ei), elems: []Value{p}}, nil
 }
