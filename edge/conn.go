@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
@@ -265,8 +263,8 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.ClosePolicyViolation, "icws: canister not allowed: "+canText, "rejected")
 		return false
 	}
-	var args protocol.CanisterWsOpenArguments
-	if err := candid.Unmarshal(ct.Arg, []any{&args}); err != nil {
+	args, err := protocol.DecodeWsOpenArgs(ct.Arg)
+	if err != nil {
 		c.reject(websocket.CloseProtocolError, "icws: ws_open argument is not CanisterWsOpenArguments", "rejected")
 		return false
 	}
@@ -468,21 +466,13 @@ func (c *conn) relay(frame []byte) (int, string) {
 	return 0, ""
 }
 
-// decodeMessageSeq reads msg.sequence_num from ws_message's Candid arguments
-// (CanisterWsMessageArguments, opt AppMessage); the second argument may be absent.
+// decodeMessageSeq reads msg.sequence_num from ws_message's Candid arguments.
 func decodeMessageSeq(arg []byte) (uint64, error) {
-	ts, vs, err := candid.Decode(arg)
+	m, err := protocol.DecodeWsMessageArgs(arg)
 	if err != nil {
-		return 0, fmt.Errorf("not Candid: %w", err)
+		return 0, err
 	}
-	if len(ts) < 1 || len(ts) > 2 {
-		return 0, fmt.Errorf("%d arguments, want 1 or 2", len(ts))
-	}
-	var a protocol.CanisterWsMessageArguments
-	if err := idl.UnmarshalGo(ts[0], vs[0], &a); err != nil {
-		return 0, fmt.Errorf("not CanisterWsMessageArguments: %w", err)
-	}
-	return a.Msg.SequenceNum, nil
+	return m.SequenceNum, nil
 }
 
 // teardown runs when the socket has ended: standard sessions are closed (close request after

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
@@ -219,7 +218,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 		}
 		backoff = p.cfg.BackoffMin
-		if res.EndOfQueue() {
+		if res.IsEndOfQueue {
 			if !p.waitNextPoll(ctx, start, kick) {
 				return nil
 			}
@@ -231,9 +230,9 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 // fetch runs one ws_get_messages query with the poll timeout and decodes the answer. A canister
 // Err answer is an error too.
 func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64) (protocol.CanisterOutputCertifiedMessages, error) {
-	arg, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}})
+	arg, err := protocol.EncodeWsGetMessagesArgs(protocol.CanisterWsGetMessagesArguments{Nonce: nonce})
 	if err != nil {
-		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("encode ws_get_messages argument: %w", err)
+		return protocol.CanisterOutputCertifiedMessages{}, err
 	}
 	qctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()

@@ -180,8 +180,8 @@ func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister 
 			return false
 		}
 		if err == nil {
-			var res protocol.CanisterWsResult
-			if err := candid.Unmarshal(reply, []any{&res}); err != nil {
+			res, err := protocol.DecodeWsResult(reply)
+			if err != nil {
 				log.Warn("ws_close: undecodable reply", "err", err)
 				s.count(kind, outcomeCloseBadAnswer)
 				return true
