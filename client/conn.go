@@ -164,7 +164,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if cfg.Resume && offer == nil {
 		c.log.Warn("gateway does not offer the icws resume extension; continuing without resume")
 	}
-	arg, err := encodeOpenArg(c.key.ClientNonce, gw)
+	arg, err := protocol.EncodeWsOpenArgs(protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw})
 	if err != nil {
 		ws.Close()
 		return nil, err
@@ -392,7 +392,7 @@ const resignMargin = time.Minute
 func (c *Conn) writeMessageLocked(ws *websocket.Conn, o *outgoing) error {
 	now := c.cfg.Now()
 	if o.frame == nil || now.Add(resignMargin).After(o.expiry) {
-		arg, err := encodeMessageArg(o.msg)
+		arg, err := protocol.EncodeWsMessageArgs(o.msg)
 		if err != nil {
 			return err
 		}
@@ -603,7 +603,7 @@ func (c *Conn) handleFrame(frame []byte) error {
 }
 
 func (c *Conn) handleServiceLocked(wm protocol.WebsocketMessage) error {
-	sm, err := decodeServiceMessage(wm.Content)
+	sm, err := protocol.DecodeServiceMessage(wm.Content)
 	if err != nil {
 		return fatal(fmt.Errorf("%w: %w", ErrInvalidMessage, err), 4000, "Service message error")
 	}
@@ -629,7 +629,9 @@ func (c *Conn) handleServiceLocked(wm protocol.WebsocketMessage) error {
 		}
 		c.trimPendingLocked(n)
 		c.startAckWatchdogLocked()
-		ka, err := encodeKeepAlive(c.lastIn)
+		ka, err := protocol.EncodeServiceMessage(protocol.WebsocketServiceMessageContent{
+			KeepAliveMessage: &protocol.ClientKeepAliveMessageContent{LastIncomingSequenceNum: c.lastIn},
+		})
 		if err != nil {
 			return fatal(err, 4000, "Keep alive message was not sent")
 		}

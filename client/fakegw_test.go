@@ -316,7 +316,7 @@ func (g *fakeGateway) poll() {
 		case <-time.After(10 * time.Millisecond):
 		}
 		for {
-			var res protocol.CanisterWsGetMessagesResultStrict
+			var res protocol.CanisterWsGetMessagesResult
 			err := g.agent.Query(testCanister, "ws_get_messages", []any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}}, []any{&res})
 			if err != nil || res.Ok == nil {
 				if g.ctx.Err() == nil {

@@ -3,7 +3,6 @@ package client
 import (
 	"bytes"
 	"crypto/ed25519"
-	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,53 +16,6 @@ import (
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
-
-// Reference bytes produced by @dfinity/candid 2.4.1 with ic-websocket-js 0.5.0's own IDL
-// (lib/cjs/idl.js: wsOpenIdl, wsMessageIdl, encodeWebsocketServiceMessageContent).
-const (
-	refOpen      = "4449444c016c02f3eec6b40268bbd1eacd0e780100011d3a5dfc5dcdec516df9f00c1cd2f3c8ea44e5e803f73b1acbe2b6ba9b02cb04fb711f010000"
-	refMessage   = "4449444c056d7b6c02fa80a2940568bbd1eacd0e786c0588ecfba70178b99adecb0100ebb49ce90301d6a9bbae0a78e8f5c3be0a7e6c01c1b4cc02026e7f020304030000000000000003010203010104cb04fb711f01000000002a36fe9c97170000"
-	refApp       = "4449444c016c02ad99e7e70471d6a9bbae0a7801000568656c6c6f00002a36fe9c9717"
-	refKeepAlive = "4449444c066c02fa80a2940568bbd1eacd0e786c01ebb49ce903006c01d888abb90a786b04cdc2dabb047fc9c68ea0057fd7aba29c0a7f999dafab0d7f6c01c49ff4e40f036b04fdbd95cc0101bfd397b409028ff2d1ef0a049eb7f0ad0b020105010500000000000000"
-)
-
-func TestCandidMatchesSDK(t *testing.T) {
-	gw := principal.MustDecode("7cio4-7j2lx-6f3tp-mkfw7-t4amd-tjphs-hkits-6qa7x-hmnmx-yvwxk-nqe")
-	key := protocol.ClientKey{ClientPrincipal: principal.MustDecode("2vxsx-fae"), ClientNonce: 1234567890123}
-	open, err := encodeOpenArg(key.ClientNonce, gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := encodeMessageArg(protocol.WebsocketMessage{ClientKey: key, SequenceNum: 3, Timestamp: 1700000000000000000, Content: []byte{1, 2, 3}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, err := EncodeAppMessage(protocol.AppMessage{Text: "hello", Timestamp: 1700000000000000000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ka, err := encodeKeepAlive(5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name string
-		got  []byte
-		want string
-	}{{"ws_open", open, refOpen}, {"ws_message", msg, refMessage}, {"AppMessage", app, refApp}, {"KeepAliveMessage", ka, refKeepAlive}} {
-		if hex.EncodeToString(c.got) != c.want {
-			t.Errorf("%s:\n got %x\nwant %s", c.name, c.got, c.want)
-		}
-	}
-	back, err := DecodeAppMessage(app)
-	if err != nil || back.Text != "hello" {
-		t.Fatalf("decode app = %+v, %v", back, err)
-	}
-	sm, err := decodeServiceMessage(ka)
-	if err != nil || sm.KeepAliveMessage == nil || sm.KeepAliveMessage.LastIncomingSequenceNum != 5 {
-		t.Fatalf("decode keep-alive = %+v, %v", sm, err)
-	}
-}
 
 func TestSignCall(t *testing.T) {
 	ed := testkit.NewIdentity(t)

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
@@ -310,8 +308,8 @@ func (c *conn) open(frame []byte) bool {
 	}
 	canister := req.Canister
 	canText := canister.Encode()
-	var args protocol.CanisterWsOpenArguments
-	if err := candid.Unmarshal(req.Arg, []any{&args}); err != nil {
+	args, err := protocol.DecodeWsOpenArgs(req.Arg)
+	if err != nil {
 		c.reject(websocket.CloseProtocolError, "icws: ws_open argument is not CanisterWsOpenArguments", "rejected")
 		return false
 	}
@@ -540,21 +538,13 @@ func (c *conn) relay(frame []byte) (int, string) {
 	return 0, ""
 }
 
-// decodeMessageSeq reads msg.sequence_num from ws_message's Candid arguments
-// (CanisterWsMessageArguments, opt AppMessage); the second argument may be absent.
+// decodeMessageSeq reads msg.sequence_num from ws_message's Candid arguments.
 func decodeMessageSeq(arg []byte) (uint64, error) {
-	ts, vs, err := candid.Decode(arg)
+	m, err := protocol.DecodeWsMessageArgs(arg)
 	if err != nil {
-		return 0, fmt.Errorf("not Candid: %w", err)
+		return 0, err
 	}
-	if len(ts) < 1 || len(ts) > 2 {
-		return 0, fmt.Errorf("%d arguments, want 1 or 2", len(ts))
-	}
-	var a protocol.CanisterWsMessageArguments
-	if err := idl.UnmarshalGo(ts[0], vs[0], &a); err != nil {
-		return 0, fmt.Errorf("not CanisterWsMessageArguments: %w", err)
-	}
-	return a.Msg.SequenceNum, nil
+	return m.SequenceNum, nil
 }
 
 // teardown runs when the socket has ended: standard sessions are closed (close request after

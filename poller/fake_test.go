@@ -99,7 +99,7 @@ func (f *fakeCanister) answer(nonce uint64) ([]byte, error) {
 		out = []protocol.CanisterOutputMessage{}
 	}
 	cert := []byte(fmt.Sprintf("cert-%d-%d-%d", f.gen, nonce, len(out)))
-	return candid.Marshal([]any{protocol.CanisterWsGetMessagesResultStrict{Ok: &protocol.CanisterOutputCertifiedMessagesStrict{
+	return candid.Marshal([]any{protocol.CanisterWsGetMessagesResult{Ok: &protocol.CanisterOutputCertifiedMessages{
 		Messages: out, Cert: cert, Tree: []byte("tree-" + string(cert)), IsEndOfQueue: end >= len(f.queue),
 	}}})
 }

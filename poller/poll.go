@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/safe"
@@ -220,7 +219,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 		}
 		backoff = p.cfg.BackoffMin
-		if res.EndOfQueue() {
+		if res.IsEndOfQueue {
 			if !p.waitNextPoll(ctx, start, kick) {
 				return nil
 			}
@@ -235,9 +234,9 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	defer safe.Recover(p.log, p.m.panics, "poll", func() {
 		res, err = protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): the answer could not be handled", nonce)}
 	})
-	arg, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}})
+	arg, err := protocol.EncodeWsGetMessagesArgs(protocol.CanisterWsGetMessagesArguments{Nonce: nonce})
 	if err != nil {
-		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("encode ws_get_messages argument: %w", err)
+		return protocol.CanisterOutputCertifiedMessages{}, err
 	}
 	qctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()

@@ -394,7 +394,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func candidErr(msg string) ([]byte, error) {
-	return candidMarshal(protocol.CanisterWsGetMessagesResultStrict{Err: &msg})
+	return candidMarshal(protocol.CanisterWsGetMessagesResult{Err: &msg})
 }
 
 func TestBurstThroughput(t *testing.T) {

@@ -1,10 +1,13 @@
 // Package protocol holds the ic-websocket wire types shared by the gateway roles, the Go client and
 // the replica simulator's canister: the Candid types of the canister interface (ic-websocket-cdk
-// 0.4.1), the CBOR frames exchanged on the WebSocket with one codec each, client keys and their
-// subject-safe form, the certificate checks a client applies to every canister message, and the
-// IC's ingress verification of signed envelopes (IngressPolicy), which the edge applies to every
-// client frame and the replica simulator to every request.
+// 0.4.1) with their codecs, the CBOR frames exchanged on the WebSocket with one codec each, client
+// keys and their subject-safe form, the certificate checks a client applies to every canister
+// message, and the IC's ingress verification of signed envelopes (IngressPolicy), which the edge
+// applies to every client frame and the replica simulator to every request.
 //
-// Every CBOR decoder here reads network input in a bounded mode: duplicate map keys refused,
-// nesting, array and map sizes bounded, nothing allocated from a length the input does not hold.
+// Every decoder here reads network input in a bounded mode: CBOR with duplicate map keys refused
+// and nesting, array and map sizes bounded; Candid (EncodeWsOpenArgs, DecodeWsMessageArgs,
+// DecodeGetMessagesResult, ...) through a bounded decoder that applies Candid subtyping as the CDK
+// does, so a newer SDK or CDK that adds record fields still decodes. Nothing is allocated from a
+// length the input does not hold.
 package protocol

@@ -91,12 +91,10 @@ func certTime(t testing.TB, m protocol.CanisterToClientMessage) time.Time {
 }
 
 // serviceMessage decodes the Candid service message inside a content.
-// TODO(lead): decode with protocol's bounded Candid decoder (branch candid) once merged, instead
-// of agent-go's candid.Unmarshal.
 func serviceMessage(t testing.TB, wm protocol.WebsocketMessage) protocol.WebsocketServiceMessageContent {
 	t.Helper()
-	var sm protocol.WebsocketServiceMessageContent
-	if err := candid.Unmarshal(wm.Content, []any{&sm}); err != nil {
+	sm, err := protocol.DecodeServiceMessage(wm.Content)
+	if err != nil {
 		t.Fatalf("service message: %v", err)
 	}
 	return sm
@@ -142,7 +140,8 @@ func TestUpstreamFramesSDKv050(t *testing.T) {
 		var app struct {
 			Text string `ic:"text"`
 		}
-		// TODO(lead): bounded Candid decoder from branch candid.
+		// The SDK test's application type is record { text }, not the demo's AppMessage; agent-go
+		// reads it here as an independent decoder.
 		if err := candid.Unmarshal(wm.Content, []any{&app}); err != nil {
 			t.Fatal(err)
 		}

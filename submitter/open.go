@@ -3,14 +3,11 @@ package submitter
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/nats-io/nats.go"
 
 	"github.com/icws/icws/broker"
-	"github.com/icws/icws/protocol"
 )
 
 // settleOpen records the IC's answer to a session's ws_open. A confirmed session may relay its
@@ -77,18 +74,3 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// decodeWsResult reads variant { Ok : null; Err : text }.
-func decodeWsResult(reply []byte) (res protocol.CanisterWsResult, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("malformed Candid: %v", r)
-		}
-	}()
-	if err := candid.Unmarshal(reply, []any{&res}); err != nil {
-		return res, fmt.Errorf("decode ws result: %w", err)
-	}
-	if res.Ok == nil && res.Err == nil {
-		return res, errors.New("decode ws result: neither Ok nor Err")
-	}
-	return res, nil
-}

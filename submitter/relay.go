@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/nats-io/nats.go/jetstream"
@@ -140,7 +139,7 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 func verdictOf(out callOutcome) callVerdict {
 	switch out.Status {
 	case statusReplied:
-		res, err := decodeWsResult(out.Reply)
+		res, err := protocol.DecodeWsResult(out.Reply)
 		switch {
 		case err != nil:
 			return callVerdict{refused: true, reason: "undecodable reply: " + err.Error()}
@@ -200,7 +199,7 @@ func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister 
 		s.count(kind, outcomeInvalid)
 		return true
 	}
-	arg, err := candid.Marshal([]any{protocol.CanisterWsCloseArguments{ClientKey: key}})
+	arg, err := protocol.EncodeWsCloseArgs(protocol.CanisterWsCloseArguments{ClientKey: key})
 	if err != nil {
 		log.Warn("dropping close request: encode ws_close argument", "err", err)
 		s.count(kind, outcomeInvalid)
@@ -218,8 +217,8 @@ func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister 
 			return false
 		}
 		if err == nil {
-			var res protocol.CanisterWsResult
-			if err := candid.Unmarshal(reply, []any{&res}); err != nil {
+			res, err := protocol.DecodeWsResult(reply)
+			if err != nil {
 				log.Warn("ws_close: undecodable reply", "err", err)
 				s.count(kind, outcomeCloseBadAnswer)
 				return true

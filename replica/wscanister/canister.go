@@ -22,8 +22,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
-	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica"
@@ -133,51 +131,31 @@ func (c *Canister) trap(msg string) error {
 	return replica.CanisterTrapped(c.host.CanisterID(), msg)
 }
 
-// decodeArgs decodes Candid arguments generically, so that callers can pick the ones they
-// declare: extra trailing arguments are ignored, as Rust's candid does for a method that declares
-// fewer. (agent-go's Unmarshal insists on exactly as many out values as wire arguments.)
-func decodeArgs(arg []byte) ([]idl.Type, []any, error) {
-	ts, vs, err := candid.Decode(arg)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(ts) == 0 {
-		return nil, nil, errors.New("no arguments")
-	}
-	return ts, vs, nil
-}
-
-// decodeFirst decodes the first argument into out, or traps naming the method.
-func (c *Canister) decodeFirst(method string, arg []byte, out any) error {
-	ts, vs, err := decodeArgs(arg)
-	if err == nil {
-		err = idl.UnmarshalGo(ts[0], vs[0], out)
-	}
-	if err != nil {
-		return c.trap(fmt.Sprintf("%s: failed to decode the Candid argument: %v", method, err))
-	}
-	return nil
+// decodeFailed is the trap of a method whose Candid argument does not decode, as the CDK's
+// argument decoding panics.
+func (c *Canister) decodeFailed(method string, err error) error {
+	return c.trap(fmt.Sprintf("%s: failed to decode the Candid argument: %v", method, err))
 }
 
 // Update executes ws_open, ws_message and ws_close, and ws_get_messages as a replicated query.
 func (c *Canister) Update(ctx context.Context, call replica.Call) ([]byte, error) {
 	switch call.Method {
 	case "ws_open":
-		var args protocol.CanisterWsOpenArguments
-		if err := c.decodeFirst(call.Method, call.Arg, &args); err != nil {
-			return nil, err
+		args, err := protocol.DecodeWsOpenArgs(call.Arg)
+		if err != nil {
+			return nil, c.decodeFailed(call.Method, err)
 		}
 		return c.runUpdate(call, func(now uint64) error { return c.st.wsOpen(call.Caller, args, now, c) })
 	case "ws_message":
-		args, err := c.decodeWsMessage(call.Arg)
+		msg, err := protocol.DecodeWsMessageArgs(call.Arg)
 		if err != nil {
-			return nil, err
+			return nil, c.decodeFailed(call.Method, err)
 		}
-		return c.runUpdate(call, func(now uint64) error { return c.st.wsMessage(call.Caller, args, now, c) })
+		return c.runUpdate(call, func(now uint64) error { return c.st.wsMessage(call.Caller, msg, now, c) })
 	case "ws_close":
-		var args protocol.CanisterWsCloseArguments
-		if err := c.decodeFirst(call.Method, call.Arg, &args); err != nil {
-			return nil, err
+		args, err := protocol.DecodeWsCloseArgs(call.Arg)
+		if err != nil {
+			return nil, c.decodeFailed(call.Method, err)
 		}
 		return c.runUpdate(call, func(now uint64) error { return c.st.wsClose(call.Caller, args, now, c) })
 	case "ws_get_messages":
@@ -187,26 +165,6 @@ func (c *Canister) Update(ctx context.Context, call replica.Call) ([]byte, error
 		return c.getMessages(call)
 	}
 	return nil, replica.MethodNotFound(c.host.CanisterID(), call.Method, false)
-}
-
-// decodeWsMessage decodes (CanisterWsMessageArguments, opt AppMessage). The SDK sends none for the
-// second argument, typed as the actor's opt AppMessage; like Rust's candid, any other opt type
-// there, or no second argument at all, is accepted and ignored.
-func (c *Canister) decodeWsMessage(arg []byte) (protocol.CanisterWsMessageArguments, error) {
-	var args protocol.CanisterWsMessageArguments
-	ts, vs, err := decodeArgs(arg)
-	if err == nil {
-		err = idl.UnmarshalGo(ts[0], vs[0], &args)
-	}
-	if err == nil && len(ts) > 1 {
-		if _, ok := ts[1].(*idl.OptionalType); !ok {
-			err = fmt.Errorf("second argument must be opt AppMessage, got %s", ts[1])
-		}
-	}
-	if err != nil {
-		return args, c.trap(fmt.Sprintf("ws_message: failed to decode the Candid arguments: %v", err))
-	}
-	return args, nil
 }
 
 // runUpdate runs fn under the write lock, maps its outcome to a reply or a trap, and publishes
@@ -231,7 +189,7 @@ func (c *Canister) runUpdate(call replica.Call, fn func(now uint64) error) ([]by
 		res = protocol.ResultErr(err.Error())
 		c.log.Debug("call returned Err", "method", call.Method, "caller", call.Caller.Encode(), "err", err)
 	}
-	b, merr := candid.Marshal([]any{res})
+	b, merr := protocol.EncodeWsResult(res)
 	if merr != nil {
 		return nil, c.trap(fmt.Sprintf("encode reply: %v", merr))
 	}
@@ -261,13 +219,13 @@ func (c *Canister) Query(ctx context.Context, call replica.Call) ([]byte, error)
 }
 
 func (c *Canister) getMessages(call replica.Call) ([]byte, error) {
-	var args protocol.CanisterWsGetMessagesArguments
-	if err := c.decodeFirst(call.Method, call.Arg, &args); err != nil {
-		return nil, err
+	args, err := protocol.DecodeWsGetMessagesArgs(call.Arg)
+	if err != nil {
+		return nil, c.decodeFailed(call.Method, err)
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := protocol.CanisterOutputCertifiedMessagesStrict{
+	out := protocol.CanisterOutputCertifiedMessages{
 		Messages:     []protocol.CanisterOutputMessage{},
 		Cert:         []byte{},
 		Tree:         []byte{},
@@ -297,7 +255,7 @@ func (c *Canister) getMessages(call replica.Call) ([]byte, error) {
 			out.IsEndOfQueue = end
 		}
 	}
-	b, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesResultStrict{Ok: &out}})
+	b, err := protocol.EncodeGetMessagesResult(protocol.CanisterWsGetMessagesResult{Ok: &out})
 	if err != nil {
 		return nil, c.trap(fmt.Sprintf("encode reply: %v", err))
 	}

@@ -325,7 +325,7 @@ func TestWsGetMessagesAsUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r protocol.CanisterWsGetMessagesResultStrict
+	var r protocol.CanisterWsGetMessagesResult
 	if err := candid.Unmarshal(reply, []any{&r}); err != nil || r.Ok == nil || len(r.Ok.Messages) != 0 {
 		t.Fatalf("empty replicated poll: %v %+v", err, r)
 	}

@@ -3,7 +3,6 @@ package wscanister
 import (
 	"fmt"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/protocol"
 )
@@ -63,12 +62,11 @@ func (s *wsState) wsClose(caller principal.Principal, args protocol.CanisterWsCl
 	return nil
 }
 
-func (s *wsState) wsMessage(caller principal.Principal, args protocol.CanisterWsMessageArguments, now uint64, h appHooks) error {
+func (s *wsState) wsMessage(caller principal.Principal, msg protocol.WebsocketMessage, now uint64, h appHooks) error {
 	registered, err := s.clientByPrincipal(caller)
 	if err != nil {
 		return err
 	}
-	msg := args.Msg
 	if !msg.ClientKey.Equal(registered) {
 		return errWs(fmt.Sprintf("Client with principal %s has a different key than the one used in the message", msg.ClientKey.ClientPrincipal))
 	}
@@ -86,15 +84,15 @@ func (s *wsState) wsMessage(caller principal.Principal, args protocol.CanisterWs
 	if !msg.IsServiceMessage {
 		// The demo app's on_message decodes with unwrap(): bad content traps, which on the IC
 		// also undoes the sequence-number increment. Decoding first gives the same outcome.
-		if err := candid.Unmarshal(msg.Content, []any{&app}); err != nil {
+		if app, err = protocol.DecodeAppMessage(msg.Content); err != nil {
 			return &trapError{msg: fmt.Sprintf("demo app: decode AppMessage from client %s: %v", registered, err)}
 		}
 	}
 	c.expectedIncoming++
 	h.onIncoming(registered, msg.SequenceNum)
 	if msg.IsServiceMessage {
-		var svc protocol.WebsocketServiceMessageContent
-		if err := candid.Unmarshal(msg.Content, []any{&svc}); err != nil {
+		svc, err := protocol.DecodeServiceMessage(msg.Content)
+		if err != nil {
 			return errWs(fmt.Sprintf("Error decoding service message content: %v", err))
 		}
 		if svc.KeepAliveMessage == nil {
@@ -157,9 +155,9 @@ func (s *wsState) sendApp(k protocol.ClientKey, m protocol.AppMessage, now uint6
 	if !current.Equal(k) {
 		return errClientKeyNotConnected(k)
 	}
-	b, err := candid.Marshal([]any{m})
+	b, err := protocol.EncodeAppMessage(m)
 	if err != nil {
-		return fmt.Errorf("encode app message: %w", err)
+		return err
 	}
 	return s.send(k, b, false, now)
 }

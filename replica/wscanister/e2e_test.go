@@ -63,9 +63,9 @@ func callResult(t *testing.T, a *agent.Agent, method string, args ...any) protoc
 
 // pollVerified queries ws_get_messages as the gateway (agent-go checks the node signature) and
 // runs the client's check on the batch against the replica's root key.
-func pollVerified(t *testing.T, gw *agent.Agent, rootKey []byte, nonce uint64) protocol.CanisterOutputCertifiedMessagesStrict {
+func pollVerified(t *testing.T, gw *agent.Agent, rootKey []byte, nonce uint64) protocol.CanisterOutputCertifiedMessages {
 	t.Helper()
-	var res protocol.CanisterWsGetMessagesResultStrict
+	var res protocol.CanisterWsGetMessagesResult
 	if err := gw.Query(canisterID, "ws_get_messages", []any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}}, []any{&res}); err != nil {
 		t.Fatalf("ws_get_messages: %v", err)
 	}

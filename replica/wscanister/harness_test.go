@@ -220,7 +220,7 @@ func (e *env) close(gw principal.Principal, k protocol.ClientKey) ([]byte, error
 
 // poll runs ws_get_messages as a query and verifies the reply as a client would: the certificate's
 // signature and certified_data, the tree's root, and every message's leaf.
-func (e *env) poll(gw principal.Principal, nonce uint64) protocol.CanisterOutputCertifiedMessagesStrict {
+func (e *env) poll(gw principal.Principal, nonce uint64) protocol.CanisterOutputCertifiedMessages {
 	e.t.Helper()
 	arg, err := candid.Marshal([]any{protocol.CanisterWsGetMessagesArguments{Nonce: nonce}})
 	if err != nil {
@@ -232,7 +232,7 @@ func (e *env) poll(gw principal.Principal, nonce uint64) protocol.CanisterOutput
 	if err != nil {
 		e.t.Fatalf("ws_get_messages: %v", err)
 	}
-	var r protocol.CanisterWsGetMessagesResultStrict
+	var r protocol.CanisterWsGetMessagesResult
 	if err := candid.Unmarshal(reply, []any{&r}); err != nil {
 		e.t.Fatalf("decode ws_get_messages: %v", err)
 	}
@@ -253,7 +253,7 @@ func (e *env) poll(gw principal.Principal, nonce uint64) protocol.CanisterOutput
 }
 
 // verifyBatch is the client's check (SDK isMessageBodyValid) for every message of a batch.
-func verifyBatch(canister principal.Principal, rootDER []byte, out protocol.CanisterOutputCertifiedMessagesStrict) error {
+func verifyBatch(canister principal.Principal, rootDER []byte, out protocol.CanisterOutputCertifiedMessages) error {
 	cert, err := certificate.Decode(out.Cert)
 	if err != nil {
 		return fmt.Errorf("decode cert: %w", err)
@@ -298,7 +298,7 @@ type decoded struct {
 	app     protocol.AppMessage
 }
 
-func decodeMessages(t *testing.T, out protocol.CanisterOutputCertifiedMessagesStrict) []decoded {
+func decodeMessages(t *testing.T, out protocol.CanisterOutputCertifiedMessages) []decoded {
 	t.Helper()
 	res := make([]decoded, 0, len(out.Messages))
 	for _, m := range out.Messages {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/protocol"
@@ -193,9 +192,9 @@ func olderThan(now, then, age uint64) bool {
 }
 
 func (s *wsState) sendService(k protocol.ClientKey, m protocol.WebsocketServiceMessageContent, now uint64) error {
-	b, err := candid.Marshal([]any{m})
+	b, err := protocol.EncodeServiceMessage(m)
 	if err != nil {
-		return fmt.Errorf("encode service message: %w", err)
+		return err
 	}
 	return s.send(k, b, true, now)
 }
