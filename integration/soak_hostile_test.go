@@ -760,4 +760,3 @@ func (s *soak) slowHeaders() error {
 	}
 	return nil
 }
-

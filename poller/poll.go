@@ -14,8 +14,8 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/icws/icws/broker"
-	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/icclient"
+	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"

@@ -73,4 +73,3 @@ func truncate(s string, n int) string {
 	}
 	return s[:n]
 }
-
