@@ -152,8 +152,46 @@ func Run(ctx context.Context, cfg Config) ([]Report, error) {
 		if err != nil {
 			return reports, fmt.Errorf("scenario %s: %w", name, err)
 		}
+		if err := r.settle(ctx); err != nil {
+			return reports, err
+		}
 	}
 	return reports, nil
+}
+
+// settleTimeout bounds the wait for the gateway to finish the closes of a scenario's sessions.
+const settleTimeout = 5 * time.Minute
+
+// settle waits until the gateway is quiet again after a scenario: its sessions closed on the edge
+// and their ws_close calls relayed (no client in flight, no envelope counted for three samples in
+// a row), so the next scenario neither pays for the last one nor queues behind it. Without
+// metrics it returns at once; after settleTimeout it logs and goes on.
+func (r *runner) settle(ctx context.Context) error {
+	if r.scraper == nil {
+		return nil
+	}
+	deadline := time.Now().Add(settleTimeout)
+	quiet, lastEnvelopes := 0, -1.0
+	for quiet < 3 {
+		s, err := r.scraper.Sample(ctx)
+		if err != nil {
+			return err
+		}
+		if s[metricConnections] <= r.baseConnections && s[metricInFlight] == 0 && s[metricEnvelopes] == lastEnvelopes {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		lastEnvelopes = s[metricEnvelopes]
+		if time.Now().After(deadline) {
+			r.logger.Warn("the gateway is still busy with the last scenario's sessions; going on", "connections", s[metricConnections], "clients_in_flight", s[metricInFlight])
+			return nil
+		}
+		if err := sleepUntil(ctx, time.Now().Add(200*time.Millisecond)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runner holds what every scenario shares.
@@ -164,6 +202,8 @@ type runner struct {
 	http    *http.Client
 	control *wscanister.ControlClient
 	scraper *Scraper // nil without metrics
+	// baseConnections are the gateway's open connections before the run (other users' clients).
+	baseConnections float64
 }
 
 func newRunner(ctx context.Context, cfg Config) (*runner, error) {
@@ -185,9 +225,11 @@ func newRunner(ctx context.Context, cfg Config) (*runner, error) {
 		if r.scraper, err = NewScraper(cfg.Metrics, hc); err != nil {
 			return nil, err
 		}
-		if _, err := r.scraper.Sample(ctx); err != nil {
+		s, err := r.scraper.Sample(ctx)
+		if err != nil {
 			return nil, fmt.Errorf("gateway metrics (the admin servers of the gateway processes; an empty list skips the gateway's cost): %w", err)
 		}
+		r.baseConnections = s[metricConnections]
 	}
 	return r, nil
 }

@@ -21,9 +21,11 @@ const (
 	metricGoroutines  = "go_goroutines"
 	metricPolled      = "icws_poller_messages_total"
 	metricConnections = "icws_edge_connections"
+	metricInFlight    = "icws_submitter_clients_in_flight"
+	metricEnvelopes   = "icws_submitter_envelopes_total"
 )
 
-var scrapedMetrics = []string{metricCPU, metricRSS, metricHeapInuse, metricGoroutines, metricPolled, metricConnections}
+var scrapedMetrics = []string{metricCPU, metricRSS, metricHeapInuse, metricGoroutines, metricPolled, metricConnections, metricInFlight, metricEnvelopes}
 
 // Scrape limits: a /metrics answer is a few tens of kB; these bound a misbehaving endpoint.
 const (

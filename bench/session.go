@@ -24,6 +24,9 @@ import (
 // through the gateway, and too many at once only queue.
 const dialParallel = 64
 
+// openTimeout bounds one session's open (handshake to verified OpenMessage).
+const openTimeout = 5 * time.Minute
+
 // loopbackSources is how many 127.0.0.x source addresses a loopback gateway is dialled from, so
 // that tens of thousands of sessions do not run out of ephemeral ports (about 28k per source
 // address and destination).
@@ -59,6 +62,9 @@ func (r *runner) openSessions(ctx context.Context, n int, o sessionOptions) ([]*
 				GatewayURL: r.cfg.GatewayURL, RootKey: r.rootKey, Canister: r.cfg.Canister, Identity: id,
 				AckInterval: r.cfg.AckInterval, MessageBuffer: max(o.messageBuffer, 16),
 				Resume: o.resume, Dialer: dialer, Logger: r.logger.With("session", i),
+				// Opens queue behind each other in the gateway's submitters; thousands at once take
+				// longer than the SDK's 60 s on a busy machine.
+				OpenTimeout: openTimeout,
 			})
 			if err != nil {
 				return fmt.Errorf("session %d: dial: %w", i, err)
