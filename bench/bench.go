@@ -212,7 +212,7 @@ func newRunner(ctx context.Context, cfg Config) (*runner, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	// Control calls run in parallel (one worker per client at most); keep their connections.
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}}
+	hc := &http.Client{Transport: replayable{&http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}}}
 	rootKey, err := client.RootKey(ctx, cfg.ICURL, nil, hc)
 	if err != nil {
 		return nil, fmt.Errorf("root key: %w", err)
@@ -232,6 +232,17 @@ func newRunner(ctx context.Context, cfg Config) (*runner, error) {
 		r.baseConnections = s[metricConnections]
 	}
 	return r, nil
+}
+
+// replayable marks control requests as safe to send again (Idempotency-Key), so that net/http
+// retries one that met a kept-alive connection the server had just closed (EOF before any answer)
+// instead of failing the scenario. A message sent twice would show as a duplicate in the report.
+type replayable struct{ next http.RoundTripper }
+
+func (t replayable) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Idempotency-Key", "bench")
+	return t.next.RoundTrip(req)
 }
 
 func (r *runner) run(ctx context.Context, name string) ([]Report, error) {
@@ -268,4 +279,11 @@ func (r *runner) run(ctx context.Context, name string) ([]Report, error) {
 		return one(r.fanout(ctx))
 	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the transport.
+func (t replayable) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
