@@ -3,6 +3,7 @@ module github.com/icws/icws
 go 1.26.8
 
 require (
+	github.com/HdrHistogram/hdrhistogram-go v1.1.2
 	github.com/aviate-labs/agent-go v0.8.0
 	github.com/aviate-labs/secp256k1 v0.0.0-5e6736a
 	github.com/chromedp/cdproto v0.159.0

@@ -1,5 +1,6 @@
 // Package admin serves a process's operational endpoints: /healthz (the process is alive),
-// /readyz (its dependencies answer) and /metrics (Prometheus).
+// /readyz (its dependencies answer), /metrics (Prometheus) and, when switched on, the Go profiler
+// under /debug/pprof/.
 package admin
 
 import (
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -33,6 +35,11 @@ type Server struct {
 	// CheckTimeout bounds each readiness check; ShutdownTimeout bounds the drain on shutdown.
 	CheckTimeout    time.Duration
 	ShutdownTimeout time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ when set before Run. Off by default: profiles
+	// show internals and a CPU profile costs CPU while it runs.
+	Pprof bool
+
+	mux *http.ServeMux
 
 	mu   sync.Mutex
 	ln   net.Listener
@@ -63,6 +70,7 @@ func New(addr string, reg *prometheus.Registry, checks []Check, logger *slog.Log
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux = mux
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -139,8 +147,23 @@ func (s *Server) Addr(ctx context.Context) (net.Addr, error) {
 	}
 }
 
+// handlePprof registers the profiler's handlers; pprof.Index serves every named profile
+// (heap, allocs, goroutine, block, mutex, threadcreate) below /debug/pprof/.
+func (s *Server) handlePprof() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}
+
 // Run serves until ctx ends, then drains open requests for at most ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
+	if s.Pprof {
+		s.handlePprof()
+		s.logger.Warn("admin server serves the Go profiler under /debug/pprof/; keep its address private")
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", s.addr)
 	s.mu.Lock()

@@ -1,8 +1,23 @@
 // Package bench measures a running ic-websocket gateway with many Go clients against the demo
-// canister (echo and burst:N): open time, client → canister → client round trips, and canister →
-// client delivery (throughput and the latency from the canister's send to the client's receipt).
-// It is the engine of `icws bench`; run it against `icws dev` on one host, where the canister's
-// clock and the client's clock are the same.
+// canister of the replica simulator, and the gateway's own cost while it does: CPU seconds and
+// resident memory scraped from the gateway processes' /metrics before and after each scenario.
+//
+// Scenarios (Config.Scenarios):
+//
+//	idle              N sessions opened and held: memory and goroutines per session, idle CPU, echo
+//	                  round trips while they are open
+//	unicast-rate      canister → client at a fixed total rate (test control API send), latency from
+//	                  the intended send time, so a stalled gateway cannot hide (no coordinated omission)
+//	unicast-saturate  every client asks for burst:N at once; latency from the canister's send
+//	inbound           client → canister → client echo, each client with a window in flight
+//	echo              one client, one message in flight: round-trip percentiles
+//	resume            a client drops, K messages are sent meanwhile, it resumes: time from the resume
+//	                  frame to the last replayed message
+//	fanout            broadcasts to every client of the canister at a fixed rate
+//
+// Every scenario checks that each client got each message once and in order (Integrity). It is
+// the engine of `icws bench`; run it on the host of the replica, whose clock stamps canister
+// messages.
 package bench
 
 import (
@@ -10,260 +25,265 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/icws/icws/client"
-	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/replica/wscanister"
 )
+
+// Scenario names.
+const (
+	ScenarioIdle            = "idle"
+	ScenarioUnicastRate     = "unicast-rate"
+	ScenarioUnicastSaturate = "unicast-saturate"
+	ScenarioInbound         = "inbound"
+	ScenarioEcho            = "echo"
+	ScenarioResume          = "resume"
+	ScenarioFanout          = "fanout"
+)
+
+// ScenarioNames lists every scenario in the order "all" runs them.
+func ScenarioNames() []string {
+	return []string{ScenarioIdle, ScenarioUnicastRate, ScenarioUnicastSaturate, ScenarioInbound, ScenarioEcho, ScenarioResume, ScenarioFanout}
+}
 
 // Config says what to run.
 type Config struct {
 	GatewayURL string
-	ICURL      string
-	Canister   principal.Principal
-	// Clients connect at once; each sends Messages echo requests and asks for one burst of Burst messages.
-	Clients  int
+	// ICURL serves the root key (/api/v2/status) and the demo canister's test control API.
+	ICURL    string
+	Canister principal.Principal
+	// Scenarios to run, in order; names from ScenarioNames.
+	Scenarios []string
+
+	// Clients connect at once in unicast-rate, unicast-saturate, inbound and fanout.
+	Clients int
+	// Messages is the echo requests per client (inbound) and the round trips of echo.
 	Messages int
-	Burst    int
-	// Window bounds the echo requests a client has in flight (1 = strict ping-pong).
-	Window      int
+	// Burst is the burst:N each client asks for (unicast-saturate).
+	Burst int
+	// Window bounds the echo requests a client has in flight (inbound).
+	Window int
+	// Sessions are opened and held for Hold (idle).
+	Sessions int
+	Hold     time.Duration
+	// Rate is the canister → client messages per second delivered in total, for Duration
+	// (unicast-rate, and fanout where each broadcast delivers Clients messages).
+	Rate     float64
+	Duration time.Duration
+	// Payload pads the texts the canister sends through the control API to this many bytes
+	// (unicast-rate, resume, fanout).
+	Payload int
+	// Missed lists the K of each resume run.
+	Missed []int
+	// Settle is how long resume waits for the missed messages to reach the gateway when no
+	// metrics tell it (Metrics empty).
+	Settle time.Duration
+	// AckInterval is the canister's send_ack_interval.
 	AckInterval time.Duration
-	Logger      *slog.Logger
+	// Metrics are the admin URLs of the gateway processes; empty: no gateway cost is reported.
+	Metrics []string
+	Logger  *slog.Logger
 }
 
-// Validate checks the numbers.
+// Validate checks the numbers and names.
 func (c Config) Validate() error {
+	for _, s := range c.Scenarios {
+		if !slices.Contains(ScenarioNames(), s) {
+			return fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(ScenarioNames(), ", "))
+		}
+	}
 	switch {
+	case len(c.Scenarios) == 0:
+		return errors.New("no scenario")
 	case c.Clients < 1:
 		return fmt.Errorf("clients must be at least 1 (got %d)", c.Clients)
-	case c.Messages < 0 || c.Burst < 0:
-		return errors.New("messages and burst must not be negative")
+	case c.Messages < 1 || c.Burst < 1:
+		return fmt.Errorf("messages and burst must be at least 1 (got %d, %d)", c.Messages, c.Burst)
 	case c.Window < 1:
 		return fmt.Errorf("window must be at least 1 (got %d)", c.Window)
+	case c.Sessions < 1:
+		return fmt.Errorf("sessions must be at least 1 (got %d)", c.Sessions)
+	case c.Hold < 0 || c.Settle < 0:
+		return errors.New("hold and settle must not be negative")
+	case c.Rate <= 0 || c.Duration <= 0:
+		return fmt.Errorf("rate and duration must be positive (got %g/s for %s)", c.Rate, c.Duration)
+	case c.Payload < 0 || c.Payload > maxPayload:
+		return fmt.Errorf("payload must be 0..%d bytes (got %d)", maxPayload, c.Payload)
+	case len(c.Missed) == 0:
+		return errors.New("missed: at least one K for resume")
+	}
+	for _, k := range c.Missed {
+		if k < 1 {
+			return fmt.Errorf("missed: K must be at least 1 (got %d)", k)
+		}
 	}
 	return nil
 }
 
-// Result holds the measured figures.
-type Result struct {
-	Clients int
-	// Open is the time from dial to a verified OpenMessage, per client.
-	Open Distribution
-	// Echo is client → canister → client: sent app message to its verified echo.
-	Echo          Distribution
-	EchoMessages  int
-	EchoDuration  time.Duration
-	EchoPerSecond float64
-	// Delivery is canister → client: the canister's send timestamp to the verified receipt.
-	Delivery          Distribution
-	DeliveryMessages  int
-	DeliveryDuration  time.Duration
-	DeliveryPerSecond float64
-}
+// maxPayload keeps padded texts well inside the control API's request limit (1 MiB).
+const maxPayload = 512 << 10
 
-// Distribution summarises durations.
-type Distribution struct {
-	N                  int
-	P50, P90, P99, Max time.Duration
-}
-
-func summarise(ds []time.Duration) Distribution {
-	if len(ds) == 0 {
-		return Distribution{}
-	}
-	slices.Sort(ds)
-	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
-	return Distribution{N: len(ds), P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: ds[len(ds)-1]}
-}
-
-func (d Distribution) String() string {
-	return fmt.Sprintf("n=%d p50=%s p90=%s p99=%s max=%s", d.N, d.P50.Round(time.Microsecond), d.P90.Round(time.Microsecond), d.P99.Round(time.Microsecond), d.Max.Round(time.Microsecond))
-}
-
-// String is the report printed by `icws bench`.
-func (r Result) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "clients: %d\n", r.Clients)
-	fmt.Fprintf(&b, "open (dial to verified OpenMessage): %s\n", r.Open)
-	fmt.Fprintf(&b, "client->canister->client echo: %d messages in %s = %.0f msg/s; round trip %s\n", r.EchoMessages, r.EchoDuration.Round(time.Millisecond), r.EchoPerSecond, r.Echo)
-	fmt.Fprintf(&b, "canister->client delivery: %d messages in %s = %.0f msg/s; canister send to client receipt %s\n", r.DeliveryMessages, r.DeliveryDuration.Round(time.Millisecond), r.DeliveryPerSecond, r.Delivery)
-	return b.String()
-}
-
-type session struct {
-	conn *client.Conn
-	sent map[string]time.Time
-	mu   sync.Mutex
-}
-
-// Run connects the clients, runs the echo phase, then the burst phase, and closes them.
-func Run(ctx context.Context, cfg Config) (Result, error) {
+// Run runs the scenarios in order and returns one Report per run (resume gives one per K). It
+// stops at the first scenario that fails to run; a scenario that runs but loses, duplicates or
+// reorders messages is reported (Report.Integrity), not an error.
+func Run(ctx context.Context, cfg Config) ([]Report, error) {
 	if err := cfg.Validate(); err != nil {
-		return Result{}, err
+		return nil, err
 	}
+	r, err := newRunner(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer r.http.CloseIdleConnections()
+	var reports []Report
+	for _, name := range cfg.Scenarios {
+		r.logger.Info("scenario starting", "scenario", name)
+		got, err := r.run(ctx, name)
+		for _, rep := range got {
+			r.logger.Info("scenario done", "scenario", rep.Scenario, "variant", rep.Variant, "messages", rep.Messages, "integrity", rep.Integrity)
+		}
+		reports = append(reports, got...)
+		if err != nil {
+			return reports, fmt.Errorf("scenario %s: %w", name, err)
+		}
+		if err := r.settle(ctx); err != nil {
+			return reports, err
+		}
+	}
+	return reports, nil
+}
+
+// settleTimeout bounds the wait for the gateway to finish the closes of a scenario's sessions.
+const settleTimeout = 5 * time.Minute
+
+// settle waits until the gateway is quiet again after a scenario: its sessions closed on the edge
+// and their ws_close calls relayed (no client in flight, no envelope counted for three samples in
+// a row), so the next scenario neither pays for the last one nor queues behind it. Without
+// metrics it returns at once; after settleTimeout it logs and goes on.
+func (r *runner) settle(ctx context.Context) error {
+	if r.scraper == nil {
+		return nil
+	}
+	deadline := time.Now().Add(settleTimeout)
+	quiet, lastEnvelopes := 0, -1.0
+	for quiet < 3 {
+		s, err := r.scraper.Sample(ctx)
+		if err != nil {
+			return err
+		}
+		if s[metricConnections] <= r.baseConnections && s[metricInFlight] == 0 && s[metricEnvelopes] == lastEnvelopes {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		lastEnvelopes = s[metricEnvelopes]
+		if time.Now().After(deadline) {
+			r.logger.Warn("the gateway is still busy with the last scenario's sessions; going on", "connections", s[metricConnections], "clients_in_flight", s[metricInFlight])
+			return nil
+		}
+		if err := sleepUntil(ctx, time.Now().Add(200*time.Millisecond)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runner holds what every scenario shares.
+type runner struct {
+	cfg     Config
+	logger  *slog.Logger
+	rootKey []byte
+	http    *http.Client
+	control *wscanister.ControlClient
+	scraper *Scraper // nil without metrics
+	// baseConnections are the gateway's open connections before the run (other users' clients).
+	baseConnections float64
+}
+
+func newRunner(ctx context.Context, cfg Config) (*runner, error) {
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	rootKey, err := client.RootKey(ctx, cfg.ICURL, nil, nil)
+	// Control calls run in parallel (one worker per client at most); keep their connections.
+	hc := &http.Client{Transport: replayable{&http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}}}
+	rootKey, err := client.RootKey(ctx, cfg.ICURL, nil, hc)
 	if err != nil {
-		return Result{}, fmt.Errorf("root key: %w", err)
+		return nil, fmt.Errorf("root key: %w", err)
 	}
-	sessions := make([]*session, cfg.Clients)
-	opens := make([]time.Duration, cfg.Clients)
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range sessions {
-		g.Go(func() error {
-			id, err := identity.NewRandomEd25519Identity()
+	r := &runner{
+		cfg: cfg, logger: logger, rootKey: rootKey, http: hc,
+		control: &wscanister.ControlClient{BaseURL: strings.TrimRight(cfg.ICURL, "/") + "/_/control/" + cfg.Canister.String(), HTTP: hc},
+	}
+	if len(cfg.Metrics) > 0 {
+		if r.scraper, err = NewScraper(cfg.Metrics, hc); err != nil {
+			return nil, err
+		}
+		s, err := r.scraper.Sample(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("gateway metrics (the admin servers of the gateway processes; an empty list skips the gateway's cost): %w", err)
+		}
+		r.baseConnections = s[metricConnections]
+	}
+	return r, nil
+}
+
+// replayable marks control requests as safe to send again (Idempotency-Key), so that net/http
+// retries one that met a kept-alive connection the server had just closed (EOF before any answer)
+// instead of failing the scenario. A message sent twice would show as a duplicate in the report.
+type replayable struct{ next http.RoundTripper }
+
+func (t replayable) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Idempotency-Key", "bench")
+	return t.next.RoundTrip(req)
+}
+
+func (r *runner) run(ctx context.Context, name string) ([]Report, error) {
+	one := func(rep Report, err error) ([]Report, error) {
+		if rep.Scenario == "" {
+			return nil, err
+		}
+		return []Report{rep}, err
+	}
+	switch name {
+	case ScenarioIdle:
+		return one(r.idle(ctx))
+	case ScenarioUnicastRate:
+		return one(r.unicastRate(ctx))
+	case ScenarioUnicastSaturate:
+		return one(r.unicastSaturate(ctx))
+	case ScenarioInbound:
+		return one(r.inbound(ctx, ScenarioInbound, r.cfg.Clients, r.cfg.Messages, r.cfg.Window))
+	case ScenarioEcho:
+		return one(r.inbound(ctx, ScenarioEcho, 1, r.cfg.Messages, 1))
+	case ScenarioResume:
+		var reports []Report
+		for _, k := range r.cfg.Missed {
+			rep, err := r.resume(ctx, k)
+			if rep.Scenario != "" {
+				reports = append(reports, rep)
+			}
 			if err != nil {
-				return err
-			}
-			start := time.Now()
-			conn, err := client.Dial(gctx, client.Config{
-				GatewayURL: cfg.GatewayURL, RootKey: rootKey, Canister: cfg.Canister, Identity: id,
-				AckInterval: cfg.AckInterval, MessageBuffer: 4 * max(cfg.Burst, cfg.Messages, 16),
-				MaxPending: max(cfg.Messages, 1024), Logger: logger,
-			})
-			if err != nil {
-				return fmt.Errorf("client %d: dial: %w", i, err)
-			}
-			opens[i] = time.Since(start)
-			sessions[i] = &session{conn: conn, sent: make(map[string]time.Time, cfg.Messages)}
-			return nil
-		})
-	}
-	defer func() {
-		for _, s := range sessions {
-			if s != nil {
-				s.conn.Close()
+				return reports, err
 			}
 		}
-	}()
-	if err := g.Wait(); err != nil {
-		return Result{}, err
+		return reports, nil
+	case ScenarioFanout:
+		return one(r.fanout(ctx))
 	}
-	res := Result{Clients: cfg.Clients, Open: summarise(opens)}
-
-	echo, echoDur, err := runPhase(ctx, sessions, cfg.Messages, func(ctx context.Context, i int, s *session, lat *[]time.Duration) error {
-		return echoClient(ctx, i, s, cfg.Messages, cfg.Window, lat)
-	})
-	if err != nil {
-		return res, fmt.Errorf("echo phase: %w", err)
-	}
-	res.Echo, res.EchoMessages, res.EchoDuration = summarise(echo), len(echo), echoDur
-	res.EchoPerSecond = float64(len(echo)) / echoDur.Seconds()
-
-	burst, burstDur, err := runPhase(ctx, sessions, cfg.Burst, func(ctx context.Context, _ int, s *session, lat *[]time.Duration) error {
-		return burstClient(ctx, s, cfg.Burst, lat)
-	})
-	if err != nil {
-		return res, fmt.Errorf("burst phase: %w", err)
-	}
-	res.Delivery, res.DeliveryMessages, res.DeliveryDuration = summarise(burst), len(burst), burstDur
-	res.DeliveryPerSecond = float64(len(burst)) / burstDur.Seconds()
-	return res, nil
+	return nil, fmt.Errorf("unknown scenario %q", name)
 }
 
-// runPhase runs one phase on every client at once and gathers the latencies.
-func runPhase(ctx context.Context, sessions []*session, n int, run func(context.Context, int, *session, *[]time.Duration) error) ([]time.Duration, time.Duration, error) {
-	if n == 0 {
-		return nil, 0, nil
-	}
-	lats := make([][]time.Duration, len(sessions))
-	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	for i, s := range sessions {
-		g.Go(func() error { return run(gctx, i, s, &lats[i]) })
-	}
-	if err := g.Wait(); err != nil {
-		return nil, 0, err
-	}
-	return slices.Concat(lats...), time.Since(start), nil
-}
-
-func echoClient(ctx context.Context, client int, s *session, n, window int, lat *[]time.Duration) error {
-	inFlight := 0
-	next := 0
-	for received := 0; received < n; {
-		for inFlight < window && next < n {
-			text := "bench " + strconv.Itoa(client) + " " + strconv.Itoa(next)
-			if err := s.send(ctx, text); err != nil {
-				return err
-			}
-			next++
-			inFlight++
-		}
-		m, err := s.receive(ctx)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		sent, ok := s.sent[m.Text]
-		delete(s.sent, m.Text)
-		s.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("unexpected echo %q", m.Text)
-		}
-		*lat = append(*lat, time.Since(sent))
-		received++
-		inFlight--
-	}
-	return nil
-}
-
-func burstClient(ctx context.Context, s *session, n int, lat *[]time.Duration) error {
-	if err := s.send(ctx, "burst:"+strconv.Itoa(n)); err != nil {
-		return err
-	}
-	for i := 1; i <= n; i++ {
-		m, err := s.receive(ctx)
-		if err != nil {
-			return err
-		}
-		if want := "burst:" + strconv.Itoa(i); m.Text != want {
-			return fmt.Errorf("got %q, want %q", m.Text, want)
-		}
-		*lat = append(*lat, time.Since(time.Unix(0, int64(m.Timestamp))))
-	}
-	return nil
-}
-
-func (s *session) send(ctx context.Context, text string) error {
-	b, err := client.EncodeAppMessage(protocol.AppMessage{Text: text, Timestamp: uint64(time.Now().UnixNano())})
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.sent[text] = time.Now()
-	s.mu.Unlock()
-	return s.conn.Send(ctx, b)
-}
-
-type received struct {
-	Text      string
-	Timestamp uint64
-}
-
-func (s *session) receive(ctx context.Context) (received, error) {
-	select {
-	case <-ctx.Done():
-		return received{}, ctx.Err()
-	case m, ok := <-s.conn.Messages():
-		if !ok {
-			return received{}, fmt.Errorf("connection ended: %w", s.conn.Err())
-		}
-		app, err := client.DecodeAppMessage(m.Content)
-		if err != nil {
-			return received{}, err
-		}
-		return received{Text: app.Text, Timestamp: m.Timestamp}, nil
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the transport.
+func (t replayable) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
 	}
 }

@@ -225,6 +225,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	}
 
 	adm := admin.New(cfg.AdminListen, reg, checks, logger.With("component", "admin"))
+	adm.Pprof = cfg.AdminPprof
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adm.Run(gctx) })
 	for _, r := range roles {

@@ -60,6 +60,7 @@ type Common struct {
 	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"directory for the gateway key and the embedded NATS store"`
 	IdentityFile string `envconfig:"IDENTITY_FILE" default:"" desc:"gateway Ed25519 key (PKCS#8 DER, the Rust gateway's data/key_pair format); empty means key_pair in ICWS_DATA_DIR"`
 	AdminListen  string `envconfig:"ADMIN_LISTEN" default:"127.0.0.1:9090" desc:"host:port of the admin HTTP server (/healthz, /readyz, /metrics)"`
+	AdminPprof   bool   `envconfig:"ADMIN_PPROF" default:"false" desc:"serve the Go profiler (net/http/pprof) under /debug/pprof/ on the admin server; profiles show internals, keep the admin address private"`
 }
 
 // Validate checks the values envconfig cannot check by type.
