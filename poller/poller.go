@@ -225,7 +225,7 @@ func (p *Poller) Run(ctx context.Context) error {
 				}
 			}
 		case m := <-kicks:
-			if id, ok := broker.KickCanister(m.Subject); ok {
+			if id, err := broker.ParseKickSubject(m.Subject); err == nil {
 				if w := workers[id]; w != nil {
 					select {
 					case w.kick <- struct{}{}:
