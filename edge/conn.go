@@ -322,7 +322,7 @@ func (c *conn) open(frame []byte) bool {
 	}
 	msg := nats.NewMsg(c.inSubj)
 	msg.Header.Set(broker.HeaderKind, broker.KindOpen)
-	msg.Header.Set(broker.HeaderMsgID, "open."+c.canText+"."+c.clientTok+"."+c.sessTag)
+	msg.Header.Set(broker.HeaderMsgID, broker.OpenMsgID(c.canText, c.clientTok, c.sessTag))
 	msg.Data = env.Raw
 	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
 		c.e.log.Warn("publish open", "session", c.key, "err", err)
@@ -451,7 +451,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 	msg.Header.Set(broker.HeaderKind, broker.KindMessage)
 	seqText := strconv.FormatUint(seq, 10)
 	msg.Header.Set(broker.HeaderClientSeq, seqText)
-	msg.Header.Set(broker.HeaderMsgID, "msg."+c.canText+"."+c.clientTok+"."+c.sessTag+"."+seqText)
+	msg.Header.Set(broker.HeaderMsgID, broker.MessageMsgID(c.canText, c.clientTok, c.sessTag, seq))
 	msg.Data = env.Raw
 
 	c.pubMu.Lock()

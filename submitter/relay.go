@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aviate-labs/agent-go/candid"
@@ -39,21 +38,15 @@ const (
 // the partition is stopping and the message must stay unacknowledged for the next owner.
 func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg) bool {
 	kind := msg.Headers().Get(broker.HeaderKind)
-	toks := strings.Split(msg.Subject(), ".")
 	log := s.log.With("partition", partition, "kind", kind)
-	if len(toks) != 5 {
-		log.Warn("dropping message on unexpected subject", "subject", msg.Subject())
-		s.count(kind, outcomeInvalid)
-		return true
-	}
-	canister, err := principal.Decode(toks[3])
+	_, ref, err := broker.ParseInSubject(msg.Subject())
 	if err != nil {
-		log.Warn("dropping message with an invalid canister id", "subject", msg.Subject(), "err", err)
+		log.Warn("dropping message on unexpected subject", "err", err)
 		s.count(kind, outcomeInvalid)
 		return true
 	}
-	client := toks[4]
-	log = log.With("canister", toks[3], "client", client)
+	canister, client := ref.Canister, ref.Client
+	log = log.With("canister", ref.CanisterText, "client", client)
 	switch kind {
 	case broker.KindOpen, broker.KindMessage:
 		if seq := msg.Headers().Get(broker.HeaderClientSeq); seq != "" {
