@@ -92,7 +92,9 @@ type LeaseConfig struct {
 // A holder acquires it (Acquire, TryAcquire), keeps it alive (KeepAlive, or Renew) and releases it
 // (Release). Every write is a compare-and-set on the key's revision, so exactly one contender
 // wins, and a renewal that finds the key written by anyone else ends the lease at once
-// (ErrLeaseTaken), on single-server and replicated buckets alike. Done closes when the lease is
+// (ErrLeaseTaken), on single-server and replicated buckets alike. (A read of a replicated bucket
+// may come from a follower that lags; the compare-and-set makes that safe, a stale read only costs
+// a lost attempt, reported as a *HeldError without a holder.) Done closes when the lease is
 // lost or released; Valid says whether it is certainly still ours, for fencing the work it guards.
 // One Lease may be acquired again after it ended. Its methods are safe for concurrent use.
 type Lease struct {
@@ -101,9 +103,16 @@ type Lease struct {
 	log   *slog.Logger
 	wake  chan struct{}
 
+	// writeMu serialises our writes of the key: two of our own renewals racing each other would
+	// make the loser look taken.
+	writeMu sync.Mutex
+
 	mu sync.Mutex
 	// rev is the revision of our last acknowledged write; 0 when we know of none.
 	rev uint64
+	// seenRev is the latest revision of the key known to exist (our writes, reads, Wake): a read
+	// showing an older one is a lagging follower's copy.
+	seenRev uint64
 	// unacked are our writes since the last acknowledged one whose outcome is unknown (a timeout
 	// can hide a write that was applied). A conflict caused by one of them is no loss.
 	unacked    []sentRecord
@@ -196,6 +205,9 @@ func (l *Lease) TryAcquire(ctx context.Context) error {
 		l.failed(err)
 		return fmt.Errorf("read lease %s: %w", l.cfg.Key, err)
 	}
+	if l.stale(ent.Revision()) {
+		return &HeldError{Key: l.cfg.Key, Until: time.Now()} // look again soon
+	}
 	if !l.wrote(ent) {
 		var rec LeaseRecord
 		if err := json.Unmarshal(ent.Value(), &rec); err != nil {
@@ -205,6 +217,18 @@ func (l *Lease) TryAcquire(ctx context.Context) error {
 		}
 	}
 	return l.take(ctx, ent.Revision())
+}
+
+// stale reports whether a read of revision rev is older than what we know, and otherwise records
+// it as known.
+func (l *Lease) stale(rev uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if rev < l.seenRev {
+		return true
+	}
+	l.seenRev = rev
+	return false
 }
 
 // wrote reports whether ent is a write of ours: nobody else has written the key since.
@@ -220,6 +244,8 @@ func (l *Lease) wrote(ent jetstream.KeyValueEntry) bool {
 
 // take writes our record over revision rev (0: the key is free) and starts a tenure.
 func (l *Lease) take(ctx context.Context, rev uint64) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	sent := time.Now()
 	val := l.record(sent)
 	var nrev uint64
@@ -250,7 +276,7 @@ func (l *Lease) begin(rev uint64, sent time.Time) {
 		l.endLocked(ErrLeaseNotHeld) // a concurrent acquisition replaced it
 	}
 	t := &tenure{done: make(chan struct{})}
-	l.rev, l.unacked = rev, nil
+	l.rev, l.unacked, l.seenRev = rev, nil, max(l.seenRev, rev)
 	l.held, l.cur = true, t
 	l.validUntil = sent.Add(l.validFor())
 	l.watchdog = time.AfterFunc(time.Until(l.validUntil), func() { l.expire(t) })
@@ -295,7 +321,7 @@ func (l *Lease) extend(t *tenure, rev uint64, sent time.Time) {
 	if l.cur != t {
 		return
 	}
-	l.rev, l.unacked = rev, nil
+	l.rev, l.unacked, l.seenRev = rev, nil, max(l.seenRev, rev)
 	if v := sent.Add(l.validFor()); l.held && v.After(l.validUntil) {
 		l.validUntil = v
 	}
@@ -355,6 +381,8 @@ func (l *Lease) Renew(ctx context.Context) error {
 	if err := l.checkConfig(); err != nil {
 		return err
 	}
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	if !l.held {
 		err := l.cur.err
@@ -468,8 +496,13 @@ func (l *Lease) Acquire(ctx context.Context) error {
 	}
 }
 
-// Wake makes a waiting Acquire look again at once: the caller saw the key deleted.
-func (l *Lease) Wake() {
+// Wake makes a waiting Acquire look again at once: the caller saw the key deleted (or changed) at
+// revision rev, 0 if unknown. Reads older than rev, from a lagging follower of a replicated
+// bucket, are not believed.
+func (l *Lease) Wake(rev uint64) {
+	l.mu.Lock()
+	l.seenRev = max(l.seenRev, rev)
+	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:
 	default:
@@ -480,6 +513,8 @@ func (l *Lease) Wake() {
 // last write, so a standby need not wait for the lease to expire. A lease taken by someone else is
 // left alone. It is safe to call when the lease is not held.
 func (l *Lease) Release(ctx context.Context) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	taken := !l.held && errors.Is(l.cur.err, ErrLeaseTaken)
 	if l.held {

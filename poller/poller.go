@@ -244,7 +244,7 @@ func (p *Poller) Run(ctx context.Context) error {
 			}
 			// A released lease: wake the standby at once instead of at the next expiry check.
 			if id, err := broker.ParsePollerLeaseKey(e.Key()); err == nil && workers[id] != nil {
-				workers[id].lease.Wake()
+				workers[id].lease.Wake(e.Revision())
 			}
 		case <-tick.C:
 			for id, w := range workers {
