@@ -77,7 +77,8 @@ type LeaseConfig struct {
 	// that uses the same name (so it is waited for, like anyone's). Otherwise it is taken to be a
 	// previous run of this process and taken over at once.
 	SameHolderIsRival bool
-	// RetryMin and RetryMax bound Acquire's backoff after errors; by default TTL/10 and TTL.
+	// RetryMin and RetryMax bound Acquire's backoff after errors; by default TTL/10 and TTL/3,
+	// so a holder that lost its lease to an outage tries to take it back as often as it renewed.
 	RetryMin, RetryMax time.Duration
 	// Logger receives failed renewals and acquisition attempts (nil discards them).
 	Logger *slog.Logger
@@ -140,7 +141,7 @@ func NewLease(store LeaseStore, cfg LeaseConfig) *Lease {
 		cfg.RetryMin = max(cfg.TTL/10, time.Millisecond)
 	}
 	if cfg.RetryMax < cfg.RetryMin {
-		cfg.RetryMax = max(cfg.TTL, cfg.RetryMin)
+		cfg.RetryMax = max(cfg.TTL/leaseRenewDivisor, cfg.RetryMin)
 	}
 	log := cfg.Logger
 	if log == nil {

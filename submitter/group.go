@@ -128,14 +128,11 @@ func (g *group) run(ctx context.Context) error {
 
 // newLease describes one of this process's leases (no I/O).
 func (g *group) newLease(key string) *broker.Lease {
-	cfg := g.s.cfg
 	return broker.NewLease(g.leases, broker.LeaseConfig{
-		Key:      key,
-		Holder:   cfg.ID,
-		TTL:      cfg.LeaseTTL,
-		RetryMin: cfg.RetryMin,
-		RetryMax: cfg.RetryMax,
-		Logger:   g.s.log,
+		Key:    key,
+		Holder: g.s.cfg.ID,
+		TTL:    g.s.cfg.LeaseTTL,
+		Logger: g.s.log,
 	})
 }
 
