@@ -1,13 +1,19 @@
 package broker
 
 import (
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
 )
 
-// Every stream, KV bucket, subject and header that the roles share is named here and nowhere else.
+// Every stream, KV bucket, subject, key, Nats-Msg-Id and header that the roles share is named here
+// (and, for names only edges use, in edge_names.go) and nowhere else. Each name that is built from
+// parts has its parser next to its builder; a parser accepts exactly what its builder makes.
 
 // Streams.
 const (
@@ -23,9 +29,87 @@ const (
 	BucketSessions = "icws_sessions"
 	// BucketCursors maps a canister id to its CursorRecord (JSON).
 	BucketCursors = "icws_cursors"
-	// BucketLeases maps PollerLeaseKey / SubmitterLeaseKey to a LeaseRecord (JSON).
+	// BucketLeases maps the lease keys (PollerLeaseKey, SubmitterLeaseKey, SubmitterLiveKey,
+	// EdgeLeaseKey) to a LeaseRecord (JSON).
 	BucketLeases = "icws_leases"
 )
+
+// ErrBadName means a subject, key or Nats-Msg-Id is not one that its builder makes.
+var ErrBadName = errors.New("malformed name")
+
+// badName reports why s is not a name of the given kind; s is cut short, it may come from anyone.
+func badName(kind, s, why string) error {
+	const show = 120
+	if len(s) > show {
+		s = s[:show] + "…"
+	}
+	return fmt.Errorf("%w: %s %q: %s", ErrBadName, kind, s, why)
+}
+
+// ClientRef is one client of one canister as subjects and keys name it.
+type ClientRef struct {
+	// Canister is the canister; CanisterText is its text form, the token in names.
+	Canister     principal.Principal
+	CanisterText string
+	// Client is the client's token, protocol.ClientKey.Token().
+	Client string
+}
+
+// parseCanister accepts a canister id in its canonical text form only, so that a parsed name
+// rebuilds to the same string.
+func parseCanister(tok string) (principal.Principal, error) {
+	p, err := principal.Decode(tok)
+	if err != nil {
+		return principal.Principal{}, fmt.Errorf("canister id: %w", err)
+	}
+	if p.Encode() != tok {
+		return principal.Principal{}, errors.New("canister id not in canonical form")
+	}
+	return p, nil
+}
+
+// validToken reports whether s can be one token of a subject or key: not empty, no separator,
+// wildcard, space or control character.
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.' || c == '*' || c == '>' || c <= ' ' || c == 0x7f:
+			return false
+		}
+	}
+	return true
+}
+
+// validTokens reports whether s is one or more valid tokens separated by single dots.
+func validTokens(s string) bool {
+	for tok := range strings.SplitSeq(s, ".") {
+		if !validToken(tok) {
+			return false
+		}
+	}
+	return true
+}
+
+// parseClientRef reads the "<canister>.<client>" tail shared by client subjects and session keys.
+func parseClientRef(canister, client string) (ClientRef, error) {
+	c, err := parseCanister(canister)
+	if err != nil {
+		return ClientRef{}, err
+	}
+	if !validToken(client) {
+		return ClientRef{}, errors.New("bad client token")
+	}
+	return ClientRef{Canister: c, CanisterText: canister, Client: client}, nil
+}
+
+// parsePartition accepts a partition number in the form strconv.Itoa writes.
+func parsePartition(tok string) (int, bool) {
+	n, err := strconv.Atoi(tok)
+	return n, err == nil && n >= 0 && strconv.Itoa(n) == tok
+}
 
 // Subject prefixes. Tokens: canister = principal text, client = protocol.ClientKey.Token().
 const (
@@ -43,6 +127,24 @@ func InSubject(partition int, canister, client string) string {
 	return subjectInPrefix + strconv.Itoa(partition) + "." + canister + "." + client
 }
 
+// ParseInSubject reverses InSubject.
+func ParseInSubject(subject string) (partition int, ref ClientRef, err error) {
+	rest, ok := strings.CutPrefix(subject, subjectInPrefix)
+	toks := strings.Split(rest, ".")
+	if !ok || len(toks) != 3 {
+		return 0, ClientRef{}, badName("ICWS_IN subject", subject, "want icws.in.<partition>.<canister>.<client>")
+	}
+	partition, ok = parsePartition(toks[0])
+	if !ok {
+		return 0, ClientRef{}, badName("ICWS_IN subject", subject, "bad partition")
+	}
+	ref, err = parseClientRef(toks[1], toks[2])
+	if err != nil {
+		return 0, ClientRef{}, badName("ICWS_IN subject", subject, err.Error())
+	}
+	return partition, ref, nil
+}
+
 // InPartitionFilter selects one partition of ICWS_IN.
 func InPartitionFilter(partition int) string {
 	return subjectInPrefix + strconv.Itoa(partition) + ".>"
@@ -56,9 +158,32 @@ func LiveSubject(canister, client string) string {
 	return subjectLivePrefix + canister + "." + client
 }
 
+// ParseLiveSubject reverses LiveSubject.
+func ParseLiveSubject(subject string) (ClientRef, error) {
+	return parseClientSubject("live subject", subjectLivePrefix, subject)
+}
+
 // OutSubject is where the poller publishes a client's certified messages: icws.out.<canister>.<client>.
 func OutSubject(canister, client string) string {
 	return subjectOutPrefix + canister + "." + client
+}
+
+// ParseOutSubject reverses OutSubject.
+func ParseOutSubject(subject string) (ClientRef, error) {
+	return parseClientSubject("ICWS_OUT subject", subjectOutPrefix, subject)
+}
+
+func parseClientSubject(kind, prefix, subject string) (ClientRef, error) {
+	rest, ok := strings.CutPrefix(subject, prefix)
+	canister, client, two := strings.Cut(rest, ".")
+	if !ok || !two {
+		return ClientRef{}, badName(kind, subject, "want "+prefix+"<canister>.<client>")
+	}
+	ref, err := parseClientRef(canister, client)
+	if err != nil {
+		return ClientRef{}, badName(kind, subject, err.Error())
+	}
+	return ref, nil
 }
 
 // Partition assigns a client to one of n partitions of ICWS_IN; all of a client's envelopes go to
@@ -71,37 +196,150 @@ func Partition(canister, client string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// SessionKey is the sessions-bucket key of a client of a canister.
+// SessionKey is the sessions-bucket key of a client of a canister: <canister>.<client>.
 func SessionKey(canister, client string) string { return canister + "." + client }
 
-// PollerLeaseKey is the leases-bucket key of the poller lease for a canister.
-func PollerLeaseKey(canister string) string { return "poller." + canister }
-
-// SubmitterLeaseKey is the leases-bucket key of the submitter lease for an ICWS_IN partition.
-func SubmitterLeaseKey(partition int) string { return "submitter." + strconv.Itoa(partition) }
-
-// Msg-Ids of ICWS_IN: "<kind>.<canister>.<client>.<session tag>[.<client seq>]". The session tag
-// (SessionRecord.Tag) keeps a new session's messages from being de-duplicated against an earlier
-// session of the same client key.
-
-// OpenMsgID is the Msg-Id of a session's ws_open envelope.
-func OpenMsgID(canister, client, tag string) string {
-	return "open." + canister + "." + client + "." + tag
+// ParseSessionKey reverses SessionKey.
+func ParseSessionKey(key string) (ClientRef, error) {
+	canister, client, ok := strings.Cut(key, ".")
+	if !ok {
+		return ClientRef{}, badName("session key", key, "want <canister>.<client>")
+	}
+	ref, err := parseClientRef(canister, client)
+	if err != nil {
+		return ClientRef{}, badName("session key", key, err.Error())
+	}
+	return ref, nil
 }
 
-// MessageMsgID is the Msg-Id of a session's ws_message envelope with client sequence number seq.
-func MessageMsgID(canister, client, tag string, seq uint64) string {
-	return "msg." + canister + "." + client + "." + tag + "." + strconv.FormatUint(seq, 10)
+// Lease keys, all in BucketLeases.
+const (
+	pollerLeasePrefix    = "poller."
+	submitterLeasePrefix = "submitter."
+	submitterLivePrefix  = submitterLeasePrefix + "live."
+
+	// PollerLeasesFilter watches every poller lease.
+	PollerLeasesFilter = pollerLeasePrefix + "*"
+	// SubmitterLeasesFilter watches every submitter partition and liveness lease.
+	SubmitterLeasesFilter = submitterLeasePrefix + ">"
+)
+
+// PollerLeaseKey is the leases-bucket key of the poller lease for a canister: poller.<canister>.
+func PollerLeaseKey(canister string) string { return pollerLeasePrefix + canister }
+
+// ParsePollerLeaseKey reverses PollerLeaseKey, giving the canister's text form.
+func ParsePollerLeaseKey(key string) (string, error) {
+	canister, ok := strings.CutPrefix(key, pollerLeasePrefix)
+	if !ok {
+		return "", badName("poller lease key", key, "want poller.<canister>")
+	}
+	if _, err := parseCanister(canister); err != nil {
+		return "", badName("poller lease key", key, err.Error())
+	}
+	return canister, nil
 }
 
-// CloseMsgID is the Msg-Id of a session's close request.
-func CloseMsgID(canister, client, tag string) string {
-	return "close." + canister + "." + client + "." + tag
+// SubmitterLeaseKey is the leases-bucket key of the submitter lease for an ICWS_IN partition:
+// submitter.<partition>.
+func SubmitterLeaseKey(partition int) string {
+	return submitterLeasePrefix + strconv.Itoa(partition)
+}
+
+// ParseSubmitterLeaseKey reverses SubmitterLeaseKey.
+func ParseSubmitterLeaseKey(key string) (int, error) {
+	tok, ok := strings.CutPrefix(key, submitterLeasePrefix)
+	if !ok {
+		return 0, badName("submitter lease key", key, "want submitter.<partition>")
+	}
+	n, ok := parsePartition(tok)
+	if !ok {
+		return 0, badName("submitter lease key", key, "bad partition")
+	}
+	return n, nil
+}
+
+// SubmitterLiveKey is the leases-bucket key of a submitter process's liveness lease, which sizes
+// every process's fair share of the partitions: submitter.live.<id> (the id may contain dots).
+func SubmitterLiveKey(id string) string { return submitterLivePrefix + id }
+
+// ParseSubmitterLiveKey reverses SubmitterLiveKey, giving the submitter's id.
+func ParseSubmitterLiveKey(key string) (string, error) {
+	id, ok := strings.CutPrefix(key, submitterLivePrefix)
+	if !ok || !validTokens(id) {
+		return "", badName("submitter liveness key", key, "want submitter.live.<id>")
+	}
+	return id, nil
+}
+
+// Nats-Msg-Ids of ICWS_IN messages. Each names the session (canister, client and the edge's
+// session tag, which tells apart sessions that reuse a client key), so JetStream's de-duplication
+// drops a re-sent copy of the same message and never a message of another session.
+const (
+	msgIDOpen    = "open"
+	msgIDMessage = "msg"
+	msgIDClose   = "close"
+)
+
+// OpenMsgID is the Nats-Msg-Id of a session's open envelope: open.<canister>.<client>.<session>.
+func OpenMsgID(canister, client, session string) string {
+	return msgIDOpen + "." + canister + "." + client + "." + session
+}
+
+// MessageMsgID is the Nats-Msg-Id of a session's ws_message envelope with the client's sequence
+// number seq: msg.<canister>.<client>.<session>.<seq>.
+func MessageMsgID(canister, client, session string, seq uint64) string {
+	return msgIDMessage + "." + canister + "." + client + "." + session + "." + strconv.FormatUint(seq, 10)
+}
+
+// CloseMsgID is the Nats-Msg-Id of a session's close request: close.<canister>.<client>.<session>.
+func CloseMsgID(canister, client, session string) string {
+	return msgIDClose + "." + canister + "." + client + "." + session
+}
+
+// MsgID is what a Nats-Msg-Id of ICWS_IN names.
+type MsgID struct {
+	// Kind is KindOpen, KindMessage or KindClose.
+	Kind string
+	ClientRef
+	// Session is the session tag.
+	Session string
+	// Seq is the client's sequence number (KindMessage only).
+	Seq uint64
+}
+
+// ParseMsgID reverses OpenMsgID, MessageMsgID and CloseMsgID.
+func ParseMsgID(id string) (MsgID, error) {
+	toks := strings.Split(id, ".")
+	var m MsgID
+	switch {
+	case len(toks) == 4 && toks[0] == msgIDOpen:
+		m.Kind = KindOpen
+	case len(toks) == 4 && toks[0] == msgIDClose:
+		m.Kind = KindClose
+	case len(toks) == 5 && toks[0] == msgIDMessage:
+		m.Kind = KindMessage
+		seq, err := strconv.ParseUint(toks[4], 10, 64)
+		if err != nil || strconv.FormatUint(seq, 10) != toks[4] {
+			return MsgID{}, badName("Nats-Msg-Id", id, "bad sequence number")
+		}
+		m.Seq = seq
+	default:
+		return MsgID{}, badName("Nats-Msg-Id", id, "want open|close.<canister>.<client>.<session> or msg.<canister>.<client>.<session>.<seq>")
+	}
+	ref, err := parseClientRef(toks[1], toks[2])
+	if err != nil {
+		return MsgID{}, badName("Nats-Msg-Id", id, err.Error())
+	}
+	if !validToken(toks[3]) {
+		return MsgID{}, badName("Nats-Msg-Id", id, "bad session tag")
+	}
+	m.ClientRef, m.Session = ref, toks[3]
+	return m, nil
 }
 
 // Headers.
 const (
-	// HeaderMsgID is JetStream's de-duplication header.
+	// HeaderMsgID is JetStream's de-duplication header (OpenMsgID, MessageMsgID, CloseMsgID).
 	HeaderMsgID = "Nats-Msg-Id"
 	// HeaderKind says what an ICWS_IN message is: KindOpen, KindMessage or KindClose.
 	HeaderKind = "Icws-Kind"
@@ -140,10 +378,17 @@ type CursorRecord struct {
 	LastContentHash string `json:"last_content_hash,omitempty"`
 }
 
-// LeaseRecord is the value of a lease in BucketLeases.
+// LeaseRecord is the value of a lease in BucketLeases. Every version of every role reads and
+// writes this form, so processes of different versions can share a bucket.
 type LeaseRecord struct {
 	Holder    string    `json:"holder"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Live reports whether the lease is still held at now: ExpiresAt was computed with the holder's
+// clock, so it counts as held for skew longer, the difference allowed between the clocks.
+func (r LeaseRecord) Live(now time.Time, skew time.Duration) bool {
+	return now.Before(r.ExpiresAt.Add(skew))
 }
 
 // Poll kicks: a submitter that has a certified outcome of a client call announces it on the
@@ -154,13 +399,19 @@ const subjectKickPrefix = "icws.kick."
 // SubjectKickAll is what pollers subscribe to.
 const SubjectKickAll = subjectKickPrefix + "*"
 
-// KickSubject is the kick subject of a canister.
+// KickSubject is the kick subject of a canister: icws.kick.<canister>.
 func KickSubject(canister string) string { return subjectKickPrefix + canister }
 
-// KickCanister extracts the canister from a kick subject.
-func KickCanister(subject string) (string, bool) {
-	c, ok := strings.CutPrefix(subject, subjectKickPrefix)
-	return c, ok && c != ""
+// ParseKickSubject reverses KickSubject, giving the canister's text form.
+func ParseKickSubject(subject string) (string, error) {
+	canister, ok := strings.CutPrefix(subject, subjectKickPrefix)
+	if !ok {
+		return "", badName("kick subject", subject, "want icws.kick.<canister>")
+	}
+	if _, err := parseCanister(canister); err != nil {
+		return "", badName("kick subject", subject, err.Error())
+	}
+	return canister, nil
 }
 
 // OutLeaderElectedAdvisory is JetStream's advisory for a new ICWS_OUT leader. Entries a dying

@@ -129,15 +129,10 @@ func (s *Sessions) Delete(ctx context.Context, key string, rev uint64) error {
 	return nil
 }
 
-// casError folds every way JetStream reports a lost compare-and-set (a lost Create, a revision
-// mismatch on R1 and on replicated buckets, a key deleted meanwhile) into ErrSessionConflict.
+// casError marks a lost compare-and-set (see IsConflict) as ErrSessionConflict. A key deleted
+// meanwhile counts as lost too.
 func casError(err error) error {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("%w: %w", ErrSessionConflict, err)
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		// A Create that lost on a replicated bucket (code 10164 is not folded into ErrKeyExists).
+	if IsConflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("%w: %w", ErrSessionConflict, err)
 	}
 	return err

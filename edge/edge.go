@@ -293,7 +293,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	}
 	stopBG()
 	bgWG.Wait()
-	if err := e.h.Leases.Delete(dctx, broker.EdgeLeaseKey(e.cfg.ID)); err != nil {
+	if err := lease.Release(dctx); err != nil {
 		e.log.Debug("delete edge lease", "err", err)
 	}
 	e.log.Info("edge stopped")

@@ -13,54 +13,38 @@ import (
 
 // acquireLease takes this edge's liveness lease. An unexpired lease held under the same id by
 // another process means two edges share an id: refuse to start.
-func (e *Edge) acquireLease(ctx context.Context) (uint64, error) {
-	key := broker.EdgeLeaseKey(e.cfg.ID)
-	val, _ := json.Marshal(broker.LeaseRecord{Holder: e.cfg.ID, ExpiresAt: time.Now().Add(e.cfg.LeaseTTL)})
-	rev, err := e.h.Leases.Create(ctx, key, val)
-	if err == nil {
-		return rev, nil
+func (e *Edge) acquireLease(ctx context.Context) (*broker.Lease, error) {
+	l := broker.NewLease(e.h.Leases, broker.LeaseConfig{
+		Key:               broker.EdgeLeaseKey(e.cfg.ID),
+		Holder:            e.cfg.ID,
+		TTL:               e.cfg.LeaseTTL,
+		Skew:              e.cfg.LeaseSkew,
+		SameHolderIsRival: true,
+		Logger:            e.log,
+	})
+	err := l.TryAcquire(ctx)
+	var held *broker.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", l.Key(), held.Until.Format(time.RFC3339), e.cfg.ID)
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, fmt.Errorf("edge: acquire lease %s: %w", key, err)
-	}
-	ent, err := e.h.Leases.Get(ctx, key)
 	if err != nil {
-		return 0, fmt.Errorf("edge: read lease %s: %w", key, err)
+		return nil, fmt.Errorf("edge: %w", err)
 	}
-	var cur broker.LeaseRecord
-	if json.Unmarshal(ent.Value(), &cur) == nil && time.Now().Before(cur.ExpiresAt) {
-		return 0, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", key, cur.ExpiresAt.Format(time.RFC3339), e.cfg.ID)
-	}
-	rev, err = e.h.Leases.Update(ctx, key, val, ent.Revision())
-	if err != nil {
-		return 0, fmt.Errorf("edge: take over lease %s: %w", key, err)
-	}
-	return rev, nil
+	return l, nil
 }
 
-func (e *Edge) renewLease(ctx context.Context, rev uint64) {
-	key := broker.EdgeLeaseKey(e.cfg.ID)
-	t := time.NewTicker(e.cfg.LeaseTTL / 3)
-	defer t.Stop()
+// renewLease keeps the liveness lease alive until ctx ends. A lost lease (NATS unreachable for
+// longer than its TTL, or the key lost) is taken back as soon as it is free again.
+func (e *Edge) renewLease(ctx context.Context, l *broker.Lease) {
 	for {
-		select {
-		case <-ctx.Done():
+		err := l.KeepAlive(ctx)
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
-		val, _ := json.Marshal(broker.LeaseRecord{Holder: e.cfg.ID, ExpiresAt: time.Now().Add(e.cfg.LeaseTTL)})
-		rctx, cancel := context.WithTimeout(ctx, e.cfg.LeaseTTL/3)
-		nrev, err := e.h.Leases.Update(rctx, key, val, rev)
-		if err != nil {
-			// Lost the revision (e.g. NATS restarted): take the key back unconditionally, it is ours.
-			nrev, err = e.h.Leases.Put(rctx, key, val)
+		e.log.Warn("edge lease lost; taking it back", "err", err)
+		if l.Acquire(ctx) != nil {
+			return
 		}
-		cancel()
-		if err != nil {
-			e.log.Warn("renew edge lease", "err", err)
-			continue
-		}
-		rev = nrev
 	}
 }
 

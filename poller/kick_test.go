@@ -27,14 +27,3 @@ func TestKickPollsAtOnce(t *testing.T) {
 	})
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }
-
-func TestKickSubject(t *testing.T) {
-	id := testCanister.Encode()
-	got, ok := broker.KickCanister(broker.KickSubject(id))
-	if !ok || got != id {
-		t.Fatalf("KickCanister(KickSubject(%q)) = %q, %v", id, got, ok)
-	}
-	if _, ok := broker.KickCanister("icws.kick."); ok {
-		t.Fatal("empty canister accepted")
-	}
-}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -45,40 +44,41 @@ func (p *Poller) frameLimit() int {
 }
 
 // runCanister competes for the canister's lease and polls while holding it, until ctx ends.
-func (p *Poller) runCanister(ctx context.Context, c principal.Principal, wake, kick <-chan struct{}) {
+func (p *Poller) runCanister(ctx context.Context, c principal.Principal, lease *broker.Lease, kick <-chan struct{}) {
 	id := c.Encode()
-	key := broker.PollerLeaseKey(id)
-	h := p.handles()
 	log := p.log.With("canister", id)
 	// Canister ids come from clients; a stopped worker's series must not stay behind.
 	defer p.m.forget(id)
 	for ctx.Err() == nil {
-		l, err := p.acquire(ctx, h.Leases, key, wake)
-		if err != nil {
+		if err := lease.Acquire(ctx); err != nil {
 			return
 		}
 		log.Info("lease acquired")
 		p.m.leaseHeld.WithLabelValues(id).Set(1)
 		lctx, cancel := context.WithCancel(ctx)
-		var lost atomic.Bool
 		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.renew(lctx, h.Leases, l, func() { lost.Store(true); cancel() })
-		}()
-		err = p.pollCanister(lctx, c, kick)
+		wg.Go(func() { _ = lease.KeepAlive(lctx) })
+		wg.Go(func() {
+			// Polling stops as soon as the lease is lost, before another poller could start.
+			select {
+			case <-lease.Done():
+				cancel()
+			case <-lctx.Done():
+			}
+		})
+		err := p.pollCanister(lctx, c, kick)
 		cancel()
 		wg.Wait()
+		lost := lease.Err()
 		p.m.leaseHeld.WithLabelValues(id).Set(0)
 		switch {
 		case ctx.Err() != nil:
-			if !p.abandonLeases && !lost.Load() {
-				p.release(h.Leases, l)
+			if !p.abandonLeases && lost == nil {
+				p.release(lease)
 			}
 			return
-		case lost.Load():
-			log.Warn("lease lost; now standby")
+		case lost != nil:
+			log.Warn("lease lost; now standby", "err", lost)
 		case errors.Is(err, errCursorConflict):
 			log.Warn("cursor moved by another poller; re-checking the lease")
 		case err != nil:
@@ -424,7 +424,7 @@ func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec
 	} else {
 		newRev, err = kv.Update(ctx, canister, b, rev)
 	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if broker.IsConflict(err) {
 		return 0, fmt.Errorf("cursor %s: %w", canister, errCursorConflict)
 	}
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -118,7 +117,7 @@ func (p *Poller) notePoll(ok bool) {
 type workerHandle struct {
 	cancel context.CancelFunc
 	done   chan struct{}
-	wake   chan struct{}
+	lease  *broker.Lease
 	// kick asks for a poll now (a submitter saw a call to the canister executed).
 	kick chan struct{}
 	// idleSince is when the canister's last session went away; zero while it has sessions.
@@ -157,13 +156,13 @@ func (p *Poller) Run(ctx context.Context) error {
 			return nil
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		w := &workerHandle{cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
+		w := &workerHandle{cancel: cancel, done: make(chan struct{}), lease: p.newLease(h, id), kick: make(chan struct{}, 1)}
 		workers[id] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer close(w.done)
-			p.runCanister(wctx, c, w.wake, w.kick)
+			p.runCanister(wctx, c, w.lease, w.kick)
 		}()
 		p.log.Info("canister polling started", "canister", id)
 		return w
@@ -178,7 +177,7 @@ func (p *Poller) Run(ctx context.Context) error {
 		return fmt.Errorf("poller: watch sessions: %w", err)
 	}
 	defer func() { _ = sw.Stop() }()
-	lw, err := h.Leases.Watch(ctx, broker.PollerLeaseKey("*"), jetstream.UpdatesOnly())
+	lw, err := h.Leases.Watch(ctx, broker.PollerLeasesFilter, jetstream.UpdatesOnly())
 	if err != nil {
 		return fmt.Errorf("poller: watch leases: %w", err)
 	}
@@ -232,7 +231,7 @@ func (p *Poller) Run(ctx context.Context) error {
 				}
 			}
 		case m := <-kicks:
-			if id, ok := broker.KickCanister(m.Subject); ok {
+			if id, err := broker.ParseKickSubject(m.Subject); err == nil {
 				if w := workers[id]; w != nil {
 					select {
 					case w.kick <- struct{}{}:
@@ -251,11 +250,8 @@ func (p *Poller) Run(ctx context.Context) error {
 				continue
 			}
 			// A released lease: wake the standby at once instead of at the next expiry check.
-			if w := workers[strings.TrimPrefix(e.Key(), broker.PollerLeaseKey(""))]; w != nil {
-				select {
-				case w.wake <- struct{}{}:
-				default:
-				}
+			if id, err := broker.ParsePollerLeaseKey(e.Key()); err == nil && workers[id] != nil {
+				workers[id].lease.Wake(e.Revision())
 			}
 		case <-tick.C:
 			for id, w := range workers {
@@ -274,22 +270,18 @@ func (p *Poller) Run(ctx context.Context) error {
 // sessionChange reads a sessions-bucket update: the canister and whether the session counts: open
 // or detached, and confirmed — the IC executed its ws_open, so the canister exists and runs the
 // ic-websocket protocol (a session a stranger opened for any canister id never gets it polled).
+// The id is empty when the key is not a session key.
 func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool) {
-	key := e.Key()
-	i := strings.IndexByte(key, '.')
-	if i <= 0 {
-		return "", principal.Principal{}, false
-	}
-	c, err := principal.Decode(key[:i])
+	ref, err := broker.ParseSessionKey(e.Key())
 	if err != nil {
 		return "", principal.Principal{}, false
 	}
 	if e.Operation() != jetstream.KeyValuePut {
-		return c.Encode(), c, false
+		return ref.CanisterText, ref.Canister, false
 	}
 	rec, err := broker.DecodeSessionRecord(e.Value())
 	if err != nil {
-		return c.Encode(), c, false
+		return ref.CanisterText, ref.Canister, false
 	}
-	return c.Encode(), c, rec.Confirmed && (rec.State == broker.SessionOpen || rec.State == broker.SessionDetached)
+	return ref.CanisterText, ref.Canister, rec.Confirmed && (rec.State == broker.SessionOpen || rec.State == broker.SessionDetached)
 }

@@ -90,9 +90,6 @@ func sanitizeID(s string) string {
 	return string(b)
 }
 
-// renewEvery is how often leases are renewed: three renewals fit in one TTL.
-func (c *Config) renewEvery() time.Duration { return c.LeaseTTL / 3 }
-
-// safetyMargin is how long before a lease's recorded expiry this process stops using it, to
-// absorb clock skew between hosts and scheduling delays.
-func (c *Config) safetyMargin() time.Duration { return c.LeaseTTL / 4 }
+// rebalanceEvery is how often the group reconsiders its fair share of the partitions (each
+// lease renews itself on the broker.Lease policy).
+func (c *Config) rebalanceEvery() time.Duration { return c.LeaseTTL / 3 }

@@ -7,20 +7,14 @@ import (
 	"fmt"
 	"hash/fnv"
 	"sort"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
 )
-
-// liveKeyPrefix marks the per-process liveness leases that size each process's fair share.
-const liveKeyPrefix = "submitter.live."
-
-// leaseWatchFilter covers partition leases and liveness leases; poller leases are elsewhere.
-const leaseWatchFilter = "submitter.>"
 
 type leaseEntry struct {
 	rec LeaseRecord
@@ -30,12 +24,40 @@ type leaseEntry struct {
 // LeaseRecord is broker.LeaseRecord; the alias keeps the lines short.
 type LeaseRecord = broker.LeaseRecord
 
+// errLeaseWritesPaused is what lease writes fail with while the pauseRenew test hook is set.
+var errLeaseWritesPaused = errors.New("lease writes paused (test hook)")
+
+// pausableLeases is the leases bucket as the group's leases write it: while paused (the
+// pauseRenew test hook) creating and renewing fail, as for a process cut off from NATS.
+type pausableLeases struct {
+	broker.LeaseStore
+	paused *atomic.Bool
+}
+
+func (l pausableLeases) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	if l.paused.Load() {
+		return 0, errLeaseWritesPaused
+	}
+	return l.LeaseStore.Create(ctx, key, value, opts...)
+}
+
+func (l pausableLeases) Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error) {
+	if l.paused.Load() {
+		return 0, errLeaseWritesPaused
+	}
+	return l.LeaseStore.Update(ctx, key, value, revision)
+}
+
 // group is one Run of a submitter: its view of the leases and the partitions it owns. Only the
 // run goroutine touches owned.
 type group struct {
-	s     *Submitter
-	h     *broker.Handles
-	owned map[int]*partition
+	s      *Submitter
+	h      *broker.Handles
+	leases broker.LeaseStore
+	owned  map[int]*partition
+	// live is this process's liveness lease, kept alive by keepLive until stopLive.
+	live     *broker.Lease
+	stopLive func()
 
 	mu   sync.Mutex
 	view map[string]leaseEntry
@@ -55,7 +77,8 @@ func (g *group) run(ctx context.Context) error {
 		}
 	}()
 
-	w, err := g.h.Leases.Watch(runCtx, leaseWatchFilter)
+	g.leases = pausableLeases{LeaseStore: g.h.Leases, paused: &s.pauseRenew}
+	w, err := g.h.Leases.Watch(runCtx, broker.SubmitterLeasesFilter)
 	if err != nil {
 		return fmt.Errorf("submitter: watch leases: %w", err)
 	}
@@ -70,22 +93,23 @@ func (g *group) run(ctx context.Context) error {
 	case <-runCtx.Done():
 		return nil
 	}
-	// A KV hiccup at start must not end the process (in `icws all` it would take every role down).
-	for backoff := s.cfg.RetryMin; ; backoff = min(2*backoff, s.cfg.RetryMax) {
-		err := g.renewLive(runCtx)
-		if err == nil {
-			break
-		}
-		s.log.Warn("announce liveness; retrying", "err", err, "in", backoff)
-		if !sleepCtx(runCtx, jitter(backoff)) {
-			return nil
-		}
+	// A KV hiccup at start must not end the process (in `icws all` it would take every role down):
+	// Acquire retries until it works.
+	g.live = g.newLease(broker.SubmitterLiveKey(s.cfg.ID))
+	if err := g.live.Acquire(runCtx); err != nil {
+		return nil
 	}
+	liveCtx, stopLive := context.WithCancel(runCtx)
+	var liveWG sync.WaitGroup
+	liveWG.Go(func() { g.keepLive(liveCtx) })
+	g.stopLive = func() { stopLive(); liveWG.Wait() }
+	defer g.stopLive()
+
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 	s.log.Info("submitter started", "partitions", g.h.Partitions)
 
-	t := time.NewTicker(s.cfg.renewEvery())
+	t := time.NewTicker(s.cfg.rebalanceEvery())
 	defer t.Stop()
 	g.tick(runCtx)
 	for {
@@ -98,6 +122,31 @@ func (g *group) run(ctx context.Context) error {
 		case <-ctx.Done():
 			g.shutdown(runCtx)
 			return nil
+		}
+	}
+}
+
+// newLease describes one of this process's leases (no I/O).
+func (g *group) newLease(key string) *broker.Lease {
+	return broker.NewLease(g.leases, broker.LeaseConfig{
+		Key:    key,
+		Holder: g.s.cfg.ID,
+		TTL:    g.s.cfg.LeaseTTL,
+		Logger: g.s.log,
+	})
+}
+
+// keepLive keeps the liveness lease alive until ctx ends, announcing the process again whenever
+// the lease was lost (NATS unreachable for longer than its TTL, or the key deleted as stale).
+func (g *group) keepLive(ctx context.Context) {
+	for {
+		err := g.live.KeepAlive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		g.s.log.Warn("liveness lease lost; announcing again", "err", err)
+		if g.live.Acquire(ctx) != nil {
+			return
 		}
 	}
 }
@@ -129,47 +178,21 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 	}
 }
 
-func (g *group) liveKey() string { return liveKeyPrefix + g.s.cfg.ID }
-
-func (g *group) record(now time.Time) []byte {
-	b, _ := json.Marshal(LeaseRecord{Holder: g.s.cfg.ID, ExpiresAt: now.Add(g.s.cfg.LeaseTTL)})
-	return b
-}
-
-func (g *group) renewLive(ctx context.Context) error {
-	_, err := g.h.Leases.Put(ctx, g.liveKey(), g.record(time.Now()))
-	return err
-}
-
-// tick renews what this process holds, then moves partitions towards its fair share.
+// tick forgets partitions that stopped (releasing the leases of those handed over), then moves
+// partitions towards this process's fair share. Each owned partition renews its own lease.
 func (g *group) tick(ctx context.Context) {
 	s := g.s
-	paused := s.pauseRenew.Load()
-	if !paused {
-		if err := g.renewLive(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("renew liveness lease", "err", err)
-		}
-	}
-	var renewals sync.WaitGroup
 	for n, p := range g.owned {
-		switch {
-		case p.isDone() && p.released():
-			g.deleteLease(ctx, p)
-			delete(g.owned, n)
-		case p.isDone():
-			// Lost: the lease may already be someone else's, so it is left alone.
-			delete(g.owned, n)
-		case !paused:
-			// In parallel: one slow KV round trip must not let the other leases run out.
-			renewals.Add(1)
-			go func() {
-				defer renewals.Done()
-				g.renew(ctx, p)
-			}()
+		if !p.isDone() {
+			continue
 		}
+		if p.released() {
+			g.releaseLease(ctx, p)
+		}
+		// A lost lease may already be someone else's, so it is left alone.
+		delete(g.owned, n)
 	}
-	renewals.Wait()
-	if paused {
+	if s.pauseRenew.Load() {
 		g.updateGauge()
 		return
 	}
@@ -209,11 +232,11 @@ func (g *group) fairShare(ctx context.Context, now time.Time) int {
 	var staleRevs []uint64
 	g.mu.Lock()
 	for k, e := range g.view {
-		id, ok := strings.CutPrefix(k, liveKeyPrefix)
-		if !ok || id == g.s.cfg.ID {
+		id, err := broker.ParseSubmitterLiveKey(k)
+		if err != nil || id == g.s.cfg.ID {
 			continue
 		}
-		if now.Before(e.rec.ExpiresAt) {
+		if e.rec.Live(now, 0) {
 			live++
 		} else if now.Sub(e.rec.ExpiresAt) > 10*g.s.cfg.LeaseTTL {
 			stale = append(stale, k)
@@ -245,18 +268,11 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		g.mu.Lock()
 		e, exists := g.view[key]
 		g.mu.Unlock()
-		if exists && e.rec.Holder != s.cfg.ID && now.Before(e.rec.ExpiresAt) {
+		if exists && e.rec.Holder != s.cfg.ID && e.rec.Live(now, 0) {
 			continue
 		}
-		t0 := time.Now()
-		var rev uint64
-		var err error
-		if exists {
-			rev, err = g.h.Leases.Update(ctx, key, g.record(t0), e.rev)
-		} else {
-			rev, err = g.h.Leases.Create(ctx, key, g.record(t0))
-		}
-		if err != nil {
+		lease := g.newLease(key)
+		if err := lease.TryAcquire(ctx); err != nil {
 			// Someone else was quicker, or our view is behind; the next tick sees the new state.
 			s.log.Debug("partition lease not acquired", "partition", n, "err", err)
 			continue
@@ -267,69 +283,33 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		}
 		s.log.Info("partition acquired", "partition", n, "previous_holder", prev)
 		s.m.takeovers.Inc()
-		p := newPartition(s, g.h, n, rev, t0.Add(s.cfg.LeaseTTL-s.cfg.safetyMargin()))
+		p := newPartition(s, g.h, n, lease)
 		g.owned[n] = p
 		p.start()
 		want--
 	}
 }
 
-// renew extends a held lease by compare-and-set; a conflict means another process took it.
-func (g *group) renew(ctx context.Context, p *partition) {
-	t0 := time.Now()
-	rev, err := g.h.Leases.Update(ctx, broker.SubmitterLeaseKey(p.n), g.record(t0), p.leaseRev())
-	if err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			g.s.log.Warn("partition lease taken by another process", "partition", p.n, "err", err)
-			p.lose("lease taken over")
-			return
-		}
-		// Transient: the partition's watchdog stops it if the lease runs out before a renewal works.
-		g.s.log.Warn("renew partition lease", "partition", p.n, "err", err)
-		return
-	}
-	p.extend(rev, t0.Add(g.s.cfg.LeaseTTL-g.s.cfg.safetyMargin()))
-}
-
-func (g *group) deleteLease(ctx context.Context, p *partition) {
-	if err := g.h.Leases.Delete(ctx, broker.SubmitterLeaseKey(p.n), jetstream.LastRevision(p.leaseRev())); err != nil && ctx.Err() == nil {
+// releaseLease deletes the lease of a partition handed over, so its successor starts at once.
+func (g *group) releaseLease(ctx context.Context, p *partition) {
+	if err := p.lease.Release(ctx); err != nil && ctx.Err() == nil {
 		g.s.log.Warn("release partition lease", "partition", p.n, "err", err)
 		return
 	}
 	g.s.log.Info("partition released", "partition", p.n)
 }
 
-// shutdown hands every partition over: stop taking envelopes, finish in-flight ones (renewing the
-// leases meanwhile), then delete the leases so successors start at once.
+// shutdown hands every partition over: stop taking envelopes, finish in-flight ones (the leases
+// are renewed meanwhile), then delete the leases so successors start at once.
 func (g *group) shutdown(ctx context.Context) {
 	s := g.s
 	s.log.Info("submitter stopping", "partitions", len(g.owned))
 	for _, p := range g.owned {
 		p.stopGraceful(s.cfg.DrainTimeout)
 	}
-	allDone := make(chan struct{})
-	go func() {
-		for _, p := range g.owned {
-			<-p.done
-		}
-		close(allDone)
-	}()
-	t := time.NewTicker(s.cfg.renewEvery())
-	defer t.Stop()
-wait:
-	for {
+	for _, p := range g.owned {
 		select {
-		case <-allDone:
-			break wait
-		case <-t.C:
-			for _, p := range g.owned {
-				if !p.isDone() {
-					g.renew(ctx, p)
-				}
-			}
+		case <-p.done:
 		case <-ctx.Done():
 			g.crash()
 			return
@@ -337,12 +317,13 @@ wait:
 	}
 	for n, p := range g.owned {
 		if p.released() {
-			g.deleteLease(ctx, p)
+			g.releaseLease(ctx, p)
 		}
 		delete(g.owned, n)
 	}
 	g.updateGauge()
-	if err := g.h.Leases.Delete(ctx, g.liveKey()); err != nil {
+	g.stopLive()
+	if err := g.live.Release(ctx); err != nil {
 		s.log.Warn("delete liveness lease", "err", err)
 	}
 	s.log.Info("submitter stopped")

@@ -30,7 +30,7 @@ func TestExecutedEnvelopesKickThePoller(t *testing.T) {
 	for i := range 3 {
 		select {
 		case m := <-kicks:
-			if got, ok := broker.KickCanister(m.Subject); !ok || got != testCanister.Encode() {
+			if got, err := broker.ParseKickSubject(m.Subject); err != nil || got != testCanister.Encode() {
 				t.Fatalf("kick %d on %q, want canister %s", i, m.Subject, testCanister.Encode())
 			}
 		case <-time.After(10 * time.Second):

@@ -33,7 +33,7 @@ func TestLostDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, 1, time.Now().Add(time.Minute))
+	p := newPartition(s, nil, 0, broker.NewLease(nil, broker.LeaseConfig{Key: broker.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
 	subject := broker.InSubject(0, testCanister.Encode(), newTestClient(1).token)
 	// Hold every in-flight slot, so the relay workers queue but never call the IC: only the
 	// queueing decision is under test. Deliveries 1 and 2 arrive; 3 is lost; 4 must not be queued.
@@ -66,7 +66,7 @@ func TestLostFirstDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, 1, time.Now().Add(time.Minute))
+	p := newPartition(s, nil, 0, broker.NewLease(nil, broker.LeaseConfig{Key: broker.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
 	for range cap(s.sem) {
 		s.sem <- struct{}{}
 	}

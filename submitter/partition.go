@@ -30,9 +30,8 @@ type partition struct {
 	ctx    context.Context // ends when the partition must stop at once
 	cancel context.CancelFunc
 
-	rev        atomic.Uint64 // lease revision
-	validUntil atomic.Int64  // unix nanos; after it the lease may be someone else's
-	extended   chan struct{} // wakes the watchdog after a renewal
+	// lease is the partition's lease; while it is not Valid it may be someone else's.
+	lease *broker.Lease
 
 	stopping  atomic.Bool   // no new envelopes are started
 	stopCh    chan struct{} // closed with stopping
@@ -57,35 +56,21 @@ type clientQueue struct {
 	msgs []jetstream.Msg
 }
 
-func newPartition(s *Submitter, h *broker.Handles, n int, rev uint64, validUntil time.Time) *partition {
+func newPartition(s *Submitter, h *broker.Handles, n int, lease *broker.Lease) *partition {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &partition{
-		s: s, h: h, n: n, ctx: ctx, cancel: cancel,
-		extended:  make(chan struct{}, 1),
+		s: s, h: h, n: n, ctx: ctx, cancel: cancel, lease: lease,
 		drainDone: make(chan struct{}),
 		stopCh:    make(chan struct{}),
 		clients:   map[string]*clientQueue{},
 		pending:   map[uint64]struct{}{},
 		done:      make(chan struct{}),
 	}
-	p.rev.Store(rev)
-	p.validUntil.Store(validUntil.UnixNano())
 	return p
 }
 
-func (p *partition) leaseRev() uint64 { return p.rev.Load() }
-
-func (p *partition) extend(rev uint64, validUntil time.Time) {
-	p.rev.Store(rev)
-	p.validUntil.Store(validUntil.UnixNano())
-	select {
-	case p.extended <- struct{}{}:
-	default:
-	}
-}
-
 // valid reports whether the lease is certainly still ours.
-func (p *partition) valid() bool { return time.Now().UnixNano() < p.validUntil.Load() }
+func (p *partition) valid() bool { return p.lease.Valid() }
 
 func (p *partition) isDone() bool {
 	select {
@@ -143,7 +128,19 @@ func (p *partition) start() { go p.run() }
 func (p *partition) run() {
 	defer close(p.done)
 	defer p.cancel()
-	go p.watchdog()
+	// The lease is renewed until nothing of the partition runs any more, a graceful drain
+	// included; losing it stops the partition at once.
+	keepCtx, stopKeep := context.WithCancel(context.Background())
+	var keep sync.WaitGroup
+	keep.Go(func() { _ = p.lease.KeepAlive(keepCtx) })
+	keep.Go(func() {
+		select {
+		case <-p.lease.Done():
+			p.lose(lossReason(p.lease.Err()))
+		case <-keepCtx.Done():
+		}
+	})
+	defer func() { stopKeep(); keep.Wait() }()
 
 	// A delivery in flight when the connection dropped comes back only after AckWait, and if it
 	// was a client's last envelope no later delivery shows the gap: start again from the ack floor
@@ -170,23 +167,17 @@ func (p *partition) run() {
 	_ = p.s.nc.FlushTimeout(time.Second)
 }
 
-// watchdog stops the partition when the lease runs out before a renewal extends it.
-func (p *partition) watchdog() {
-	t := time.NewTimer(time.Until(time.Unix(0, p.validUntil.Load())))
-	defer t.Stop()
-	for {
-		select {
-		case <-p.ctx.Done():
-			return
-		case <-p.extended:
-		case <-t.C:
-		}
-		left := time.Until(time.Unix(0, p.validUntil.Load()))
-		if left <= 0 {
-			p.lose("lease not renewed in time")
-			return
-		}
-		t.Reset(left)
+// lossReason says why a partition's lease ended, for the log.
+func lossReason(err error) string {
+	switch {
+	case errors.Is(err, broker.ErrLeaseTaken):
+		return "lease taken over"
+	case errors.Is(err, broker.ErrLeaseExpired):
+		return "lease not renewed in time"
+	case err == nil:
+		return "lease ended"
+	default:
+		return err.Error()
 	}
 }
 
@@ -216,7 +207,7 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
 	defer cancel()
 	prefix := consumerPrefix(p.n)
-	own := prefix + strconv.FormatUint(p.leaseRev(), 10)
+	own := prefix + strconv.FormatUint(p.lease.Revision(), 10)
 	lister := p.h.In.ListConsumers(ctx)
 	var olds []string
 	var floor uint64
@@ -301,7 +292,7 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 		p.s.log.Warn("message without metadata", "partition", p.n, "err", err)
 		return
 	}
-	client := clientOfSubject(msg.Subject())
+	client := orderingKey(msg.Subject())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -331,18 +322,14 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 	go p.relayClient(client, q)
 }
 
-// clientOfSubject is the per-client ordering key: canister and client tokens of the subject.
-func clientOfSubject(subject string) string {
-	// icws.in.<partition>.<canister>.<client>
-	i := 0
-	for k := 0; k < 3; k++ {
-		j := strings.IndexByte(subject[i:], '.')
-		if j < 0 {
-			return subject
-		}
-		i += j + 1
+// orderingKey is the per-client ordering key of an ICWS_IN subject, the client's session key. A
+// subject that does not parse is its own key; handle drops its message.
+func orderingKey(subject string) string {
+	_, ref, err := broker.ParseInSubject(subject)
+	if err != nil {
+		return subject
 	}
-	return subject[i:]
+	return broker.SessionKey(ref.CanisterText, ref.Client)
 }
 
 // relayClient relays one client's queued envelopes in order and ends when the queue is empty. It

@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -42,28 +41,22 @@ func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg
 	// only; the client's next envelope follows as it would after any refusal.
 	defer safe.Recover(s.log, s.m.panics, "message", func() { done = true })
 	kind := msg.Headers().Get(broker.HeaderKind)
-	toks := strings.Split(msg.Subject(), ".")
 	log := s.log.With("partition", partition, "kind", kind)
-	if len(toks) != 5 {
-		log.Warn("dropping message on unexpected subject", "subject", msg.Subject())
-		s.count(kind, outcomeInvalid)
-		return true
-	}
-	canister, err := principal.Decode(toks[3])
+	_, ref, err := broker.ParseInSubject(msg.Subject())
 	if err != nil {
-		log.Warn("dropping message with an invalid canister id", "subject", msg.Subject(), "err", err)
+		log.Warn("dropping message on unexpected subject", "err", err)
 		s.count(kind, outcomeInvalid)
 		return true
 	}
-	client := toks[4]
-	log = log.With("canister", toks[3], "client", client)
+	canister, client := ref.Canister, ref.Client
+	log = log.With("canister", ref.CanisterText, "client", client)
 	switch kind {
 	case broker.KindOpen:
 		done, verdict := s.relayEnvelope(ctx, log, kind, canister, msg.Data())
 		if !done {
 			return false
 		}
-		return s.settleOpen(ctx, log, toks[3], client, msg.Headers().Get(broker.HeaderSessionTag), verdict)
+		return s.settleOpen(ctx, log, ref.CanisterText, client, msg.Headers().Get(broker.HeaderSessionTag), verdict)
 	case broker.KindMessage:
 		if seq := msg.Headers().Get(broker.HeaderClientSeq); seq != "" {
 			log = log.With("seq", seq)

@@ -2,28 +2,28 @@
 // order and many clients in parallel (DESIGN.md, Guarantee 1).
 //
 // Work is split by ICWS_IN partition. A process owns a partition while it holds the partition's
-// lease (broker.SubmitterLeaseKey, compare-and-set on the KV revision, renewed every LeaseTTL/3).
-// Processes announce themselves with a liveness lease ("submitter.live.<id>") and each takes at
-// most ceil(partitions / live processes), handing surplus partitions over gracefully when a new
-// process joins.
+// lease (a broker.Lease on broker.SubmitterLeaseKey: compare-and-set on the KV revision, renewed
+// every LeaseTTL/3). Processes announce themselves with a liveness lease (broker.SubmitterLiveKey)
+// and each takes at most ceil(partitions / live processes), handing surplus partitions over
+// gracefully when a new process joins.
 //
 // An owned partition is read by a durable pull consumer of our own, named
 // "submit-p<partition>-<lease revision>". Messages go to a FIFO per client; a worker goroutine
-// exists only while a client has envelopes waiting (at most MaxInFlight run at once) and acks
-// each message only after its outcome is recorded.
+// exists only while a client has envelopes waiting (at most MaxInFlight run at once) and acks each
+// message only after its outcome is recorded.
 //
 // Taking a partition over: the new owner reads the ack floor of the previous owner's consumer,
-// creates its own consumer starting right after that floor, then deletes the old consumer. So
-// every envelope that was not certainly finished comes again, at once and in stream order, before
+// creates its own consumer starting right after that floor, then deletes the old consumer. So every
+// envelope that was not certainly finished comes again, at once and in stream order, before
 // anything newer; envelopes above the floor that were already done are sent again, which is
-// harmless because the IC de-duplicates by request id. A previous owner that is merely slow
-// cannot interfere: it stops starting envelopes when its lease is no longer certainly valid
-// (LeaseTTL/4 before the expiry it wrote, to absorb clock skew), renewals fail by
-// compare-and-set once the lease has moved, and its pull requests name a consumer that no longer
-// exists. Because each owner sends a client's next envelope only after the previous one has a
-// certified outcome, even an overlap of two owners could not reorder executions (202 answers
-// aside, which only SettleDelay covers, for one owner as for two); at worst it re-sends the same
-// bytes.
+// harmless because the IC de-duplicates by request id. A previous owner that is merely slow cannot
+// interfere: it stops starting envelopes when its lease is no longer certainly valid (LeaseTTL/4
+// before the expiry it wrote, to absorb clock skew), its next renewal fails by compare-and-set once
+// the lease has moved (which stops the partition at once), and its pull requests name a consumer
+// that no longer exists. Because each owner sends a client's next envelope only after the previous
+// one has a certified outcome, even an overlap of two owners could not reorder executions (202
+// answers aside, which only SettleDelay covers, for one owner as for two); at worst it re-sends the
+// same bytes.
 package submitter
 
 import (

@@ -1,10 +1,13 @@
-// Package natstest runs an in-process nats-server with JetStream for tests. It is imported only by
+// Package natstest runs in-process nats-servers with JetStream for tests: one server, or a
+// cluster. It is imported only by
 // _test.go files; it depends on nothing of icws, so every package's tests (broker's included) can
 // use it without an import cycle.
 package natstest
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,4 +67,93 @@ func StartJetStream(t testing.TB) (url string, nc *nats.Conn, js jetstream.JetSt
 	url = StartServer(t)
 	nc, js = Connect(t, url)
 	return url, nc, js
+}
+
+// Cluster is a JetStream cluster of nats-servers running in this process, routed to each other
+// over loopback.
+type Cluster struct {
+	Servers []*server.Server
+}
+
+// URLs is the comma-separated client URL list of every server.
+func (c *Cluster) URLs() string {
+	urls := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		urls[i] = s.ClientURL()
+	}
+	return strings.Join(urls, ",")
+}
+
+// StartCluster starts n JetStream nats-servers (names n1..nN, stores in t's temporary
+// directories) routed to each other on loopback, stopped at cleanup, and waits until JetStream has
+// a meta leader and every server is current, so replicated streams can be created.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := freePorts(t, n)
+	routes := make([]string, n)
+	for i, p := range ports {
+		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", p)
+	}
+	c := &Cluster{}
+	for i := range n {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       -1,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoSigs:     true,
+			NoLog:      true,
+			Cluster:    server.ClusterOpts{Name: "icws-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatalf("nats-server %s: %v", opts.ServerName, err)
+		}
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		go s.Start()
+		if !s.ReadyForConnections(readyTimeout) {
+			t.Fatalf("nats-server %s: not ready after %s", opts.ServerName, readyTimeout)
+		}
+		c.Servers = append(c.Servers, s)
+	}
+	deadline := time.Now().Add(6 * readyTimeout)
+	for !c.jetStreamReady() {
+		if time.Now().After(deadline) {
+			t.Fatalf("JetStream cluster of %d: no meta leader with every server current after %s", n, 6*readyTimeout)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the servers' state; nothing to wait on
+	}
+	return c
+}
+
+// jetStreamReady reports whether every server is current and the meta leader counts every server
+// as an online JetStream peer (only the leader answers JetStreamClusterPeers).
+func (c *Cluster) jetStreamReady() bool {
+	peers := 0
+	for _, s := range c.Servers {
+		if !s.JetStreamIsCurrent() {
+			return false
+		}
+		if s.JetStreamIsLeader() {
+			peers = len(s.JetStreamClusterPeers())
+		}
+	}
+	return peers == len(c.Servers)
+}
+
+// freePorts returns n loopback TCP ports that were free a moment ago, all different.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
 }
