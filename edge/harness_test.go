@@ -71,8 +71,11 @@ func (v *env) settleOpens() {
 		if m.Header.Get(broker.HeaderKind) != broker.KindOpen || v.holdOpens.Load() {
 			return
 		}
-		toks := strings.Split(m.Subject, ".")
-		key, tag := broker.SessionKey(toks[3], toks[4]), m.Header.Get(broker.HeaderSessionTag)
+		_, ref, err := broker.ParseInSubject(m.Subject)
+		if err != nil {
+			return
+		}
+		key, tag := broker.SessionKey(ref.CanisterText, ref.Client), m.Header.Get(broker.HeaderSessionTag)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

@@ -140,8 +140,7 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		v := false
 		if ent, err := e.h.Leases.Get(ctx, broker.EdgeLeaseKey(id)); err == nil {
 			var l broker.LeaseRecord
-			// ExpiresAt was computed with the holder's clock: allow for skew between the clocks.
-			v = json.Unmarshal(ent.Value(), &l) == nil && now.Before(l.ExpiresAt.Add(e.cfg.LeaseSkew))
+			v = json.Unmarshal(ent.Value(), &l) == nil && l.Live(now, e.cfg.LeaseSkew)
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			v = true // cannot tell: do not act on its sessions
 		}
