@@ -173,7 +173,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("admin listen %s: %w", s.addr, err)
 	}
-	s.logger.Info("admin server listening", "addr", ln.Addr().String())
+	s.logger.Debug("admin server listening", "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(ln) }()
 	select {

@@ -105,7 +105,7 @@ func StartEmbedded(ctx context.Context, cfg ServerConfig, logger *slog.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats server: %w", err)
 	}
-	log := logger.With("component", "nats-server")
+	log := logger
 	adapter := &slogAdapter{l: log, fatal: make(chan string, 1)}
 	ns.SetLoggerV2(adapter, cfg.Debug, cfg.Debug, false)
 	go ns.Start()
@@ -130,8 +130,11 @@ func StartEmbedded(ctx context.Context, cfg ServerConfig, logger *slog.Logger) (
 		return nil, fmt.Errorf("embedded nats server start: %w", ctx.Err())
 	}
 	e := &Embedded{ns: ns, logger: log, listen: !opts.DontListen}
-	log.Info("embedded nats server ready", "store", storeDir, "url", e.ClientURL(),
-		"max_memory", cfg.MaxMemory.String(), "max_store", cfg.MaxStore.String())
+	attrs := []any{"store", storeDir, "max_memory", cfg.MaxMemory.String(), "max_store", cfg.MaxStore.String()}
+	if e.listen {
+		attrs = append(attrs, "url", e.ClientURL())
+	}
+	log.Info("embedded NATS ready", attrs...)
 	return e, nil
 }
 
@@ -151,7 +154,8 @@ func (e *Embedded) Connect(ctx context.Context, name string) (*nats.Conn, error)
 	if e.listen {
 		return Connect(ctx, ClientConfig{URL: e.ClientURL()}, name, e.logger)
 	}
-	opts := append(clientOptions(name, "", e.logger), nats.InProcessServer(e.ns))
+	// In-process connections cannot fail like network ones: their state changes are debug lines.
+	opts := append(clientOptions(name, "", slog.New(debugOnly{e.logger.Handler()})), nats.InProcessServer(e.ns))
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to embedded nats server: %w", err)
@@ -182,7 +186,8 @@ type slogAdapter struct {
 	fatal chan string
 }
 
-func (a *slogAdapter) Noticef(format string, v ...any) { a.l.Info(fmt.Sprintf(format, v...)) }
+// Noticef: the server's notices (its banner, its configuration) are for whoever debugs NATS.
+func (a *slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
 func (a *slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
 func (a *slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
 func (a *slogAdapter) Fatalf(format string, v ...any) {
@@ -197,3 +202,21 @@ func (a *slogAdapter) Debugf(format string, v ...any) { a.l.Debug(fmt.Sprintf(fo
 func (a *slogAdapter) Tracef(format string, v ...any) {
 	a.l.Debug(fmt.Sprintf(format, v...), "trace", true)
 }
+
+// debugOnly logs every record at debug level.
+type debugOnly struct{ slog.Handler }
+
+func (h debugOnly) Enabled(ctx context.Context, _ slog.Level) bool {
+	return h.Handler.Enabled(ctx, slog.LevelDebug)
+}
+
+func (h debugOnly) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = slog.LevelDebug
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h debugOnly) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return debugOnly{h.Handler.WithAttrs(attrs)}
+}
+
+func (h debugOnly) WithGroup(name string) slog.Handler { return debugOnly{h.Handler.WithGroup(name)} }

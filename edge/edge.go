@@ -257,7 +257,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	e.mu.Lock()
 	e.running = true
 	e.mu.Unlock()
-	e.log.Info("edge listening", "addr", a.String(), "tls", e.cfg.TLSCert != "")
+	e.log.Debug("edge listening", "addr", a.String(), "tls", e.cfg.TLSCert != "")
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

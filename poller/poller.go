@@ -134,7 +134,7 @@ func (p *Poller) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.h = h
 	p.mu.Unlock()
-	p.log.Info("poller started", "gateway", p.gateway.Encode(), "static_canisters", len(p.static), "lease_ttl", p.cfg.LeaseTTL)
+	p.log.Debug("poller started", "gateway", p.gateway.Encode(), "static_canisters", len(p.static), "lease_ttl", p.cfg.LeaseTTL)
 
 	workers := make(map[string]*workerHandle)
 	var wg sync.WaitGroup

@@ -61,6 +61,9 @@ type group struct {
 
 	mu   sync.Mutex
 	view map[string]leaseEntry
+
+	// reported is the partition count last logged: one line per change, not one per partition.
+	reported int
 }
 
 func (g *group) run(ctx context.Context) error {
@@ -105,13 +108,13 @@ func (g *group) run(ctx context.Context) error {
 	g.stopLive = func() { stopLive(); liveWG.Wait() }
 	defer g.stopLive()
 
-	s.ready.Store(true)
-	defer s.ready.Store(false)
-	s.log.Info("submitter started", "partitions", g.h.Partitions)
-
+	s.log.Debug("submitter started", "partitions", g.h.Partitions)
 	t := time.NewTicker(s.cfg.rebalanceEvery())
 	defer t.Stop()
 	g.tick(runCtx)
+	// Ready once the first round has taken this process's share of the partitions.
+	s.ready.Store(true)
+	defer s.ready.Store(false)
 	for {
 		select {
 		case <-t.C:
@@ -204,7 +207,7 @@ func (g *group) tick(ctx context.Context) {
 		// Hand over the surplus gracefully; the leases are renewed until the drain ends.
 		sort.Ints(active)
 		for _, n := range active[target:] {
-			s.log.Info("handing over partition", "partition", n, "fair_share", target)
+			s.log.Debug("handing over partition", "partition", n, "fair_share", target)
 			g.owned[n].stopGraceful(s.cfg.DrainTimeout)
 		}
 	} else if len(active) < target {
@@ -223,7 +226,14 @@ func (g *group) active() []int {
 	return out
 }
 
-func (g *group) updateGauge() { g.s.m.partitionsOwned.Set(float64(len(g.owned))) }
+func (g *group) updateGauge() {
+	n := len(g.owned)
+	g.s.m.partitionsOwned.Set(float64(n))
+	if n != g.reported {
+		g.reported = n
+		g.s.log.Info("partitions owned", "count", n, "of", g.h.Partitions)
+	}
+}
 
 // fairShare is ceil(partitions / live submitters); stale liveness keys are cleaned up on the way.
 func (g *group) fairShare(ctx context.Context, now time.Time) int {
@@ -281,7 +291,7 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		if exists {
 			prev = e.rec.Holder
 		}
-		s.log.Info("partition acquired", "partition", n, "previous_holder", prev)
+		s.log.Debug("partition acquired", "partition", n, "previous_holder", prev)
 		s.m.takeovers.Inc()
 		p := newPartition(s, g.h, n, lease)
 		g.owned[n] = p
@@ -296,7 +306,7 @@ func (g *group) releaseLease(ctx context.Context, p *partition) {
 		g.s.log.Warn("release partition lease", "partition", p.n, "err", err)
 		return
 	}
-	g.s.log.Info("partition released", "partition", p.n)
+	g.s.log.Debug("partition released", "partition", p.n)
 }
 
 // shutdown hands every partition over: stop taking envelopes, finish in-flight ones (the leases
@@ -304,6 +314,7 @@ func (g *group) releaseLease(ctx context.Context, p *partition) {
 func (g *group) shutdown(ctx context.Context) {
 	s := g.s
 	s.log.Info("submitter stopping", "partitions", len(g.owned))
+	g.reported = 0 // the stopping and stopped lines say the rest
 	for _, p := range g.owned {
 		p.stopGraceful(s.cfg.DrainTimeout)
 	}

@@ -263,7 +263,7 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 			return nil, fmt.Errorf("delete previous consumer %s: %w", name, err)
 		}
 	}
-	p.s.log.Info("partition consumer ready", "partition", p.n, "consumer", cfg.Durable,
+	p.s.log.Debug("partition consumer ready", "partition", p.n, "consumer", cfg.Durable,
 		"previous", olds, "start_seq", cfg.OptStartSeq)
 	cc, err := cons.Consume(p.onMsg,
 		jetstream.PullMaxMessages(min(p.s.cfg.MaxPending, 512)),

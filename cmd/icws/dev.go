@@ -81,14 +81,6 @@ func devCommand() command {
 			}
 			defer shutdownEmbedded(emb, logger)
 
-			fmt.Fprintf(a.stdout, "gateway:  %s\n", gatewayURL)
-			fmt.Fprintf(a.stdout, "replica:  %s\n", replicaURL)
-			fmt.Fprintf(a.stdout, "canister: %s\n", cfg.CanisterID)
-			fmt.Fprintf(a.stdout, "root key: %s\n", hex.EncodeToString(r.RootKey()))
-			fmt.Fprintf(a.stdout, "admin:    http://%s\n", cfg.AdminListen)
-			if page.url != "" {
-				fmt.Fprintf(a.stdout, "demo:     %s\n", page.url)
-			}
 
 			// The replica outlives the gateway: submitters drain against it on the way out.
 			replicaCtx, stopReplica := context.WithCancel(context.Background())
@@ -99,6 +91,17 @@ func devCommand() command {
 				roles:    roleSet{edge: true, submitter: true, poller: true},
 				embedded: emb,
 				icURL:    replicaURL, icRootKey: r.RootKey(),
+				// What a developer needs comes last, once everything answers.
+				onReady: func() {
+					fmt.Fprintf(a.stdout, "gateway:  %s\n", gatewayURL)
+					fmt.Fprintf(a.stdout, "replica:  %s\n", replicaURL)
+					fmt.Fprintf(a.stdout, "canister: %s\n", cfg.CanisterID)
+					fmt.Fprintf(a.stdout, "root key: %s\n", hex.EncodeToString(r.RootKey()))
+					fmt.Fprintf(a.stdout, "admin:    http://%s\n", cfg.AdminListen)
+					if page.url != "" {
+						fmt.Fprintf(a.stdout, "demo:     %s\n", page.url)
+					}
+				},
 			}
 			gwCtx, stopGateway := context.WithCancel(ctx)
 			defer stopGateway()

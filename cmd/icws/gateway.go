@@ -106,6 +106,8 @@ type gatewayParts struct {
 	// icURL and icRootKey override the IC settings (icws dev points them at its replica).
 	icURL     string
 	icRootKey []byte
+	// onReady, if set, runs once every role is ready (icws dev prints its URLs then, last).
+	onReady func()
 }
 
 func (c *GatewayConfig) validateFor(roles roleSet, external bool) error {
@@ -166,14 +168,15 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		if err != nil {
 			return err
 		}
-		if created {
-			logger.Info("created a new gateway key", "file", cfg.IdentityPath())
-		}
 		gateway = id.Sender()
+		if !created { // LoadOrCreate says so when it creates one
+			logger.Info("gateway principal", "principal", gateway.String(), "key", cfg.IdentityPath())
+		}
 	} else if gateway, err = identity.Principal(cfg.IdentityPath()); err != nil {
 		return fmt.Errorf("gateway principal: %w (an edge needs the shared key file of the deployment; create it with `icws identity`)", err)
+	} else {
+		logger.Info("gateway principal", "principal", gateway.String(), "key", cfg.IdentityPath())
 	}
-	logger.Info("gateway principal", "principal", gateway.String(), "roles", parts.roles.String())
 
 	var ic *icclient.Client
 	if parts.roles.needsIC() {
@@ -224,16 +227,17 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		}
 	}
 
-	adm := admin.New(cfg.AdminListen, reg, checks, logger.With("component", "admin"))
+	adm := admin.New(cfg.AdminListen, reg, checks, logger)
 	adm.Pprof = cfg.AdminPprof
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adm.Run(gctx) })
 	for _, r := range roles {
 		g.Go(func() error { return r.Run(gctx) })
 	}
-	if addr, err := adm.Addr(gctx); err == nil {
-		logger.Info("admin listening", "url", "http://"+addr.String())
-	}
+	g.Go(func() error {
+		announceReady(gctx, logger, checks, adm, edgeURL(cfg, parts.roles), parts.roles, parts.onReady)
+		return nil
+	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil
@@ -374,4 +378,55 @@ func wsURL(listen string, tls bool) string {
 		scheme = "wss"
 	}
 	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// edgeURL is the WebSocket URL of the edge role, or "" when the process runs none.
+func edgeURL(cfg *GatewayConfig, roles roleSet) string {
+	if !roles.edge {
+		return ""
+	}
+	return wsURL(cfg.EdgeSettings.Listen, cfg.EdgeSettings.TLSCert != "")
+}
+
+// announceReady waits until every readiness check passes, then logs one line with what a user
+// needs (the gateway and admin URLs) and runs onReady. A gateway that is not ready within a minute
+// is announced anyway, with the checks that still fail: /readyz tells the rest.
+func announceReady(ctx context.Context, logger *slog.Logger, checks []admin.Check, adm *admin.Server, gatewayURL string, roles roleSet, onReady func()) {
+	deadline := time.Now().Add(time.Minute)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var failing []string
+	for {
+		failing = failing[:0]
+		for _, c := range checks {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			if err := c.Func(cctx); err != nil {
+				failing = append(failing, c.Name)
+			}
+			cancel()
+		}
+		if len(failing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	attrs := []any{"roles", roles.String()}
+	if gatewayURL != "" {
+		attrs = append(attrs, "gateway", gatewayURL)
+	}
+	if addr, err := adm.Addr(ctx); err == nil {
+		attrs = append(attrs, "admin", "http://"+addr.String())
+	}
+	if len(failing) > 0 {
+		logger.Warn("gateway started, not ready yet", append(attrs, "not_ready", strings.Join(failing, ","))...)
+	} else {
+		logger.Info("gateway ready", attrs...)
+	}
+	if onReady != nil {
+		onReady()
+	}
 }

@@ -137,13 +137,13 @@ func exitCode(err error) int {
 	return -1
 }
 
-// adminURL waits for the admin server's log line and returns its base URL.
+// adminURL waits for the gateway's ready line and returns the admin server's base URL from it.
 func (p *icwsProcess) adminURL() string {
 	p.t.Helper()
-	l := p.waitLog("admin listening", 60*time.Second)
-	u, _ := l["url"].(string)
+	l := p.waitLog("gateway ready", 60*time.Second)
+	u, _ := l["admin"].(string)
 	if !strings.HasPrefix(u, "http://") {
-		p.t.Fatalf("admin listening without a URL: %v", l)
+		p.t.Fatalf("gateway ready without an admin URL: %v", l)
 	}
 	return u
 }

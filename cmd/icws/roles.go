@@ -133,7 +133,6 @@ func startEmbedded(ctx context.Context, cfg broker.ServerConfig, logger *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
-	logger.Info("embedded NATS started", "store", cfg.StoreDir(), "url", emb.ClientURL())
 	return emb, nil
 }
 
