@@ -1,10 +1,13 @@
 package broker
 
 import (
+	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Every stream, KV bucket, subject and header that the roles share is named here and nowhere else.
@@ -94,6 +97,17 @@ func MessageMsgID(canister, client, tag string, seq uint64) string {
 	return "msg." + canister + "." + client + "." + tag + "." + strconv.FormatUint(seq, 10)
 }
 
+// SessionTagOfMsgID returns the session tag of a Msg-Id built by OpenMsgID, MessageMsgID or
+// CloseMsgID.
+func SessionTagOfMsgID(id string) (string, bool) {
+	toks := strings.Split(id, ".")
+	switch {
+	case len(toks) == 5 && toks[0] == "msg", len(toks) == 4 && (toks[0] == "open" || toks[0] == "close"):
+		return toks[3], toks[3] != ""
+	}
+	return "", false
+}
+
 // CloseMsgID is the Msg-Id of a session's close request.
 func CloseMsgID(canister, client, tag string) string {
 	return "close." + canister + "." + client + "." + tag
@@ -107,7 +121,9 @@ const (
 	HeaderKind = "Icws-Kind"
 	// HeaderClientSeq is the client's sequence number of a ws_message envelope (ICWS_IN).
 	HeaderClientSeq = "Icws-Client-Seq"
-	// HeaderCloseReason says why an edge asks for ws_close (ICWS_IN, KindClose).
+	// HeaderCloseReason says why a session ends: on an ICWS_IN close request (KindClose), the
+	// reason an edge asks for ws_close; on a canister failure notice or a session close request,
+	// the close reason the edge gives the client.
 	HeaderCloseReason = "Icws-Close-Reason"
 	// HeaderClientKey is the client token of an ICWS_OUT message.
 	HeaderClientKey = "Icws-Client-Key"
@@ -184,3 +200,61 @@ const (
 	OpenConfirmed     = "confirmed"
 	OpenRefused       = "refused"
 )
+
+// Canister failures: the active poller of a canister that has answered ws_get_messages with
+// nothing but permanent errors (stopped, missing, trapping, undecodable) for ICWS_POLL_FAIL_CLOSE
+// announces it to every edge (core NATS). Edges close the canister's sessions that opened before
+// HeaderFailedAt, with HeaderCloseReason as the close reason. The poller repeats the notice while
+// the canister still has sessions, so an edge that missed one acts on the next.
+const subjectCanisterFailedPrefix = "icws.failed."
+
+// SubjectCanisterFailedAll is what edges subscribe to.
+const SubjectCanisterFailedAll = subjectCanisterFailedPrefix + "*"
+
+// HeaderFailedAt is when the poller declared a canister failed (RFC 3339, nanoseconds, UTC).
+const HeaderFailedAt = "Icws-Failed-At"
+
+// CanisterFailedMsg builds the failure notice of canister: declared at, closing with reason.
+func CanisterFailedMsg(canister string, at time.Time, reason string) *nats.Msg {
+	msg := nats.NewMsg(subjectCanisterFailedPrefix + canister)
+	msg.Header.Set(HeaderFailedAt, at.UTC().Format(time.RFC3339Nano))
+	msg.Header.Set(HeaderCloseReason, reason)
+	return msg
+}
+
+// ParseCanisterFailed reads a failure notice built by CanisterFailedMsg.
+func ParseCanisterFailed(msg *nats.Msg) (canister string, at time.Time, reason string, err error) {
+	canister, ok := strings.CutPrefix(msg.Subject, subjectCanisterFailedPrefix)
+	if !ok || canister == "" || strings.ContainsAny(canister, ".*>") {
+		return "", time.Time{}, "", fmt.Errorf("canister failure notice on subject %q", msg.Subject)
+	}
+	at, err = time.Parse(time.RFC3339Nano, msg.Header.Get(HeaderFailedAt))
+	if err != nil {
+		return "", time.Time{}, "", fmt.Errorf("canister failure notice for %s: %s: %w", canister, HeaderFailedAt, err)
+	}
+	return canister, at, msg.Header.Get(HeaderCloseReason), nil
+}
+
+// Session close requests: a submitter that gives up on a session (its client sends faster than
+// the canister executes, so its queued envelopes would expire) asks the session's edge to close the
+// socket (core NATS). The edge's teardown then closes the session as any other close does. A lost
+// request is sent again with the client's next envelope, which the submitter drops.
+const subjectSessionClosePrefix = "icws.close."
+
+// SessionCloseMsg builds the request to edge edgeID to close the session key (SessionKey) whose
+// tag (SessionRecord.Tag) is tag, with reason as the close reason.
+func SessionCloseMsg(edgeID, key, tag, reason string) *nats.Msg {
+	msg := nats.NewMsg(SessionCloseSubject(edgeID))
+	msg.Data = []byte(key)
+	msg.Header.Set(HeaderSessionTag, tag)
+	msg.Header.Set(HeaderCloseReason, reason)
+	return msg
+}
+
+// SessionCloseSubject is where edge edgeID takes session close requests.
+func SessionCloseSubject(edgeID string) string { return subjectSessionClosePrefix + edgeID }
+
+// ParseSessionClose reads a request built by SessionCloseMsg.
+func ParseSessionClose(msg *nats.Msg) (key, tag, reason string) {
+	return string(msg.Data), msg.Header.Get(HeaderSessionTag), msg.Header.Get(HeaderCloseReason)
+}
