@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+	"github.com/nats-io/nats.go"
 )
 
 // Every stream, KV bucket, subject, key, Nats-Msg-Id and header that the roles share is named here
@@ -307,6 +308,15 @@ type MsgID struct {
 	Seq uint64
 }
 
+// SessionTagOfMsgID is the session tag a Nats-Msg-Id of ICWS_IN names (see ParseMsgID).
+func SessionTagOfMsgID(id string) (string, bool) {
+	m, err := ParseMsgID(id)
+	if err != nil {
+		return "", false
+	}
+	return m.Session, true
+}
+
 // ParseMsgID reverses OpenMsgID, MessageMsgID and CloseMsgID.
 func ParseMsgID(id string) (MsgID, error) {
 	toks := strings.Split(id, ".")
@@ -345,7 +355,9 @@ const (
 	HeaderKind = "Icws-Kind"
 	// HeaderClientSeq is the client's sequence number of a ws_message envelope (ICWS_IN).
 	HeaderClientSeq = "Icws-Client-Seq"
-	// HeaderCloseReason says why an edge asks for ws_close (ICWS_IN, KindClose).
+	// HeaderCloseReason says why a session ends: on an ICWS_IN close request (KindClose), the
+	// reason an edge asks for ws_close; on a canister failure notice or a session close request,
+	// the close reason the edge gives the client.
 	HeaderCloseReason = "Icws-Close-Reason"
 	// HeaderClientKey is the client token of an ICWS_OUT message.
 	HeaderClientKey = "Icws-Client-Key"
@@ -435,3 +447,61 @@ const (
 	OpenConfirmed     = "confirmed"
 	OpenRefused       = "refused"
 )
+
+// Canister failures: the active poller of a canister that has answered ws_get_messages with
+// nothing but permanent errors (stopped, missing, trapping, undecodable) for ICWS_POLL_FAIL_CLOSE
+// announces it to every edge (core NATS). Edges close the canister's sessions that opened before
+// HeaderFailedAt, with HeaderCloseReason as the close reason. The poller repeats the notice while
+// the canister still has sessions, so an edge that missed one acts on the next.
+const subjectCanisterFailedPrefix = "icws.failed."
+
+// SubjectCanisterFailedAll is what edges subscribe to.
+const SubjectCanisterFailedAll = subjectCanisterFailedPrefix + "*"
+
+// HeaderFailedAt is when the poller declared a canister failed (RFC 3339, nanoseconds, UTC).
+const HeaderFailedAt = "Icws-Failed-At"
+
+// CanisterFailedMsg builds the failure notice of canister: declared at, closing with reason.
+func CanisterFailedMsg(canister string, at time.Time, reason string) *nats.Msg {
+	msg := nats.NewMsg(subjectCanisterFailedPrefix + canister)
+	msg.Header.Set(HeaderFailedAt, at.UTC().Format(time.RFC3339Nano))
+	msg.Header.Set(HeaderCloseReason, reason)
+	return msg
+}
+
+// ParseCanisterFailed reads a failure notice built by CanisterFailedMsg.
+func ParseCanisterFailed(msg *nats.Msg) (canister string, at time.Time, reason string, err error) {
+	canister, ok := strings.CutPrefix(msg.Subject, subjectCanisterFailedPrefix)
+	if !ok || canister == "" || strings.ContainsAny(canister, ".*>") {
+		return "", time.Time{}, "", fmt.Errorf("canister failure notice on subject %q", msg.Subject)
+	}
+	at, err = time.Parse(time.RFC3339Nano, msg.Header.Get(HeaderFailedAt))
+	if err != nil {
+		return "", time.Time{}, "", fmt.Errorf("canister failure notice for %s: %s: %w", canister, HeaderFailedAt, err)
+	}
+	return canister, at, msg.Header.Get(HeaderCloseReason), nil
+}
+
+// Session close requests: a submitter that gives up on a session (its client sends faster than
+// the canister executes, so its queued envelopes would expire) asks the session's edge to close the
+// socket (core NATS). The edge's teardown then closes the session as any other close does. A lost
+// request is sent again with the client's next envelope, which the submitter drops.
+const subjectSessionClosePrefix = "icws.close."
+
+// SessionCloseMsg builds the request to edge edgeID to close the session key (SessionKey) whose
+// tag (SessionRecord.Tag) is tag, with reason as the close reason.
+func SessionCloseMsg(edgeID, key, tag, reason string) *nats.Msg {
+	msg := nats.NewMsg(SessionCloseSubject(edgeID))
+	msg.Data = []byte(key)
+	msg.Header.Set(HeaderSessionTag, tag)
+	msg.Header.Set(HeaderCloseReason, reason)
+	return msg
+}
+
+// SessionCloseSubject is where edge edgeID takes session close requests.
+func SessionCloseSubject(edgeID string) string { return subjectSessionClosePrefix + edgeID }
+
+// ParseSessionClose reads a request built by SessionCloseMsg.
+func ParseSessionClose(msg *nats.Msg) (key, tag, reason string) {
+	return string(msg.Data), msg.Header.Get(HeaderSessionTag), msg.Header.Get(HeaderCloseReason)
+}

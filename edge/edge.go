@@ -67,6 +67,9 @@ type Edge struct {
 	upgrading   int                          // admitted connections not yet in conns
 	running     bool
 	draining    bool
+	// failed remembers canister failures announced by pollers, by canister id (guarded by fmu).
+	fmu    sync.Mutex
+	failed map[string]canisterFailure
 	// streamsFull names a stream above StreamAdmitPercent of its byte limit (nil: room left).
 	streamsFull atomic.Pointer[string]
 
@@ -119,7 +122,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
 		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift},
 		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
-		byAddr: map[string]int{}, byPrincipal: map[string]int{},
+		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
 	}
 	for _, c := range cfg.Canisters {
 		e.canisters[c] = true
@@ -202,6 +205,18 @@ func (e *Edge) Run(ctx context.Context) error {
 		return fmt.Errorf("edge: subscribe to open results: %w", err)
 	}
 	defer func() { _ = opened.Unsubscribe() }()
+	closeReqs, err := e.nc.Subscribe(broker.SessionCloseSubject(e.cfg.ID), e.onSessionClose)
+	if err != nil {
+		return fmt.Errorf("edge: subscribe to session close requests: %w", err)
+	}
+	defer func() { _ = closeReqs.Unsubscribe() }()
+	// A full channel drops notices; the poller repeats them while the canister has sessions.
+	failures := make(chan *nats.Msg, 64)
+	failSub, err := e.nc.ChanSubscribe(broker.SubjectCanisterFailedAll, failures)
+	if err != nil {
+		return fmt.Errorf("edge: subscribe to canister failure notices: %w", err)
+	}
+	defer func() { _ = failSub.Unsubscribe() }()
 
 	var bgWG sync.WaitGroup
 	for _, ch := range e.shards {
@@ -220,7 +235,8 @@ func (e *Edge) Run(ctx context.Context) error {
 	defer func() { _ = leaderSub.Unsubscribe() }()
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); e.watchLeaderChanges(bg, leader) }()
-	bgWG.Add(4)
+	bgWG.Add(5)
+	go func() { defer bgWG.Done(); e.watchCanisterFailures(bg, failures) }()
 	go func() { defer bgWG.Done(); e.watchStreams(bg) }()
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()

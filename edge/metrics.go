@@ -18,6 +18,7 @@ type metrics struct {
 	refused          *prometheus.CounterVec // reason
 	panics           *prometheus.CounterVec // where
 	opens            *prometheus.CounterVec // result of ws_open at the IC
+	forcedCloses     *prometheus.CounterVec // cause
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -44,12 +45,14 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Help: "panics recovered while handling one connection (the connection was closed), by where"}, []string{"where"}),
 		opens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_open_results_total",
 			Help: "sessions by the IC's answer to their ws_open (confirmed, refused, timeout)"}, []string{"result"}),
+		forcedCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_forced_closes_total",
+			Help: "sessions ended for good at another role's request, by cause (canister_failed: a poller declared the canister failed, sockets and detached sessions; backlog: a submitter found the client sending faster than the canister executes)"}, []string{"cause"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.framesIn, m.framesOut, m.bytesIn,
-		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens} {
+		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens, m.forcedCloses} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

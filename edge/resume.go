@@ -56,6 +56,9 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		}
 		switch {
 		case rec == nil:
+			if why, failed := c.e.canisterFailedFor(c.canText, time.Time{}); failed {
+				return fail(why) // the likely end of the session: say why
+			}
 			return fail("unknown session")
 		case !rec.Resumable:
 			return fail("session did not opt in to resume")
@@ -65,6 +68,9 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			return fail("session closed")
 		case rec.State == broker.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
 			return fail("grace period over")
+		}
+		if why, failed := c.e.canisterFailedFor(c.canText, rec.OpenedAt); failed {
+			return fail(why)
 		}
 		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil && last.Sequence >= rec.OutFrom {
 			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {

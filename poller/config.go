@@ -23,6 +23,8 @@ type Config struct {
 	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
 	KickMinGap     time.Duration `envconfig:"POLL_KICK_MIN_GAP" default:"5ms" desc:"least time between two polls of a canister when submitters announce executed calls (poll kicks); 0 polls at once"`
 	MaxCanisters   int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
+	// FailClose: a canister answering only with permanent errors for this long counts as failed.
+	FailClose time.Duration `envconfig:"POLL_FAIL_CLOSE" default:"60s" desc:"how long a canister may answer ws_get_messages with nothing but permanent errors (stopped, missing, trapping, method missing, undecodable) before its sessions are closed (1011) and polling waits for a new session; transient errors are retried for ever"`
 	// ReadyWindow: Ready fails when polls have been failing for longer than this.
 	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
 }
@@ -49,6 +51,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Linger, 5*time.Second)
 	def(&c.PublishTimeout, 5*time.Second)
 	def(&c.ReadyWindow, 30*time.Second)
+	def(&c.FailClose, time.Minute)
 	if c.MaxCanisters == 0 {
 		c.MaxCanisters = 1000
 	}
@@ -71,6 +74,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_LINGER=%s: must not be negative", c.Linger)
 	case c.PublishTimeout <= 0:
 		return fmt.Errorf("ICWS_POLL_PUBLISH_TIMEOUT=%s: must be positive", c.PublishTimeout)
+	case c.FailClose < 0:
+		return fmt.Errorf("ICWS_POLL_FAIL_CLOSE=%s: must be positive", c.FailClose)
 	case c.MaxCanisters < 1:
 		return fmt.Errorf("ICWS_MAX_CANISTERS=%d: must be at least 1", c.MaxCanisters)
 	}

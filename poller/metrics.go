@@ -14,6 +14,7 @@ type metrics struct {
 	resets         *prometheus.CounterVec
 	panics         prometheus.Counter
 	refused        prometheus.Counter
+	failures       *prometheus.CounterVec
 }
 
 // Error kinds of icws_poller_errors_total.
@@ -61,8 +62,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "icws_poller_canisters_refused_total", Help: "Canisters not polled because ICWS_MAX_CANISTERS are polled already.",
 		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "icws_poller_canister_failures_total",
+			Help: "Canisters declared failed after ICWS_POLL_FAIL_CLOSE of permanent ws_get_messages errors (their sessions were closed), by cause (stopped, not_found, method_missing, no_module, trapped, rejected, refused, undecodable).",
+		}, []string{"cause"}),
 	}
-	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused} {
+	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused, m.failures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -44,7 +44,8 @@ func (p *Poller) frameLimit() int {
 }
 
 // runCanister competes for the canister's lease and polls while holding it, until ctx ends.
-func (p *Poller) runCanister(ctx context.Context, c principal.Principal, lease *broker.Lease, kick <-chan struct{}) {
+func (p *Poller) runCanister(ctx context.Context, c principal.Principal, w *workerHandle) {
+	lease := w.lease
 	id := c.Encode()
 	log := p.log.With("canister", id)
 	// Canister ids come from clients; a stopped worker's series must not stay behind.
@@ -66,7 +67,7 @@ func (p *Poller) runCanister(ctx context.Context, c principal.Principal, lease *
 			case <-lctx.Done():
 			}
 		})
-		err := p.pollCanister(lctx, c, kick)
+		err := p.pollCanister(lctx, c, w)
 		cancel()
 		wg.Wait()
 		lost := lease.Err()
@@ -87,8 +88,9 @@ func (p *Poller) runCanister(ctx context.Context, c principal.Principal, lease *
 	}
 }
 
-// pollCanister is the polling loop of a canister whose lease we hold.
-func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <-chan struct{}) error {
+// pollCanister is the polling loop of a canister whose lease we hold. After FailClose of nothing
+// but permanent errors it declares the canister failed and sits that out (sitOutFailure).
+func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *workerHandle) error {
 	id := c.Encode()
 	log := p.log.With("canister", id)
 	h := p.handles()
@@ -100,13 +102,38 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 		backoff = min(2*backoff, p.cfg.BackoffMax)
 		return ok
 	}
+	// permanentSince is when the current run of permanent errors began (zero: none); a transient
+	// error or a usable answer ends it. failure is set once the run lasted FailClose.
+	var permanentSince time.Time
+	var failure *pollFailure
+	var failureErr error
 	// failFetch is fail for a ws_get_messages error, classified; false once ctx has ended.
 	failFetch := func(err error) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		kind, msg := classify(err)
-		return fail(kind, msg, err)
+		f := classify(err)
+		wait := backoff
+		if !f.permanent {
+			permanentSince = time.Time{}
+		} else {
+			now := time.Now()
+			if permanentSince.IsZero() {
+				permanentSince = now
+			}
+			left := p.cfg.FailClose - now.Sub(permanentSince)
+			if left <= 0 {
+				p.m.errors.WithLabelValues(f.kind).Inc()
+				failure, failureErr = &f, err
+				return true
+			}
+			wait = min(wait, left) // declare on time rather than up to BackoffMax late
+		}
+		p.m.errors.WithLabelValues(f.kind).Inc()
+		log.Warn(f.msg, "err", err, "retry_in", wait)
+		ok := sleep(ctx, wait)
+		backoff = min(2*backoff, p.cfg.BackoffMax)
+		return ok
 	}
 
 	var cur broker.CursorRecord
@@ -124,6 +151,12 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 	p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 
 	for ctx.Err() == nil {
+		if failure != nil {
+			if !p.sitOutFailure(ctx, id, w, *failure, failureErr, permanentSince) {
+				return nil
+			}
+			failure, failureErr, permanentSince, backoff = nil, nil, time.Time{}, p.cfg.BackoffMin
+		}
 		start := time.Now()
 		// Ask for the last published message again: seeing it unchanged proves the queue was not
 		// reset since; seeing it gone or different means it was.
@@ -146,7 +179,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 			var first uint64
 			if len(msgs) > 0 {
 				if first, err = protocol.MessageKeyNonce(msgs[0].Key); err != nil {
-					if !fail(errKindDecode, "bad message key in ws_get_messages answer", err) {
+					if !failFetch(&decodeError{fmt.Errorf("bad message key in ws_get_messages answer: %w", err)}) {
 						return nil
 					}
 					continue
@@ -168,6 +201,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 				log.Warn("queue gap: messages expired in the canister before they were polled", "from_nonce", cur.NextNonce, "to_nonce", first-1)
 			}
 		}
+		permanentSince = time.Time{} // a usable answer
 		if reset {
 			log.Warn("canister queue reset detected; resynchronising from its first retained message", "next_nonce", cur.NextNonce, "last_key", cur.LastKey, "epoch", cur.Epoch+1)
 			p.m.resets.WithLabelValues(id).Inc()
@@ -220,7 +254,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, kick <
 		}
 		backoff = p.cfg.BackoffMin
 		if res.IsEndOfQueue {
-			if !p.waitNextPoll(ctx, start, kick) {
+			if !p.waitNextPoll(ctx, start, w.kick) {
 				return nil
 			}
 		}
@@ -244,7 +278,9 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	reply, err := p.deps.IC.Query(qctx, c, "ws_get_messages", arg)
 	p.m.pollLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
-		p.notePoll(false)
+		// A reject is an answer: the IC is reachable, only this canister fails.
+		var re *icclient.RejectError
+		p.notePoll(errors.As(err, &re))
 		return protocol.CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages(%d): %w", nonce, err)
 	}
 	p.notePoll(true)
@@ -265,21 +301,6 @@ func (e *decodeError) Unwrap() error { return e.error }
 type canisterError struct{ error }
 
 func (e *canisterError) Unwrap() error { return e.error }
-
-func classify(err error) (kind, msg string) {
-	var de *decodeError
-	var ce *canisterError
-	var re *icclient.RejectError
-	switch {
-	case errors.As(err, &de):
-		return errKindDecode, "cannot decode ws_get_messages answer; retrying"
-	case errors.As(err, &ce):
-		return errKindCanister, "canister refused ws_get_messages; retrying"
-	case errors.As(err, &re) && re.Code != icclient.RejectSysTransient:
-		return errKindReject, "ws_get_messages rejected; retrying"
-	}
-	return errKindTransient, "ws_get_messages failed; retrying"
-}
 
 type published struct {
 	nonce uint64

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -122,6 +123,10 @@ type workerHandle struct {
 	kick chan struct{}
 	// idleSince is when the canister's last session went away; zero while it has sessions.
 	idleSince time.Time
+	// revive says a session of the canister was newly confirmed: a failed canister runs again.
+	revive chan struct{}
+	// hasSessions: the canister has confirmed sessions (a failure notice is worth repeating).
+	hasSessions atomic.Bool
 }
 
 // Run polls until ctx ends, then stops every canister worker, releasing its leases so a standby
@@ -156,13 +161,13 @@ func (p *Poller) Run(ctx context.Context) error {
 			return nil
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		w := &workerHandle{cancel: cancel, done: make(chan struct{}), lease: p.newLease(h, id), kick: make(chan struct{}, 1)}
+		w := &workerHandle{cancel: cancel, done: make(chan struct{}), lease: p.newLease(h, id), kick: make(chan struct{}, 1), revive: make(chan struct{}, 1)}
 		workers[id] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer close(w.done)
-			p.runCanister(wctx, c, w.lease, w.kick)
+			p.runCanister(wctx, c, w)
 		}()
 		p.log.Info("canister polling started", "canister", id)
 		return w
@@ -217,16 +222,27 @@ func (p *Poller) Run(ctx context.Context) error {
 					set = make(map[string]struct{})
 					sessions[id] = set
 				}
+				_, known := set[e.Key()]
 				set[e.Key()] = struct{}{}
 				if w := start(id, c); w != nil {
 					w.idleSince = time.Time{}
+					w.hasSessions.Store(true)
+					if !known {
+						select {
+						case w.revive <- struct{}{}:
+						default:
+						}
+					}
 				}
 			} else if set != nil {
 				delete(set, e.Key())
 				if len(set) == 0 {
 					delete(sessions, id)
-					if w := workers[id]; w != nil && w.idleSince.IsZero() {
-						w.idleSince = time.Now()
+					if w := workers[id]; w != nil {
+						w.hasSessions.Store(false)
+						if w.idleSince.IsZero() {
+							w.idleSince = time.Now()
+						}
 					}
 				}
 			}

@@ -109,6 +109,16 @@ func CanisterRejected(msg string) *Reject {
 	return &Reject{Code: CanisterReject, Message: msg, ErrorCode: "IC0406"}
 }
 
+// canisterStopped is the IC's rejection of a message to a stopped canister: queries and new calls
+// are refused until the canister is started again.
+func canisterStopped(canister principal.Principal) *Reject {
+	return &Reject{
+		Code:      CanisterError,
+		Message:   fmt.Sprintf("Canister %s is stopped", canister),
+		ErrorCode: "IC0508",
+	}
+}
+
 // canisterNotFound is the IC's rejection of a message to a canister that does not exist.
 func canisterNotFound(canister principal.Principal) *Reject {
 	return &Reject{

@@ -190,8 +190,8 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	cs := r.canister(in.Canister)
-	if cs == nil {
-		resp := rejectFields(canisterNotFound(in.Canister))
+	if rej := refusedCall(cs, in.Canister); rej != nil {
+		resp := rejectFields(rej)
 		resp["status"] = "non_replicated_rejection"
 		writeCBOR(w, http.StatusOK, resp)
 		return
@@ -224,12 +224,24 @@ func (r *Replica) handleCallV2(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	cs := r.canister(in.Canister)
-	if cs == nil {
-		writeCBOR(w, http.StatusOK, rejectFields(canisterNotFound(in.Canister)))
+	if rej := refusedCall(cs, in.Canister); rej != nil {
+		writeCBOR(w, http.StatusOK, rejectFields(rej))
 		return
 	}
 	r.submit(in, cs)
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// refusedCall is the IC's rejection of a message to a missing or stopped canister, before any
+// execution; nil when the canister takes messages.
+func refusedCall(cs *canisterState, id principal.Principal) *Reject {
+	switch {
+	case cs == nil:
+		return canisterNotFound(id)
+	case cs.stopped.Load():
+		return canisterStopped(id)
+	}
+	return nil
 }
 
 // handleQuery executes a query and answers with a node-signed response (unsigned with
@@ -241,9 +253,8 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	}
 	var reply []byte
 	var rej *Reject
-	if cs := r.canister(in.Canister); cs == nil {
-		rej = canisterNotFound(in.Canister)
-	} else {
+	cs := r.canister(in.Canister)
+	if rej = refusedCall(cs, in.Canister); rej == nil {
 		call := Call{
 			Caller:          in.Sender,
 			Method:          in.Method,
@@ -521,6 +532,10 @@ func (r *Replica) handleControl(w http.ResponseWriter, req *http.Request) {
 // every certificate (read_state, v3 call, data certificates) and of query signatures; GET /corrupt
 // reports the switches. TEST ONLY.
 func (r *Replica) replicaControl(w http.ResponseWriter, req *http.Request) {
+	if req.URL.Path == "/stop" || req.URL.Path == "/start" {
+		r.stopControl(w, req)
+		return
+	}
 	if req.URL.Path != "/corrupt" {
 		textError(w, http.StatusNotFound, "unknown control path")
 		return
@@ -548,6 +563,26 @@ func (r *Replica) replicaControl(w http.ResponseWriter, req *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = fmt.Fprintf(w, "certificates=%t query_signatures=%t\n", r.corruptCerts.Load(), r.corruptQuerySigs.Load())
+}
+
+// stopControl: POST /stop?canister=<id> and POST /start?canister=<id> (SetStopped). TEST ONLY.
+func (r *Replica) stopControl(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost {
+		textError(w, http.StatusMethodNotAllowed, "POST")
+		return
+	}
+	id, err := principal.Decode(req.URL.Query().Get("canister"))
+	if err != nil {
+		textError(w, http.StatusBadRequest, fmt.Sprintf("canister: %v", err))
+		return
+	}
+	stop := req.URL.Path == "/stop"
+	if err := r.SetStopped(id, stop); err != nil {
+		textError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	r.log.Warn("TEST HOOK: canister status switched", "canister", id.Encode(), "stopped", stop)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // SetCorruption is the Go form of the TEST-ONLY corruption switches.

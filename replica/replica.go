@@ -11,9 +11,11 @@
 // TEST-ONLY hooks (nothing like them exists on the IC): with Config.TestHooks,
 // POST /_/control/replica/corrupt?certificates=<bool>&query_signatures=<bool> makes the replica
 // hand out certificates with a wrong BLS signature and query responses with a wrong node
-// signature (SetCorruption is the Go form); with Config.CanisterControl, canisters implementing
-// ControlProvider get /_/control/<canister id>/. The hooks carry no CORS headers and refuse
-// requests that carry an Origin, so a web page cannot reach them through a browser.
+// signature (SetCorruption is the Go form), and POST /_/control/replica/stop?canister=<id> and
+// /start?canister=<id> stop and start a canister as the management canister's stop_canister and
+// start_canister do (SetStopped is the Go form); with Config.CanisterControl, canisters
+// implementing ControlProvider get /_/control/<canister id>/. The hooks carry no CORS headers and
+// refuse requests that carry an Origin, so a web page cannot reach them through a browser.
 package replica
 
 import (
@@ -58,8 +60,9 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown of Serve.
 	ShutdownTimeout time.Duration `envconfig:"REPLICA_SHUTDOWN_TIMEOUT" default:"5s" desc:"bound of the graceful HTTP shutdown"`
 	// TestHooks enables TEST-ONLY endpoints under /_/control/replica/ that make the replica
-	// corrupt its certificates or query signatures, so tests can check that agents refuse them.
-	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable /_/control/replica/ corruption switches"`
+	// corrupt its certificates or query signatures, so tests can check that agents refuse them,
+	// and stop or start a canister, so tests can see a gateway handle a canister that stops.
+	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable the /_/control/replica/ switches (corrupt certificates and signatures, stop and start a canister)"`
 	// CanisterControl serves the control API of canisters that have one (ControlProvider) at
 	// /_/control/<canister id>/. It lets anyone who reaches the replica make the canister send,
 	// close clients or wipe its state, so it is off unless asked for.
@@ -156,6 +159,8 @@ type canisterState struct {
 
 	mu            sync.Mutex
 	certifiedData []byte
+	// stopped: the canister is stopped; queries and new calls are rejected (IC0508).
+	stopped atomic.Bool
 	// tail is closed when the last queued update has finished; updates run in arrival order.
 	tail chan struct{}
 }
@@ -212,6 +217,18 @@ func (r *Replica) canister(id principal.Principal) *canisterState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.canisters[string(id.Raw)]
+}
+
+// SetStopped stops (true) or starts (false) the canister at id, as the management canister's
+// stop_canister and start_canister do: a stopped canister rejects every query and every new call
+// with reject code 5 (IC0508) until it is started. Calls already accepted still execute.
+func (r *Replica) SetStopped(id principal.Principal, stopped bool) error {
+	cs := r.canister(id)
+	if cs == nil {
+		return fmt.Errorf("canister %s not found", id)
+	}
+	cs.stopped.Store(stopped)
+	return nil
 }
 
 // RunCanisters runs the Runner canisters until ctx ends (for tests that use Handler() with

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
@@ -19,6 +20,10 @@ type deliveredMsg struct {
 }
 
 func (m deliveredMsg) Subject() string { return m.subject }
+func (m deliveredMsg) Headers() nats.Header {
+	return nats.Header{broker.HeaderKind: []string{broker.KindMessage}}
+}
+func (m deliveredMsg) Data() []byte { return nil }
 func (m deliveredMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.stream, Consumer: m.consumer}}, nil
 }

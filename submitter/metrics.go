@@ -18,6 +18,8 @@ type metrics struct {
 	leasesLost      prometheus.Counter
 	opens           *prometheus.CounterVec // result
 	panics          prometheus.Counter
+	clientBacklog   prometheus.Histogram
+	backlogCloses   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -67,9 +69,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "icws_submitter_panics_total",
 			Help: "Panics recovered while relaying one ICWS_IN message (the message was dropped).",
 		}),
+		clientBacklog: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "icws_submitter_client_backlog",
+			Help:    "Envelopes a client has waiting (queued and in flight), observed as each one arrives.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 13),
+		}),
+		backlogCloses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_submitter_backlog_closes_total",
+			Help: "Clients closed because a queued envelope would expire before its turn (the client sends faster than the canister executes); their dropped envelopes count as icws_submitter_envelopes_total{outcome=\"backlog_dropped\"}.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.envelopes, m.rejects, m.latency, m.expired, m.retries,
-		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics} {
+		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics, m.clientBacklog, m.backlogCloses} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register submitter metrics: %w", err)
 		}

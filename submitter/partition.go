@@ -43,7 +43,9 @@ type partition struct {
 	mu      sync.Mutex
 	closed  bool // no more workers may start: run is waiting for them
 	clients map[string]*clientQueue
-	pending map[uint64]struct{} // stream sequences held, to ignore redeliveries
+	// condemned are sessions closed for their backlog, by client (see backlog.go).
+	condemned map[string]*condemnation
+	pending   map[uint64]struct{} // stream sequences held, to ignore redeliveries
 	// lastDelivery is the consumer sequence of the last delivery received: a jump means a delivery
 	// was lost in flight (a dropped NATS connection), so a client's later envelope could overtake it.
 	lastDelivery uint64
@@ -53,7 +55,10 @@ type partition struct {
 }
 
 type clientQueue struct {
-	msgs []jetstream.Msg
+	canister, client string // subject tokens
+	msgs             []queued
+	// inFlightSince is when the envelope being relayed started; zero when none is.
+	inFlightSince time.Time
 }
 
 func newPartition(s *Submitter, h *broker.Handles, n int, lease *broker.Lease) *partition {
@@ -63,6 +68,7 @@ func newPartition(s *Submitter, h *broker.Handles, n int, lease *broker.Lease) *
 		drainDone: make(chan struct{}),
 		stopCh:    make(chan struct{}),
 		clients:   map[string]*clientQueue{},
+		condemned: map[string]*condemnation{},
 		pending:   map[uint64]struct{}{},
 		done:      make(chan struct{}),
 	}
@@ -141,6 +147,8 @@ func (p *partition) run() {
 		}
 	})
 	defer func() { stopKeep(); keep.Wait() }()
+	p.s.track(p, true)
+	defer p.s.track(p, false)
 
 	// A delivery in flight when the connection dropped comes back only after AckWait, and if it
 	// was a client's last envelope no later delivery shows the gap: start again from the ack floor
@@ -311,15 +319,22 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 		return // redelivered after AckWait while still queued here
 	}
 	p.pending[md.Sequence.Stream] = struct{}{}
+	item := newQueued(msg, md)
 	q, ok := p.clients[client]
-	if ok {
-		q.msgs = append(q.msgs, msg)
-		return
+	if !ok {
+		canister, clientTok, _ := strings.Cut(client, ".")
+		q = &clientQueue{canister: canister, client: clientTok}
+		p.clients[client] = q
+		p.workers.Add(1)
+		go p.relayClient(client, q)
 	}
-	q = &clientQueue{msgs: []jetstream.Msg{msg}}
-	p.clients[client] = q
-	p.workers.Add(1)
-	go p.relayClient(client, q)
+	q.msgs = append(q.msgs, item)
+	backlog := len(q.msgs)
+	if !q.inFlightSince.IsZero() {
+		backlog++
+	}
+	p.s.m.clientBacklog.Observe(float64(backlog))
+	p.checkBacklogLocked(client, q, len(q.msgs)-1, time.Now())
 }
 
 // orderingKey is the per-client ordering key of an ICWS_IN subject, the client's session key. A
@@ -335,6 +350,7 @@ func orderingKey(subject string) string {
 // relayClient relays one client's queued envelopes in order and ends when the queue is empty. It
 // holds an in-flight slot only while one envelope is relayed, so a client with a long backlog (or
 // a slow canister) takes turns with the others instead of holding a slot for its whole backlog.
+// The envelopes of a session condemned for its backlog are dropped instead (backlog.go).
 func (p *partition) relayClient(client string, q *clientQueue) {
 	defer p.workers.Done()
 	for {
@@ -344,7 +360,26 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 			p.mu.Unlock()
 			return
 		}
-		msg := q.msgs[0]
+		now := time.Now()
+		p.checkBacklogLocked(client, q, 0, now)
+		item := q.msgs[0]
+		if cd := p.condemned[client]; cd != nil {
+			if item.kind == broker.KindMessage {
+				q.msgs[0] = queued{}
+				q.msgs = q.msgs[1:]
+				if now.Sub(cd.notified) >= closeRequestRepeat {
+					cd.notified = now
+					tag, _ := broker.SessionTagOfMsgID(item.msg.Headers().Get(broker.HeaderMsgID))
+					p.requestCloseLocked(q, cd, tag)
+				}
+				p.mu.Unlock()
+				p.dropCondemned(item)
+				p.release(item.msg)
+				continue
+			}
+			delete(p.condemned, client) // its close request, or a new session's open
+		}
+		msg := item.msg
 		p.mu.Unlock()
 		if !p.valid() {
 			p.lose("lease not renewed in time")
@@ -366,8 +401,9 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 			return
 		}
 		p.mu.Lock()
-		q.msgs[0] = nil
+		q.msgs[0] = queued{}
 		q.msgs = q.msgs[1:]
+		q.inFlightSince = time.Now()
 		p.mu.Unlock()
 		p.s.m.clientsInFlight.Inc()
 		if p.s.handle(p.ctx, p.n, msg) {
@@ -377,11 +413,19 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 		}
 		p.s.m.clientsInFlight.Dec()
 		<-p.s.sem
-		if md, err := msg.Metadata(); err == nil {
-			p.mu.Lock()
-			delete(p.pending, md.Sequence.Stream)
-			p.mu.Unlock()
-		}
+		p.mu.Lock()
+		q.inFlightSince = time.Time{}
+		p.mu.Unlock()
+		p.release(msg)
+	}
+}
+
+// release forgets a message that is finished or left to the next owner.
+func (p *partition) release(msg jetstream.Msg) {
+	if md, err := msg.Metadata(); err == nil {
+		p.mu.Lock()
+		delete(p.pending, md.Sequence.Stream)
+		p.mu.Unlock()
 	}
 }
 

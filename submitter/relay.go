@@ -32,6 +32,7 @@ const (
 	outcomeCloseErr       = "err"
 	outcomeCloseGaveUp    = "gave_up"
 	outcomeCloseBadAnswer = "bad_reply"
+	outcomeBacklogDropped = "backlog_dropped" // dropped unrelayed: its client was closed for its backlog
 )
 
 // handle relays one ICWS_IN message and reports whether it is finished (to be acked). false means
@@ -109,6 +110,11 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 			return false, callVerdict{}
 		}
 		if err == nil {
+			took := time.Since(start)
+			if out.Status == statusAccepted {
+				took += s.cfg.SettleDelay
+			}
+			s.pace.observe(canister.Encode(), took, time.Now())
 			return s.recordOutcome(ctx, log, kind, canister, out), verdictOf(out)
 		}
 		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {

@@ -63,6 +63,11 @@ type Submitter struct {
 
 	// sem bounds the clients relayed at the same time across all partitions.
 	sem chan struct{}
+	// pace estimates each canister's update latency (backlog.go).
+	pace *paceEstimator
+	// parts are the partitions running in this process, for the backlog metrics.
+	pmu   sync.Mutex
+	parts map[*partition]struct{}
 
 	running atomic.Bool
 	ready   atomic.Bool
@@ -94,7 +99,7 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Submitter{
+	s := &Submitter{
 		cfg:     cfg,
 		nc:      deps.NC,
 		js:      deps.JS,
@@ -102,8 +107,25 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		log:     log.With("submitter_id", cfg.ID),
 		m:       m,
 		sem:     make(chan struct{}, cfg.MaxInFlight),
+		pace:    newPaceEstimator(),
+		parts:   map[*partition]struct{}{},
 		crashCh: make(chan struct{}),
-	}, nil
+	}
+	if err := reg.Register(newBacklogCollector(s)); err != nil {
+		return nil, fmt.Errorf("register submitter metrics: %w", err)
+	}
+	return s, nil
+}
+
+// track adds (or removes) a running partition to the set the backlog metrics look at.
+func (s *Submitter) track(p *partition, running bool) {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if running {
+		s.parts[p] = struct{}{}
+	} else {
+		delete(s.parts, p)
+	}
 }
 
 // ID is the id this process uses in leases.
