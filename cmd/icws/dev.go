@@ -81,7 +81,6 @@ func devCommand() command {
 			}
 			defer shutdownEmbedded(emb, logger)
 
-
 			// The replica outlives the gateway: submitters drain against it on the way out.
 			replicaCtx, stopReplica := context.WithCancel(context.Background())
 			defer stopReplica()
