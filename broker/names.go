@@ -308,13 +308,15 @@ type MsgID struct {
 	Seq uint64
 }
 
-// SessionTagOfMsgID is the session tag a Nats-Msg-Id of ICWS_IN names (see ParseMsgID).
+// SessionTagOfMsgID is the session tag of a Nats-Msg-Id of ICWS_IN, without checking the rest of
+// it as ParseMsgID does.
 func SessionTagOfMsgID(id string) (string, bool) {
-	m, err := ParseMsgID(id)
-	if err != nil {
-		return "", false
+	toks := strings.Split(id, ".")
+	switch {
+	case len(toks) == 5 && toks[0] == msgIDMessage, len(toks) == 4 && (toks[0] == msgIDOpen || toks[0] == msgIDClose):
+		return toks[3], toks[3] != ""
 	}
-	return m.Session, true
+	return "", false
 }
 
 // ParseMsgID reverses OpenMsgID, MessageMsgID and CloseMsgID.
