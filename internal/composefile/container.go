@@ -190,6 +190,3 @@ func (ct *Container) HostPath(p string) (host string, ok bool) {
 	}
 	return "", false
 }
-
-// Mounted lists the mount points of the container.
-func (ct *Container) Mounted() []string { return slices.Clone(ct.targets) }
