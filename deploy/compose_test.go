@@ -1,31 +1,30 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/icws/icws/internal/composefile"
 )
 
-// icwsTool is the icws binary, asked for what it knows: its commands (`icws help`), its
-// configuration variables (`icws env`) and whether an environment is a valid configuration of a
-// command (`icws env check <command>`).
+// icwsTool is the icws binary and what it says about itself (composefile.DescribeIcws): its
+// commands, its configuration variables and, through `icws env check <command>`, whether an
+// environment is a valid configuration of a command.
 type icwsTool struct {
-	binary   string
-	commands map[string]bool
-	vars     map[string][]string // variable → commands that read it
+	binary string
+	*composefile.Icws
 }
 
 func buildIcws(t *testing.T) *icwsTool {
@@ -35,30 +34,13 @@ func buildIcws(t *testing.T) *icwsTool {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ../cmd/icws: %v\n%s", err, out)
 	}
-	tool := &icwsTool{binary: bin, commands: map[string]bool{}, vars: map[string][]string{}}
-	help, _ := tool.run(t, nil, "help")
-	inCommands := false
-	for line := range strings.Lines(help) {
-		switch {
-		case strings.HasPrefix(line, "commands:"):
-			inCommands = true
-		case inCommands && strings.HasPrefix(line, "  "):
-			tool.commands[strings.Fields(line)[0]] = true
-		case inCommands:
-			inCommands = false
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	described, err := composefile.DescribeIcws(ctx, bin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	table, _ := tool.run(t, nil, "env")
-	row := regexp.MustCompile("^\\| `(ICWS_[A-Z0-9_]+)` \\| [^|]* \\| ([^|]*) \\|")
-	for line := range strings.Lines(table) {
-		if m := row.FindStringSubmatch(line); m != nil {
-			tool.vars[m[1]] = strings.Split(strings.TrimSpace(m[2]), ", ")
-		}
-	}
-	if len(tool.commands) < 5 || len(tool.vars) < 20 {
-		t.Fatalf("icws help and icws env listed %d commands and %d variables:\n%s\n%s", len(tool.commands), len(tool.vars), help, table)
-	}
-	return tool
+	return &icwsTool{binary: bin, Icws: described}
 }
 
 // run runs icws with exactly env (no variable of the test's own environment but PATH).
@@ -74,91 +56,29 @@ func (x *icwsTool) run(t *testing.T, env []string, args ...string) (string, erro
 	return out.String(), err
 }
 
-// composeTestEnv stands in for the .env file an operator writes: the variables the compose file
-// requires (the NATS passwords) with test values.
-var composeTestEnv = []string{
-	"NATS_EDGE_PASSWORD=test-edge-password", "NATS_SUBMITTER_PASSWORD=test-submitter-password",
-	"NATS_POLLER_PASSWORD=test-poller-password", "NATS_ROUTE_PASSWORD=test-route-password",
-}
-
-// loadCompose loads a compose file as `docker compose` does (schema validation, interpolation
-// with composeTestEnv so required variables are set and defaults apply, consistency checks,
-// paths resolved).
-func loadCompose(ctx context.Context, file string) (*types.Project, error) {
-	opts, err := cli.NewProjectOptions([]string{file},
-		cli.WithWorkingDirectory(filepath.Dir(file)),
-		cli.WithName("icws"),
-		cli.WithResolvedPaths(true),
-		cli.WithEnv(composeTestEnv),
-	)
-	if err != nil {
-		return nil, err
-	}
-	return opts.LoadProject(ctx)
-}
-
-// imageEnv reads the ICWS_* variables that deploy/Dockerfile sets with ENV.
-func imageEnv(t *testing.T, dockerfile string) map[string]string {
-	t.Helper()
-	raw, err := os.ReadFile(dockerfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{}
-	joined := strings.ReplaceAll(string(raw), "\\\n", " ")
-	sc := bufio.NewScanner(strings.NewReader(joined))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "ENV ")
-		if !ok {
-			continue
-		}
-		for _, kv := range strings.Fields(rest) {
-			if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "ICWS_") {
-				env[k] = v
-			}
-		}
-	}
-	return env
-}
-
 // composeCheck checks a loaded compose project against the icws binary and the repository.
 type composeCheck struct {
 	t          *testing.T
 	icws       *icwsTool
 	dockerfile string            // absolute path of deploy/Dockerfile
-	imageEnv   map[string]string // its ENV
-	volumeDir  string            // stand-ins for named volumes
-	project    *types.Project    // set by problems
+	image      composefile.Image // what it sets
+	standIns   string            // where the services' stand-in file trees go
 }
 
 // problems lists everything wrong with the compose file; informational notes go to the test log.
 func (c *composeCheck) problems(ctx context.Context, file string) []string {
-	p, err := loadCompose(ctx, file)
+	p, err := composefile.Load(ctx, file, composefile.TestEnv())
 	if err != nil {
 		return []string{fmt.Sprintf("load: %v", err)}
 	}
-	c.project = p
 	var out []string
 	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 
-	// Services built from deploy/Dockerfile, and those running the image such a service builds,
-	// run the icws binary.
-	icwsImages := map[string]bool{}
-	for _, s := range p.Services {
-		if s.Build != nil && filepath.Join(s.Build.Context, s.Build.Dockerfile) == c.dockerfile {
-			icwsImages[s.Image] = true
-		}
-	}
-	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range p.Services {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	runsIcws := composefile.IcwsServices(p, c.dockerfile)
+	containers := composefile.Containers{Project: p, Dir: c.standIns}
 	type published struct{ service, hostIP string }
 	ports := map[string][]published{}
-	for _, name := range names {
+	for _, name := range composefile.SortedNames(p) {
 		s := p.Services[name]
 		for _, v := range s.Volumes {
 			if v.Type != types.VolumeTypeBind {
@@ -188,65 +108,52 @@ func (c *composeCheck) problems(ctx context.Context, file string) []string {
 				ports[key] = append(ports[key], published{name, port.HostIP})
 			}
 		}
-		runsIcws := (s.Build != nil && filepath.Join(s.Build.Context, s.Build.Dockerfile) == c.dockerfile) || icwsImages[s.Image]
-		if !runsIcws {
+		if !runsIcws[name] {
 			continue
 		}
-		out = append(out, c.checkIcwsService(name, s)...)
+		ct, err := containers.New(name, c.image)
+		if err != nil {
+			bad("%v", err)
+			continue
+		}
+		out = append(out, c.checkIcwsService(name, s, ct)...)
 	}
 	return out
 }
 
-func (c *composeCheck) checkIcwsService(name string, s types.ServiceConfig) []string {
+func (c *composeCheck) checkIcwsService(name string, s types.ServiceConfig, ct *composefile.Container) []string {
 	var out []string
 	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
-	args := []string(s.Command)
-	if s.Entrypoint != nil {
-		if len(s.Entrypoint) == 0 || filepath.Base(s.Entrypoint[0]) != "icws" {
-			return []string{fmt.Sprintf("service %s replaces the icws entrypoint with %q", name, s.Entrypoint)}
-		}
-		args = append(slices.Clone(s.Entrypoint[1:]), args...)
+	args, err := composefile.IcwsArgs(s)
+	if err != nil {
+		return []string{fmt.Sprintf("service %s: %v", name, err)}
 	}
-	command := "all" // icws without arguments
-	if len(args) > 0 {
-		command = args[0]
-	}
-	if !c.icws.commands[command] {
+	command := composefile.CommandOf(args)
+	if !c.icws.Commands[command] {
 		bad("service %s runs `icws %s`, which is not an icws command", name, strings.Join(args, " "))
 		return out
 	}
 
-	env := map[string]string{}
-	for k, v := range c.imageEnv {
-		env[k] = v
-	}
-	for k, v := range s.Environment {
+	env := composefile.ServiceEnv(c.image, s)
+	var kv []string
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		if !strings.HasPrefix(k, "ICWS_") {
 			continue
 		}
-		if v == nil {
-			delete(env, k) // passed through from an empty environment: unset
-			continue
-		}
-		env[k] = *v
-	}
-	var kv []string
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range env {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
-		usedBy, ok := c.icws.vars[k]
+		usedBy, ok := c.icws.Vars[k]
 		if !ok {
 			bad("service %s sets %s, which icws does not have (icws env)", name, k)
 			continue
 		}
-		if _, fromService := s.Environment[k]; fromService && !slices.Contains(usedBy, command) {
-			c.t.Logf("note: service %s sets %s, which `icws %s` does not read (read by %s)", name, k, command, strings.Join(usedBy, ", "))
+		if _, fromService := s.Environment[k]; fromService && !slices.Contains(usedBy.UsedBy, command) {
+			c.t.Logf("note: service %s sets %s, which `icws %s` does not read (read by %s)", name, k, command, strings.Join(usedBy.UsedBy, ", "))
 		}
-		kv = append(kv, k+"="+c.hostPath(name, s, env[k]))
+		value := env[k]
+		// A path inside the container is checked where the test finds it.
+		if host, ok := ct.HostPath(value); ok {
+			value = host
+		}
+		kv = append(kv, k+"="+value)
 	}
 	if len(out) > 0 {
 		return out
@@ -258,60 +165,6 @@ func (c *composeCheck) checkIcwsService(name string, s types.ServiceConfig) []st
 		bad("service %s: `icws %s` refuses its environment: %s", name, command, strings.TrimSpace(res))
 	}
 	return out
-}
-
-// hostPath maps a path inside a service's container to where the test can find it: a bind mount's
-// source, or a stand-in directory for a named volume. Other values are returned unchanged.
-func (c *composeCheck) hostPath(service string, s types.ServiceConfig, value string) string {
-	if !filepath.IsAbs(value) {
-		return value
-	}
-	// A compose secret is mounted at /run/secrets/<target>: stand in a file with its value.
-	for _, sec := range s.Secrets {
-		target := cmpOr(sec.Target, sec.Source)
-		if !filepath.IsAbs(target) {
-			target = "/run/secrets/" + target
-		}
-		if value != target || c.project == nil {
-			continue
-		}
-		def, ok := c.project.Secrets[sec.Source]
-		if !ok {
-			return value
-		}
-		data := def.Content
-		if def.Environment != "" {
-			data = c.project.Environment[def.Environment]
-		}
-		if def.File != "" {
-			return def.File
-		}
-		f := filepath.Join(c.volumeDir, "secrets", service, sec.Source)
-		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
-			c.t.Fatal(err)
-		}
-		if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
-			c.t.Fatal(err)
-		}
-		return f
-	}
-	for _, v := range s.Volumes {
-		rest, ok := strings.CutPrefix(value, v.Target)
-		if !ok || (rest != "" && !strings.HasPrefix(rest, "/")) {
-			continue
-		}
-		switch v.Type {
-		case types.VolumeTypeBind:
-			return v.Source + rest
-		case types.VolumeTypeVolume:
-			dir := filepath.Join(c.volumeDir, service, cmpOr(v.Source, "anonymous"))
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				c.t.Fatal(err)
-			}
-			return dir + rest
-		}
-	}
-	return value
 }
 
 func cmpOr(s, def string) string {
@@ -344,12 +197,16 @@ func newComposeCheck(t *testing.T) *composeCheck {
 	if err != nil {
 		t.Fatal(err)
 	}
+	image, err := composefile.ReadDockerfile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &composeCheck{
 		t:          t,
 		icws:       buildIcws(t),
 		dockerfile: dockerfile,
-		imageEnv:   imageEnv(t, dockerfile),
-		volumeDir:  t.TempDir(),
+		image:      image,
+		standIns:   t.TempDir(),
 	}
 }
 

@@ -7,13 +7,16 @@
 //   CONTROL_URL      <IC_URL>/_/control/<canister>/ the demo canister's TEST-ONLY control API
 //   ACK_INTERVAL_MS  the canister's send_ack_interval (ackMessageIntervalMs must equal it)
 //   KEEPALIVE_TIMEOUT_MS  the canister's keep-alive timeout (for the keep-alive test's timing)
-//   JS_SUITE         "main" (default canister timings: open, echo, 200 each way, burst, close) or
-//                    "keepalive" (a canister with short ack/keep-alive intervals)
+//   JS_SUITE         "main" (default canister timings: open, echo, 200 each way, burst, close),
+//                    "keepalive" (a canister with short ack/keep-alive intervals), "scenario" (the
+//                    scenario TestSameScenarioGoAndJS shares with client/) or "stack" (open, echo,
+//                    burst, close through one edge of the compose stack that
+//                    TestComposeStackRunsAsLocalProcesses runs)
 //
-// Two suites because the SDK verifies the BLS certificate of every message in order on one
-// thread (about 0.1-0.2 s each here): while it works through a few hundred messages, an AckMessage
-// waits behind them for longer than a 2 s keep-alive timeout allows, and the canister would close
-// the client. Real deployments use 300 s / 60 s.
+// "main" and "keepalive" are separate suites because the SDK verifies the BLS certificate of every
+// message in order on one thread (about 0.1-0.2 s each here): while it works through a few hundred
+// messages, an AckMessage waits behind them for longer than a 2 s keep-alive timeout allows, and
+// the canister would close the client. Real deployments use 300 s / 60 s.
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -344,3 +347,26 @@ async function waitCanisterClosed(token) {
   });
   return log;
 }
+
+// --- the compose stack (TestComposeStackRunsAsLocalProcesses runs this through each edge) ---
+const stack = { skip: SUITE !== "stack" && `JS_SUITE=${SUITE}` };
+
+test("stack: open, echo, burst, close", { ...stack, timeout: 90_000 }, async () => {
+  const c = await openClient();
+  const echoes = ["one", "two", "three", "four", "five"];
+  for (const text of echoes) c.ws.send({ text, timestamp: now() });
+  await waitMessages(c, echoes.length);
+  assert.deepEqual(c.messages.map((m) => m.text), echoes);
+
+  const n = 20;
+  c.ws.send({ text: `burst:${n}`, timestamp: now() });
+  await waitMessages(c, echoes.length + n);
+  assert.deepEqual(c.messages.slice(echoes.length).map((m) => m.text), Array.from({ length: n }, (_, i) => `burst:${i + 1}`));
+  assertHealthy(c);
+
+  await closeClient(c);
+  assert.equal(c.closeEvent.code, 1000);
+  const log = await waitCanisterClosed(c.token);
+  assert.deepEqual(log.texts, [...echoes, `burst:${n}`]);
+  assert.equal(log.sequence_errors, 0);
+});
