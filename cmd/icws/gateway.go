@@ -310,7 +310,9 @@ func waitForStreams(ctx context.Context, js jetstream.JetStream, logger *slog.Lo
 func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo broker.Topology, logger *slog.Logger) error {
 	delay := 200 * time.Millisecond
 	for {
-		attemptCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// One attempt creates five replicated streams and buckets: on a fresh cluster, with another
+		// process creating the same ones, that takes the meta leader many seconds.
+		attemptCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := broker.Ensure(attemptCtx, js, topo)
 		cancel()
 		if err == nil {
