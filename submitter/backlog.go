@@ -214,12 +214,11 @@ func (p *partition) requestClose(canister, client, tag, reason string) {
 	case rec == nil || rec.State == broker.SessionClosed || (tag != "" && rec.Tag() != tag):
 		return // the session is ending already, or the key has a newer session
 	case rec.State == broker.SessionDetached:
+		// Marked closed, the session is finished by the sweeper of the edge it names (close
+		// request behind the client's envelopes, record deleted), as every closed session is.
 		rec.State = broker.SessionClosed
-		if rev, err = p.s.sessions.Put(ctx, rec, rev); err != nil {
-			return // resumed meanwhile: its next envelope asks its new edge
-		}
-		if err := p.s.sessions.Finish(ctx, rec, rev, reason); err != nil {
-			log.Debug("finish the detached session of a client with a backlog (a sweeper retries)", "err", err)
+		if _, err = p.s.sessions.Put(ctx, rec, rev); err != nil {
+			log.Debug("close the detached session of a client with a backlog: resumed meanwhile; its next envelope asks its new edge", "err", err)
 		}
 		return
 	}
