@@ -11,9 +11,11 @@
 // TEST-ONLY hooks (nothing like them exists on the IC): with Config.TestHooks,
 // POST /_/control/replica/corrupt?certificates=<bool>&query_signatures=<bool> makes the replica
 // hand out certificates with a wrong BLS signature and query responses with a wrong node
-// signature (SetCorruption is the Go form); with Config.CanisterControl, canisters implementing
-// ControlProvider get /_/control/<canister id>/. The hooks carry no CORS headers and refuse
-// requests that carry an Origin, so a web page cannot reach them through a browser.
+// signature (SetCorruption is the Go form), and POST /_/control/replica/canister-signature signs
+// as an Internet Identity user of the simulated network (CanisterSigner is the Go form); with
+// Config.CanisterControl, canisters implementing ControlProvider get /_/control/<canister id>/.
+// The hooks carry no CORS headers and refuse requests that carry an Origin, so a web page cannot
+// reach them through a browser.
 package replica
 
 import (
@@ -27,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/icws/icws/internal/certauth"
@@ -58,8 +61,9 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown of Serve.
 	ShutdownTimeout time.Duration `envconfig:"REPLICA_SHUTDOWN_TIMEOUT" default:"5s" desc:"bound of the graceful HTTP shutdown"`
 	// TestHooks enables TEST-ONLY endpoints under /_/control/replica/ that make the replica
-	// corrupt its certificates or query signatures, so tests can check that agents refuse them.
-	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable /_/control/replica/ corruption switches"`
+	// corrupt its certificates or query signatures, so tests can check that agents refuse them,
+	// and that sign as an Internet Identity user of the simulated network.
+	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable /_/control/replica/ corruption switches and canister-signature signer"`
 	// CanisterControl serves the control API of canisters that have one (ControlProvider) at
 	// /_/control/<canister id>/. It lets anyone who reaches the replica make the canister send,
 	// close clients or wipe its state, so it is off unless asked for.
@@ -134,7 +138,7 @@ func New(cfg Config) (*Replica, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		keys:      k,
-		ingress:   protocol.IngressPolicy{MaxTTL: cfg.MaxIngressTTL, Drift: cfg.IngressDrift},
+		ingress:   protocol.IngressPolicy{MaxTTL: cfg.MaxIngressTTL, Drift: cfg.IngressDrift, RootKey: k.RootKey(), CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		canisters: map[string]*canisterState{},
 		requests:  map[protocol.RequestID]*requestState{},
 	}, nil
@@ -145,6 +149,15 @@ func (r *Replica) RootKey() []byte { return r.keys.RootKey() }
 
 // SubnetID returns the id of the simulated subnet (the first one published without delegation).
 func (r *Replica) SubnetID() principal.Principal { return r.keys.SubnetIDs()[0] }
+
+// CanisterSigner returns the canister-signature key of canister for seed on the simulated network:
+// the kind of key Internet Identity holds for every user and app, whose signatures are
+// certificates of the canister's certified data signed by this replica's keys. Tests and tools sign
+// in as an Internet Identity user with it (directly, or as the root of a
+// protocol.DelegationIdentity); no canister needs to be installed at canister.
+func (r *Replica) CanisterSigner(canister principal.Principal, seed []byte) identity.Identity {
+	return r.keys.CanisterSigner(canister, seed)
+}
 
 // NodeID returns the id of the node that signs query responses.
 func (r *Replica) NodeID() principal.Principal { return r.keys.NodeID() }
