@@ -24,6 +24,7 @@ import (
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
+	"github.com/icws/icws/protocol/certificate"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,10 @@ type Deps struct {
 	Gateway  principal.Principal
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+
+	// RootKey is the IC root key (DER) that canister signatures, the keys Internet Identity's
+	// delegation chains start at, are verified against. Without it they are refused.
+	RootKey []byte
 }
 
 // Edge is the WebSocket termination role. Create it with New and start it with Run; Handler and
@@ -100,6 +105,11 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
+	if len(deps.RootKey) > 0 {
+		if _, err := certificate.ParseBLSPublicKeyDER(deps.RootKey); err != nil {
+			return nil, fmt.Errorf("edge: IC root key: %w", err)
+		}
+	}
 	hs, err := protocol.GatewayHandshake{GatewayPrincipal: deps.Gateway.Raw}.Encode()
 	if err != nil {
 		return nil, err
@@ -120,7 +130,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
 		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
-		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift},
+		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
 	}

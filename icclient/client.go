@@ -123,28 +123,63 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		http: cfg.HTTPClient,
 		keys: make(map[string]*nodeKeys),
 	}
+	if c.rootKey, err = c.settleRootKey(ctx, u); err != nil {
+		return nil, err
+	}
+	if cfg.SkipQuerySignatures {
+		c.log.Warn("ic query answers are accepted without checking their node signatures (only for local replicas)", "url", redact.URL(c.base))
+	}
+	return c, nil
+}
+
+// settleRootKey returns the configured root key, the built-in key for mainnet hosts (never
+// fetched), or the key fetched from /api/v2/status, checked to be a DER BLS key.
+func (c *Client) settleRootKey(ctx context.Context, u *url.URL) ([]byte, error) {
+	var key []byte
 	switch {
-	case len(cfg.RootKey) > 0:
-		c.rootKey = cfg.RootKey
+	case len(c.cfg.RootKey) > 0:
+		key = c.cfg.RootKey
 		c.log.Info("ic root key from configuration", "url", redact.URL(c.base))
 	case protocol.IsMainnetHost(u.Hostname()):
-		c.rootKey = certificate.MainnetRootKey()
+		key = certificate.MainnetRootKey()
 		c.log.Info("ic root key: built-in mainnet key", "url", redact.URL(c.base))
 	default:
 		k, err := c.fetchRootKey(ctx)
 		if err != nil {
 			return nil, err
 		}
-		c.rootKey = k
+		key = k
 		c.log.Warn("ic root key fetched from the network (trust on first use; only for local/test networks)", "url", redact.URL(c.base))
 	}
-	if _, err := certificate.ParseBLSPublicKeyDER(c.rootKey); err != nil {
+	if _, err := certificate.ParseBLSPublicKeyDER(key); err != nil {
 		return nil, fmt.Errorf("icclient: root key is not a DER BLS key: %w", err)
 	}
-	if cfg.SkipQuerySignatures {
-		c.log.Warn("ic query answers are accepted without checking their node signatures (only for local replicas)", "url", redact.URL(c.base))
+	return key, nil
+}
+
+// RootKey settles the root key of the IC at icURL as New does, for a role that needs the key but
+// makes no requests of its own (the edge verifies canister signatures with it): configured when
+// set, the built-in key for mainnet hosts (never fetched), else the key at <icURL>/api/v2/status
+// (trust on first use, for local and test networks), fetched once with hc (nil: a client with a
+// 30 s timeout). The caller bounds the fetch with ctx.
+func RootKey(ctx context.Context, icURL string, configured []byte, hc *http.Client, logger *slog.Logger) ([]byte, error) {
+	u, err := url.Parse(icURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("icclient: IC URL %q: want http(s)://host[:port]", icURL)
 	}
-	return c, nil
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{
+		cfg:  Config{URL: icURL, RootKey: configured, MaxResponseBytes: 1 << 20},
+		base: strings.TrimRight(icURL, "/"),
+		log:  logger,
+		http: hc,
+	}
+	return c.settleRootKey(ctx, u)
 }
 
 // RootKey returns the DER root key the client verifies against.

@@ -26,6 +26,11 @@ const (
 	maxDelegations    = 20
 	maxTargets        = 1000
 	anonymousSenderID = 0x04
+	// maxCostlySigs bounds the canister signatures and RSA WebAuthn signatures of one envelope,
+	// which the IC does not: each costs milliseconds (BLS pairings; an 8192-bit modulus), where
+	// the IC's 20 delegations would let one frame cost a third of a second. Internet Identity's
+	// chains hold one canister signature.
+	maxCostlySigs = 2
 )
 
 var (
@@ -39,6 +44,14 @@ var (
 type IngressPolicy struct {
 	MaxTTL time.Duration // longest accepted ingress_expiry ahead of now (IC: 5m)
 	Drift  time.Duration // clock drift allowance added to the window (IC: 30s)
+	// RootKey is the IC root key (DER) that canister signatures are verified against (the keys
+	// Internet Identity's delegation chains start at). Without it, canister-signature keys are
+	// refused with ErrCanisterSigNoRootKey.
+	RootKey []byte
+	// CanisterSigs, when set, remembers canister signatures that verified, so that the same
+	// delegation on every request of a session costs its BLS pairings once, and bounds how many
+	// are verified at once (see CanisterSigVerifier).
+	CanisterSigs *CanisterSigVerifier
 }
 
 // Request is a verified request.
@@ -142,7 +155,8 @@ type Precheck func(*Request) error
 // at most 32 bytes, the request id, the prechecks, ingress_expiry within [now, now+MaxTTL+Drift],
 // then the sender: anonymous without key or signature, or the self-authenticating id of
 // sender_pubkey with sender_sig over "\x0Aic-request" ‖ request id by the last key of the
-// delegation chain (Ed25519, ECDSA secp256k1 or ECDSA P-256). Errors are *IngressError; a
+// delegation chain (Ed25519, ECDSA secp256k1, ECDSA P-256, a canister signature verified against
+// RootKey, or a WebAuthn assertion by a COSE key). Errors are *IngressError; a
 // precheck's *IngressError is returned as is, any other precheck error is wrapped in one of kind
 // IngressRefused.
 func (p IngressPolicy) VerifyEnvelope(envelope []byte, wantType string, now time.Time, prechecks ...Precheck) (*Request, error) {
@@ -171,7 +185,7 @@ func (p IngressPolicy) VerifyEnvelope(envelope []byte, wantType string, now time
 		return nil, ingressError(IngressExpiry, "Invalid request expiry: Specified ingress_expiry not within expected range: Minimum allowed expiry: %s, Maximum allowed expiry: %s, Provided expiry: %s",
 			minExpiry.UTC().Format(time.RFC3339Nano), maxExpiry.UTC().Format(time.RFC3339Nano), req.Expiry.UTC().Format(time.RFC3339Nano))
 	}
-	if ierr := authenticate(req, &env, now); ierr != nil {
+	if ierr := p.authenticate(req, &env, now); ierr != nil {
 		return nil, ierr
 	}
 	return req, nil
@@ -303,7 +317,7 @@ func firstError(list ...*IngressError) *IngressError {
 	return nil
 }
 
-func authenticate(req *Request, env *envelopeFields, now time.Time) *IngressError {
+func (p IngressPolicy) authenticate(req *Request, env *envelopeFields, now time.Time) *IngressError {
 	if env.SenderPubKey == nil && env.SenderSig == nil && env.SenderDelegation == nil {
 		if !req.Anonymous {
 			return ingressError(IngressSignature, "Invalid signature: Missing signature for non-anonymous sender %s", req.Sender)
@@ -322,8 +336,12 @@ func authenticate(req *Request, env *envelopeFields, now time.Time) *IngressErro
 	if len(env.SenderDelegation) > maxDelegations {
 		return ingressError(IngressDelegation, "Invalid delegation: Chain of delegations is too long: got %d delegations, but at most %d are allowed", len(env.SenderDelegation), maxDelegations)
 	}
-	key := env.SenderPubKey
-	seen := map[string]bool{string(key): true}
+	// The cheap checks of the whole chain come first, so that a chain refused for its shape,
+	// expiry or size costs no signature verification.
+	keys := make([][]byte, 0, len(env.SenderDelegation)+1) // keys[i] signs delegation i; the last one the request
+	keys = append(keys, env.SenderPubKey)
+	hashes := make([]RequestID, len(env.SenderDelegation))
+	seen := map[string]bool{string(env.SenderPubKey): true}
 	for i, sd := range env.SenderDelegation {
 		var d delegation
 		if err := icDecMode.Unmarshal(sd.Delegation, &d); err != nil || d.PubKey == nil {
@@ -333,9 +351,7 @@ func authenticate(req *Request, env *envelopeFields, now time.Time) *IngressErro
 		if err != nil {
 			return ingressError(IngressDelegation, "Invalid delegation: delegation %d: %v", i, err)
 		}
-		if err := verifySignature(key, delegationDomain, h[:], sd.Signature); err != nil {
-			return ingressError(IngressDelegation, "Invalid delegation: Invalid signature of delegation %d: %v", i, err)
-		}
+		hashes[i] = h
 		if d.Expiration < uint64(now.UnixNano()) {
 			return ingressError(IngressDelegation, "Invalid delegation: Delegation %d has expired: expiration %s is before the current time %s",
 				i, time.Unix(0, int64(min(d.Expiration, 1<<63-1))).UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))
@@ -350,9 +366,33 @@ func authenticate(req *Request, env *envelopeFields, now time.Time) *IngressErro
 			}
 			req.Targets = intersect(req.Targets, *d.Targets)
 		}
-		key = d.PubKey
+		keys = append(keys, d.PubKey)
 	}
-	if err := verifySignature(key, requestSignDomain, req.ID[:], env.SenderSig); err != nil {
+	costly := 0
+	for i, k := range keys {
+		switch {
+		case isCanisterSigKey(k):
+			costly++
+			if len(p.RootKey) == 0 {
+				if i < len(env.SenderDelegation) {
+					return ingressError(IngressDelegation, "Invalid delegation: %v", ErrCanisterSigNoRootKey)
+				}
+				return ingressError(IngressSignature, "Invalid signature: %v", ErrCanisterSigNoRootKey)
+			}
+		case isRSAWebAuthnKey(k):
+			costly++
+		}
+	}
+	if costly > maxCostlySigs {
+		return ingressError(IngressDelegation, "Invalid delegation: %d canister or RSA signatures in one request, at most %d are allowed", costly, maxCostlySigs)
+	}
+	for i, sd := range env.SenderDelegation {
+		if err := p.verifySignature(keys[i], delegationDomain, hashes[i][:], sd.Signature); err != nil {
+			return ingressError(IngressDelegation, "Invalid delegation: Invalid signature of delegation %d: %v", i, err)
+		}
+	}
+	key := keys[len(keys)-1]
+	if err := p.verifySignature(key, requestSignDomain, req.ID[:], env.SenderSig); err != nil {
 		return ingressError(IngressSignature, "Invalid signature: Invalid basic signature: %v", err)
 	}
 	if req.Type != RequestReadState && !req.TargetAllowed(req.Canister) {
@@ -379,8 +419,9 @@ func intersect(have, next [][]byte) [][]byte {
 }
 
 // verifySignature checks sig over domain ‖ hash by a DER public key: Ed25519, ECDSA secp256k1 or
-// ECDSA P-256 (r‖s over sha256, high S accepted as the IC does).
-func verifySignature(pubDER, domain, hash, sig []byte) error {
+// ECDSA P-256 (r‖s over sha256, high S accepted as the IC does), a canister signature against the
+// policy's root key, or a WebAuthn assertion by a COSE key.
+func (p IngressPolicy) verifySignature(pubDER, domain, hash, sig []byte) error {
 	msg := make([]byte, 0, len(domain)+len(hash))
 	msg = append(append(msg, domain...), hash...)
 	switch {
@@ -424,6 +465,13 @@ func verifySignature(pubDER, domain, hash, sig []byte) error {
 			return errors.New("P-256 signature verification failed")
 		}
 		return nil
+	case isCanisterSigKey(pubDER):
+		if len(p.RootKey) == 0 {
+			return ErrCanisterSigNoRootKey
+		}
+		return p.CanisterSigs.Verify(p.RootKey, pubDER, msg, sig)
+	case isWebAuthnKey(pubDER):
+		return VerifyWebAuthnSignature(pubDER, msg, sig)
 	default:
 		return fmt.Errorf("unsupported public key %x", pubDER)
 	}

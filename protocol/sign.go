@@ -36,11 +36,13 @@ type readStateContent struct {
 	Nonce         []byte     `cbor:"nonce,omitempty"`
 }
 
-// signedEnvelope is {content, sender_pubkey, sender_sig}; an anonymous sender leaves out both keys.
+// signedEnvelope is {content, sender_pubkey, sender_sig, sender_delegation}; an anonymous sender
+// leaves out the keys, an identity without a delegation chain the last one.
 type signedEnvelope struct {
-	Content      cbor.RawMessage `cbor:"content"`
-	SenderPubkey []byte          `cbor:"sender_pubkey,omitempty"`
-	SenderSig    []byte          `cbor:"sender_sig,omitempty"`
+	Content          cbor.RawMessage        `cbor:"content"`
+	SenderPubkey     []byte                 `cbor:"sender_pubkey,omitempty"`
+	SenderSig        []byte                 `cbor:"sender_sig,omitempty"`
+	SenderDelegation []wireSignedDelegation `cbor:"sender_delegation,omitempty"`
 }
 
 // requestSignDomain prefixes the request id in sender_sig (IC interface spec, "Authentication").
@@ -48,7 +50,8 @@ var requestSignDomain = []byte("\x0Aic-request")
 
 // SignEnvelope encodes the envelope {content, sender_pubkey, sender_sig} of r signed by id, without
 // the self-describe tag (as it goes inside a client frame), and returns it with the request id.
-// An anonymous identity produces an unsigned envelope.
+// An anonymous identity produces an unsigned envelope; a DelegationIdentity adds its chain as
+// sender_delegation.
 func SignEnvelope(id identity.Identity, r SignRequest) ([]byte, RequestID, error) {
 	if id == nil {
 		return nil, RequestID{}, errors.New("sign envelope: no identity")
@@ -107,6 +110,11 @@ func SignEnvelope(id identity.Identity, r SignRequest) ([]byte, RequestID, error
 	if !sender.IsAnonymous() {
 		env.SenderPubkey = id.PublicKey()
 		env.SenderSig = id.Sign(append(append([]byte{}, requestSignDomain...), rid[:]...))
+		if d, ok := id.(delegator); ok {
+			if env.SenderDelegation, err = encodeChain(d.Delegations()); err != nil {
+				return nil, RequestID{}, fmt.Errorf("sign envelope: %w", err)
+			}
+		}
 	}
 	b, err := cbor.Marshal(env)
 	if err != nil {

@@ -3,6 +3,8 @@ package replica
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -530,13 +532,18 @@ func (r *Replica) handleControl(w http.ResponseWriter, req *http.Request) {
 
 // replicaControl: POST /corrupt?certificates=<bool>&query_signatures=<bool> switches corruption of
 // every certificate (read_state, v3 call, data certificates) and of query signatures; GET /corrupt
-// reports the switches. TEST ONLY.
+// reports the switches; POST /canister-signature signs as an Internet Identity user
+// (canisterSignature). TEST ONLY.
 func (r *Replica) replicaControl(w http.ResponseWriter, req *http.Request) {
-	if req.URL.Path == "/stop" || req.URL.Path == "/start" {
+	switch req.URL.Path {
+	case "/corrupt":
+	case "/stop", "/start":
 		r.stopControl(w, req)
 		return
-	}
-	if req.URL.Path != "/corrupt" {
+	case "/canister-signature":
+		r.canisterSignature(w, req)
+		return
+	default:
 		textError(w, http.StatusNotFound, "unknown control path")
 		return
 	}
@@ -583,6 +590,40 @@ func (r *Replica) stopControl(w http.ResponseWriter, req *http.Request) {
 	}
 	r.log.Warn("TEST HOOK: canister status switched", "canister", id.Encode(), "stopped", stop)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// canisterSignature: POST /canister-signature?canister=<id>&seed=<hex> with the payload (domain
+// separator included) as body answers {"public_key": <hex DER>, "signature": <hex>}, the
+// signature of CanisterSigner(canister, seed), so that agents in other languages can sign in as
+// an Internet Identity user of the simulated network. TEST ONLY.
+func (r *Replica) canisterSignature(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost {
+		textError(w, http.StatusMethodNotAllowed, "POST")
+		return
+	}
+	canister, err := principal.Decode(req.URL.Query().Get("canister"))
+	if err != nil {
+		textError(w, http.StatusBadRequest, fmt.Sprintf("canister: %v", err))
+		return
+	}
+	seed, err := hex.DecodeString(req.URL.Query().Get("seed"))
+	if err != nil {
+		textError(w, http.StatusBadRequest, fmt.Sprintf("seed: %v", err))
+		return
+	}
+	payload, err := io.ReadAll(io.LimitReader(req.Body, 64<<10))
+	if err != nil {
+		textError(w, http.StatusBadRequest, fmt.Sprintf("payload: %v", err))
+		return
+	}
+	signer := r.CanisterSigner(canister, seed)
+	sig := signer.Sign(payload)
+	if sig == nil {
+		textError(w, http.StatusInternalServerError, "canister signature failed")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{"public_key": hex.EncodeToString(signer.PublicKey()), "signature": hex.EncodeToString(sig)})
 }
 
 // SetCorruption is the Go form of the TEST-ONLY corruption switches.

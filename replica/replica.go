@@ -11,11 +11,13 @@
 // TEST-ONLY hooks (nothing like them exists on the IC): with Config.TestHooks,
 // POST /_/control/replica/corrupt?certificates=<bool>&query_signatures=<bool> makes the replica
 // hand out certificates with a wrong BLS signature and query responses with a wrong node
-// signature (SetCorruption is the Go form), and POST /_/control/replica/stop?canister=<id> and
+// signature (SetCorruption is the Go form), POST /_/control/replica/stop?canister=<id> and
 // /start?canister=<id> stop and start a canister as the management canister's stop_canister and
-// start_canister do (SetStopped is the Go form); with Config.CanisterControl, canisters
-// implementing ControlProvider get /_/control/<canister id>/. The hooks carry no CORS headers and
-// refuse requests that carry an Origin, so a web page cannot reach them through a browser.
+// start_canister do (SetStopped is the Go form), and POST /_/control/replica/canister-signature
+// signs as an Internet Identity user of the simulated network (CanisterSigner is the Go form);
+// with Config.CanisterControl, canisters implementing ControlProvider get
+// /_/control/<canister id>/. The hooks carry no CORS headers and refuse requests that carry an
+// Origin, so a web page cannot reach them through a browser.
 package replica
 
 import (
@@ -29,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/icws/icws/internal/certauth"
@@ -61,8 +64,9 @@ type Config struct {
 	ShutdownTimeout time.Duration `envconfig:"REPLICA_SHUTDOWN_TIMEOUT" default:"5s" desc:"bound of the graceful HTTP shutdown"`
 	// TestHooks enables TEST-ONLY endpoints under /_/control/replica/ that make the replica
 	// corrupt its certificates or query signatures, so tests can check that agents refuse them,
-	// and stop or start a canister, so tests can see a gateway handle a canister that stops.
-	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable the /_/control/replica/ switches (corrupt certificates and signatures, stop and start a canister)"`
+	// stop or start a canister, so tests can see a gateway handle a canister that stops, and sign
+	// as an Internet Identity user of the simulated network.
+	TestHooks bool `envconfig:"REPLICA_TEST_HOOKS" default:"false" desc:"TEST ONLY: enable the /_/control/replica/ switches (corrupt certificates and signatures, stop and start a canister, sign as an Internet Identity user)"`
 	// CanisterControl serves the control API of canisters that have one (ControlProvider) at
 	// /_/control/<canister id>/. It lets anyone who reaches the replica make the canister send,
 	// close clients or wipe its state, so it is off unless asked for.
@@ -137,7 +141,7 @@ func New(cfg Config) (*Replica, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		keys:      k,
-		ingress:   protocol.IngressPolicy{MaxTTL: cfg.MaxIngressTTL, Drift: cfg.IngressDrift},
+		ingress:   protocol.IngressPolicy{MaxTTL: cfg.MaxIngressTTL, Drift: cfg.IngressDrift, RootKey: k.RootKey(), CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		canisters: map[string]*canisterState{},
 		requests:  map[protocol.RequestID]*requestState{},
 	}, nil
@@ -148,6 +152,15 @@ func (r *Replica) RootKey() []byte { return r.keys.RootKey() }
 
 // SubnetID returns the id of the simulated subnet (the first one published without delegation).
 func (r *Replica) SubnetID() principal.Principal { return r.keys.SubnetIDs()[0] }
+
+// CanisterSigner returns the canister-signature key of canister for seed on the simulated network:
+// the kind of key Internet Identity holds for every user and app, whose signatures are
+// certificates of the canister's certified data signed by this replica's keys. Tests and tools sign
+// in as an Internet Identity user with it (directly, or as the root of a
+// protocol.DelegationIdentity); no canister needs to be installed at canister.
+func (r *Replica) CanisterSigner(canister principal.Principal, seed []byte) identity.Identity {
+	return r.keys.CanisterSigner(canister, seed)
+}
 
 // NodeID returns the id of the node that signs query responses.
 func (r *Replica) NodeID() principal.Principal { return r.keys.NodeID() }

@@ -15,6 +15,8 @@ func TestEnvCheckValidatesWithoutRunning(t *testing.T) {
 	}{
 		{"edge ok", []string{"ICWS_NATS_URL=nats://n1:4222"}, []string{"check", "edge"}, exitOK, "icws edge: configuration ok"},
 		{"edge needs NATS", nil, []string{"check", "edge"}, exitUsage, "ICWS_NATS_URL"},
+		{"edge bad IC URL", []string{"ICWS_NATS_URL=nats://n1:4222", "ICWS_IC_URL=ftp://x"}, []string{"check", "edge"}, exitUsage, "ICWS_IC_URL"},
+		{"edge root key not a BLS key", []string{"ICWS_NATS_URL=nats://n1:4222", "ICWS_IC_ROOT_KEY=00ff"}, []string{"check", "edge"}, exitUsage, "ICWS_IC_ROOT_KEY"},
 		{"submitter bad IC URL", []string{"ICWS_NATS_URL=nats://n1:4222", "ICWS_IC_URL=ftp://x"}, []string{"check", "submitter"}, exitUsage, "ICWS_IC_URL"},
 		{"poller unparsable duration", []string{"ICWS_NATS_URL=nats://n1:4222", "ICWS_POLL_INTERVAL=often"}, []string{"check", "poller"}, exitUsage, "ICWS_POLL_INTERVAL"},
 		{"replica ok", []string{"ICWS_REPLICA_LISTEN=0.0.0.0:4943"}, []string{"check", "replica"}, exitOK, "configuration ok"},

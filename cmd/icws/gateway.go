@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -24,41 +25,61 @@ import (
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/identity"
 	"github.com/icws/icws/internal/config"
+	"github.com/icws/icws/internal/redact"
 	"github.com/icws/icws/poller"
+	"github.com/icws/icws/protocol/certificate"
 	"github.com/icws/icws/submitter"
 )
 
 // mainnetURL is the IC API that `icws all` talks to unless ICWS_IC_URL says otherwise.
 const mainnetURL = "https://icp-api.io"
 
+// ICNetwork is which IC network the gateway serves and how its root key is settled: submitters
+// and pollers verify certificates with it, edges the canister signatures of Internet Identity
+// users.
+type ICNetwork struct {
+	ICURL     string `envconfig:"IC_URL" default:"https://icp-api.io" desc:"IC API URL used by submitters and pollers, and by edges for the root key (mainnet: https://icp-api.io; icws dev uses its replica)"`
+	ICRootKey string `envconfig:"IC_ROOT_KEY" desc:"hex DER root key of the IC network (verifies certificates and the canister signatures of Internet Identity users); empty: the built-in key for mainnet URLs, else fetched from <IC_URL>/api/v2/status at start"`
+}
+
+func (s *ICNetwork) validate() error {
+	if !strings.HasPrefix(s.ICURL, "http://") && !strings.HasPrefix(s.ICURL, "https://") {
+		return fmt.Errorf("ICWS_IC_URL=%q: must be an http:// or https:// URL", s.ICURL)
+	}
+	if s.ICRootKey != "" {
+		k, err := hex.DecodeString(s.ICRootKey)
+		if err != nil {
+			return fmt.Errorf("ICWS_IC_ROOT_KEY: not hex: %w", err)
+		}
+		if _, err := certificate.ParseBLSPublicKeyDER(k); err != nil {
+			return fmt.Errorf("ICWS_IC_ROOT_KEY: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *ICNetwork) rootKey() []byte {
+	k, _ := hex.DecodeString(s.ICRootKey) // validated
+	return k
+}
+
 // ICSettings is how submitters and pollers reach the IC.
 type ICSettings struct {
-	ICURL        string `envconfig:"IC_URL" default:"https://icp-api.io" desc:"IC API URL used by submitters and pollers (mainnet: https://icp-api.io; icws dev uses its replica)"`
-	ICRootKey    string `envconfig:"IC_ROOT_KEY" desc:"hex DER root key of the IC network; empty: the built-in key for mainnet URLs, else fetched from <IC_URL>/api/v2/status at start"`
-	ICAPIVersion int    `envconfig:"IC_API_VERSION" default:"3" desc:"version of the call endpoint used to relay client envelopes: 3 (synchronous, certified) or 2"`
+	ICNetwork
+	ICAPIVersion int `envconfig:"IC_API_VERSION" default:"3" desc:"version of the call endpoint used to relay client envelopes: 3 (synchronous, certified) or 2"`
 	// ICVerifyQuerySignatures false is for local replicas that answer queries unsigned; icclient
 	// refuses it for mainnet URLs.
 	ICVerifyQuerySignatures bool `envconfig:"IC_VERIFY_QUERY_SIGNATURES" default:"true" desc:"verify the node signatures of query answers (ws_get_messages); false only for local replicas that do not sign them (refused for mainnet URLs)"`
 }
 
 func (s *ICSettings) validate() error {
-	if !strings.HasPrefix(s.ICURL, "http://") && !strings.HasPrefix(s.ICURL, "https://") {
-		return fmt.Errorf("ICWS_IC_URL=%q: must be an http:// or https:// URL", s.ICURL)
+	if err := s.ICNetwork.validate(); err != nil {
+		return err
 	}
 	if s.ICAPIVersion != 2 && s.ICAPIVersion != 3 {
 		return fmt.Errorf("ICWS_IC_API_VERSION=%d: must be 2 or 3", s.ICAPIVersion)
 	}
-	if s.ICRootKey != "" {
-		if _, err := hex.DecodeString(s.ICRootKey); err != nil {
-			return fmt.Errorf("ICWS_IC_ROOT_KEY: not hex: %w", err)
-		}
-	}
 	return nil
-}
-
-func (s *ICSettings) rootKey() []byte {
-	k, _ := hex.DecodeString(s.ICRootKey) // validated
-	return k
 }
 
 // The role configurations are wrapped so that all can be embedded in one command configuration
@@ -127,6 +148,10 @@ func (c *GatewayConfig) validateFor(roles roleSet, external bool) error {
 		if err := c.ICSettings.validate(); err != nil {
 			return err
 		}
+	} else if roles.edge {
+		if err := c.ICNetwork.validate(); err != nil {
+			return err
+		}
 	}
 	if err := config.CheckHostPort(c.EdgeSettings.Listen); roles.edge && err != nil {
 		return fmt.Errorf("ICWS_LISTEN=%q: %w", c.EdgeSettings.Listen, err)
@@ -179,11 +204,11 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	}
 
 	var ic *icclient.Client
+	icURL, rootKey := cfg.ICURL, cfg.ICNetwork.rootKey()
+	if parts.icURL != "" {
+		icURL, rootKey = parts.icURL, parts.icRootKey
+	}
 	if parts.roles.needsIC() {
-		icURL, rootKey := cfg.ICURL, cfg.ICSettings.rootKey()
-		if parts.icURL != "" {
-			icURL, rootKey = parts.icURL, parts.icRootKey
-		}
 		ic, err = icclient.New(ctx, icclient.Config{
 			URL: icURL, RootKey: rootKey, Identity: id, CallAPIVersion: cfg.ICAPIVersion,
 			SkipQuerySignatures: !cfg.ICVerifyQuerySignatures,
@@ -191,6 +216,11 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		})
 		if err != nil {
 			return fmt.Errorf("IC client for %s: %w", icURL, err)
+		}
+		rootKey = ic.RootKey()
+	} else if parts.roles.edge {
+		if rootKey, err = edgeRootKey(ctx, icURL, rootKey, logger); err != nil {
+			return err
 		}
 	}
 
@@ -209,7 +239,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		return nil
 	}
 	if parts.roles.edge {
-		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{NC: nc, JS: js, Gateway: gateway, Logger: logger.With("role", "edge"), Registry: reg})
+		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{NC: nc, JS: js, Gateway: gateway, RootKey: rootKey, Logger: logger.With("role", "edge"), Registry: reg})
 		if err := addRole("edge", r, err); err != nil {
 			return err
 		}
@@ -430,5 +460,39 @@ func announceReady(ctx context.Context, logger *slog.Logger, checks []admin.Chec
 	}
 	if onReady != nil {
 		onReady()
+	}
+}
+
+// Bounds of edgeRootKey: a local network that is still starting gets a few tries, and a start
+// never waits longer than rootKeyTimeout for a key.
+const (
+	rootKeyTimeout    = 60 * time.Second
+	rootKeyRetryDelay = 2 * time.Second
+)
+
+// edgeRootKey settles the root key for an edge that runs without submitter or poller, as they
+// would (icclient.RootKey): configured, built in for the mainnet, or fetched from
+// <icURL>/api/v2/status, retried until rootKeyTimeout.
+func edgeRootKey(ctx context.Context, icURL string, configured []byte, logger *slog.Logger) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, rootKeyTimeout)
+	defer cancel()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	log := logger.With("component", "icclient")
+	for {
+		key, err := icclient.RootKey(ctx, icURL, configured, hc, log)
+		if err == nil {
+			return key, nil
+		}
+		var herr *icclient.HTTPError
+		var terr *icclient.TransportError
+		retry := errors.As(err, &herr) && herr.Retryable() || errors.As(err, &terr)
+		if !retry || ctx.Err() != nil {
+			return nil, fmt.Errorf("IC root key for the edge (verifies the canister signatures of Internet Identity users) from %s/api/v2/status: %w; set ICWS_IC_ROOT_KEY to give it instead", redact.URL(strings.TrimRight(icURL, "/")), err)
+		}
+		logger.Warn("IC root key not fetched yet; retrying", "url", redact.URL(icURL), "err", err, "in", rootKeyRetryDelay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(rootKeyRetryDelay):
+		}
 	}
 }

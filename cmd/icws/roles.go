@@ -19,6 +19,7 @@ type (
 		config.Common
 		broker.ClientConfig
 		broker.Topology
+		ICNetwork
 		EdgeSettings
 	}
 	SubmitterConfig struct {
@@ -39,7 +40,7 @@ type (
 
 // gateway returns the parts of the configuration that runGateway reads.
 func (c *EdgeConfig) gateway() *GatewayConfig {
-	return &GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, EdgeSettings: c.EdgeSettings}
+	return &GatewayConfig{Common: c.Common, ClientConfig: c.ClientConfig, Topology: c.Topology, ICSettings: ICSettings{ICNetwork: c.ICNetwork}, EdgeSettings: c.EdgeSettings}
 }
 
 func (c *SubmitterConfig) gateway() *GatewayConfig {

@@ -25,6 +25,7 @@ const idlFactory = ({ IDL }) =>
     echo: IDL.Func([IDL.Text], [IDL.Text], []),
     greet: IDL.Func([IDL.Text], [IDL.Text], ['query']),
     trap: IDL.Func([], [], []),
+    whoami: IDL.Func([], [IDL.Principal], []),
   });
 
 async function newAgent(identity) {
@@ -130,4 +131,34 @@ test('a corrupted query signature is refused', async () => {
     await corrupt('query_signatures=false');
   }
   assert.equal(await actor.greet('after'), 'Hello, after!');
+});
+
+// An Internet Identity login as agent-js consumes it: a DelegationChain whose root is a canister
+// signature key. The replica's TEST-ONLY hook signs as the Internet Identity canister would (a
+// certificate of its certified data); agent-js builds and sends the chain itself.
+test('a DelegationIdentity rooted at a canister signature (Internet Identity)', async () => {
+  const ii = 'rdmx6-jaaaa-aaaaa-aaadq-cai';
+  const seed = Buffer.from(`user ${Date.now()} at https://app.example`).toString('hex');
+  const canisterSign = async (payload) => {
+    const res = await fetch(`${host}/_/control/replica/canister-signature?canister=${ii}&seed=${seed}`, { method: 'POST', body: payload });
+    assert.equal(res.status, 200, `canister-signature hook: ${res.status} ${await res.clone().text()}`);
+    const { public_key: publicKey, signature } = await res.json();
+    const bytes = (hex) => Uint8Array.from(Buffer.from(hex, 'hex')).buffer;
+    return { publicKey: bytes(publicKey), signature: bytes(signature) };
+  };
+  const { publicKey } = await canisterSign(new Uint8Array());
+  const user = {
+    getPublicKey: () => ({ toDer: () => publicKey }),
+    sign: async (challenge) => (await canisterSign(new Uint8Array(challenge))).signature,
+  };
+  const session = Ed25519KeyIdentity.generate();
+  const chain = await DelegationChain.create(user, session.getPublicKey(), new Date(Date.now() + 10 * 60 * 1000), {
+    targets: [canisterId],
+  });
+  const identity = DelegationIdentity.fromDelegation(session, chain);
+  const principal = Principal.selfAuthenticating(new Uint8Array(publicKey));
+  assert.equal(identity.getPrincipal().toText(), principal.toText());
+  const actor = Actor.createActor(idlFactory, { agent: await newAgent(identity), canisterId });
+  assert.equal(await actor.echo('hi Internet Identity'), 'hi Internet Identity');
+  assert.equal((await actor.whoami()).toText(), principal.toText());
 });

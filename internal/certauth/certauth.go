@@ -279,3 +279,59 @@ func balanced(n []*hashtree.Node) *hashtree.Node {
 
 // TimeLeaf is the state tree's encoding of a time: nanoseconds since the epoch in LEB128.
 func TimeLeaf(t time.Time) []byte { return certificate.AppendULEB128(nil, uint64(t.UnixNano())) }
+
+// CanisterSignature returns the canister signature made of tree: a certificate at time t whose
+// canister/<canister>/certified_data is tree's root hash, and tree, encoded as the IC interface
+// specification's canister signatures are. Tests pass odd trees to see them refused; CanisterSigner
+// builds the right one.
+func (a *Authority) CanisterSignature(canister principal.Principal, tree *hashtree.Node, t time.Time) ([]byte, error) {
+	root := tree.Digest()
+	cert, err := a.Certificate(canister, root[:], t)
+	if err != nil {
+		return nil, err
+	}
+	return (&protocol.CanisterSignature{Certificate: cert, Tree: tree}).Encode(), nil
+}
+
+// CanisterSigner is the canister-signature key of canister and seed on the authority's network,
+// as Internet Identity holds one per user and app, with which its delegation chains start. It is
+// an agent-go identity, so it signs delegations (protocol.SignDelegation) and requests
+// (protocol.SignEnvelope) like any key.
+type CanisterSigner struct {
+	a        *Authority
+	canister principal.Principal
+	seed     []byte
+	der      []byte
+}
+
+// CanisterSigner returns the signer of canister's key for seed.
+func (a *Authority) CanisterSigner(canister principal.Principal, seed []byte) *CanisterSigner {
+	key := protocol.CanisterSigPublicKey{Canister: canister, Seed: bytes.Clone(seed)}
+	return &CanisterSigner{a: a, canister: canister, seed: key.Seed, der: key.DER()}
+}
+
+// Sender is the self-authenticating id of the key.
+func (s *CanisterSigner) Sender() principal.Principal { return principal.NewSelfAuthenticating(s.der) }
+
+// PublicKey is the key's DER encoding.
+func (s *CanisterSigner) PublicKey() []byte { return bytes.Clone(s.der) }
+
+// Sign returns the canister signature of msg (the domain separator included), certified now, or
+// nil if certification fails.
+func (s *CanisterSigner) Sign(msg []byte) []byte {
+	sig, err := s.a.CanisterSignature(s.canister, protocol.CanisterSigTree(s.seed, msg), time.Now())
+	if err != nil {
+		return nil
+	}
+	return sig
+}
+
+// Verify checks a canister signature of this key against the authority's root key.
+func (s *CanisterSigner) Verify(msg, sig []byte) bool {
+	return protocol.VerifyCanisterSignature(s.a.RootKey(), s.der, msg, sig) == nil
+}
+
+// ToPEM refuses: a canister-signature key has no private key.
+func (s *CanisterSigner) ToPEM() ([]byte, error) {
+	return nil, fmt.Errorf("certauth: a canister-signature key has no private key")
+}

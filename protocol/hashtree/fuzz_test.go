@@ -28,5 +28,8 @@ func FuzzDecode(f *testing.F) {
 		tree.Lookup([]byte("websocket"), []byte("k"))
 		tree.LookupSubtree([]byte("a"))
 		tree.Children()
+		if (tree.WellFormed() == nil) != (again.WellFormed() == nil) {
+			t.Fatal("re-encoding changed well-formedness")
+		}
 	})
 }

@@ -149,6 +149,14 @@ func (r *Reader) MapHeader() (int, error) {
 	return int(n), nil
 }
 
+// PeekMajor returns the major type of the next item without reading it; false at the end.
+func (r *Reader) PeekMajor() (byte, bool) {
+	if r.pos >= len(r.data) {
+		return 0, false
+	}
+	return r.data[r.pos] >> 5, true
+}
+
 // SkipSelfDescribe skips tag 55799 if it comes next.
 func (r *Reader) SkipSelfDescribe() {
 	if r.Remaining() >= 3 && r.data[r.pos] == 0xd9 && r.data[r.pos+1] == 0xd9 && r.data[r.pos+2] == 0xf7 {
