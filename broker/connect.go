@@ -13,6 +13,38 @@ import (
 // ClientConfig configures the connection to an external NATS server or cluster.
 type ClientConfig struct {
 	URL string `envconfig:"NATS_URL" default:"" desc:"comma-separated NATS URLs of an external server or cluster (nats://n1:4222,nats://n2:4222); empty means the embedded server"`
+	// nats.go pings every 2 minutes by default: a hung server (paused VM, frozen container) would
+	// hold a connection for minutes. With these defaults a silent server is left after about 3 s.
+	PingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"1s" desc:"how often each process pings its NATS server; a server that misses NATS_MAX_PINGS_OUT pings in a row is left for another"`
+	MaxPingsOut  int           `envconfig:"NATS_MAX_PINGS_OUT" default:"2" desc:"unanswered NATS pings after which the connection counts as stale and is re-established (with another server of the cluster)"`
+}
+
+// DefaultClientConfig is the documented defaults of ClientConfig (no URL).
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{PingInterval: time.Second, MaxPingsOut: 2}
+}
+
+// Validate checks the ping settings.
+func (c ClientConfig) Validate() error {
+	if c.PingInterval < 100*time.Millisecond {
+		return fmt.Errorf("ICWS_NATS_PING_INTERVAL=%s: must be at least 100ms", c.PingInterval)
+	}
+	if c.MaxPingsOut < 1 {
+		return fmt.Errorf("ICWS_NATS_MAX_PINGS_OUT=%d: must be at least 1", c.MaxPingsOut)
+	}
+	return nil
+}
+
+// options are the connection options ClientConfig sets.
+func (c ClientConfig) options() []nats.Option {
+	var opts []nats.Option
+	if c.PingInterval > 0 {
+		opts = append(opts, nats.PingInterval(c.PingInterval))
+	}
+	if c.MaxPingsOut > 0 {
+		opts = append(opts, nats.MaxPingsOutstanding(c.MaxPingsOut))
+	}
+	return opts
 }
 
 const (
@@ -63,17 +95,18 @@ func clientOptions(name string, logger *slog.Logger) []nats.Option {
 	}
 }
 
-// Connect connects to an external NATS server or cluster (url may list several, separated by
+// Connect connects to an external NATS server or cluster (cfg.URL may list several, separated by
 // commas) and waits until the first connection succeeds or ctx ends. Afterwards the connection
 // reconnects forever with backoff.
-func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.Conn, error) {
+func Connect(ctx context.Context, cfg ClientConfig, name string, logger *slog.Logger) (*nats.Conn, error) {
+	url := cfg.URL
 	if url == "" {
 		return nil, fmt.Errorf("connect to nats: no URL")
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	nc, err := nats.Connect(url, clientOptions(name, logger)...)
+	nc, err := nats.Connect(url, append(clientOptions(name, logger), cfg.options()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}

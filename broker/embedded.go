@@ -149,7 +149,9 @@ func (e *Embedded) ClientURL() string {
 // Connect opens a client connection: in-process when there is no TCP listener, else over TCP.
 func (e *Embedded) Connect(ctx context.Context, name string) (*nats.Conn, error) {
 	if e.listen {
-		return Connect(ctx, e.ClientURL(), name, e.logger)
+		cfg := DefaultClientConfig()
+		cfg.URL = e.ClientURL()
+		return Connect(ctx, cfg, name, e.logger)
 	}
 	opts := append(clientOptions(name, e.logger), nats.InProcessServer(e.ns))
 	nc, err := nats.Connect("", opts...)

@@ -118,7 +118,8 @@ type Conn struct {
 	mu         sync.Mutex
 	ws         *websocket.Conn // nil while reconnecting
 	gateway    principal.Principal
-	token      []byte // resume token; nil if the gateway did not offer resume
+	token      []byte        // resume token; nil if the gateway did not offer resume
+	heartbeat  time.Duration // heartbeat interval the current connection's gateway announced; 0: none
 	outSeq     uint64
 	pending    []outgoing // sent, not yet confirmed by gateway or canister
 	acks       ackQueue
@@ -178,6 +179,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c.ws, c.gateway = ws, gw
 	if offer != nil {
 		c.token = offer.Token
+		c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	}
 	c.cur.Store(ws)
 	err = c.write(ws, frame)
@@ -206,8 +208,10 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	return nil, c.Err()
 }
 
-// connect dials the gateway and reads its handshake.
+// connect dials the gateway and reads its handshake, within ConnectTimeout.
 func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principal, *resumeOffer, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
 	u := c.cfg.GatewayURL
 	if c.cfg.Resume {
 		pu, err := url.Parse(u)
@@ -216,6 +220,9 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principa
 		}
 		q := pu.Query()
 		q.Set(ResumeQueryParam, "1")
+		if c.cfg.HeartbeatSilence >= 0 {
+			q.Set(HeartbeatQueryParam, "1")
+		}
 		pu.RawQuery = q.Encode()
 		u = pu.String()
 	}
@@ -481,7 +488,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 			return
 		}
 		c.log.Info("connection dropped; resuming", "err", err)
-		ws, err = c.reconnect()
+		ws, err = c.reconnect(resumeAtOnce(err))
 		if err != nil {
 			c.fail(err, 4000, "Resume failed")
 			return
@@ -497,32 +504,55 @@ func isResumableDrop(err error) bool {
 	}
 	switch ce.Code {
 	case websocket.CloseGoingAway, websocket.CloseAbnormalClosure, websocket.CloseInternalServerErr,
-		websocket.CloseServiceRestart, websocket.CloseTryAgainLater, websocket.CloseNoStatusReceived, CloseSlowClient:
+		websocket.CloseServiceRestart, websocket.CloseTryAgainLater, websocket.CloseNoStatusReceived, CloseSlowClient,
+		CloseResumeElsewhere, CloseUnresponsive:
 		return true
 	}
 	return false
 }
 
+// resumeAtOnce tells drops after which the first resume attempt should not wait: the gateway
+// asked the client to go elsewhere (4103), or it fell silent (the client already waited for it).
+func resumeAtOnce(err error) bool {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code == CloseResumeElsewhere
+	}
+	return isTimeout(err)
+}
+
 func (c *Conn) readLoop(ws *websocket.Conn) error {
 	c.mu.Lock()
-	liveness := c.token != nil && c.cfg.PingInterval > 0
+	icws := c.token != nil
+	window := c.silenceWindowLocked()
 	c.mu.Unlock()
-	if liveness {
+	if icws && c.cfg.PingInterval > 0 {
 		// Only on icws connections (resume offered): the Rust gateway treats a ping as a protocol
-		// error. A silent peer (half-open TCP) is then noticed within 2 × PingInterval and resumed.
-		stop := c.keepSocketAlive(ws)
+		// error.
+		stop := c.pingGateway(ws)
 		defer stop()
+	}
+	extend := func() {}
+	if window > 0 {
+		// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed.
+		extend = func() { _ = ws.SetReadDeadline(time.Now().Add(window)) }
+		extend()
+		ws.SetPongHandler(func(string) error { extend(); return nil })
 	}
 	for {
 		typ, frame, err := ws.ReadMessage()
 		if err != nil {
+			if isTimeout(err) {
+				return fmt.Errorf("nothing from the gateway for %s: %w", window, err)
+			}
 			return err
 		}
-		if liveness {
-			_ = ws.SetReadDeadline(time.Now().Add(2 * c.cfg.PingInterval))
-		}
+		extend()
 		if typ != websocket.BinaryMessage {
 			return fatal(fmt.Errorf("%w: text frame", ErrInvalidMessage), 4000, "Error receiving message")
+		}
+		if isHeartbeat(frame) {
+			continue
 		}
 		if err := c.handleFrame(frame); err != nil {
 			return err
@@ -530,13 +560,38 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 	}
 }
 
-// keepSocketAlive pings ws every PingInterval and drops it when nothing (frame or pong) arrived
-// for two intervals; it returns a function that stops the pinger.
-func (c *Conn) keepSocketAlive(ws *websocket.Conn) func() {
+// silenceWindowLocked is how long the current connection may stay silent before it counts as
+// dropped: twice the gateway's heartbeat interval (or HeartbeatSilence) and twice PingInterval,
+// whichever is shorter; 0 for no limit (not an icws connection). Callers hold c.mu.
+func (c *Conn) silenceWindowLocked() time.Duration {
+	if c.token == nil {
+		return 0
+	}
+	var w time.Duration
+	if c.cfg.PingInterval > 0 {
+		w = 2 * c.cfg.PingInterval
+	}
+	if c.heartbeat > 0 && c.cfg.HeartbeatSilence >= 0 {
+		hb := c.cfg.HeartbeatSilence
+		if hb == 0 {
+			hb = 2 * c.heartbeat
+		}
+		if w == 0 || hb < w {
+			w = hb
+		}
+	}
+	return w
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// pingGateway pings ws every PingInterval (the pongs extend the read deadline); it returns a
+// function that stops the pinger.
+func (c *Conn) pingGateway(ws *websocket.Conn) func() {
 	d := c.cfg.PingInterval
-	extend := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * d)) }
-	extend()
-	ws.SetPongHandler(func(string) error { extend(); return nil })
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -658,13 +713,17 @@ func (c *Conn) trimPendingLocked(seq uint64) {
 }
 
 // reconnect retries resuming with exponential backoff until it works, the session turns out not to
-// be resumable, ResumeTimeout passes, or the connection is closed.
-func (c *Conn) reconnect() (*websocket.Conn, error) {
+// be resumable, ResumeTimeout passes, or the connection is closed. With atOnce the first attempt
+// does not wait.
+func (c *Conn) reconnect(atOnce bool) (*websocket.Conn, error) {
 	deadline := time.Now().Add(c.cfg.ResumeTimeout)
 	backoff := c.cfg.ReconnectMin
 	var last error
 	for attempt := 1; ; attempt++ {
 		wait := backoff/2 + jitter(backoff/2)
+		if attempt == 1 && atOnce {
+			wait = 0
+		}
 		if rem := time.Until(deadline); wait > rem {
 			wait = rem
 		}
@@ -748,7 +807,14 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		ws.Close()
 		return nil, fmt.Errorf("client: send resume frame: %w", err)
 	}
+	// The answer must come within ConnectTimeout; heartbeats before it only show the gateway is
+	// working on it.
+	_ = ws.SetReadDeadline(time.Now().Add(c.cfg.ConnectTimeout))
 	typ, answer, err := ws.ReadMessage()
+	for err == nil && typ == websocket.BinaryMessage && isHeartbeat(answer) {
+		typ, answer, err = ws.ReadMessage()
+	}
+	_ = ws.SetReadDeadline(time.Time{})
 	if err != nil {
 		ws.Close()
 		var ce *websocket.CloseError
@@ -789,6 +855,7 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		c.resent.Add(1)
 	}
 	c.token = offer.Token
+	c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	c.gateway = gw
 	c.ws = ws
 	c.cur.Store(ws)

@@ -96,6 +96,9 @@ type fakeGateway struct {
 	url        string
 	resume     bool
 	wg         sync.WaitGroup
+	// heartbeat, when set before clients connect, is the interval of heartbeat frames sent to
+	// connections that ask for them.
+	heartbeat time.Duration
 
 	// tamper flips a byte of the next app message's content before forwarding it.
 	tamper atomic.Bool
@@ -154,6 +157,21 @@ func (g *fakeGateway) freezeAll() {
 	}
 }
 
+// closeAll closes every client socket with a close frame of code.
+func (g *fakeGateway) closeAll(code int, reason string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.sessions {
+		s.mu.Lock()
+		if s.ws != nil {
+			_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+			s.ws.NetConn().Close()
+			s.ws = nil
+		}
+		s.mu.Unlock()
+	}
+}
+
 // dropAll cuts every client socket without a close frame, as a network failure would.
 func (g *fakeGateway) dropAll() {
 	g.mu.Lock()
@@ -188,8 +206,13 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	token := make([]byte, 32)
 	_, _ = rand.Read(token)
 	offer := g.resume && r.URL.Query().Get(ResumeQueryParam) == "1"
+	heartbeat := offer && g.heartbeat > 0 && r.URL.Query().Get(HeartbeatQueryParam) == "1"
 	if offer {
-		hs["icws_resume"] = map[string]any{"version": 1, "token": token}
+		o := map[string]any{"version": 1, "token": token}
+		if heartbeat {
+			o["heartbeat_ms"] = g.heartbeat.Milliseconds()
+		}
+		hs["icws_resume"] = o
 	}
 	b, _ := cbor.Marshal(hs)
 	if err := ws.WriteMessage(websocket.BinaryMessage, append(append([]byte{}, protocol.SelfDescribeTag...), b...)); err != nil {
@@ -255,6 +278,11 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			g.t.Logf("fake gateway: ws_open: %v", err)
 		}
 	}
+	if heartbeat {
+		stop := make(chan struct{})
+		defer close(stop)
+		go g.sendHeartbeats(s, ws, stop)
+	}
 	for {
 		_, frame, err := ws.ReadMessage()
 		if err != nil {
@@ -290,6 +318,26 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		if err := g.post(env.Raw); err != nil {
 			g.t.Logf("fake gateway: ws_message: %v", err)
 		}
+	}
+}
+
+// sendHeartbeats writes a heartbeat frame every interval while ws is the session's socket (a
+// frozen or replaced socket gets none), until stop.
+func (g *fakeGateway) sendHeartbeats(s *fgSession, ws *websocket.Conn, stop chan struct{}) {
+	frame, _ := cbor.Marshal(protocol.Heartbeat{})
+	t := time.NewTicker(g.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		if s.ws == ws {
+			_ = ws.WriteMessage(websocket.BinaryMessage, frame)
+		}
+		s.mu.Unlock()
 	}
 }
 

@@ -56,6 +56,8 @@ type Edge struct {
 	proxies   []netip.Prefix
 	sessions  *broker.Sessions
 	index     *sessionIndex
+	live      *liveness
+	bus       busWatch
 
 	mu          sync.RWMutex
 	bySub       map[*nats.Subscription]*conn // live delivery routing
@@ -110,13 +112,17 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge: register metrics: %w", err)
 	}
+	live, err := newLiveness()
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
 		cfg: cfg, nc: deps.NC, js: deps.JS, h: h, gateway: deps.Gateway, handshake: hs,
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
-		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
-		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
+		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(), live: live,
+		bySub: map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{},
 	}
 	for _, c := range cfg.Canisters {
@@ -170,6 +176,8 @@ func (e *Edge) Ready(ctx context.Context) error {
 		return errors.New("edge: not running")
 	case draining:
 		return errors.New("edge: draining")
+	case e.busLost():
+		return errors.New("edge: lost its message bus (clients shed until NATS answers again)")
 	case !e.nc.IsConnected():
 		return fmt.Errorf("edge: NATS not connected (%s)", e.nc.Status())
 	}
@@ -189,6 +197,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	e.leaseRenewed()
 	ctl, err := e.nc.Subscribe(broker.EdgeControlSubject(e.cfg.ID), e.onControl)
 	if err != nil {
 		return fmt.Errorf("edge: subscribe control subject: %w", err)
@@ -218,7 +227,9 @@ func (e *Edge) Run(ctx context.Context) error {
 	defer func() { _ = leaderSub.Unsubscribe() }()
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); e.watchLeaderChanges(bg, leader) }()
-	bgWG.Add(4)
+	bgWG.Add(6)
+	go func() { defer bgWG.Done(); e.watchLiveness(bg) }()
+	go func() { defer bgWG.Done(); e.watchBus(bg) }()
 	go func() { defer bgWG.Done(); e.watchStreams(bg) }()
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()
@@ -348,21 +359,28 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.upgrading--
 	admitted = false
-	if e.draining {
+	if e.draining || e.busLost() {
 		e.releaseConnLocked(addr)
 		e.mu.Unlock()
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "icws: edge draining"), time.Now().Add(time.Second))
+		code, reason := websocket.CloseGoingAway, "icws: edge draining"
+		if !e.draining {
+			code, reason = closeTryAgainLater, reasonBusLostRetry
+			e.m.refused.WithLabelValues("nats_lost").Inc()
+		}
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		_ = ws.Close()
 		return
 	}
 	e.conns[c] = struct{}{}
 	e.connWG.Add(1)
 	e.mu.Unlock()
+	e.live.add(c)
 	e.m.connections.Inc()
 	var doneOnce sync.Once
 	done := func() {
 		doneOnce.Do(func() {
 			c.closeSocket()
+			e.live.remove(c)
 			e.mu.Lock()
 			delete(e.conns, c)
 			e.releaseConnLocked(addr)

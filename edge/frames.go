@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/protocol"
@@ -31,8 +32,14 @@ type firstFrame struct {
 	Resume   *resumeRequest  `cbor:"icws_resume"`
 }
 
-func encodeResumeHandshake(gateway []byte, token []byte) ([]byte, error) {
-	b, err := cbor.Marshal(resumeHandshake{GatewayPrincipal: gateway, Resume: resumeOffer{Version: protocol.ResumeVersion, Token: token}})
+// encodeResumeHandshake encodes the opted-in handshake; a positive heartbeat announces the
+// connection's heartbeat interval.
+func encodeResumeHandshake(gateway []byte, token []byte, heartbeat time.Duration) ([]byte, error) {
+	offer := resumeOffer{Version: protocol.ResumeVersion, Token: token}
+	if heartbeat > 0 {
+		offer.HeartbeatMillis = uint64(heartbeat.Milliseconds())
+	}
+	b, err := cbor.Marshal(resumeHandshake{GatewayPrincipal: gateway, Resume: offer})
 	if err != nil {
 		return nil, fmt.Errorf("encode resume handshake: %w", err)
 	}

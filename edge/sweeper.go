@@ -61,6 +61,7 @@ func (e *Edge) renewLease(ctx context.Context, rev uint64) {
 			continue
 		}
 		rev = nrev
+		e.leaseRenewed() // the bus watch's proof that JetStream works for this edge
 	}
 }
 

@@ -115,6 +115,11 @@ func (c *GatewayConfig) validateFor(roles roleSet, external bool) error {
 	if external && c.ClientConfig.URL == "" {
 		return errors.New("ICWS_NATS_URL: required for a single role (nats://host:4222, comma-separated for a cluster)")
 	}
+	if external {
+		if err := c.ClientConfig.Validate(); err != nil {
+			return err
+		}
+	}
 	if roles.needsIC() {
 		if err := c.ICSettings.validate(); err != nil {
 			return err
@@ -239,7 +244,7 @@ func connectNATS(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, lo
 	if parts.embedded != nil {
 		return parts.embedded.Connect(ctx, name)
 	}
-	return broker.Connect(ctx, cfg.ClientConfig.URL, name, logger.With("component", "nats"))
+	return broker.Connect(ctx, cfg.ClientConfig, name, logger.With("component", "nats"))
 }
 
 // ensureWithRetry creates or updates the streams; on a cluster that is still electing a leader the
