@@ -322,7 +322,7 @@ func TestResumeAfterSilentGateway(t *testing.T) {
 // messages and an idle session with heartbeats never resumes.
 func TestResumeAfterHeartbeatsStop(t *testing.T) {
 	e := startEnv(t, defaultCanister(), true)
-	e.gw.heartbeat = 50 * time.Millisecond
+	e.gw.heartbeat = 250 * time.Millisecond
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume, cfg.PingInterval = true, time.Minute
 	c := dial(t, cfg)
@@ -334,7 +334,7 @@ func TestResumeAfterHeartbeatsStop(t *testing.T) {
 	select {
 	case m := <-c.Messages():
 		t.Fatalf("message %d while idle", m.Seq)
-	case <-time.After(20 * e.gw.heartbeat):
+	case <-time.After(8 * e.gw.heartbeat):
 	}
 	if c.Resumes() != 0 {
 		t.Fatalf("resumes = %d while heartbeats flowed", c.Resumes())
@@ -405,4 +405,27 @@ func FuzzIsHeartbeat(f *testing.F) {
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		_ = isHeartbeat(frame)
 	})
+}
+
+// A resume whose answer is lost after the gateway took the session over (its token rotated to the
+// lost connection's) is retried with that connection's token: the session survives.
+func TestResumeAfterLostResumeAnswers(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	e.gw.loseResumeAnswers.Store(2)
+	e.gw.dropAll()
+	send(t, c, "after")
+	m, app := receive(t, c)
+	if app.Text != "after" || m.Seq != 3 {
+		t.Fatalf("echo = %q seq %d", app.Text, m.Seq)
+	}
+	if c.Resumes() != 1 || e.gw.loseResumeAnswers.Load() != 0 {
+		t.Fatalf("resumes = %d, answers still to lose %d", c.Resumes(), e.gw.loseResumeAnswers.Load())
+	}
 }

@@ -29,7 +29,7 @@ const (
 	DefaultResumeTimeout  = 60 * time.Second
 	DefaultWriteTimeout   = 10 * time.Second
 	DefaultPingInterval   = 15 * time.Second
-	DefaultConnectTimeout = 10 * time.Second
+	DefaultConnectTimeout = 5 * time.Second
 	DefaultMessageBuffer  = 256
 	DefaultMaxPending     = 10000
 	DefaultMaxFrameSize   = 32 << 20

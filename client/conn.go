@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +121,9 @@ type Conn struct {
 	gateway    principal.Principal
 	token      []byte        // resume token; nil if the gateway did not offer resume
 	heartbeat  time.Duration // heartbeat interval the current connection's gateway announced; 0: none
+	// candidates are the tokens of resume attempts whose answer never came: the session's token
+	// is token or one of these.
+	candidates [][]byte
 	outSeq     uint64
 	pending    []outgoing // sent, not yet confirmed by gateway or canister
 	acks       ackQueue
@@ -583,6 +587,29 @@ func (c *Conn) silenceWindowLocked() time.Duration {
 	return w
 }
 
+// maxCandidateTokens bounds the tokens kept from resume attempts whose answer was lost.
+const maxCandidateTokens = 8
+
+func (c *Conn) keepCandidateToken(token []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.candidates) < maxCandidateTokens {
+		c.candidates = append(c.candidates, token)
+	}
+}
+
+// nextToken replaces the session token, which the gateway refused, with the oldest candidate;
+// false if there is none.
+func (c *Conn) nextToken() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.candidates) == 0 {
+		return false
+	}
+	c.token, c.candidates = c.candidates[0], c.candidates[1:]
+	return true
+}
+
 func isTimeout(err error) bool {
 	var ne interface{ Timeout() bool }
 	return errors.As(err, &ne) && ne.Timeout()
@@ -778,7 +805,19 @@ func jitter(d time.Duration) time.Duration {
 
 // tryResume opens a new WebSocket, sends the resume frame and re-sends what the gateway lacks.
 func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
-	ws, gw, offer, err := c.connect(ctx)
+	// A gateway that sends heartbeats answers a new connection at once: one that keeps the
+	// handshake back longer than the silence window is as good as silent (a hung process behind a
+	// load balancer that has not noticed yet).
+	c.mu.Lock()
+	window, hb := c.silenceWindowLocked(), c.heartbeat
+	c.mu.Unlock()
+	cctx := ctx
+	if window > 0 && hb > 0 && window < c.cfg.ConnectTimeout {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, window)
+		defer cancel()
+	}
+	ws, gw, offer, err := c.connect(cctx)
 	if err != nil {
 		return nil, err
 	}
@@ -807,11 +846,26 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		ws.Close()
 		return nil, fmt.Errorf("client: send resume frame: %w", err)
 	}
-	// The answer must come within ConnectTimeout; heartbeats before it only show the gateway is
-	// working on it.
-	_ = ws.SetReadDeadline(time.Now().Add(c.cfg.ConnectTimeout))
+	// Without heartbeats the answer must come within ConnectTimeout. With them, the gateway is
+	// working on it as long as they come (it retries its message bus through a leader election),
+	// and has failed when they stop.
+	silence := time.Duration(0)
+	if offer.HeartbeatMillis > 0 && c.cfg.HeartbeatSilence >= 0 {
+		silence = c.cfg.HeartbeatSilence
+		if silence == 0 {
+			silence = 2 * time.Duration(offer.HeartbeatMillis) * time.Millisecond
+		}
+	}
+	readBy := func() time.Time {
+		if silence > 0 {
+			return time.Now().Add(silence)
+		}
+		return time.Now().Add(c.cfg.ConnectTimeout)
+	}
+	_ = ws.SetReadDeadline(readBy())
 	typ, answer, err := ws.ReadMessage()
 	for err == nil && typ == websocket.BinaryMessage && isHeartbeat(answer) {
+		_ = ws.SetReadDeadline(readBy())
 		typ, answer, err = ws.ReadMessage()
 	}
 	_ = ws.SetReadDeadline(time.Time{})
@@ -819,11 +873,18 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		ws.Close()
 		var ce *websocket.CloseError
 		if errors.As(err, &ce) && ce.Code == CloseNotResumable {
+			if strings.HasSuffix(ce.Text, "wrong token") && c.nextToken() {
+				return nil, fmt.Errorf("client: resume: %s; trying the token of an earlier attempt", ce.Text)
+			}
 			return nil, fmt.Errorf("%w: %s", ErrNotResumable, ce.Text)
 		}
 		if errors.As(err, &ce) && !isResumableDrop(err) {
 			return nil, fmt.Errorf("%w: gateway closed with %d %q", ErrNotResumable, ce.Code, ce.Text)
 		}
+		// The gateway may have taken the session over with this connection's token before the
+		// answer was lost: a later attempt may need it (RESUME.md §1.6: a wrong token leaves the
+		// session untouched, so trying it costs nothing).
+		c.keepCandidateToken(offer.Token)
 		return nil, fmt.Errorf("client: read resume answer: %w", err)
 	}
 	if typ != websocket.BinaryMessage {
@@ -854,7 +915,7 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		}
 		c.resent.Add(1)
 	}
-	c.token = offer.Token
+	c.token, c.candidates = offer.Token, nil
 	c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	c.gateway = gw
 	c.ws = ws

@@ -96,6 +96,7 @@ type fakeGateway struct {
 	url        string
 	resume     bool
 	wg         sync.WaitGroup
+	writeLocks sync.Map // *websocket.Conn → *sync.Mutex
 	// heartbeat, when set before clients connect, is the interval of heartbeat frames sent to
 	// connections that ask for them.
 	heartbeat time.Duration
@@ -105,6 +106,9 @@ type fakeGateway struct {
 	// dropBeforeSeq, when > 0, drops the socket right before forwarding this canister seq.
 	dropBeforeSeq atomic.Uint64
 	drops         atomic.Int64
+	// loseResumeAnswers, while positive, makes a resume take the session over and then drop the
+	// connection before the answer.
+	loseResumeAnswers atomic.Int32
 
 	mu       sync.Mutex
 	sessions map[string]*fgSession // by client key token
@@ -215,8 +219,14 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		hs["icws_resume"] = o
 	}
 	b, _ := cbor.Marshal(hs)
-	if err := ws.WriteMessage(websocket.BinaryMessage, append(append([]byte{}, protocol.SelfDescribeTag...), b...)); err != nil {
+	if err := g.write(ws, append(append([]byte{}, protocol.SelfDescribeTag...), b...)); err != nil {
 		return
+	}
+	defer g.writeLocks.Delete(ws)
+	if heartbeat {
+		stop := make(chan struct{})
+		defer close(stop)
+		go g.sendHeartbeats(ws, frozen, stop)
 	}
 	_, first, err := ws.ReadMessage()
 	if err != nil {
@@ -239,16 +249,27 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			delete(g.tokens, hex.EncodeToString(req.Token))
 			g.tokens[hex.EncodeToString(token)] = s
 		}
+		known := g.sessions[protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: req.ClientKey.ClientPrincipal}, ClientNonce: req.ClientKey.ClientNonce}.Token()] != nil
 		g.mu.Unlock()
 		if s == nil {
-			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNotResumable, "icws: not resumable: unknown session"), time.Now().Add(time.Second))
+			reason := "icws: not resumable: unknown session"
+			if known {
+				reason = "icws: not resumable: wrong token"
+			}
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNotResumable, reason), time.Now().Add(time.Second))
+			return
+		}
+		if g.loseResumeAnswers.Load() > 0 {
+			// The session is taken over with this connection's token, and the answer is lost.
+			g.loseResumeAnswers.Add(-1)
+			ws.NetConn().Close()
 			return
 		}
 		s.mu.Lock()
 		ans, _ := cbor.Marshal(map[string]any{"icws_resumed": map[string]any{"last_client_seq": s.lastClientSeq}})
-		err := ws.WriteMessage(websocket.BinaryMessage, ans)
+		err := g.write(ws, ans)
 		for i := req.LastSeq; err == nil && i < uint64(len(s.frames)); i++ {
-			err = ws.WriteMessage(websocket.BinaryMessage, s.frames[i])
+			err = g.write(ws, s.frames[i])
 		}
 		if err == nil {
 			s.ws, s.frozen = ws, frozen
@@ -277,11 +298,6 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		if err := g.post(env.Raw); err != nil {
 			g.t.Logf("fake gateway: ws_open: %v", err)
 		}
-	}
-	if heartbeat {
-		stop := make(chan struct{})
-		defer close(stop)
-		go g.sendHeartbeats(s, ws, stop)
 	}
 	for {
 		_, frame, err := ws.ReadMessage()
@@ -321,9 +337,9 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// sendHeartbeats writes a heartbeat frame every interval while ws is the session's socket (a
-// frozen or replaced socket gets none), until stop.
-func (g *fakeGateway) sendHeartbeats(s *fgSession, ws *websocket.Conn, stop chan struct{}) {
+// sendHeartbeats writes a heartbeat frame every interval from the handshake on, until stop or
+// while the connection is frozen.
+func (g *fakeGateway) sendHeartbeats(ws *websocket.Conn, frozen *atomic.Bool, stop chan struct{}) {
 	frame, _ := cbor.Marshal(protocol.Heartbeat{})
 	t := time.NewTicker(g.heartbeat)
 	defer t.Stop()
@@ -333,12 +349,18 @@ func (g *fakeGateway) sendHeartbeats(s *fgSession, ws *websocket.Conn, stop chan
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		if s.ws == ws {
-			_ = ws.WriteMessage(websocket.BinaryMessage, frame)
+		if !frozen.Load() {
+			_ = g.write(ws, frame)
 		}
-		s.mu.Unlock()
 	}
+}
+
+// write sends one binary frame; writes to one connection are serialised.
+func (g *fakeGateway) write(ws *websocket.Conn, frame []byte) error {
+	mu, _ := g.writeLocks.LoadOrStore(ws, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	return ws.WriteMessage(websocket.BinaryMessage, frame)
 }
 
 func (g *fakeGateway) post(envelope []byte) error {
@@ -423,6 +445,6 @@ func (g *fakeGateway) forward(m protocol.CanisterOutputMessage, cert, tree []byt
 	}
 	s.frames = append(s.frames, frame)
 	if s.ws != nil {
-		_ = s.ws.WriteMessage(websocket.BinaryMessage, frame)
+		_ = g.write(s.ws, frame)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,6 +151,12 @@ func TestEdgeShedsClientsWhenNATSIsUnreachable(t *testing.T) {
 	if err := e.Ready(context.Background()); err == nil {
 		t.Fatal("edge ready without NATS")
 	}
+	// A load balancer's plain GET on the WebSocket port sees the edge out of service.
+	if resp, err := http.Get("http" + strings.TrimPrefix(e.url, "ws")); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("plain GET while NATS is gone: %v %v, want 503", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if n := testutil.ToFloat64(e.m.sheds.WithLabelValues("nats")); n != 1 {
 		t.Fatalf("sheds{nats} = %v, want 1", n)
 	}
@@ -164,6 +172,11 @@ func TestEdgeShedsClientsWhenNATSIsUnreachable(t *testing.T) {
 
 	px.thaw()
 	waitFor(t, 15*time.Second, "edge ready again", func() bool { return e.Ready(context.Background()) == nil })
+	if resp, err := http.Get("http" + strings.TrimPrefix(e.url, "ws")); err != nil || resp.StatusCode != http.StatusUpgradeRequired {
+		t.Fatalf("plain GET after recovery: %v %v, want 426", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	c := openedClient(t, v, e.url, true)
 	if rec := v.session(c); rec == nil || rec.State != broker.SessionOpen || rec.Edge != "e1" {
 		t.Fatalf("session after recovery: %+v", rec)

@@ -330,8 +330,14 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
 		// Nothing but WebSockets is served here; the connection is not kept for another request.
+		// The answer doubles as a cheap health check for load balancers: 426 while the edge
+		// serves, 503 while it refuses connections for lack of NATS.
 		e.m.refused.WithLabelValues("not_upgrade").Inc()
 		w.Header().Set("Connection", "close")
+		if e.busLost() {
+			http.Error(w, "icws: edge lost its message bus", http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "icws: this endpoint serves WebSocket upgrades only", http.StatusUpgradeRequired)
 		return

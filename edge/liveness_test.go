@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -182,5 +183,61 @@ func TestNoHeartbeatWhileTrafficFlows(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(e.m.heartbeats) - before; n != 0 {
 		t.Fatalf("%v heartbeats while a message left every %s", n, cfg.HeartbeatInterval/4)
+	}
+}
+
+// Once traffic stops, heartbeats start: an idle bound session gets one per interval.
+func TestHeartbeatsResumeWhenTrafficStops(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := livenessConfig("e1")
+	e := v.startEdge(cfg)
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url+"?icws-resume=1&icws-heartbeat=1", false)
+	c.open()
+	hb, _ := cbor.Marshal(protocol.Heartbeat{})
+	readCanister := func() uint64 {
+		for {
+			_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, f, err := c.ws.ReadMessage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(f) == string(hb) {
+				continue
+			}
+			m, err := protocol.DecodeCanisterToClientMessage(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, _ := strconv.ParseUint(string(m.Content), 10, 64)
+			return s
+		}
+	}
+	if s := readCanister(); s != 1 {
+		t.Fatalf("seq %d", s)
+	}
+	subj := outSubjectOfClient(c)
+	for s := uint64(2); s <= 5; s++ {
+		p.publish(subj, s, 0)
+		if got := readCanister(); got != s {
+			t.Fatalf("got %d want %d", got, s)
+		}
+	}
+	got := 0
+	deadline := time.Now().Add(6 * cfg.HeartbeatInterval)
+	for time.Now().Before(deadline) {
+		_ = c.ws.SetReadDeadline(time.Now().Add(3 * cfg.HeartbeatInterval))
+		_, f, err := c.ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d heartbeats: %v", got, err)
+		}
+		if string(f) != string(hb) {
+			t.Fatalf("frame %x", f)
+		}
+		got++
+	}
+	if got < 3 {
+		t.Fatalf("%d heartbeats in %s", got, 6*cfg.HeartbeatInterval)
 	}
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // takeoverWait bounds the wait for the previous edge to stop relaying a resumed session.
-const takeoverWait = time.Second
+const takeoverWait = 500 * time.Millisecond
 
 // resume handles an icws_resume first frame (docs/RESUME.md). On success the session is bound to
 // this connection, {icws_resumed} and the replay are under way, and it returns true.

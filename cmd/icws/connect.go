@@ -35,7 +35,7 @@ type connectConfig struct {
 	// Liveness of the connection to the gateway (resume only).
 	HeartbeatSilence time.Duration `envconfig:"CONNECT_HEARTBEAT_SILENCE" default:"0s" desc:"icws connect: with resume, ask the gateway for heartbeats and resume elsewhere after this long without any frame; 0 = twice the interval the gateway announces, negative = no heartbeats"`
 	PingInterval     time.Duration `envconfig:"CONNECT_PING_INTERVAL" default:"15s" desc:"icws connect: with resume, ping the gateway this often and resume after twice this without an answer; negative = no pings"`
-	ConnectTimeout   time.Duration `envconfig:"CONNECT_TIMEOUT" default:"10s" desc:"icws connect: bound on one connection attempt (dial, upgrade, handshake, resume answer)"`
+	ConnectTimeout   time.Duration `envconfig:"CONNECT_TIMEOUT" default:"5s" desc:"icws connect: bound on one connection attempt (dial, upgrade, handshake, resume answer)"`
 	ReconnectMax     time.Duration `envconfig:"CONNECT_RECONNECT_MAX" default:"2s" desc:"icws connect: longest wait between two resume attempts (the backoff starts at 100ms)"`
 }
 

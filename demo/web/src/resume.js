@@ -118,7 +118,7 @@ export class ResumingSocket {
   static CLOSING = CLOSING;
   static CLOSED = CLOSED;
 
-  constructor(url, protocols, { NativeWebSocket, hooks = {}, resumeTimeoutMs = 60_000, reconnectMinMs = 100, reconnectMaxMs = 2_000, connectTimeoutMs = 10_000 }) {
+  constructor(url, protocols, { NativeWebSocket, hooks = {}, resumeTimeoutMs = 60_000, reconnectMinMs = 100, reconnectMaxMs = 2_000, connectTimeoutMs = 5_000 }) {
     this.url = url;
     this.binaryType = "arraybuffer"; // frames always reach the SDK as ArrayBuffers
     this.onopen = null;
@@ -389,12 +389,14 @@ export class ResumingSocket {
       const ws = this._dial();
       let step = "handshake";
       let nextOffer = null;
-      // A hung gateway accepts the connection and never answers: give the attempt up.
+      // A hung gateway accepts the connection and never answers: give the attempt up. A gateway
+      // that sends heartbeats answers at once, so its silence window bounds the attempt too.
+      const attemptMs = this._heartbeatMs > 0 ? Math.min(this._connectTimeoutMs, 2 * this._heartbeatMs) : this._connectTimeoutMs;
       const timer = setTimeout(() => {
         if (step !== "handshake" && step !== "answer") return;
         this._abandonAttempt(ws);
-        fail(false, CLOSE_SILENT, "icws: no answer from the gateway in " + this._connectTimeoutMs + " ms");
-      }, this._connectTimeoutMs);
+        fail(false, CLOSE_SILENT, "icws: no answer from the gateway in " + attemptMs + " ms");
+      }, attemptMs);
       const fail = (fatal, code, reason) => {
         clearTimeout(timer);
         step = "failed";
