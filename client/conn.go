@@ -116,11 +116,11 @@ type Conn struct {
 
 	// mu guards the session state below and serialises writes, so the wire order of ws_messages
 	// is their sequence order.
-	mu         sync.Mutex
-	ws         *websocket.Conn // nil while reconnecting
-	gateway    principal.Principal
-	token      []byte        // resume token; nil if the gateway did not offer resume
-	heartbeat  time.Duration // heartbeat interval the current connection's gateway announced; 0: none
+	mu        sync.Mutex
+	ws        *websocket.Conn // nil while reconnecting
+	gateway   principal.Principal
+	token     []byte        // resume token; nil if the gateway did not offer resume
+	heartbeat time.Duration // heartbeat interval the current connection's gateway announced; 0: none
 	// candidates are the tokens of resume attempts whose answer never came: the session's token
 	// is token or one of these.
 	candidates [][]byte
