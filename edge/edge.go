@@ -80,6 +80,9 @@ type Edge struct {
 	testDropLive atomic.Pointer[func(*nats.Msg) bool]
 	// testReadErr, when set by a test, makes a read of ICWS_OUT fail with its error (transient faults).
 	testReadErr atomic.Pointer[func() error]
+	// testLosePutAnswer, when set by a test and returning true, makes a resume's successful
+	// compare-and-set of the session record look timed out (its answer lost).
+	testLosePutAnswer atomic.Pointer[func() bool]
 	// testFrame, when set by a test, sees every client frame the reader takes (to inject panics).
 	testFrame atomic.Pointer[func([]byte)]
 }

@@ -61,7 +61,7 @@ func (c *conn) resume(req *resumeRequest) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return true
 	}
-	for rebound := false; !rebound; {
+	for rebound, putTried := false, false; !rebound; {
 		ctx, cancel := context.WithTimeout(context.Background(), busAttempt)
 		rec, rev, err := c.e.sessions.Get(ctx, c.key)
 		if err != nil {
@@ -70,6 +70,11 @@ func (c *conn) resume(req *resumeRequest) bool {
 				return false
 			}
 			continue
+		}
+		if putTried && rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State == broker.SessionOpen {
+			// Our compare-and-set landed although its answer did not: prev is what it replaced.
+			cancel()
+			break
 		}
 		switch {
 		case rec == nil:
@@ -109,7 +114,11 @@ func (c *conn) resume(req *resumeRequest) bool {
 		}
 		prev = *rec
 		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = broker.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
+		putTried = true
 		_, err = c.e.sessions.Put(ctx, rec, rev)
+		if f := c.e.testLosePutAnswer.Load(); err == nil && f != nil && (*f)() {
+			err = context.DeadlineExceeded
+		}
 		cancel()
 		if err == nil {
 			rebound = true
