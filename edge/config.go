@@ -57,7 +57,7 @@ type Config struct {
 
 	PingInterval      time.Duration `envconfig:"PING_INTERVAL" default:"10s" desc:"the edge sends a WebSocket ping to a client connection that sent nothing (frame or pong) for this long"`
 	PingTimeout       time.Duration `envconfig:"PING_TIMEOUT" default:"10s" desc:"a client connection that answers a ping with nothing for this long is closed as dead (half-open TCP); its session is detached (resumable) or closed"`
-	HeartbeatInterval time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"1s" desc:"resumable connections that ask for heartbeats (icws-heartbeat=1) get an icws_heartbeat frame after this long without any other frame; their clients resume elsewhere after 2 × this of silence"`
+	HeartbeatInterval time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"1500ms" desc:"resumable connections that ask for heartbeats (icws-heartbeat=1) get an icws_heartbeat frame after this long without any other frame; their clients resume elsewhere after 2 × this of silence"`
 	NATSTimeout       time.Duration `envconfig:"EDGE_NATS_TIMEOUT" default:"3s" desc:"when the NATS server has not answered the edge for this long, the edge closes its clients (resumable ones with 4103: resume elsewhere) and refuses new ones with 1013 until NATS answers again; after a quarter of it the edge tries another NATS server"`
 	JetStreamTimeout  time.Duration `envconfig:"EDGE_JETSTREAM_TIMEOUT" default:"10s" desc:"when the edge's lease renewals fail this long although its NATS server answers (the server lost its cluster), the edge moves to another NATS server; after twice this it closes its clients as for EDGE_NATS_TIMEOUT. Relays, resumes and history reads are retried for twice this before a client is closed with 1011. Longer than a JetStream leader election (4-9 s)"`
 }
@@ -106,7 +106,7 @@ func DefaultConfig() Config {
 
 		PingInterval:      10 * time.Second,
 		PingTimeout:       10 * time.Second,
-		HeartbeatInterval: time.Second,
+		HeartbeatInterval: 1500 * time.Millisecond,
 		NATSTimeout:       3 * time.Second,
 		JetStreamTimeout:  10 * time.Second,
 	}

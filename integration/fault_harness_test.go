@@ -555,6 +555,8 @@ type faultRecovery struct {
 	resumes      int           // client resumes in total
 	resent       int           // ws_messages re-sent after resumes
 	clientsMoved int           // clients whose connection ended up on another edge than preferred
+	silentClient *faultClient  // the client that saw longestGap
+	silentFrom   time.Time     // when its longest silence began
 }
 
 func (r *faultRun) recovery(killedAt time.Time) faultRecovery {
@@ -575,7 +577,9 @@ func (r *faultRun) recovery(killedAt time.Time) faultRecovery {
 				if from.Before(killedAt) {
 					from = killedAt
 				}
-				rc.longestGap = max(rc.longestGap, g.at.Sub(from))
+				if gap := g.at.Sub(from); gap > rc.longestGap {
+					rc.longestGap, rc.silentClient, rc.silentFrom = gap, c, from
+				}
 			}
 			prev = g.at
 		}
@@ -602,7 +606,39 @@ func (r *faultRun) logRecovery(what string, killedAt time.Time) faultRecovery {
 		what, rc.firstAfter.Round(time.Millisecond), rc.worstFirst.Round(time.Millisecond), rc.longestGap.Round(time.Millisecond),
 		len(r.clients), rc.allDone.Round(time.Millisecond), rc.resumes, rc.resent, rc.clientsMoved)
 	r.t.Logf("deliveries per second around the kill (at %s UTC): %s", killedAt.UTC().Format("15:04:05.000"), r.timeline(killedAt))
+	if reasons := r.dropReasons(); reasons != "" {
+		r.t.Logf("why clients resumed: %s", reasons)
+	}
 	return rc
+}
+
+// dropReasons counts the reasons of the clients' dropped connections (from their logs), with
+// client-specific details (addresses, durations) left out.
+func (r *faultRun) dropReasons() string {
+	counts := map[string]int{}
+	for _, c := range r.clients {
+		for _, line := range strings.Split(string(c.logs.Bytes()), "\n") {
+			if !strings.Contains(line, `msg="connection dropped; resuming"`) {
+				continue
+			}
+			_, reason, _ := strings.Cut(line, ` err="`)
+			reason, _, _ = strings.Cut(reason, `"`)
+			if i := strings.Index(reason, ": read tcp"); i >= 0 {
+				reason = reason[:i]
+			}
+			if strings.HasPrefix(reason, "read tcp") {
+				_, rest, _ := strings.Cut(reason, "->")
+				_, reason, _ = strings.Cut(rest, ": ")
+			}
+			counts[reason]++
+		}
+	}
+	var parts []string
+	for reason, n := range counts {
+		parts = append(parts, fmt.Sprintf("%d × %s", n, reason))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, "; ")
 }
 
 // timeline counts deliveries (all clients) per second from one second before the kill.
@@ -722,18 +758,45 @@ func faultHang(t *testing.T, p *Process, d time.Duration) <-chan struct{} {
 	return thawed
 }
 
-// faultTarget logs whether the longest silence met its target and, when it did not, why.
-func faultTarget(t *testing.T, what string, got, target time.Duration, why string) {
+// target logs whether the longest silence met its target and, when it did not, why: the cause
+// the test knows of, and what the client that waited longest went through meanwhile.
+func (r *faultRun) target(what string, rc faultRecovery, target time.Duration, why string) {
+	t := r.t
 	t.Helper()
+	got := rc.longestGap
 	if got <= target {
 		t.Logf("TARGET %s: longest client silence %s, target %s: met", what, got.Round(time.Millisecond), target.Round(time.Millisecond))
 		return
 	}
 	t.Logf("TARGET %s: longest client silence %s, target %s: MISSED: %s", what, got.Round(time.Millisecond), target.Round(time.Millisecond), why)
+	if c := rc.silentClient; c != nil {
+		var lines []string
+		for _, line := range strings.Split(string(c.logs.Bytes()), "\n") {
+			if strings.Contains(line, "level=DEBUG") && !strings.Contains(line, "resume attempt failed") {
+				continue
+			}
+			if at, ok := faultLogTime(line); ok && at.After(rc.silentFrom.Add(-time.Second)) && at.Before(rc.silentFrom.Add(got+time.Second)) {
+				lines = append(lines, line)
+			}
+		}
+		t.Logf("client %d was silent from %s UTC for %s; its log then:\n  %s", c.idx, rc.silentFrom.UTC().Format("15:04:05.000"),
+			got.Round(time.Millisecond), strings.Join(lines, "\n  "))
+	}
 }
 
-// faultRaftLeaders maps every JetStream raft group of the test cluster (stream "S", consumer
-// "S/C") to the node leading it, from the /jsz page of a running node.
+// faultLogTime reads the time= field of a slog text line.
+func faultLogTime(line string) (time.Time, bool) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(line), "time=")
+	if !ok {
+		return time.Time{}, false
+	}
+	ts, _, _ := strings.Cut(rest, " ")
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	return at, err == nil
+}
+
+// faultRaftLeaders maps every JetStream raft group of the test cluster (stream "S", durable
+// consumer "S/C") to the node leading it, from the /jsz page of a running node.
 func faultRaftLeaders(t *testing.T, c *NATSCluster, skip int) map[string]string {
 	t.Helper()
 	var j struct {
@@ -744,7 +807,10 @@ func faultRaftLeaders(t *testing.T, c *NATSCluster, skip int) map[string]string 
 					Leader string `json:"leader"`
 				} `json:"cluster"`
 				ConsumerDetail []struct {
-					Name    string `json:"name"`
+					Name   string `json:"name"`
+					Config *struct {
+						Durable string `json:"durable_name"`
+					} `json:"config"`
 					Cluster *struct {
 						Leader string `json:"leader"`
 					} `json:"cluster"`
@@ -756,7 +822,7 @@ func faultRaftLeaders(t *testing.T, c *NATSCluster, skip int) map[string]string 
 		if i == skip {
 			continue
 		}
-		if err := getJSON(n.MonitorURL+"/jsz?accounts=true&streams=true&consumers=true", &j); err != nil {
+		if err := getJSON(n.MonitorURL+"/jsz?accounts=true&streams=true&consumers=true&config=true", &j); err != nil {
 			continue
 		}
 		out := map[string]string{}
@@ -766,7 +832,9 @@ func faultRaftLeaders(t *testing.T, c *NATSCluster, skip int) map[string]string 
 					out[s.Name] = s.Cluster.Leader
 				}
 				for _, cd := range s.ConsumerDetail {
-					if cd.Cluster != nil {
+					// Ephemeral consumers (KV watchers) have one replica: they end with their
+					// server instead of electing a new leader.
+					if cd.Cluster != nil && cd.Config != nil && cd.Config.Durable != "" {
 						out[s.Name+"/"+cd.Name] = cd.Cluster.Leader
 					}
 				}

@@ -55,19 +55,14 @@ func TestFaultPartitionEdgeFromNATS(t *testing.T) {
 	var healed <-chan struct{}
 	cutAt := run.runWithKill(defaultFaultTraffic, func() { healed = faultPartition(t, nd.hosts[victim.Name], netBack, 15*time.Second) })
 	run.verify(90 * time.Second)
-	for _, c := range onVictim {
-		if c.conn.Resumes() < 1 || c.dialer.current.Load() != 1 {
-			run.dumpClientLog(c)
-			t.Fatalf("client %d: %d resumes, now on edge %d; want resumed on %s", c.idx, c.conn.Resumes(), c.dialer.current.Load(), nd.Edges[1].Name)
-		}
-	}
+	faultCheckLeft(t, run, onVictim, victim.Name)
 	run.logRecovery("edge cut off from NATS (all traffic)", cutAt)
 	sub := &faultRun{t: t, d: nd.Deployment, clients: onVictim}
 	rc := sub.logRecovery("edge cut off from NATS, its clients (4103 → resume on the other edge)", cutAt)
 	if lines := faultLogLines(victim.Proc, 6, "shedding clients", "NATS server not answering", "reachable again"); len(lines) > 0 {
 		t.Logf("%s:\n  %s", victim.Name, strings.Join(lines, "\n  "))
 	}
-	faultTarget(t, "edge cut off from NATS", rc.longestGap, roleSilenceTarget,
+	sub.target("edge cut off from NATS", rc, roleSilenceTarget,
 		"the edge sheds after ICWS_EDGE_NATS_TIMEOUT (3 s) without an answer from NATS; the resume elsewhere then waits up to 500 ms for the cut-off edge to let go of the session")
 	healedAt := waitHealed(t, healed)
 	waitReady(t, victim.AdminURL, victim.Proc)
@@ -101,7 +96,7 @@ func TestFaultPartitionNATSNode(t *testing.T) {
 	run.verify(90 * time.Second)
 	rc := run.logRecovery("NATS node cut off from its peers ("+victimName+")", cutAt)
 	run.logRoleWarnings()
-	faultTarget(t, "NATS node cut off from its peers", rc.longestGap, election+natsElectionSlack,
+	run.target("NATS node cut off from its peers", rc, election+natsElectionSlack,
 		"see the ELECTION line; processes connected to the cut-off node see a server that answers but whose JetStream does not: an edge moves after ICWS_EDGE_JETSTREAM_TIMEOUT (10 s, longer than an election so that elections alone never move it), a submitter or poller only loses its lease")
 	waitHealed(t, healed)
 	nd.NATS.WaitJetStream(90 * time.Second)
@@ -152,7 +147,7 @@ func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	sub := &faultRun{t: t, d: nd.Deployment, clients: affected}
 	rc := sub.logRecovery("submitter cut off from the IC, its clients", cutAt)
 	run.logRoleWarnings()
-	faultTarget(t, "submitter cut off from the IC", rc.longestGap, roleSilenceTarget,
+	sub.target("submitter cut off from the IC", rc, roleSilenceTarget,
 		"a submitter that reaches NATS but not the IC keeps renewing its partition leases, so nobody else submits its clients' envelopes until the IC answers again or its call times out (ICWS_SUBMIT_CALL_TIMEOUT 30 s); it would have to give its leases up after failing to reach the IC for a few seconds")
 	waitHealed(t, healed)
 	run.verify(30 * time.Second)
