@@ -522,7 +522,7 @@ func resumeAtOnce(err error) bool {
 	if errors.As(err, &ce) {
 		return ce.Code == CloseResumeElsewhere
 	}
-	return isTimeout(err)
+	return errors.Is(err, errGatewaySilent)
 }
 
 func (c *Conn) readLoop(ws *websocket.Conn) error {
@@ -536,22 +536,24 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 		stop := c.pingGateway(ws)
 		defer stop()
 	}
-	extend := func() {}
+	// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed.
+	var lastFrame atomic.Int64
+	lastFrame.Store(time.Now().UnixNano())
+	var silent atomic.Bool
 	if window > 0 {
-		// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed.
-		extend = func() { _ = ws.SetReadDeadline(time.Now().Add(window)) }
-		extend()
-		ws.SetPongHandler(func(string) error { extend(); return nil })
+		ws.SetPongHandler(func(string) error { lastFrame.Store(time.Now().UnixNano()); return nil })
+		stop := watchSilence(ws, window, &lastFrame, &silent)
+		defer stop()
 	}
 	for {
 		typ, frame, err := ws.ReadMessage()
 		if err != nil {
-			if isTimeout(err) {
-				return fmt.Errorf("nothing from the gateway for %s: %w", window, err)
+			if silent.Load() {
+				return fmt.Errorf("%w for %s", errGatewaySilent, window)
 			}
 			return err
 		}
-		extend()
+		lastFrame.Store(time.Now().UnixNano())
 		if typ != websocket.BinaryMessage {
 			return fatal(fmt.Errorf("%w: text frame", ErrInvalidMessage), 4000, "Error receiving message")
 		}
@@ -562,6 +564,43 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 			return err
 		}
 	}
+}
+
+// errGatewaySilent: nothing arrived on the connection for its silence window.
+var errGatewaySilent = errors.New("nothing from the gateway")
+
+// watchSilence closes ws once nothing arrived for window, and sets silent first. Silence must be
+// seen on two checks in a row: if this process itself was not scheduled for a while, frames that
+// arrived meanwhile wait in the socket, and the reader gets a chance to take them before the
+// connection is given up. It returns a function that stops the watch.
+func watchSilence(ws *websocket.Conn, window time.Duration, lastFrame *atomic.Int64, silent *atomic.Bool) func() {
+	tick := max(window/8, 5*time.Millisecond)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		suspect := false
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if time.Since(time.Unix(0, lastFrame.Load())) < window {
+				suspect = false
+				continue
+			}
+			if !suspect {
+				suspect = true
+				continue
+			}
+			silent.Store(true)
+			_ = ws.NetConn().Close()
+			return
+		}
+	})
+	return func() { close(stop); wg.Wait() }
 }
 
 // silenceWindowLocked is how long the current connection may stay silent before it counts as
@@ -608,11 +647,6 @@ func (c *Conn) nextToken() bool {
 	}
 	c.token, c.candidates = c.candidates[0], c.candidates[1:]
 	return true
-}
-
-func isTimeout(err error) bool {
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // pingGateway pings ws every PingInterval (the pongs extend the read deadline); it returns a

@@ -770,23 +770,47 @@ func (r *faultRun) target(what string, rc faultRecovery, target time.Duration, w
 	}
 	t.Logf("TARGET %s: longest client silence %s, target %s: MISSED: %s", what, got.Round(time.Millisecond), target.Round(time.Millisecond), why)
 	if c := rc.silentClient; c != nil {
-		var lines []string
-		for _, line := range strings.Split(string(c.logs.Bytes()), "\n") {
-			if strings.Contains(line, "level=DEBUG") && !strings.Contains(line, "resume attempt failed") {
-				continue
+		from, to := rc.silentFrom.Add(-5*time.Second), rc.silentFrom.Add(got+5*time.Second)
+		inWindow := func(text string, keep func(string) bool) []string {
+			var out []string
+			for _, line := range strings.Split(text, "\n") {
+				if at, ok := faultLogTime(line); ok && at.After(from) && at.Before(to) && keep(line) {
+					out = append(out, strings.TrimSpace(line))
+				}
 			}
-			if at, ok := faultLogTime(line); ok && at.After(rc.silentFrom.Add(-time.Second)) && at.Before(rc.silentFrom.Add(got+time.Second)) {
-				lines = append(lines, line)
+			return out
+		}
+		key := c.key.Token()
+		lines := inWindow(string(c.logs.Bytes()), func(line string) bool {
+			return !strings.Contains(line, "level=DEBUG") || strings.Contains(line, "resume attempt failed")
+		})
+		for _, e := range r.d.Edges {
+			stdout, stderr := e.Proc.Logs()
+			for _, line := range inWindow(stdout+stderr, func(line string) bool { return strings.Contains(line, key) }) {
+				lines = append(lines, e.Name+": "+line)
 			}
 		}
-		t.Logf("client %d was silent from %s UTC for %s; its log then:\n  %s", c.idx, rc.silentFrom.UTC().Format("15:04:05.000"),
-			got.Round(time.Millisecond), strings.Join(lines, "\n  "))
+		slices.SortStableFunc(lines, func(a, b string) int {
+			return strings.Compare(faultLogStamp(a), faultLogStamp(b))
+		})
+		if len(lines) > 40 {
+			lines = append(lines[:40], fmt.Sprintf("... %d more", len(lines)-40))
+		}
+		t.Logf("client %d was silent from %s UTC for %s; its log and the edges' lines about it around then:\n  %s", c.idx,
+			rc.silentFrom.UTC().Format("15:04:05.000"), got.Round(time.Millisecond), strings.Join(lines, "\n  "))
 	}
+}
+
+// faultLogStamp is the time= value of a log line (possibly prefixed by a process name), for sorting.
+func faultLogStamp(line string) string {
+	_, rest, _ := strings.Cut(line, "time=")
+	ts, _, _ := strings.Cut(rest, " ")
+	return ts
 }
 
 // faultLogTime reads the time= field of a slog text line.
 func faultLogTime(line string) (time.Time, bool) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(line), "time=")
+	_, rest, ok := strings.Cut(line, "time=")
 	if !ok {
 		return time.Time{}, false
 	}
