@@ -252,16 +252,26 @@ export class ResumingSocket {
   // _feedWatchdog restarts the silence watchdog of ws: nothing for twice the heartbeat interval
   // means the gateway hung or the network dropped the connection without a close, and the session
   // is resumed on a new connection (which a load balancer sends to a healthy gateway).
+  //
+  // When the timer fires, the page may itself have been busy (a long task, a throttled tab) while
+  // frames waited to be handled: the connection is given up only if nothing arrives during one more
+  // short grace period, which lets queued message events run first.
   _feedWatchdog(ws) {
     if (this._watchdog !== null) clearTimeout(this._watchdog);
     this._watchdog = null;
     if (this._heartbeatMs <= 0 || ws !== this._ws) return;
+    const window = 2 * this._heartbeatMs;
+    const grace = Math.max(50, this._heartbeatMs / 4);
+    const gone = () => ws !== this._ws || this._state !== OPEN || this._resuming || this._closeRequested || !this.resumable;
     this._watchdog = setTimeout(() => {
-      this._watchdog = null;
-      if (ws !== this._ws || this._state !== OPEN || this._resuming || this._closeRequested || !this.resumable) return;
-      this._abandon(ws);
-      void this._resume(closeEvent(CLOSE_SILENT, "icws: nothing from the gateway for " + 2 * this._heartbeatMs + " ms", false));
-    }, 2 * this._heartbeatMs);
+      if (gone()) return;
+      this._watchdog = setTimeout(() => {
+        this._watchdog = null;
+        if (gone()) return;
+        this._abandon(ws);
+        void this._resume(closeEvent(CLOSE_SILENT, "icws: nothing from the gateway for " + window + " ms", false));
+      }, grace);
+    }, window);
   }
 
   // _abandon stops listening to ws and closes it without waiting for the gateway's answer.
