@@ -536,24 +536,26 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 		stop := c.pingGateway(ws)
 		defer stop()
 	}
-	// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed.
-	var lastFrame atomic.Int64
-	lastFrame.Store(time.Now().UnixNano())
+	// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed. Only
+	// the time the reader spends waiting counts: while it verifies a frame (a long replay on a
+	// busy machine) the frames behind it wait in the socket, which says nothing about the gateway.
+	var waiting atomic.Int64 // unix ns since which the reader waits for a frame; readerBusy while it handles one
 	var silent atomic.Bool
 	if window > 0 {
-		ws.SetPongHandler(func(string) error { lastFrame.Store(time.Now().UnixNano()); return nil })
-		stop := watchSilence(ws, window, &lastFrame, &silent)
+		ws.SetPongHandler(func(string) error { waiting.Store(time.Now().UnixNano()); return nil })
+		stop := watchSilence(ws, window, &waiting, &silent)
 		defer stop()
 	}
 	for {
+		waiting.Store(time.Now().UnixNano())
 		typ, frame, err := ws.ReadMessage()
+		waiting.Store(readerBusy)
 		if err != nil {
 			if silent.Load() {
 				return fmt.Errorf("%w for %s", errGatewaySilent, window)
 			}
 			return err
 		}
-		lastFrame.Store(time.Now().UnixNano())
 		if typ != websocket.BinaryMessage {
 			return fatal(fmt.Errorf("%w: text frame", ErrInvalidMessage), 4000, "Error receiving message")
 		}
@@ -569,11 +571,14 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 // errGatewaySilent: nothing arrived on the connection for its silence window.
 var errGatewaySilent = errors.New("nothing from the gateway")
 
-// watchSilence closes ws once nothing arrived for window, and sets silent first. Silence must be
-// seen on two checks in a row: if this process itself was not scheduled for a while, frames that
-// arrived meanwhile wait in the socket, and the reader gets a chance to take them before the
-// connection is given up. It returns a function that stops the watch.
-func watchSilence(ws *websocket.Conn, window time.Duration, lastFrame *atomic.Int64, silent *atomic.Bool) func() {
+// readerBusy in the reader's waiting time: it is handling a frame, not waiting for one.
+const readerBusy = -1
+
+// watchSilence closes ws once the reader has waited for window without a frame, and sets silent
+// first. Silence must be seen on two checks in a row: if this process itself was not scheduled for
+// a while, frames that arrived meanwhile wait in the socket, and the reader gets a chance to take
+// them before the connection is given up. It returns a function that stops the watch.
+func watchSilence(ws *websocket.Conn, window time.Duration, waiting *atomic.Int64, silent *atomic.Bool) func() {
 	tick := max(window/8, 5*time.Millisecond)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -587,7 +592,8 @@ func watchSilence(ws *websocket.Conn, window time.Duration, lastFrame *atomic.In
 				return
 			case <-t.C:
 			}
-			if time.Since(time.Unix(0, lastFrame.Load())) < window {
+			since := waiting.Load()
+			if since == readerBusy || time.Since(time.Unix(0, since)) < window {
 				suspect = false
 				continue
 			}
