@@ -128,7 +128,7 @@ func (e *Edge) checkLiveness(c *conn, now time.Time, rev time.Duration) {
 		// A ping is out and nothing came back since.
 		if time.Duration(nowNs-c.pingSentAt) >= e.cfg.PingTimeout {
 			e.m.unresponsive.Inc()
-			e.log.Debug("client answered no ping: closing", "remote", c.remote, "client", c.clientTok, "silent", time.Duration(nowNs-seen).Round(time.Millisecond))
+			e.log.Debug("client answered no ping: closing", "remote", c.remote, "silent", time.Duration(nowNs-seen).Round(time.Millisecond))
 			c.closeWith(CloseUnresponsive, reasonUnresponsive)
 		}
 	case time.Duration(nowNs-seen) >= e.cfg.PingInterval:
