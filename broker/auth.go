@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -24,6 +25,10 @@ type ClientConfig struct {
 	TLSCA        string `envconfig:"NATS_TLS_CA" default:"" desc:"PEM file of the CA certificates that sign the NATS servers' certificates (default: the system roots); any ICWS_NATS_TLS_* variable makes TLS mandatory"`
 	TLSCert      string `envconfig:"NATS_TLS_CERT" default:"" desc:"PEM client certificate for NATS mutual TLS (with ICWS_NATS_TLS_KEY)"`
 	TLSKey       string `envconfig:"NATS_TLS_KEY" default:"" desc:"PEM private key of ICWS_NATS_TLS_CERT"`
+	// nats.go pings every 2 minutes by default: a hung server (paused VM, frozen container) would
+	// hold a connection for minutes. With these defaults a silent server is left after about 3 s.
+	PingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"1s" desc:"how often each process pings its NATS server; a server that misses NATS_MAX_PINGS_OUT pings in a row is left for another"`
+	MaxPingsOut  int           `envconfig:"NATS_MAX_PINGS_OUT" default:"2" desc:"unanswered NATS pings after which the connection counts as stale and is re-established"`
 }
 
 // Variable names, for error messages.
@@ -82,6 +87,12 @@ func (c *ClientConfig) credentialVars() string {
 // holds what it should, so a mistake stops the process at start instead of at the first connect.
 // Messages name the variable and the file, never a file's content.
 func (c *ClientConfig) Validate() error {
+	if c.PingInterval != 0 && c.PingInterval < 100*time.Millisecond {
+		return fmt.Errorf("ICWS_NATS_PING_INTERVAL=%s: must be at least 100ms", c.PingInterval)
+	}
+	if c.MaxPingsOut < 0 {
+		return fmt.Errorf("ICWS_NATS_MAX_PINGS_OUT=%d: must be at least 1", c.MaxPingsOut)
+	}
 	if c.URL == "" {
 		for _, s := range c.settings() {
 			if s.value != "" {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,6 +17,21 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// DefaultClientConfig is the documented defaults of ClientConfig (no URL, no credentials).
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{PingInterval: time.Second, MaxPingsOut: 2}
+}
+
+// options are the connection options of ClientConfig's liveness settings; zero values mean the
+// defaults.
+func (c ClientConfig) options() []nats.Option {
+	def := DefaultClientConfig()
+	return []nats.Option{
+		nats.PingInterval(cmp.Or(c.PingInterval, def.PingInterval)),
+		nats.MaxPingsOutstanding(cmp.Or(c.MaxPingsOut, def.MaxPingsOut)),
+	}
+}
 
 const (
 	reconnectMin = 100 * time.Millisecond
@@ -94,6 +110,7 @@ func Connect(ctx context.Context, cfg ClientConfig, name string, logger *slog.Lo
 	}
 	shown := redact.URL(cfg.URL)
 	opts := append(clientOptions(name, cfg.URL, logger), cfg.authOptions()...)
+	opts = append(opts, cfg.options()...)
 	opts = append(opts, extra...)
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(cfg.URL, opts...)

@@ -152,7 +152,9 @@ func (e *Embedded) ClientURL() string {
 // Connect opens a client connection: in-process when there is no TCP listener, else over TCP.
 func (e *Embedded) Connect(ctx context.Context, name string) (*nats.Conn, error) {
 	if e.listen {
-		return Connect(ctx, ClientConfig{URL: e.ClientURL()}, name, e.logger)
+		cfg := DefaultClientConfig()
+		cfg.URL = e.ClientURL()
+		return Connect(ctx, cfg, name, e.logger)
 	}
 	// In-process connections cannot fail like network ones: their state changes are debug lines.
 	opts := append(clientOptions(name, "", slog.New(debugOnly{e.logger.Handler()})), nats.InProcessServer(e.ns))

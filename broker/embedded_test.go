@@ -285,7 +285,9 @@ func TestTCPListenerAndExternalConnect(t *testing.T) {
 		t.Fatalf("ClientURL = %q", url)
 	}
 	// Two URLs, the first unreachable: the client must still find the second.
-	nc, err := Connect(ctx, ClientConfig{URL: "nats://127.0.0.1:1," + url}, "ext", testLogger(t))
+	ccfg := DefaultClientConfig()
+	ccfg.URL = "nats://127.0.0.1:1," + url
+	nc, err := Connect(ctx, ccfg, "ext", testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +306,9 @@ func TestConnectGivesUpWhenContextEnds(t *testing.T) {
 	ln.Close() // nothing listens there now
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	_, err = Connect(ctx, ClientConfig{URL: "nats://" + addr}, "nowhere", testLogger(t))
+	ccfg := DefaultClientConfig()
+	ccfg.URL = "nats://" + addr
+	_, err = Connect(ctx, ccfg, "nowhere", testLogger(t))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want deadline exceeded, got %v", err)
 	}

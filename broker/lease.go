@@ -85,6 +85,9 @@ type LeaseConfig struct {
 	// OnError, if set, is called with every failed KV operation except a lost acquisition race,
 	// for the role's metrics.
 	OnError func(error)
+	// OnRenewed, if set, is called after every write of the lease that landed (acquisition or
+	// renewal): proof that this process reaches the bucket's leader.
+	OnRenewed func()
 }
 
 // Lease is one lease in BucketLeases, shared by the roles: the edge's liveness lease, the poller's
@@ -325,6 +328,9 @@ func (l *Lease) extend(t *tenure, rev uint64, sent time.Time) {
 	l.rev, l.unacked, l.seenRev = rev, nil, max(l.seenRev, rev)
 	if v := sent.Add(l.validFor()); l.held && v.After(l.validUntil) {
 		l.validUntil = v
+	}
+	if l.cfg.OnRenewed != nil {
+		l.cfg.OnRenewed()
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
+	"github.com/fxamacker/cbor/v2"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
@@ -313,5 +314,118 @@ func TestResumeAfterSilentGateway(t *testing.T) {
 	}
 	if log := e.can.Received(c.ClientKey()); log.Received != 2 || log.SequenceErrors != 0 {
 		t.Fatalf("canister log = %+v", log)
+	}
+}
+
+// A gateway that announces heartbeats and then hangs (no frames, no pongs) is left after twice the
+// heartbeat interval, long before the ping watchdog would notice; heartbeats are never delivered as
+// messages and an idle session with heartbeats never resumes.
+func TestResumeAfterHeartbeatsStop(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	e.gw.heartbeat = 250 * time.Millisecond
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume, cfg.PingInterval = true, time.Minute
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	// Idle for many heartbeat intervals: nothing delivered, nothing resumed.
+	select {
+	case m := <-c.Messages():
+		t.Fatalf("message %d while idle", m.Seq)
+	case <-time.After(8 * e.gw.heartbeat):
+	}
+	if c.Resumes() != 0 {
+		t.Fatalf("resumes = %d while heartbeats flowed", c.Resumes())
+	}
+	e.gw.freezeAll()
+	send(t, c, "after")
+	m, app := receive(t, c)
+	if app.Text != "after" || m.Seq != 3 {
+		t.Fatalf("echo = %q seq %d", app.Text, m.Seq)
+	}
+	if c.Resumes() != 1 {
+		t.Fatalf("resumes = %d, want 1", c.Resumes())
+	}
+}
+
+// Close code 4103 (the gateway lost its message bus) is a resumable drop, resumed at once.
+func TestResumeAfterResumeElsewhere(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	cfg.ReconnectMin = time.Minute // only the immediate first attempt can resume in time
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	e.gw.closeAll(CloseResumeElsewhere, "icws: edge lost its message bus, resume elsewhere")
+	send(t, c, "after")
+	m, app := receive(t, c)
+	if app.Text != "after" || m.Seq != 3 {
+		t.Fatalf("echo = %q seq %d", app.Text, m.Seq)
+	}
+	if c.Resumes() != 1 {
+		t.Fatalf("resumes = %d, want 1", c.Resumes())
+	}
+}
+
+func TestIsHeartbeat(t *testing.T) {
+	hb, err := cbor.Marshal(protocol.Heartbeat{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withKey, _ := cbor.Marshal(map[string]any{"icws_heartbeat": map[string]any{"later": 1}})
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  bool
+	}{
+		{"heartbeat", hb, true},
+		{"tagged heartbeat", append(append([]byte{}, protocol.SelfDescribeTag...), hb...), true},
+		{"heartbeat with more keys", withKey, true},
+		{"resume answer", []byte("\xa1\x6cicws_resumed\xa1\x6flast_client_seq\x00"), false},
+		{"empty", nil, false},
+		{"not CBOR", []byte("icws_heartbeat"), false},
+		{"large frame", append(hb, make([]byte, maxHeartbeatFrame)...), false},
+	} {
+		if got := isHeartbeat(tc.frame); got != tc.want {
+			t.Errorf("%s: isHeartbeat(%x) = %v, want %v", tc.name, tc.frame, got, tc.want)
+		}
+	}
+}
+
+func FuzzIsHeartbeat(f *testing.F) {
+	hb, _ := cbor.Marshal(protocol.Heartbeat{})
+	f.Add(hb)
+	f.Add([]byte("\xa1\x6cicws_resumed\xa1\x6flast_client_seq\x00"))
+	f.Add([]byte{0xd9, 0xd9, 0xf7, 0xa0})
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		_ = isHeartbeat(frame)
+	})
+}
+
+// A resume whose answer is lost after the gateway took the session over (its token rotated to the
+// lost connection's) is retried with that connection's token: the session survives.
+func TestResumeAfterLostResumeAnswers(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	e.gw.loseResumeAnswers.Store(2)
+	e.gw.dropAll()
+	send(t, c, "after")
+	m, app := receive(t, c)
+	if app.Text != "after" || m.Seq != 3 {
+		t.Fatalf("echo = %q seq %d", app.Text, m.Seq)
+	}
+	if c.Resumes() != 1 || e.gw.loseResumeAnswers.Load() != 0 {
+		t.Fatalf("resumes = %d, answers still to lose %d", c.Resumes(), e.gw.loseResumeAnswers.Load())
 	}
 }

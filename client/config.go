@@ -20,17 +20,18 @@ import (
 
 // Defaults, as in ic-websocket-js 0.5.0 where it has one.
 const (
-	DefaultAckInterval   = 300 * time.Second // CDK send_ack_interval_ms default
-	DefaultMaxCertAge    = 5 * time.Minute   // SDK maxCertificateAgeInMinutes
-	DefaultOpenTimeout   = 60 * time.Second  // SDK: 2 × COMMUNICATION_LATENCY_BOUND_MS
-	DefaultReconnectMin  = 100 * time.Millisecond
-	DefaultReconnectMax  = 5 * time.Second
-	DefaultResumeTimeout = 60 * time.Second
-	DefaultWriteTimeout  = 10 * time.Second
-	DefaultPingInterval  = 15 * time.Second
-	DefaultMessageBuffer = 256
-	DefaultMaxPending    = 10000
-	DefaultMaxFrameSize  = 32 << 20
+	DefaultAckInterval    = 300 * time.Second // CDK send_ack_interval_ms default
+	DefaultMaxCertAge     = 5 * time.Minute   // SDK maxCertificateAgeInMinutes
+	DefaultOpenTimeout    = 60 * time.Second  // SDK: 2 × COMMUNICATION_LATENCY_BOUND_MS
+	DefaultReconnectMin   = 100 * time.Millisecond
+	DefaultReconnectMax   = 2 * time.Second
+	DefaultResumeTimeout  = 60 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
+	DefaultPingInterval   = 15 * time.Second
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultMessageBuffer  = 256
+	DefaultMaxPending     = 10000
+	DefaultMaxFrameSize   = 32 << 20
 
 	// CommunicationLatencyBound is the SDK's slack added to the ack interval for its watchdog.
 	CommunicationLatencyBound = 30 * time.Second
@@ -68,6 +69,15 @@ type Config struct {
 	// gateways that do not offer resume (the Rust gateway ends a session on a ping). Negative
 	// disables it.
 	PingInterval time.Duration
+	// HeartbeatSilence: with Resume on, the client asks the gateway for heartbeat frames
+	// (docs/RESUME.md §7) and treats a connection on which nothing arrived for this long as
+	// dropped, then resumes (elsewhere, if the gateway hangs). 0 means twice the interval the
+	// gateway announces; negative means do not ask for heartbeats.
+	HeartbeatSilence time.Duration
+	// ConnectTimeout bounds one connection attempt: dial, WebSocket upgrade and the gateway's
+	// handshake (and, when resuming, its answer), so that a hung gateway costs one attempt, not
+	// ResumeTimeout.
+	ConnectTimeout time.Duration
 	// OpenTimeout bounds the wait for the canister's OpenMessage after ws_open was sent.
 	OpenTimeout time.Duration
 	// WriteTimeout bounds every frame write.
@@ -121,6 +131,7 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconnectMax, DefaultReconnectMax)
 	def(&c.ResumeTimeout, DefaultResumeTimeout)
 	def(&c.OpenTimeout, DefaultOpenTimeout)
+	def(&c.ConnectTimeout, DefaultConnectTimeout)
 	if c.PingInterval == 0 {
 		c.PingInterval = DefaultPingInterval
 	}

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,10 +116,14 @@ type Conn struct {
 
 	// mu guards the session state below and serialises writes, so the wire order of ws_messages
 	// is their sequence order.
-	mu         sync.Mutex
-	ws         *websocket.Conn // nil while reconnecting
-	gateway    principal.Principal
-	token      []byte // resume token; nil if the gateway did not offer resume
+	mu        sync.Mutex
+	ws        *websocket.Conn // nil while reconnecting
+	gateway   principal.Principal
+	token     []byte        // resume token; nil if the gateway did not offer resume
+	heartbeat time.Duration // heartbeat interval the current connection's gateway announced; 0: none
+	// candidates are the tokens of resume attempts whose answer never came: the session's token
+	// is token or one of these.
+	candidates [][]byte
 	outSeq     uint64
 	pending    []outgoing // sent, not yet confirmed by gateway or canister
 	acks       ackQueue
@@ -178,6 +183,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c.ws, c.gateway = ws, gw
 	if offer != nil {
 		c.token = offer.Token
+		c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	}
 	c.cur.Store(ws)
 	err = c.write(ws, frame)
@@ -206,8 +212,10 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	return nil, c.Err()
 }
 
-// connect dials the gateway and reads its handshake.
+// connect dials the gateway and reads its handshake, within ConnectTimeout.
 func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principal, *protocol.ResumeOffer, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
 	u := c.cfg.GatewayURL
 	if c.cfg.Resume {
 		pu, err := url.Parse(u)
@@ -216,6 +224,9 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, principal.Principa
 		}
 		q := pu.Query()
 		q.Set(ResumeQueryParam, "1")
+		if c.cfg.HeartbeatSilence >= 0 {
+			q.Set(HeartbeatQueryParam, "1")
+		}
 		pu.RawQuery = q.Encode()
 		u = pu.String()
 	}
@@ -482,7 +493,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 			return
 		}
 		c.log.Info("connection dropped; resuming", "err", err)
-		ws, err = c.reconnect()
+		ws, err = c.reconnect(resumeAtOnce(err))
 		if err != nil {
 			c.fail(err, 4000, "Resume failed")
 			return
@@ -498,32 +509,59 @@ func isResumableDrop(err error) bool {
 	}
 	switch ce.Code {
 	case websocket.CloseGoingAway, websocket.CloseAbnormalClosure, websocket.CloseInternalServerErr,
-		websocket.CloseServiceRestart, websocket.CloseTryAgainLater, websocket.CloseNoStatusReceived, CloseSlowClient:
+		websocket.CloseServiceRestart, websocket.CloseTryAgainLater, websocket.CloseNoStatusReceived, CloseSlowClient,
+		CloseResumeElsewhere, CloseUnresponsive:
 		return true
 	}
 	return false
 }
 
+// resumeAtOnce tells drops after which the first resume attempt should not wait: the gateway
+// asked the client to go elsewhere (4103), or it fell silent (the client already waited for it).
+func resumeAtOnce(err error) bool {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code == CloseResumeElsewhere
+	}
+	return errors.Is(err, errGatewaySilent)
+}
+
 func (c *Conn) readLoop(ws *websocket.Conn) error {
 	c.mu.Lock()
-	liveness := c.token != nil && c.cfg.PingInterval > 0
+	icws := c.token != nil
+	window := c.silenceWindowLocked()
 	c.mu.Unlock()
-	if liveness {
+	if icws && c.cfg.PingInterval > 0 {
 		// Only on icws connections (resume offered): the Rust gateway treats a ping as a protocol
-		// error. A silent peer (half-open TCP) is then noticed within 2 × PingInterval and resumed.
-		stop := c.keepSocketAlive(ws)
+		// error.
+		stop := c.pingGateway(ws)
+		defer stop()
+	}
+	// A silent gateway (hung, cut off, half-open TCP) is noticed after window and resumed. Only
+	// the time the reader spends waiting counts: while it verifies a frame (a long replay on a
+	// busy machine) the frames behind it wait in the socket, which says nothing about the gateway.
+	var waiting atomic.Int64 // unix ns since which the reader waits for a frame; readerBusy while it handles one
+	var silent atomic.Bool
+	if window > 0 {
+		ws.SetPongHandler(func(string) error { waiting.Store(time.Now().UnixNano()); return nil })
+		stop := watchSilence(ws, window, &waiting, &silent)
 		defer stop()
 	}
 	for {
+		waiting.Store(time.Now().UnixNano())
 		typ, frame, err := ws.ReadMessage()
+		waiting.Store(readerBusy)
 		if err != nil {
+			if silent.Load() {
+				return fmt.Errorf("%w for %s", errGatewaySilent, window)
+			}
 			return err
-		}
-		if liveness {
-			_ = ws.SetReadDeadline(time.Now().Add(2 * c.cfg.PingInterval))
 		}
 		if typ != websocket.BinaryMessage {
 			return fatal(fmt.Errorf("%w: text frame", ErrInvalidMessage), 4000, "Error receiving message")
+		}
+		if isHeartbeat(frame) {
+			continue
 		}
 		if err := c.handleFrame(frame); err != nil {
 			return err
@@ -531,13 +569,97 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 	}
 }
 
-// keepSocketAlive pings ws every PingInterval and drops it when nothing (frame or pong) arrived
-// for two intervals; it returns a function that stops the pinger.
-func (c *Conn) keepSocketAlive(ws *websocket.Conn) func() {
+// errGatewaySilent: nothing arrived on the connection for its silence window.
+var errGatewaySilent = errors.New("nothing from the gateway")
+
+// readerBusy in the reader's waiting time: it is handling a frame, not waiting for one.
+const readerBusy = -1
+
+// watchSilence closes ws once the reader has waited for window without a frame, and sets silent
+// first. Silence must be seen on two checks in a row: if this process itself was not scheduled for
+// a while, frames that arrived meanwhile wait in the socket, and the reader gets a chance to take
+// them before the connection is given up. It returns a function that stops the watch.
+func watchSilence(ws *websocket.Conn, window time.Duration, waiting *atomic.Int64, silent *atomic.Bool) func() {
+	tick := max(window/8, 5*time.Millisecond)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		suspect := false
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			since := waiting.Load()
+			if since == readerBusy || time.Since(time.Unix(0, since)) < window {
+				suspect = false
+				continue
+			}
+			if !suspect {
+				suspect = true
+				continue
+			}
+			silent.Store(true)
+			_ = ws.NetConn().Close()
+			return
+		}
+	})
+	return func() { close(stop); wg.Wait() }
+}
+
+// silenceWindowLocked is how long the current connection may stay silent before it counts as
+// dropped: twice the gateway's heartbeat interval (or HeartbeatSilence) and twice PingInterval,
+// whichever is shorter; 0 for no limit (not an icws connection). Callers hold c.mu.
+func (c *Conn) silenceWindowLocked() time.Duration {
+	if c.token == nil {
+		return 0
+	}
+	var w time.Duration
+	if c.cfg.PingInterval > 0 {
+		w = 2 * c.cfg.PingInterval
+	}
+	if c.heartbeat > 0 && c.cfg.HeartbeatSilence >= 0 {
+		hb := c.cfg.HeartbeatSilence
+		if hb == 0 {
+			hb = 2 * c.heartbeat
+		}
+		if w == 0 || hb < w {
+			w = hb
+		}
+	}
+	return w
+}
+
+// maxCandidateTokens bounds the tokens kept from resume attempts whose answer was lost.
+const maxCandidateTokens = 8
+
+func (c *Conn) keepCandidateToken(token []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.candidates) < maxCandidateTokens {
+		c.candidates = append(c.candidates, token)
+	}
+}
+
+// nextToken replaces the session token, which the gateway refused, with the oldest candidate;
+// false if there is none.
+func (c *Conn) nextToken() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.candidates) == 0 {
+		return false
+	}
+	c.token, c.candidates = c.candidates[0], c.candidates[1:]
+	return true
+}
+
+// pingGateway pings ws every PingInterval (the pongs extend the read deadline); it returns a
+// function that stops the pinger.
+func (c *Conn) pingGateway(ws *websocket.Conn) func() {
 	d := c.cfg.PingInterval
-	extend := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * d)) }
-	extend()
-	ws.SetPongHandler(func(string) error { extend(); return nil })
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -661,13 +783,17 @@ func (c *Conn) trimPendingLocked(seq uint64) {
 }
 
 // reconnect retries resuming with exponential backoff until it works, the session turns out not to
-// be resumable, ResumeTimeout passes, or the connection is closed.
-func (c *Conn) reconnect() (*websocket.Conn, error) {
+// be resumable, ResumeTimeout passes, or the connection is closed. With atOnce the first attempt
+// does not wait.
+func (c *Conn) reconnect(atOnce bool) (*websocket.Conn, error) {
 	deadline := time.Now().Add(c.cfg.ResumeTimeout)
 	backoff := c.cfg.ReconnectMin
 	var last error
 	for attempt := 1; ; attempt++ {
 		wait := backoff/2 + jitter(backoff/2)
+		if attempt == 1 && atOnce {
+			wait = 0
+		}
 		if rem := time.Until(deadline); wait > rem {
 			wait = rem
 		}
@@ -722,7 +848,19 @@ func jitter(d time.Duration) time.Duration {
 
 // tryResume opens a new WebSocket, sends the resume frame and re-sends what the gateway lacks.
 func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
-	ws, gw, offer, err := c.connect(ctx)
+	// A gateway that sends heartbeats answers a new connection at once: one that keeps the
+	// handshake back longer than the silence window is as good as silent (a hung process behind a
+	// load balancer that has not noticed yet).
+	c.mu.Lock()
+	window, hb := c.silenceWindowLocked(), c.heartbeat
+	c.mu.Unlock()
+	cctx := ctx
+	if window > 0 && hb > 0 && window < c.cfg.ConnectTimeout {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, window)
+		defer cancel()
+	}
+	ws, gw, offer, err := c.connect(cctx)
 	if err != nil {
 		return nil, err
 	}
@@ -756,16 +894,45 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		ws.Close()
 		return nil, fmt.Errorf("client: send resume frame: %w", err)
 	}
+	// Without heartbeats the answer must come within ConnectTimeout. With them, the gateway is
+	// working on it as long as they come (it retries its message bus through a leader election),
+	// and has failed when they stop.
+	silence := time.Duration(0)
+	if offer.HeartbeatMillis > 0 && c.cfg.HeartbeatSilence >= 0 {
+		silence = c.cfg.HeartbeatSilence
+		if silence == 0 {
+			silence = 2 * time.Duration(offer.HeartbeatMillis) * time.Millisecond
+		}
+	}
+	readBy := func() time.Time {
+		if silence > 0 {
+			return time.Now().Add(silence)
+		}
+		return time.Now().Add(c.cfg.ConnectTimeout)
+	}
+	_ = ws.SetReadDeadline(readBy())
 	typ, answer, err := ws.ReadMessage()
+	for err == nil && typ == websocket.BinaryMessage && isHeartbeat(answer) {
+		_ = ws.SetReadDeadline(readBy())
+		typ, answer, err = ws.ReadMessage()
+	}
+	_ = ws.SetReadDeadline(time.Time{})
 	if err != nil {
 		ws.Close()
 		var ce *websocket.CloseError
 		if errors.As(err, &ce) && ce.Code == CloseNotResumable {
+			if strings.HasSuffix(ce.Text, "wrong token") && c.nextToken() {
+				return nil, fmt.Errorf("client: resume: %s; trying the token of an earlier attempt", ce.Text)
+			}
 			return nil, fmt.Errorf("%w: %s", ErrNotResumable, ce.Text)
 		}
 		if errors.As(err, &ce) && !isResumableDrop(err) {
 			return nil, fmt.Errorf("%w: gateway closed with %d %q", ErrNotResumable, ce.Code, ce.Text)
 		}
+		// The gateway may have taken the session over with this connection's token before the
+		// answer was lost: a later attempt may need it (RESUME.md §1.6: a wrong token leaves the
+		// session untouched, so trying it costs nothing).
+		c.keepCandidateToken(offer.Token)
 		return nil, fmt.Errorf("client: read resume answer: %w", err)
 	}
 	if typ != websocket.BinaryMessage {
@@ -797,7 +964,8 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		}
 		c.resent.Add(1)
 	}
-	c.token = offer.Token
+	c.token, c.candidates = offer.Token, nil
+	c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	c.gateway = gw
 	c.ws = ws
 	c.cur.Store(ws)

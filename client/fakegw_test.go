@@ -95,12 +95,19 @@ type fakeGateway struct {
 	url        string
 	resume     bool
 	wg         sync.WaitGroup
+	writeLocks sync.Map // *websocket.Conn → *sync.Mutex
+	// heartbeat, when set before clients connect, is the interval of heartbeat frames sent to
+	// connections that ask for them.
+	heartbeat time.Duration
 
 	// tamper flips a byte of the next app message's content before forwarding it.
 	tamper atomic.Bool
 	// dropBeforeSeq, when > 0, drops the socket right before forwarding this canister seq.
 	dropBeforeSeq atomic.Uint64
 	drops         atomic.Int64
+	// loseResumeAnswers, while positive, makes a resume take the session over and then drop the
+	// connection before the answer.
+	loseResumeAnswers atomic.Int32
 
 	mu       sync.Mutex
 	sessions map[string]*fgSession // by client key token
@@ -153,6 +160,21 @@ func (g *fakeGateway) freezeAll() {
 	}
 }
 
+// closeAll closes every client socket with a close frame of code.
+func (g *fakeGateway) closeAll(code int, reason string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.sessions {
+		s.mu.Lock()
+		if s.ws != nil {
+			_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+			s.ws.NetConn().Close()
+			s.ws = nil
+		}
+		s.mu.Unlock()
+	}
+}
+
 // dropAll cuts every client socket without a close frame, as a network failure would.
 func (g *fakeGateway) dropAll() {
 	g.mu.Lock()
@@ -187,12 +209,22 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	token := make([]byte, 32)
 	_, _ = rand.Read(token)
 	offer := g.resume && r.URL.Query().Get(ResumeQueryParam) == "1"
+	heartbeat := offer && g.heartbeat > 0 && r.URL.Query().Get(HeartbeatQueryParam) == "1"
 	if offer {
 		hs.Resume = &protocol.ResumeOffer{Version: protocol.ResumeVersion, Token: token}
+		if heartbeat {
+			hs.Resume.HeartbeatMillis = uint64(g.heartbeat.Milliseconds())
+		}
 	}
 	b, _ := hs.Encode()
-	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+	if err := g.write(ws, b); err != nil {
 		return
+	}
+	defer g.writeLocks.Delete(ws)
+	if heartbeat {
+		stop := make(chan struct{})
+		defer close(stop)
+		go g.sendHeartbeats(ws, frozen, stop)
 	}
 	_, first, err := ws.ReadMessage()
 	if err != nil {
@@ -211,16 +243,27 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			delete(g.tokens, hex.EncodeToString(req.Token))
 			g.tokens[hex.EncodeToString(token)] = s
 		}
+		known := g.sessions[protocol.ClientKey{ClientPrincipal: principal.Principal{Raw: req.ClientKey.ClientPrincipal}, ClientNonce: req.ClientKey.ClientNonce}.Token()] != nil
 		g.mu.Unlock()
 		if s == nil {
-			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNotResumable, "icws: not resumable: unknown session"), time.Now().Add(time.Second))
+			reason := "icws: not resumable: unknown session"
+			if known {
+				reason = "icws: not resumable: wrong token"
+			}
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNotResumable, reason), time.Now().Add(time.Second))
+			return
+		}
+		if g.loseResumeAnswers.Load() > 0 {
+			// The session is taken over with this connection's token, and the answer is lost.
+			g.loseResumeAnswers.Add(-1)
+			ws.NetConn().Close()
 			return
 		}
 		s.mu.Lock()
 		ans, _ := protocol.ResumedAnswer{LastClientSeq: s.lastClientSeq}.Encode()
-		err := ws.WriteMessage(websocket.BinaryMessage, ans)
+		err := g.write(ws, ans)
 		for i := req.LastSeq; err == nil && i < uint64(len(s.frames)); i++ {
-			err = ws.WriteMessage(websocket.BinaryMessage, s.frames[i])
+			err = g.write(ws, s.frames[i])
 		}
 		if err == nil {
 			s.ws, s.frozen = ws, frozen
@@ -286,6 +329,32 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			g.t.Logf("fake gateway: ws_message: %v", err)
 		}
 	}
+}
+
+// sendHeartbeats writes a heartbeat frame every interval from the handshake on, until stop or
+// while the connection is frozen.
+func (g *fakeGateway) sendHeartbeats(ws *websocket.Conn, frozen *atomic.Bool, stop chan struct{}) {
+	frame, _ := protocol.Heartbeat{}.Encode()
+	t := time.NewTicker(g.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if !frozen.Load() {
+			_ = g.write(ws, frame)
+		}
+	}
+}
+
+// write sends one binary frame; writes to one connection are serialised.
+func (g *fakeGateway) write(ws *websocket.Conn, frame []byte) error {
+	mu, _ := g.writeLocks.LoadOrStore(ws, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	return ws.WriteMessage(websocket.BinaryMessage, frame)
 }
 
 func (g *fakeGateway) post(envelope []byte) error {
@@ -370,6 +439,6 @@ func (g *fakeGateway) forward(m protocol.CanisterOutputMessage, cert, tree []byt
 	}
 	s.frames = append(s.frames, frame)
 	if s.ws != nil {
-		_ = s.ws.WriteMessage(websocket.BinaryMessage, frame)
+		_ = g.write(s.ws, frame)
 	}
 }

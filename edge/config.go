@@ -54,9 +54,19 @@ type Config struct {
 	HTTPIdleTimeout         time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"30s" desc:"how long a keep-alive HTTP connection that never upgraded may stay idle"`
 	HTTPMaxHeaderBytes      int           `envconfig:"HTTP_MAX_HEADER_BYTES" default:"16384" desc:"largest HTTP request header accepted on the WebSocket port (431 above)"`
 	StreamAdmitPercent      int           `envconfig:"STREAM_ADMIT_PERCENT" default:"90" desc:"new sessions are refused (1013) while ICWS_IN or ICWS_OUT holds more than this percentage of its byte limit"`
+
+	PingInterval      time.Duration `envconfig:"PING_INTERVAL" default:"10s" desc:"the edge sends a WebSocket ping to a client connection that sent nothing (frame or pong) for this long"`
+	PingTimeout       time.Duration `envconfig:"PING_TIMEOUT" default:"10s" desc:"a client connection that answers a ping with nothing for this long is closed as dead (half-open TCP); its session is detached (resumable) or closed"`
+	HeartbeatInterval time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"1500ms" desc:"resumable connections that ask for heartbeats (icws-heartbeat=1) get an icws_heartbeat frame after this long without any other frame; their clients resume elsewhere after 2 × this of silence"`
+	NATSTimeout       time.Duration `envconfig:"EDGE_NATS_TIMEOUT" default:"3s" desc:"when the NATS server has not answered the edge for this long, the edge closes its clients (resumable ones with 4103: resume elsewhere) and refuses new ones with 1013 until NATS answers again; after a quarter of it the edge tries another NATS server"`
+	JetStreamTimeout  time.Duration `envconfig:"EDGE_JETSTREAM_TIMEOUT" default:"10s" desc:"when the edge's lease renewals fail this long although its NATS server answers (the server lost its cluster), the edge moves to another NATS server; after twice this it closes its clients as for EDGE_NATS_TIMEOUT. Relays, resumes and history reads are retried for twice this before a client is closed with 1011. Longer than a JetStream leader election (4-9 s)"`
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// minLivenessPeriod bounds the liveness settings from below: the edge-wide liveness walk and the
+// NATS probe cannot act at a finer grain than their ticks.
+const minLivenessPeriod = 100 * time.Millisecond
 
 // DefaultConfig returns the documented defaults (the same values as the envconfig defaults).
 func DefaultConfig() Config {
@@ -93,6 +103,12 @@ func DefaultConfig() Config {
 		HTTPIdleTimeout:         30 * time.Second,
 		HTTPMaxHeaderBytes:      16384,
 		StreamAdmitPercent:      90,
+
+		PingInterval:      10 * time.Second,
+		PingTimeout:       10 * time.Second,
+		HeartbeatInterval: 1500 * time.Millisecond,
+		NATSTimeout:       3 * time.Second,
+		JetStreamTimeout:  10 * time.Second,
 	}
 }
 
@@ -200,6 +216,18 @@ func (c *Config) validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s=%s: must be positive", name, d))
 		}
+	}
+	for name, d := range map[string]time.Duration{
+		"ICWS_PING_INTERVAL": c.PingInterval, "ICWS_PING_TIMEOUT": c.PingTimeout,
+		"ICWS_HEARTBEAT_INTERVAL": c.HeartbeatInterval, "ICWS_EDGE_NATS_TIMEOUT": c.NATSTimeout,
+		"ICWS_EDGE_JETSTREAM_TIMEOUT": c.JetStreamTimeout,
+	} {
+		if d < minLivenessPeriod {
+			errs = append(errs, fmt.Errorf("%s=%s: must be at least %s", name, d, minLivenessPeriod))
+		}
+	}
+	if c.JetStreamTimeout < c.NATSTimeout {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_JETSTREAM_TIMEOUT=%s: must be at least ICWS_EDGE_NATS_TIMEOUT (%s)", c.JetStreamTimeout, c.NATSTimeout))
 	}
 	if c.IngressDrift < 0 {
 		errs = append(errs, fmt.Errorf("ICWS_INGRESS_DRIFT=%s: must not be negative", c.IngressDrift))

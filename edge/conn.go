@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -37,7 +38,16 @@ type conn struct {
 	ws        *websocket.Conn
 	remote    string
 	resumeOpt bool
+	heartbeat bool   // the client asked for heartbeats (resume opt-in only)
 	tokenHash string // sha256 hex of this connection's handshake token (resume opt-in only)
+
+	// Liveness (liveness.go): the slot is fixed when the connection is added; pingSentAt belongs
+	// to the edge-wide walk; ready says the handshake is out, so the send queue may write.
+	slot       int
+	pingSentAt int64
+	ready      atomic.Bool
+	lastSeen   atomic.Int64 // unix ns of the client's last frame, pong or ping; readerBusy while relaying
+	lastSent   atomic.Int64 // unix ns of the last frame written to the client
 
 	// Set once when the session is bound (open or resume), read-only afterwards.
 	bound     bool
@@ -92,10 +102,15 @@ func (c *conn) setClose(code int, reason string) {
 }
 
 func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
+	q := r.URL.Query()
 	c := &conn{
-		e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: r.URL.Query().Get(protocol.ResumeQueryParam) == "1",
+		e: e, ws: ws, remote: r.RemoteAddr, resumeOpt: q.Get(protocol.ResumeQueryParam) == "1",
 		gone: make(chan struct{}), closeSent: make(chan struct{}), confirmed: make(chan struct{}),
 	}
+	c.heartbeat = c.resumeOpt && q.Get(protocol.HeartbeatQueryParam) == "1"
+	now := time.Now().UnixNano()
+	c.lastSeen.Store(now)
+	c.lastSent.Store(now)
 	c.sendq.limit = e.cfg.SendQueue
 	c.sendq.maxB = e.cfg.SendQueueBytes
 	return c
@@ -161,8 +176,13 @@ func (c *conn) closeSocket() {
 // net/http's request state and the stack grown while opening are released for idle sessions.
 func (c *conn) start() bool {
 	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
+	c.ws.SetPongHandler(func(string) error {
+		c.markSeen()
+		return nil
+	})
 	// Pings count against the client's message rate: every one costs a pong.
 	c.ws.SetPingHandler(func(data string) error {
+		c.markSeen()
 		if !c.rate.allow(time.Now(), c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 			return errRateExceeded
@@ -184,6 +204,9 @@ func (c *conn) start() bool {
 		c.tokenHash = hex.EncodeToString(sum[:])
 		var err error
 		offer := &protocol.ResumeOffer{Version: protocol.ResumeVersion, Token: token}
+		if c.heartbeat {
+			offer.HeartbeatMillis = uint64(c.e.cfg.HeartbeatInterval.Milliseconds())
+		}
 		if hs, err = (protocol.GatewayHandshake{GatewayPrincipal: c.e.gateway.Raw, Resume: offer}).Encode(); err != nil {
 			c.reject(websocket.CloseInternalServerErr, "icws: internal error", "error")
 			return false
@@ -196,6 +219,9 @@ func (c *conn) start() bool {
 	}
 	c.e.m.framesOut.Inc()
 	c.e.m.bytesOut.Add(float64(len(hs)))
+	c.lastSent.Store(time.Now().UnixNano())
+	// From here on only the send queue writes (pings and heartbeats included).
+	c.ready.Store(true)
 
 	_ = c.ws.SetReadDeadline(time.Now().Add(c.e.cfg.OpenTimeout))
 	typ, frame, err := c.ws.ReadMessage()
@@ -203,6 +229,7 @@ func (c *conn) start() bool {
 		c.readFailed(err, true)
 		return false
 	}
+	c.markBusy() // until the reader loop reads again
 	c.e.m.framesIn.Inc()
 	c.e.m.bytesIn.Add(float64(len(frame)))
 	if typ != websocket.BinaryMessage {
@@ -382,7 +409,10 @@ func (c *conn) open(frame []byte) bool {
 	msg.Header.Set(broker.HeaderSessionTag, c.sessTag)
 	msg.Header.Set(broker.HeaderMsgID, broker.OpenMsgID(c.canText, c.clientTok, c.sessTag))
 	msg.Data = env.Raw
-	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
+	if err := c.retryBus("publish open", func(ctx context.Context) error {
+		_, err := c.e.js.PublishMsg(ctx, msg)
+		return err
+	}); err != nil {
 		c.e.log.Warn("publish open", "session", c.key, "err", err)
 		c.unsubscribe()
 		_ = c.e.sessions.Delete(ctx, c.key, rev)
@@ -454,6 +484,7 @@ func (c *conn) dropResumedElsewhere() {
 // readLoop relays the client's envelopes until the socket ends; it returns why.
 func (c *conn) readLoop() string {
 	for {
+		c.markSeen()
 		typ, frame, err := c.ws.ReadMessage()
 		if err != nil {
 			if c.isGone() {
@@ -485,6 +516,7 @@ func (c *conn) readLoop() string {
 			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
 			return "client byte rate exceeded"
 		}
+		c.markBusy()
 		code, reason := c.relay(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
@@ -529,9 +561,19 @@ func (c *conn) relay(frame []byte) (int, string) {
 	if c.isGone() {
 		return 0, "" // dropped for a newer connection; that one relays from here on
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
-	defer cancel()
-	if _, err := c.e.js.PublishMsg(ctx, msg); err != nil {
+	// Retried through a leader election of ICWS_IN: the Msg-Id makes a repeat harmless, and the
+	// client's next envelopes wait behind this one, so order holds.
+	err = c.retryBus("relay envelope", func(ctx context.Context) error {
+		if c.isGone() {
+			return errConnGone
+		}
+		_, err := c.e.js.PublishMsg(ctx, msg)
+		return err
+	})
+	if errors.Is(err, errConnGone) {
+		return 0, ""
+	}
+	if err != nil {
 		c.e.log.Warn("relay envelope", "session", c.key, "err", err)
 		return publishFailure(err)
 	}

@@ -44,6 +44,7 @@ type sendq struct {
 	maxB    int // byte limit of the queue (SendQueueBytes)
 	writing bool
 	stopped bool
+	pingDue bool          // the writer sends a WebSocket ping before its next frames
 	space   chan struct{} // closed when the writer takes frames; created on demand
 }
 
@@ -235,6 +236,9 @@ const reasonHistoryUnavailable = "history unavailable (message bus not answering
 // once the history was read completely.
 func (c *conn) fill() {
 	deadline := time.Now().Add(c.e.cfg.GapTimeout)
+	// Failing reads (NATS reconnecting, a leader election) are waited out for longer than a
+	// missing message: the stream still has it.
+	busDeadline := time.Now().Add(c.e.busOutage())
 	backoff := 5 * time.Millisecond
 	for {
 		err := c.readHistory()
@@ -288,7 +292,7 @@ func (c *conn) fill() {
 		if progress {
 			continue
 		}
-		if time.Now().After(deadline) {
+		if now := time.Now(); now.After(deadline) && (err == nil || now.After(busDeadline)) {
 			c.dmu.Lock()
 			c.filling = false
 			c.dmu.Unlock()
@@ -474,9 +478,26 @@ func (c *conn) fullLocked(n int) bool {
 func (c *conn) enqueueLocked(f []byte) {
 	c.queue = append(c.queue, f)
 	c.bytes += len(f)
+	c.startWriterLocked()
+}
+
+func (c *conn) startWriterLocked() {
 	if !c.writing {
 		c.writing = true
 		go c.writeLoop()
+	}
+}
+
+// writeFailed stops the queue after a failed write and, with closeSocket, closes the socket: the
+// reader sees the error and ends the session.
+func (c *conn) writeFailed(closeSocket bool) {
+	c.qmu.Lock()
+	c.stopped = true
+	c.queue = nil
+	c.writing = false
+	c.qmu.Unlock()
+	if closeSocket {
+		_ = c.ws.Close()
 	}
 }
 
@@ -498,7 +519,9 @@ func (c *conn) writeLoop() {
 		batch := c.queue
 		c.queue = nil
 		c.bytes = 0
-		if len(batch) == 0 || c.stopped {
+		ping := c.pingDue
+		c.pingDue = false
+		if (len(batch) == 0 && !ping) || c.stopped {
 			c.writing = false
 			c.qmu.Unlock()
 			return
@@ -508,6 +531,13 @@ func (c *conn) writeLoop() {
 			c.space = nil
 		}
 		c.qmu.Unlock()
+		if ping {
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.e.cfg.WriteTimeout)); err != nil {
+				// After our close frame the reader waits for the client's reply: leave the socket.
+				c.writeFailed(!errors.Is(err, websocket.ErrCloseSent))
+				return
+			}
+		}
 		for _, f := range batch {
 			c.qmu.Lock()
 			stopped := c.stopped
@@ -517,14 +547,10 @@ func (c *conn) writeLoop() {
 			}
 			_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
 			if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
-				c.qmu.Lock()
-				c.stopped = true
-				c.queue = nil
-				c.writing = false
-				c.qmu.Unlock()
-				_ = c.ws.Close() // the reader sees the error and ends the session
+				c.writeFailed(true)
 				return
 			}
+			c.lastSent.Store(time.Now().UnixNano())
 			c.e.m.framesOut.Inc()
 			c.e.m.bytesOut.Add(float64(len(f)))
 		}

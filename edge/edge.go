@@ -62,6 +62,8 @@ type Edge struct {
 	sessions  *broker.Sessions
 	index     *sessionIndex
 	ingress   protocol.IngressPolicy
+	live      *liveness
+	bus       busWatch
 
 	mu          sync.RWMutex
 	bySub       map[*nats.Subscription]*conn // live delivery routing
@@ -87,6 +89,9 @@ type Edge struct {
 	testDropLive atomic.Pointer[func(*nats.Msg) bool]
 	// testReadErr, when set by a test, makes a read of ICWS_OUT fail with its error (transient faults).
 	testReadErr atomic.Pointer[func() error]
+	// testLosePutAnswer, when set by a test and returning true, makes a resume's successful
+	// compare-and-set of the session record look timed out (its answer lost).
+	testLosePutAnswer atomic.Pointer[func() bool]
 	// testFrame, when set by a test, sees every client frame the reader takes (to inject panics).
 	testFrame atomic.Pointer[func([]byte)]
 }
@@ -124,12 +129,16 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge: register metrics: %w", err)
 	}
+	live, err := newLiveness()
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
 		cfg: cfg, nc: deps.NC, js: deps.JS, h: h, gateway: deps.Gateway, handshake: hs,
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
-		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(),
+		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(), live: live,
 		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
@@ -185,6 +194,8 @@ func (e *Edge) Ready(ctx context.Context) error {
 		return errors.New("edge: not running")
 	case draining:
 		return errors.New("edge: draining")
+	case e.busLost():
+		return errors.New("edge: lost its message bus (clients shed until NATS answers again)")
 	case !e.nc.IsConnected():
 		return fmt.Errorf("edge: NATS not connected (%s)", e.nc.Status())
 	}
@@ -204,6 +215,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	e.leaseRenewed()
 	ctl, err := e.nc.Subscribe(broker.EdgeControlSubject(e.cfg.ID), e.onControl)
 	if err != nil {
 		return fmt.Errorf("edge: subscribe control subject: %w", err)
@@ -245,8 +257,10 @@ func (e *Edge) Run(ctx context.Context) error {
 	defer func() { _ = leaderSub.Unsubscribe() }()
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); e.watchLeaderChanges(bg, leader) }()
-	bgWG.Add(5)
+	bgWG.Add(7)
 	go func() { defer bgWG.Done(); e.watchCanisterFailures(bg, failures) }()
+	go func() { defer bgWG.Done(); e.watchLiveness(bg) }()
+	go func() { defer bgWG.Done(); e.watchBus(bg) }()
 	go func() { defer bgWG.Done(); e.watchStreams(bg) }()
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()
@@ -347,8 +361,14 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
 		// Nothing but WebSockets is served here; the connection is not kept for another request.
+		// The answer doubles as a cheap health check for load balancers: 426 while the edge
+		// serves, 503 while it refuses connections for lack of NATS.
 		e.m.refused.WithLabelValues("not_upgrade").Inc()
 		w.Header().Set("Connection", "close")
+		if e.busLost() {
+			http.Error(w, "icws: edge lost its message bus", http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "icws: this endpoint serves WebSocket upgrades only", http.StatusUpgradeRequired)
 		return
@@ -376,21 +396,28 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.upgrading--
 	admitted = false
-	if e.draining {
+	if e.draining || e.busLost() {
 		e.releaseConnLocked(addr)
 		e.mu.Unlock()
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "icws: edge draining"), time.Now().Add(time.Second))
+		code, reason := websocket.CloseGoingAway, "icws: edge draining"
+		if !e.draining {
+			code, reason = closeTryAgainLater, reasonBusLostRetry
+			e.m.refused.WithLabelValues("nats_lost").Inc()
+		}
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		_ = ws.Close()
 		return
 	}
 	e.conns[c] = struct{}{}
 	e.connWG.Add(1)
 	e.mu.Unlock()
+	e.live.add(c)
 	e.m.connections.Inc()
 	var doneOnce sync.Once
 	done := func() {
 		doneOnce.Do(func() {
 			c.closeSocket()
+			e.live.remove(c)
 			e.mu.Lock()
 			delete(e.conns, c)
 			e.releaseConnLocked(addr)

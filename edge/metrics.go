@@ -19,6 +19,11 @@ type metrics struct {
 	panics           *prometheus.CounterVec // where
 	opens            *prometheus.CounterVec // result of ws_open at the IC
 	forcedCloses     *prometheus.CounterVec // cause
+	pings            prometheus.Counter
+	unresponsive     prometheus.Counter
+	heartbeats       prometheus.Counter
+	busLost          prometheus.Gauge
+	sheds            *prometheus.CounterVec // why
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -40,19 +45,28 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_sweeper_actions_total",
 			Help: "sessions acted on by the sweeper (expired, detached_dead_edge, closed_dead_edge, finished)"}, []string{"action"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_refused_total",
-			Help: "connections and sessions refused by a limit or a failed check, by reason (max_connections, max_connections_per_ip, max_sessions_per_principal, max_canisters, streams_full, not_upgrade, forged_envelope, byte_rate)"}, []string{"reason"}),
+			Help: "connections and sessions refused by a limit or a failed check, by reason (max_connections, max_connections_per_ip, max_sessions_per_principal, max_canisters, streams_full, not_upgrade, forged_envelope, byte_rate, nats_lost)"}, []string{"reason"}),
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_panics_total",
 			Help: "panics recovered while handling one connection (the connection was closed), by where"}, []string{"where"}),
 		opens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_open_results_total",
 			Help: "sessions by the IC's answer to their ws_open (confirmed, refused, timeout)"}, []string{"result"}),
 		forcedCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_forced_closes_total",
 			Help: "sessions ended for good at another role's request, by cause (canister_failed: a poller declared the canister failed, sockets and detached sessions; backlog: a submitter found the client sending faster than the canister executes)"}, []string{"cause"}),
+		pings: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_pings_total", Help: "WebSocket pings sent to clients that were silent for ICWS_PING_INTERVAL"}),
+		unresponsive: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_unresponsive_closed_total",
+			Help: "connections closed because the client answered no ping within ICWS_PING_TIMEOUT (4104)"}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{Name: "icws_edge_heartbeats_total", Help: "icws_heartbeat frames sent to idle connections that asked for them"}),
+		busLost: prometheus.NewGauge(prometheus.GaugeOpts{Name: "icws_edge_nats_lost",
+			Help: "1 while the edge has shed its clients and refuses new ones because it cannot reach NATS (or JetStream)"}),
+		sheds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_sheds_total",
+			Help: "times the edge shed its clients for lack of NATS, by why (nats, jetstream)"}, []string{"why"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.framesIn, m.framesOut, m.bytesIn,
-		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens, m.forcedCloses} {
+		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens, m.forcedCloses,
+		m.pings, m.unresponsive, m.heartbeats, m.busLost, m.sheds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

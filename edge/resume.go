@@ -17,6 +17,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// takeoverWait bounds the wait for the previous edge to stop relaying a resumed session.
+const takeoverWait = 500 * time.Millisecond
+
 // resume handles an icws_resume first frame (docs/RESUME.md). On success the session is bound to
 // this connection, {icws_resumed} and the replay are under way, and it returns true.
 func (c *conn) resume(req *protocol.ResumeRequest) bool {
@@ -42,61 +45,93 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 	sum := sha256.Sum256(req.Token)
 	presented := hex.EncodeToString(sum[:])
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
-	defer cancel()
 	var prev broker.SessionRecord
-	rebound := false
-	for attempt := 0; attempt < 3 && !rebound; attempt++ {
+	// Reads and the compare-and-set are retried in short attempts through a NATS reconnect or a
+	// leader election (a refused resume would cost the client its reconnect backoff on top).
+	deadline := time.Now().Add(c.e.busOutage())
+	backoff := 20 * time.Millisecond
+	unavailable := func(what string, err error) bool {
+		if time.Now().Before(deadline) && !c.isGone() {
+			time.Sleep(backoff)
+			backoff = min(backoff*2, 500*time.Millisecond)
+			return false
+		}
+		c.e.m.resumes.WithLabelValues("error").Inc()
+		c.e.log.Warn("resume: "+what, "session", c.key, "err", err)
+		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
+		return true
+	}
+	for rebound, putTried := false, false; !rebound; {
+		ctx, cancel := context.WithTimeout(context.Background(), busAttempt)
 		rec, rev, err := c.e.sessions.Get(ctx, c.key)
 		if err != nil {
-			c.e.m.resumes.WithLabelValues("error").Inc()
-			c.e.log.Warn("resume: read session", "session", c.key, "err", err)
-			c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
-			return false
+			cancel()
+			if unavailable("read session", err) {
+				return false
+			}
+			continue
+		}
+		if putTried && rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State == broker.SessionOpen {
+			// Our compare-and-set landed although its answer did not: prev is what it replaced.
+			cancel()
+			break
 		}
 		switch {
 		case rec == nil:
+			cancel()
 			if why, failed := c.e.canisterFailedFor(c.canText, time.Time{}); failed {
 				return fail(why) // the likely end of the session: say why
 			}
 			return fail("unknown session")
 		case !rec.Resumable:
+			cancel()
 			return fail("session did not opt in to resume")
 		case subtle.ConstantTimeCompare([]byte(presented), []byte(rec.TokenHash)) != 1:
+			cancel()
 			return fail("wrong token")
 		case rec.State == broker.SessionClosed:
+			cancel()
 			return fail("session closed")
 		case rec.State == broker.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
+			cancel()
 			return fail("grace period over")
 		}
 		if why, failed := c.e.canisterFailedFor(c.canText, rec.OpenedAt); failed {
+			cancel()
 			return fail(why)
 		}
 		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil && last.Sequence >= rec.OutFrom {
 			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
+				cancel()
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
 			}
 		} else if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
 			// Nothing stored for this session: the client cannot have verified anything the
 			// gateway delivered.
 			if req.LastSeq > 0 {
+				cancel()
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number 0")
 			}
 		} else {
-			c.e.m.resumes.WithLabelValues("error").Inc()
-			c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
-			return false
+			cancel()
+			if unavailable("read the last canister message", err) {
+				return false
+			}
+			continue
 		}
 		prev = *rec
 		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = broker.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
-		if _, err := c.e.sessions.Put(ctx, rec, rev); err == nil {
-			rebound = true
+		putTried = true
+		_, err = c.e.sessions.Put(ctx, rec, rev)
+		if f := c.e.testLosePutAnswer.Load(); err == nil && f != nil && (*f)() {
+			err = context.DeadlineExceeded
 		}
-	}
-	if !rebound {
-		c.e.m.resumes.WithLabelValues("error").Inc()
-		c.reject(websocket.CloseInternalServerErr, "icws: session busy, try again", "error")
-		return false
+		cancel()
+		if err == nil {
+			rebound = true
+		} else if unavailable("take the session record", err) {
+			return false
+		}
 	}
 	if prev.Partition >= c.e.h.Partitions {
 		// ICWS_PARTITIONS was lowered (ICWS_STREAM_REPARTITION) since the session opened: nobody
@@ -126,16 +161,28 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			m := nats.NewMsg(broker.EdgeControlSubject(prev.Edge))
 			m.Data = []byte(c.key)
 			m.Header.Set(broker.HeaderTokenHash, c.tokenHash)
-			// No answer (the old edge is dead) is fine: nothing of it can be in flight then.
-			_, _ = c.e.nc.RequestMsg(m, 2*time.Second)
+			// No answer is fine: a dead edge has nothing in flight, and whatever a hung or cut-off
+			// one relays late carries the Msg-Id of a message the client re-sends after our
+			// answer, so the stream drops the later of the two. Waiting longer would only add to
+			// the silence of a client that left a hung edge.
+			_, _ = c.e.nc.RequestMsg(m, takeoverWait)
 		}
 	}
 	var lastClient uint64
-	if m, err := c.e.h.In.GetLastMsgForSubject(ctx, c.inSubj); err == nil {
+	err := c.retryBus("read the last client message", func(ctx context.Context) error {
+		m, err := c.e.h.In.GetLastMsgForSubject(ctx, c.inSubj)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil
+		case err != nil:
+			return err
+		}
 		if m.Header.Get(broker.HeaderKind) == broker.KindMessage {
 			lastClient, _ = strconv.ParseUint(m.Header.Get(broker.HeaderClientSeq), 10, 64)
 		}
-	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	})
+	if err != nil {
 		c.e.log.Warn("resume: read last client message", "session", c.key, "err", err)
 		c.e.m.resumes.WithLabelValues("error").Inc()
 		c.closeWith(websocket.CloseInternalServerErr, "icws: gateway unavailable")

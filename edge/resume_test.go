@@ -318,3 +318,32 @@ func waitFilled(t *testing.T, e *runningEdge, c *client) {
 		return !cn.filling && len(cn.pending) == 0
 	})
 }
+
+// A resume whose compare-and-set of the session record landed but whose answer was lost (a slow
+// or electing KV leader) sees its own write on the retry and completes; it must not mistake its
+// own new token for a wrong one.
+func TestResumeSurvivesLostRecordWriteAnswer(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 2)
+	subj := outSubjectOfClient(c)
+	dropSocket(t, v, c)
+	p.publish(subj, 2, 0)
+	var lost atomic.Bool
+	lose := func() bool { return lost.CompareAndSwap(false, true) }
+	e.testLosePutAnswer.Store(&lose)
+	lastClient, code, reason := c.resume(e.url, 1)
+	if code != 0 {
+		t.Fatalf("resume closed %d %q", code, reason)
+	}
+	if !lost.Load() {
+		t.Fatal("no record write answer was lost")
+	}
+	if lastClient != 2 {
+		t.Fatalf("last_client_seq %d, want 2", lastClient)
+	}
+	if got, _ := c.next(); got != 2 {
+		t.Fatalf("replay: got %d, want 2", got)
+	}
+}

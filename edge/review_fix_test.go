@@ -98,13 +98,16 @@ func TestResumeReplayAfterTransientReadErrors(t *testing.T) {
 	}
 }
 
-// Finding 1: reads failing for longer than GapTimeout end the resume with 4100 (nothing else
-// was sent), and a live session's gap fill with 1011.
+// Finding 1: reads failing for longer than GapTimeout and the bus outage bound (twice
+// JetStreamTimeout) end the resume with 4100 (nothing else was sent), and a live session's gap
+// fill with 1011.
 func TestReadErrorsPastGapTimeout(t *testing.T) {
 	v := newEnv(t)
 	p := v.startPipeline(false)
 	cfg := testConfig("e1")
 	cfg.GapTimeout = 300 * time.Millisecond
+	cfg.NATSTimeout = 500 * time.Millisecond
+	cfg.JetStreamTimeout = 500 * time.Millisecond
 	e := v.startEdge(cfg)
 	c := openResumable(t, v, e.url, 0)
 	dropSocket(t, v, c)

@@ -21,6 +21,7 @@ func (e *Edge) acquireLease(ctx context.Context) (*broker.Lease, error) {
 		Skew:              e.cfg.LeaseSkew,
 		SameHolderIsRival: true,
 		Logger:            e.log,
+		OnRenewed:         e.leaseRenewed, // the bus watch's proof that JetStream works for this edge
 	})
 	err := l.TryAcquire(ctx)
 	var held *broker.HeldError

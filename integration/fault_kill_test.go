@@ -323,11 +323,17 @@ func TestFaultKillNATSNode(t *testing.T) {
 		}
 	}
 	t.Logf("killing NATS node %s, leader of %v", victimName, led)
+	groups := groupsLedBy(faultRaftLeaders(t, d.NATS, -1), victimName)
+	elections := watchFaultElections(t, d.NATS, victim)
 
 	killedAt := run.runWithKill(defaultFaultTraffic, func() { d.NATS.Kill(victim) })
+	election, detail := elections.electionTime(t, groups, killedAt, 30*time.Second)
+	t.Logf("ELECTION after killing %s: %s (%s)", victimName, election.Round(time.Millisecond), detail)
 	run.verify(90 * time.Second)
-	run.logRecovery("NATS node kill ("+victimName+", leader of "+strings.Join(led, ",")+")", killedAt)
+	rc := run.logRecovery("NATS node kill ("+victimName+", leader of "+strings.Join(led, ",")+")", killedAt)
 	run.logRoleWarnings()
+	run.target("NATS leader kill", rc, election+natsElectionSlack,
+		"see the ELECTION line: a client whose path crosses the last group to elect waits for it; the edge retries its requests every ≤ 500 ms, the roles' own retries (submitter, poller) add theirs")
 	after := faultStreamLeaders(t, d)
 	for s, l := range after {
 		if l == victimName || l == "" {

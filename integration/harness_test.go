@@ -325,6 +325,13 @@ func (p *Process) signal(sig syscall.Signal) {
 	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
 }
 
+// Pause freezes the process (SIGSTOP): it keeps its sockets open and answers nothing, as a hung
+// process does.
+func (p *Process) Pause() { p.signal(syscall.SIGSTOP) }
+
+// Continue thaws a paused process (SIGCONT).
+func (p *Process) Continue() { p.signal(syscall.SIGCONT) }
+
 // Kill sends SIGKILL and waits until the process is gone.
 func (p *Process) Kill() {
 	p.signal(syscall.SIGKILL)

@@ -17,6 +17,11 @@ const ResumeQueryParam = "icws-resume"
 // ResumeVersion is the version of the extension this module speaks.
 const ResumeVersion = 1
 
+// HeartbeatQueryParam, set to "1" next to ResumeQueryParam, asks the gateway for heartbeat frames
+// (docs/RESUME.md §7): a client that cannot see WebSocket pings (a browser) can then tell a silent
+// gateway from a quiet session. Gateways without heartbeats ignore it and announce no interval.
+const HeartbeatQueryParam = "icws-heartbeat"
+
 // Close codes of icws.
 const (
 	// CloseNotResumable: the session cannot be resumed; the client starts a new one.
@@ -25,12 +30,45 @@ const (
 	CloseSlowClient = 4101
 	// CloseResumedElsewhere: a newer connection resumed this session.
 	CloseResumedElsewhere = 4102
+	// CloseResumeElsewhere: the gateway process lost its message bus; the session is intact and the
+	// client resumes it at once on another gateway process (the one it reached stops serving).
+	CloseResumeElsewhere = 4103
+	// CloseUnresponsive: the client answered no WebSocket ping within the gateway's ping timeout;
+	// a resumable session is detached as after any drop.
+	CloseUnresponsive = 4104
 )
 
 // ResumeOffer is the icws_resume value of an opted-in handshake: a fresh session token.
 type ResumeOffer struct {
 	Version uint64 `cbor:"version"`
 	Token   []byte `cbor:"token"`
+	// HeartbeatMillis is the heartbeat interval of this connection in milliseconds, present only
+	// when the client asked for heartbeats and the gateway sends them (0: none).
+	HeartbeatMillis uint64 `cbor:"heartbeat_ms,omitempty"`
+}
+
+// Heartbeat is the frame a gateway sends to a connection that asked for heartbeats whenever it
+// sent nothing else for the announced interval: {"icws_heartbeat": {}}.
+type Heartbeat struct {
+	Heartbeat struct{} `cbor:"icws_heartbeat"`
+}
+
+// Encode serialises the heartbeat frame (untagged, like the resume answer).
+func (h Heartbeat) Encode() ([]byte, error) {
+	b, err := cbor.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("encode heartbeat: %w", err)
+	}
+	return b, nil
+}
+
+// IsHeartbeat tells a heartbeat frame from every other gateway frame; keys a later gateway adds
+// beside icws_heartbeat are ignored.
+func IsHeartbeat(frame []byte) bool {
+	var h struct {
+		Heartbeat *cbor.RawMessage `cbor:"icws_heartbeat"`
+	}
+	return frameDecMode.Unmarshal(StripSelfDescribe(frame), &h) == nil && h.Heartbeat != nil
 }
 
 // ResumeClientKey is a client key as CBOR (principal bytes and nonce).

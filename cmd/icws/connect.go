@@ -33,6 +33,11 @@ type connectConfig struct {
 	ResumeTimeout time.Duration `envconfig:"CONNECT_RESUME_TIMEOUT" default:"60s" desc:"icws connect: give up resuming a dropped session after this long"`
 	MaxCertAge    time.Duration `envconfig:"CONNECT_MAX_CERT_AGE" default:"5m" desc:"icws connect: oldest certificate accepted on a canister message"`
 	Linger        time.Duration `envconfig:"CONNECT_LINGER" default:"0s" desc:"icws connect: after EOF on stdin, keep printing incoming messages this long before closing"`
+	// Liveness of the connection to the gateway (resume only).
+	HeartbeatSilence time.Duration `envconfig:"CONNECT_HEARTBEAT_SILENCE" default:"0s" desc:"icws connect: with resume, ask the gateway for heartbeats and resume elsewhere after this long without any frame; 0 = twice the interval the gateway announces, negative = no heartbeats"`
+	PingInterval     time.Duration `envconfig:"CONNECT_PING_INTERVAL" default:"15s" desc:"icws connect: with resume, ping the gateway this often and resume after twice this without an answer; negative = no pings"`
+	ConnectTimeout   time.Duration `envconfig:"CONNECT_TIMEOUT" default:"5s" desc:"icws connect: bound on one connection attempt (dial, upgrade, handshake, resume answer)"`
+	ReconnectMax     time.Duration `envconfig:"CONNECT_RECONNECT_MAX" default:"2s" desc:"icws connect: longest wait between two resume attempts (the backoff starts at 100ms)"`
 }
 
 func connectCommand() command {
@@ -73,6 +78,11 @@ func runConnect(ctx context.Context, stdout io.Writer, stdin io.Reader, cfg *con
 		Resume:        cfg.Resume,
 		ResumeTimeout: cfg.ResumeTimeout,
 		Logger:        logger,
+
+		HeartbeatSilence: cfg.HeartbeatSilence,
+		PingInterval:     cfg.PingInterval,
+		ConnectTimeout:   cfg.ConnectTimeout,
+		ReconnectMax:     cfg.ReconnectMax,
 	})
 	if err != nil {
 		return err

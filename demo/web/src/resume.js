@@ -19,12 +19,19 @@ import { IDL } from "@dfinity/candid";
 import { encodeCbor } from "./cbor.js";
 
 export const RESUME_QUERY_PARAM = "icws-resume";
+// Asks the gateway for heartbeat frames (RESUME.md §7): a browser cannot see WebSocket pings, so
+// heartbeats are how it tells a hung gateway from a quiet session.
+export const HEARTBEAT_QUERY_PARAM = "icws-heartbeat";
 export const CLOSE_NOT_RESUMABLE = 4100;
 export const CLOSE_RESUMED_ELSEWHERE = 4102;
+// The gateway lost its message bus: resume at once, elsewhere.
+export const CLOSE_RESUME_ELSEWHERE = 4103;
 // Closes after which the session is worth resuming (as in the Go client): going away, abnormal,
-// no status, internal error, restart, try again later, slow client. Any other code from the gateway
-// means the session is gone.
-const RESUMABLE_CLOSES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4101]);
+// no status, internal error, restart, try again later, slow client, resume elsewhere, no answer to
+// ping. Any other code from the gateway means the session is gone.
+const RESUMABLE_CLOSES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4101, 4103, 4104]);
+// The close the wrapper reports when it gave up a silent connection itself.
+const CLOSE_SILENT = 1006;
 // The code the page closes its own socket with to simulate a dropped connection.
 export const CLOSE_DEMO_DROP = 3000;
 
@@ -36,10 +43,11 @@ const CLOSED = 3;
 const wsOpenArgIdl = wsOpenIdl.argTypes[0];
 const wsMessageArgIdl = wsMessageIdl.argTypes[0];
 
-// withResumeParam adds icws-resume=1 to a ws:// or wss:// URL.
+// withResumeParam adds icws-resume=1 and icws-heartbeat=1 to a ws:// or wss:// URL.
 export function withResumeParam(url) {
   const u = new URL(url);
   u.searchParams.set(RESUME_QUERY_PARAM, "1");
+  u.searchParams.set(HEARTBEAT_QUERY_PARAM, "1");
   return u.toString();
 }
 
@@ -74,12 +82,28 @@ function toBytes(v) {
   throw new TypeError("not bytes");
 }
 
-// resumeOffer returns the token of a handshake's icws_resume offer, or null without one.
+// resumeOffer returns the token and heartbeat interval (ms, 0 for none) of a handshake's
+// icws_resume offer, or null without one.
 function resumeOffer(handshake) {
   const r = handshake && handshake.icws_resume;
   if (!r || Number(r.version) !== 1 || !r.token) return null;
   const token = toBytes(r.token);
-  return token.length > 0 ? token : null;
+  if (token.length === 0) return null;
+  const heartbeatMs = r.heartbeat_ms ? Number(r.heartbeat_ms) : 0;
+  return { token, heartbeatMs: Number.isFinite(heartbeatMs) && heartbeatMs > 0 ? heartbeatMs : 0 };
+}
+
+// isHeartbeat tells a heartbeat frame ({icws_heartbeat: …}) from a canister message; only small
+// frames are decoded for it (a canister message carries a certificate).
+function isHeartbeat(data) {
+  const bytes = toBytes(data);
+  if (bytes.length > 256) return false;
+  try {
+    const f = Cbor.decode(bytes);
+    return f !== null && typeof f === "object" && "icws_heartbeat" in f;
+  } catch {
+    return false;
+  }
 }
 
 function closeEvent(code, reason, wasClean) {
@@ -94,7 +118,7 @@ export class ResumingSocket {
   static CLOSING = CLOSING;
   static CLOSED = CLOSED;
 
-  constructor(url, protocols, { NativeWebSocket, hooks = {}, resumeTimeoutMs = 60_000, reconnectMinMs = 100, reconnectMaxMs = 5_000 }) {
+  constructor(url, protocols, { NativeWebSocket, hooks = {}, resumeTimeoutMs = 60_000, reconnectMinMs = 100, reconnectMaxMs = 2_000, connectTimeoutMs = 5_000 }) {
     this.url = url;
     this.binaryType = "arraybuffer"; // frames always reach the SDK as ArrayBuffers
     this.onopen = null;
@@ -112,6 +136,9 @@ export class ResumingSocket {
     this._resumeTimeoutMs = resumeTimeoutMs;
     this._reconnectMinMs = reconnectMinMs;
     this._reconnectMaxMs = reconnectMaxMs;
+    this._connectTimeoutMs = connectTimeoutMs;
+    this._heartbeatMs = 0; // heartbeat interval of the current connection; 0: no watchdog
+    this._watchdog = null;
 
     this._state = CONNECTING;
     this._closeRequested = false; // the SDK (or the page through it) closed the session
@@ -198,22 +225,70 @@ export class ResumingSocket {
     ws.onmessage = (ev) => {
       if (!handshakeSeen) {
         handshakeSeen = true;
+        let offer = null;
         try {
-          this._offer = resumeOffer(Cbor.decode(ev.data));
+          offer = resumeOffer(Cbor.decode(ev.data));
         } catch {
-          this._offer = null; // not ours to judge: the SDK rejects a bad handshake
+          offer = null; // not ours to judge: the SDK rejects a bad handshake
         }
+        this._offer = offer ? offer.token : null;
+        this._heartbeatMs = offer ? offer.heartbeatMs : 0;
+        this._feedWatchdog(ws);
         if (this.onmessage) this.onmessage(new MessageEvent("message", { data: ev.data }));
         return;
       }
-      this._deliver(ev.data);
+      this._receive(ws, ev.data);
     };
     this._attachLive(ws, false);
   }
 
+  // _receive feeds the watchdog and hands everything but heartbeats to the SDK.
+  _receive(ws, data) {
+    this._feedWatchdog(ws);
+    if (isHeartbeat(data)) return;
+    this._deliver(data);
+  }
+
+  // _feedWatchdog restarts the silence watchdog of ws: nothing for twice the heartbeat interval
+  // means the gateway hung or the network dropped the connection without a close, and the session
+  // is resumed on a new connection (which a load balancer sends to a healthy gateway).
+  //
+  // When the timer fires, the page may itself have been busy (a long task, a throttled tab) while
+  // frames waited to be handled: the connection is given up only if nothing arrives during one more
+  // short grace period, which lets queued message events run first.
+  _feedWatchdog(ws) {
+    if (this._watchdog !== null) clearTimeout(this._watchdog);
+    this._watchdog = null;
+    if (this._heartbeatMs <= 0 || ws !== this._ws) return;
+    const window = 2 * this._heartbeatMs;
+    const grace = Math.max(50, this._heartbeatMs / 4);
+    const gone = () => ws !== this._ws || this._state !== OPEN || this._resuming || this._closeRequested || !this.resumable;
+    this._watchdog = setTimeout(() => {
+      if (gone()) return;
+      this._watchdog = setTimeout(() => {
+        this._watchdog = null;
+        if (gone()) return;
+        this._abandon(ws);
+        void this._resume(closeEvent(CLOSE_SILENT, "icws: nothing from the gateway for " + window + " ms", false));
+      }, grace);
+    }, window);
+  }
+
+  // _abandon stops listening to ws and closes it without waiting for the gateway's answer.
+  _abandon(ws) {
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.onerror = null;
+    try {
+      ws.close(CLOSE_DEMO_DROP, "icws: gateway silent");
+    } catch {
+      // already closing
+    }
+  }
+
   // _attachLive wires close and error handling of the connection that carries the session.
   _attachLive(ws, resumed) {
-    if (resumed) ws.onmessage = (ev) => this._deliver(ev.data);
+    if (resumed) ws.onmessage = (ev) => this._receive(ws, ev.data);
     ws.onerror = (ev) => {
       // A drop of a resumable session is handled by the close that follows.
       if (!this.resumable && this.onerror) this.onerror(ev);
@@ -231,6 +306,8 @@ export class ResumingSocket {
   }
 
   _finish(ev) {
+    if (this._watchdog !== null) clearTimeout(this._watchdog);
+    this._watchdog = null;
     this._state = CLOSED;
     this._resuming = false;
     this._pending = [];
@@ -289,11 +366,17 @@ export class ResumingSocket {
 
   async _resume(dropEvent) {
     this._resuming = true;
+    if (this._watchdog !== null) clearTimeout(this._watchdog);
+    this._watchdog = null;
     this._notify("ondrop", { code: dropEvent.code, reason: dropEvent.reason });
     const deadline = Date.now() + this._resumeTimeoutMs;
     let backoff = this._reconnectMinMs;
+    // Told to go elsewhere, or given up as silent (already waited): the first attempt is at once.
+    let atOnce = dropEvent.code === CLOSE_RESUME_ELSEWHERE || dropEvent.code === CLOSE_SILENT;
     for (;;) {
-      await new Promise((r) => setTimeout(r, Math.min(backoff / 2 + Math.random() * (backoff / 2), Math.max(0, deadline - Date.now()))));
+      const wait = atOnce ? 0 : backoff / 2 + Math.random() * (backoff / 2);
+      atOnce = false;
+      await new Promise((r) => setTimeout(r, Math.min(wait, Math.max(0, deadline - Date.now()))));
       if (this._state === CLOSED) return; // closed by the SDK meanwhile
       try {
         await this._tryResume();
@@ -315,8 +398,17 @@ export class ResumingSocket {
     return new Promise((resolve, reject) => {
       const ws = this._dial();
       let step = "handshake";
-      let nextToken = null;
+      let nextOffer = null;
+      // A hung gateway accepts the connection and never answers: give the attempt up. A gateway
+      // that sends heartbeats answers at once, so its silence window bounds the attempt too.
+      const attemptMs = this._heartbeatMs > 0 ? Math.min(this._connectTimeoutMs, 2 * this._heartbeatMs) : this._connectTimeoutMs;
+      const timer = setTimeout(() => {
+        if (step !== "handshake" && step !== "answer") return;
+        this._abandonAttempt(ws);
+        fail(false, CLOSE_SILENT, "icws: no answer from the gateway in " + attemptMs + " ms");
+      }, attemptMs);
       const fail = (fatal, code, reason) => {
+        clearTimeout(timer);
         step = "failed";
         reject({ fatal, code, reason });
       };
@@ -331,8 +423,8 @@ export class ResumingSocket {
       ws.onmessage = (ev) => {
         try {
           if (step === "handshake") {
-            nextToken = resumeOffer(Cbor.decode(ev.data));
-            if (!nextToken) {
+            nextOffer = resumeOffer(Cbor.decode(ev.data));
+            if (!nextOffer) {
               fail(true, 4000, "the gateway no longer offers resume");
               ws.close(1000);
               return;
@@ -349,12 +441,14 @@ export class ResumingSocket {
             return;
           }
           if (step === "answer") {
+            if (isHeartbeat(ev.data)) return; // the gateway is working on the answer
             const answer = Cbor.decode(ev.data);
             if (!answer || !answer.icws_resumed) throw new Error("no icws_resumed answer");
             const lastClientSeq = BigInt(answer.icws_resumed.last_client_seq);
             if (lastClientSeq > this._lastSentSeq) throw new Error(`gateway claims client message ${lastClientSeq}, last sent is ${this._lastSentSeq}`);
             step = "live";
-            this._takeOver(ws, nextToken, lastClientSeq);
+            clearTimeout(timer);
+            this._takeOver(ws, nextOffer, lastClientSeq);
             resolve();
           }
         } catch (err) {
@@ -367,10 +461,12 @@ export class ResumingSocket {
 
   // _takeOver makes ws the session's connection and re-sends what the gateway has not accepted,
   // in order, before anything the SDK sends next (this runs synchronously).
-  _takeOver(ws, token, lastClientSeq) {
+  _takeOver(ws, offer, lastClientSeq) {
     this._ws = ws;
-    this._sessionToken = token;
+    this._sessionToken = offer.token;
+    this._heartbeatMs = offer.heartbeatMs;
     this._attachLive(ws, true);
+    this._feedWatchdog(ws);
     this._confirm(lastClientSeq);
     let resent = 0;
     for (const p of this._pending) {
@@ -383,6 +479,17 @@ export class ResumingSocket {
     this.resumes++;
     this.resent += resent;
     this._notify("onresumed", { lastClientSeq, lastSeq: this._lastSeq, resent });
+  }
+
+  _abandonAttempt(ws) {
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.onerror = null;
+    try {
+      ws.close();
+    } catch {
+      // already closing
+    }
   }
 
   _notify(name, info) {

@@ -1,0 +1,169 @@
+package edge
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/icws/icws/protocol"
+)
+
+// Connection liveness without a goroutine or timer per connection: every connection sits in one
+// of livenessSlots slots, and one edge-wide goroutine visits one slot per tick, so each connection
+// is looked at once per revolution (a quarter of the shortest liveness period). A visit reads a
+// few timestamps and at most queues a ping or a heartbeat, or closes a dead connection; the frames
+// go out through the connection's send queue, whose writer goroutine exists only while it writes.
+//
+// A connection is alive while its client sends anything: frames, pongs and pings stamp lastSeen.
+// After PingInterval without anything the edge pings; PingTimeout after that ping without an
+// answer the connection is closed (half-open TCP frees its session). While the reader is busy
+// relaying an envelope it reads nothing, pongs included, so the connection is not judged then.
+// Connections that asked for heartbeats (docs/RESUME.md §7) get an icws_heartbeat frame whenever
+// nothing else was written to them for HeartbeatInterval.
+
+// livenessSlots is the number of slots the connections are spread over.
+const livenessSlots = 32
+
+// readerBusy in conn.lastSeen: the reader is relaying and reads nothing, so silence says nothing.
+const readerBusy = -1
+
+// CloseUnresponsive: the client answered no ping within the ping timeout (docs/RESUME.md §2).
+const CloseUnresponsive = protocol.CloseUnresponsive
+
+const reasonUnresponsive = "icws: no answer to ping"
+
+type liveness struct {
+	slots [livenessSlots]livenessSlot
+	next  atomic.Uint32 // slot of the next connection added
+	// heartbeat is the encoded heartbeat frame (the same bytes for every connection).
+	heartbeat []byte
+}
+
+type livenessSlot struct {
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+}
+
+func newLiveness() (*liveness, error) {
+	hb, err := protocol.Heartbeat{}.Encode()
+	if err != nil {
+		return nil, err
+	}
+	l := &liveness{heartbeat: hb}
+	for i := range l.slots {
+		l.slots[i].conns = map[*conn]struct{}{}
+	}
+	return l, nil
+}
+
+func (l *liveness) add(c *conn) {
+	c.slot = int(l.next.Add(1) % livenessSlots)
+	s := &l.slots[c.slot]
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (l *liveness) remove(c *conn) {
+	s := &l.slots[c.slot]
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// revolution is how long the walk takes to visit every connection once.
+func (e *Edge) livenessRevolution() time.Duration {
+	return min(e.cfg.PingInterval, e.cfg.PingTimeout, e.cfg.HeartbeatInterval) / 4
+}
+
+// watchLiveness visits one slot per tick until ctx ends.
+func (e *Edge) watchLiveness(ctx context.Context) {
+	rev := e.livenessRevolution()
+	t := time.NewTicker(max(rev/livenessSlots, time.Millisecond))
+	defer t.Stop()
+	var visit []*conn
+	for i := 0; ; i = (i + 1) % livenessSlots {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := &e.live.slots[i]
+		s.mu.Lock()
+		visit = visit[:0]
+		for c := range s.conns {
+			visit = append(visit, c)
+		}
+		s.mu.Unlock()
+		now := time.Now()
+		for _, c := range visit {
+			e.checkLiveness(c, now, rev)
+		}
+		clear(visit)
+	}
+}
+
+// checkLiveness is one visit of one connection (the walking goroutine only: pingSentAt is its own).
+func (e *Edge) checkLiveness(c *conn, now time.Time, rev time.Duration) {
+	if !c.ready.Load() || c.isGone() {
+		return
+	}
+	nowNs := now.UnixNano()
+	if c.heartbeat {
+		if idle := time.Duration(nowNs - c.lastSent.Load()); idle >= e.cfg.HeartbeatInterval-rev {
+			if c.pushHeartbeat(e.live.heartbeat) {
+				e.m.heartbeats.Inc()
+			}
+		}
+	}
+	seen := c.lastSeen.Load()
+	if seen == readerBusy {
+		c.pingSentAt = 0
+		return
+	}
+	switch {
+	case c.pingSentAt > seen:
+		// A ping is out and nothing came back since.
+		if time.Duration(nowNs-c.pingSentAt) >= e.cfg.PingTimeout {
+			e.m.unresponsive.Inc()
+			e.log.Debug("client answered no ping: closing", "remote", c.remote, "silent", time.Duration(nowNs-seen).Round(time.Millisecond))
+			c.closeWith(CloseUnresponsive, reasonUnresponsive)
+		}
+	case time.Duration(nowNs-seen) >= e.cfg.PingInterval:
+		if c.requestPing() {
+			c.pingSentAt = nowNs
+			e.m.pings.Inc()
+		}
+	}
+}
+
+// markSeen records that the client is alive (a frame, a pong or a ping arrived).
+func (c *conn) markSeen() { c.lastSeen.Store(time.Now().UnixNano()) }
+
+// markBusy records that the reader stops reading for a while (relaying an envelope).
+func (c *conn) markBusy() { c.lastSeen.Store(readerBusy) }
+
+// requestPing has the writer send a ping; false if the queue is stopped.
+func (c *conn) requestPing() bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.stopped {
+		return false
+	}
+	c.pingDue = true
+	c.startWriterLocked()
+	return true
+}
+
+// pushHeartbeat queues a heartbeat frame unless the writer is busy (then a frame is on its way
+// anyway) or the queue is stopped.
+func (c *conn) pushHeartbeat(frame []byte) bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.stopped || c.writing || len(c.queue) > 0 {
+		return false
+	}
+	c.enqueueLocked(frame)
+	return true
+}
