@@ -382,7 +382,11 @@ func (c *Conn) sendLocked(content []byte, isService bool) error {
 			c.ws.Close()
 			return nil
 		}
-		c.fail(fmt.Errorf("%w: send ws_message %d: %w", ErrConnectionLost, m.SequenceNum, err), 4000, "Message sending failed")
+		// The reader ends the connection and says why: after the gateway's close frame a write
+		// fails with ErrCloseSent, and the close code and reason matter more than that failure.
+		if !errors.Is(err, websocket.ErrCloseSent) {
+			c.ws.Close()
+		}
 		return fmt.Errorf("client: send ws_message %d: %w", m.SequenceNum, err)
 	}
 	return nil
