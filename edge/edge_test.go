@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"runtime"
 	"strconv"
@@ -368,5 +369,56 @@ func TestDrainClosesWith1001(t *testing.T) {
 	}
 	if rec := v.session(s); rec != nil {
 		t.Fatalf("standard session after drain: %+v", rec)
+	}
+}
+
+// A new session reusing a client key within the duplicate window is not de-duplicated against the
+// previous one: its open, messages and close all reach ICWS_IN.
+func TestReusedClientKeyIsNotDeduplicated(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openedClient(t, v, e.url, false)
+	c.send()
+	waitFor(t, 5*time.Second, "open+message", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	waitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(c) == nil })
+	waitFor(t, 5*time.Second, "first close", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
+
+	c.seq = 0
+	c.dial(e.url, false)
+	c.open()
+	c.next()
+	c.send()
+	waitFor(t, 5*time.Second, "second open+message", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
+	var kinds []string
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		kinds = append(kinds, m.kind+m.clientSeq)
+	}
+	if got := strings.Join(kinds, ","); got != "open,message1,close,open,message1" {
+		t.Fatalf("ICWS_IN: %s", got)
+	}
+}
+
+// Reopening a key whose record is closed (close request not yet published) publishes that close
+// before the new open.
+func TestReopenClosedRecordPublishesCloseFirst(t *testing.T) {
+	v := newEnv(t)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	key := broker.SessionKey(c.canister.Encode(), c.key().Token())
+	rec := broker.SessionRecord{State: broker.SessionClosed, Canister: c.canister.Encode(), Client: c.key().Token(),
+		Edge: "gone", OpenedAt: time.Now().Add(-time.Minute).UTC(),
+		Partition: broker.Partition(c.canister.Encode(), c.key().Token(), v.h.Partitions)}
+	val, _ := json.Marshal(rec)
+	if _, err := v.h.Sessions.Create(context.Background(), key, val); err != nil {
+		t.Fatal(err)
+	}
+	c.dial(e.url, false)
+	c.open()
+	waitFor(t, 5*time.Second, "close and open relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) >= 2 })
+	in := v.inMessages(inSubjectOf(v, c))
+	if len(in) < 2 || in[0].kind != broker.KindClose || in[1].kind != broker.KindOpen {
+		t.Fatalf("ICWS_IN: %+v", in)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 // rawGet sends one plain HTTP request on a fresh TCP connection and returns the status line and
@@ -370,4 +371,102 @@ func TestPanicInOneConnectionClosesOnlyIt(t *testing.T) {
 	bystander.send()
 	waitFor(t, 5*time.Second, "bystander's message stored", func() bool { return len(v.inMessages(inSubjectOf(v, bystander))) == 2 })
 	openedClient(t, v, e.url, false)
+}
+
+// The send queue is also bounded in bytes: 400 frames would never reach the frame limit (1024),
+// but 1 MiB of queued 256 KiB frames overflows.
+func TestSendQueueByteLimit(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.SendQueueBytes = 1 << 20
+	cfg.WriteTimeout = 3 * time.Second
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	subj := outSubjectOfClient(c)
+	// The client stops reading; large frames fill the socket buffers, then the queue.
+	go func() {
+		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
+			p.publish(subj, s, 256<<10)
+		}
+	}()
+	waitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	code, _ := expectClose(t, c.ws)
+	if code != CloseSlowClient {
+		t.Fatalf("close %d, want 4101", code)
+	}
+}
+
+// Held out-of-order frames are bounded in bytes; beyond the bound they are re-read.
+func TestPendingByteLimit(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.PendingBytes = 1
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	subj := outSubjectOfClient(c)
+	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
+	e.testDropLive.Store(&drop)
+	for s := uint64(2); s <= 6; s++ {
+		p.publish(subj, s, 100)
+	}
+	for want := uint64(2); want <= 6; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+}
+
+// A client sending faster than its rate limit is closed with 1008.
+func TestClientRateLimit(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.MaxClientRate = 1
+	cfg.MaxClientBurst = 3
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	for i := 0; i < 5; i++ {
+		c.seq++
+		f, err := protocol.EncodeClientFrame(c.messageEnvelope(c.seq, false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+			break
+		}
+	}
+	code, reason := expectClose(t, c.ws)
+	if code != websocket.ClosePolicyViolation || reason != reasonRateExceeded {
+		t.Fatalf("close %d %q, want 1008 %q", code, reason, reasonRateExceeded)
+	}
+	relayed := 0
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		if m.kind == broker.KindMessage {
+			relayed++
+		}
+	}
+	if relayed != 3 {
+		t.Fatalf("%d client messages relayed, want the burst of 3", relayed)
+	}
+}
+
+func TestTokenBucket(t *testing.T) {
+	var b tokenBucket
+	now := time.Unix(1000, 0)
+	for i := 0; i < 3; i++ {
+		if !b.allow(now, 2, 3) {
+			t.Fatalf("burst %d refused", i)
+		}
+	}
+	if b.allow(now, 2, 3) {
+		t.Fatal("over the burst allowed")
+	}
+	if !b.allow(now.Add(500*time.Millisecond), 2, 3) {
+		t.Fatal("refilled token refused")
+	}
+	if b.allow(now.Add(500*time.Millisecond), 2, 3) {
+		t.Fatal("second token after 0.5s at 2/s allowed")
+	}
 }

@@ -3,13 +3,16 @@ package edge
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -317,4 +320,189 @@ func waitFilled(t *testing.T, e *runningEdge, c *client) {
 		defer cn.dmu.Unlock()
 		return !cn.filling && len(cn.pending) == 0
 	})
+}
+
+// failReads makes the next n reads of ICWS_OUT fail as a NATS timeout would (n < 0: all of them).
+func failReads(e *runningEdge, n int64) *atomic.Int64 {
+	var calls atomic.Int64
+	f := func() error {
+		k := calls.Add(1)
+		if n < 0 || k <= n {
+			return errors.New("injected: nats: timeout")
+		}
+		return nil
+	}
+	e.testReadErr.Store(&f)
+	return &calls
+}
+
+// expectResumed reads the frame after the handshake and requires it to be {icws_resumed}.
+func expectResumed(t *testing.T, c *client) {
+	t.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, fr, err := c.ws.ReadMessage()
+	if err != nil {
+		t.Fatalf("no {icws_resumed} after the handshake: %v", err)
+	}
+	if _, err := protocol.DecodeResumed(fr); err != nil {
+		t.Fatalf("first frame after the handshake is not {icws_resumed}: %x", fr)
+	}
+}
+
+func sendResume(t *testing.T, c *client, url string, lastSeq uint64) {
+	t.Helper()
+	old := c.token
+	c.dial(url, true)
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, c.resumeFrame(c.canister, old, lastSeq)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// One transient read error during the replay must not lose the resume answer, and a live
+// message arriving afterwards must come after it.
+func TestResumeSurvivesTransientReadError(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	for s := uint64(2); s <= 3; s++ {
+		p.publish(subj, s, 0)
+		c.next()
+	}
+	dropSocket(t, v, c)
+	calls := failReads(e, 1)
+	sendResume(t, c, e.url, 3)
+	waitFor(t, 5*time.Second, "the failed read retried", func() bool { return calls.Load() >= 2 })
+	p.publish(subj, 4, 0)
+	expectResumed(t, c)
+	if s, _ := c.next(); s != 4 {
+		t.Fatalf("after the resume answer got seq %d, want 4", s)
+	}
+}
+
+// Read errors before the replay delay it; the replay that follows is complete.
+func TestResumeReplayAfterTransientReadErrors(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	dropSocket(t, v, c)
+	for s := uint64(2); s <= 5; s++ {
+		p.publish(subj, s, 0)
+	}
+	failReads(e, 3)
+	sendResume(t, c, e.url, 1)
+	expectResumed(t, c)
+	for want := uint64(2); want <= 5; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("replay: got %d, want %d", s, want)
+		}
+	}
+}
+
+// A client's messages stored out of sequence order (2, 4, 3, 5) are a complete history: the
+// resume succeeds and delivers 3, 4, 5 in order.
+func TestResumeOutOfOrderStream(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	p.publish(subj, 2, 0)
+	if s, _ := c.next(); s != 2 {
+		t.Fatal(s)
+	}
+	dropSocket(t, v, c)
+	for _, s := range []uint64{4, 3, 5} {
+		p.publish(subj, s, 0)
+	}
+	if _, code, reason := c.resume(e.url, 2); code != 0 {
+		t.Fatalf("resume refused with %d %q although 3, 4, 5 are stored", code, reason)
+	}
+	for want := uint64(3); want <= 5; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+	p.publish(subj, 6, 0)
+	if s, _ := c.next(); s != 6 {
+		t.Fatalf("live: got %d, want 6", s)
+	}
+}
+
+// With nothing stored for the client, a claimed last_seq above 0 is not resumable.
+func TestResumeNothingStoredRejectsLastSeq(t *testing.T) {
+	v := newEnv(t)
+	e := v.startEdge(testConfig("e1"))
+	// No pipeline: not even the OpenMessage is stored.
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, true)
+	c.open()
+	waitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == broker.SessionOpen })
+	dropSocket(t, v, c)
+	_, code, reason := c.resume(e.url, 7)
+	if code != CloseNotResumable || !strings.Contains(reason, "above the highest stored sequence number 0") {
+		t.Fatalf("close %d %q, want 4100 (last_seq above what was stored)", code, reason)
+	}
+}
+
+// An edge whose lease lapsed once gets its live sessions detached by another edge; it takes them
+// back instead of closing them after the grace period.
+func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg1 := testConfig("e1")
+	cfg1.ResumeGrace = 300 * time.Millisecond
+	e1 := v.startEdge(cfg1)
+	cfg2 := testConfig("e2")
+	cfg2.ResumeGrace = 300 * time.Millisecond
+	cfg2.LeaseSkew = 0
+	v.startEdge(cfg2)
+	c := openResumable(t, v, e1.url, 1)
+
+	// e1 misses its renewals for a while (as during a NATS leader election).
+	stop := make(chan struct{})
+	lapsed := make(chan struct{})
+	go func() {
+		defer close(lapsed)
+		val, _ := json.Marshal(broker.LeaseRecord{Holder: "e1", ExpiresAt: time.Now().Add(-5 * time.Second)})
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = v.h.Leases.Put(context.Background(), broker.EdgeLeaseKey("e1"), val)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	waitFor(t, 5*time.Second, "detached by e2", func() bool {
+		r := v.session(c)
+		return r != nil && r.State == broker.SessionDetached
+	})
+	close(stop)
+	<-lapsed
+	waitFor(t, 5*time.Second, "reclaimed by e1", func() bool {
+		r := v.session(c)
+		return r != nil && r.State == broker.SessionOpen && r.Edge == "e1" &&
+			counter(t, e1.m.sweeps.WithLabelValues("reclaimed")) > 0
+	})
+	// Past the grace period the session is still open and relays; no close request went out.
+	deadline := time.Now().Add(3 * cfg1.ResumeGrace)
+	for time.Now().Before(deadline) {
+		if r := v.session(c); r == nil || r.State == broker.SessionClosed {
+			t.Fatalf("session closed while its socket is live: %+v", r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n := len(v.inMessages(inSubjectOf(v, c)))
+	c.send()
+	waitFor(t, 5*time.Second, "relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		if m.kind == broker.KindClose {
+			t.Fatalf("close request published for a live session: %+v", m)
+		}
+	}
 }
