@@ -142,7 +142,7 @@ func TestReconnectDeliversMissedMessages(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	c.open()
-	waitFor(t, 5*time.Second, "open relayed", func() bool { return opens.Load() > 0 })
+	testkit.WaitFor(t, 5*time.Second, "open relayed", func() bool { return opens.Load() > 0 })
 	if _, err := pubJS.PublishMsg(context.Background(), outMsg(v.gw, outSubjectOfClient(c), 1, 0)); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestReconnectDeliversMissedMessages(t *testing.T) {
 	if err := srv.DisconnectClientByID(cid); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "edge disconnected", func() bool { return !enc.IsConnected() })
+	testkit.WaitFor(t, 5*time.Second, "edge disconnected", func() bool { return !enc.IsConnected() })
 	subj := outSubjectOfClient(c)
 	for s := uint64(2); s <= 3; s++ {
 		if _, err := pubJS.PublishMsg(context.Background(), outMsg(v.gw, subj, s, 0)); err != nil {

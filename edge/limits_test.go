@@ -149,7 +149,7 @@ func TestConnectionSlotsAreReturned(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = ws.Close()
-		waitFor(t, 5*time.Second, "connection gone", func() bool { return e.connCount() == 0 })
+		testkit.WaitFor(t, 5*time.Second, "connection gone", func() bool { return e.connCount() == 0 })
 	}
 }
 
@@ -185,7 +185,7 @@ func TestCanisterLimit(t *testing.T) {
 	cfg.MaxCanisters = 1
 	e := v.startEdge(cfg)
 	first := openedClient(t, v, e.url, false)
-	waitFor(t, 5*time.Second, "session indexed", func() bool { known, _ := e.index.canisterStats(first.canister.Encode()); return known })
+	testkit.WaitFor(t, 5*time.Second, "session indexed", func() bool { known, _ := e.index.canisterStats(first.canister.Encode()); return known })
 	// More sessions for a canister already served are fine; a new canister is not.
 	more := newClient(t, v.gw, first.canister)
 	more.dial(e.url, false)
@@ -236,7 +236,7 @@ func TestRefusedOpenLeavesNoTrace(t *testing.T) {
 	if code != websocket.ClosePolicyViolation || !strings.Contains(text, reason) {
 		t.Fatalf("close %d %q, want 1008 naming the canister's reason", code, text)
 	}
-	waitFor(t, 5*time.Second, "socket gone", func() bool { return e.connCount() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "socket gone", func() bool { return e.connCount() == 0 })
 	if rec := v.session(c); rec != nil {
 		t.Fatalf("session record left behind: %+v", rec)
 	}
@@ -269,7 +269,7 @@ func TestUnconfirmedOpenTimesOut(t *testing.T) {
 		t.Fatalf("close %d, want 1011", code)
 	}
 	// The open and the close request of the session the edge ended; the message never went out.
-	waitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
 	if kinds := v.inMessages(inSubjectOf(v, c)); kinds[0].kind != broker.KindOpen || kinds[1].kind != broker.KindClose {
 		t.Fatalf("ICWS_IN holds %s, %s; want open, close", kinds[0].kind, kinds[1].kind)
 	}
@@ -289,7 +289,7 @@ func TestNewSessionSeesOnlyItsOwnHistory(t *testing.T) {
 		}
 	}
 	_ = first.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-	waitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(first) == nil })
+	testkit.WaitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(first) == nil })
 
 	second := newClient(t, v.gw, first.canister)
 	second.id, second.nonce = first.id, first.nonce
@@ -336,7 +336,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "edge sees the full stream", func() bool { return e.streamsFull.Load() != nil })
+	testkit.WaitFor(t, 10*time.Second, "edge sees the full stream", func() bool { return e.streamsFull.Load() != nil })
 	late := newClient(t, v.gw, randomCanister(t))
 	late.dial(e.url, false)
 	late.open()
@@ -345,7 +345,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 	}
 	// The session already open keeps working while there is room.
 	open.send()
-	waitFor(t, 5*time.Second, "message stored", func() bool { return len(v.inMessages(inSubjectOf(v, open))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "message stored", func() bool { return len(v.inMessages(inSubjectOf(v, open))) == 2 })
 }
 
 func TestPanicInOneConnectionClosesOnlyIt(t *testing.T) {
@@ -369,7 +369,7 @@ func TestPanicInOneConnectionClosesOnlyIt(t *testing.T) {
 		t.Fatalf("panics{read} = %v", got)
 	}
 	bystander.send()
-	waitFor(t, 5*time.Second, "bystander's message stored", func() bool { return len(v.inMessages(inSubjectOf(v, bystander))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "bystander's message stored", func() bool { return len(v.inMessages(inSubjectOf(v, bystander))) == 2 })
 	openedClient(t, v, e.url, false)
 }
 
@@ -390,7 +390,7 @@ func TestSendQueueByteLimit(t *testing.T) {
 			p.publish(subj, s, 256<<10)
 		}
 	}()
-	waitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
 	code, _ := expectClose(t, c.ws)
 	if code != CloseSlowClient {
 		t.Fatalf("close %d, want 4101", code)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -23,13 +24,13 @@ func openResumable(t *testing.T, v *env, url string, n int) *client {
 	for i := 0; i < n; i++ {
 		c.send()
 	}
-	waitFor(t, 5*time.Second, "client messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	testkit.WaitFor(t, 5*time.Second, "client messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
 	return c
 }
 
 func dropSocket(t *testing.T, v *env, c *client) {
 	_ = c.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(c)
 		return rec != nil && rec.State == broker.SessionDetached
 	})
@@ -84,11 +85,11 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 	// Re-sent client messages are de-duplicated; new ones continue the order.
 	c.seq = 3
 	c.send()
-	waitFor(t, 5*time.Second, "message 4 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
+	testkit.WaitFor(t, 5*time.Second, "message 4 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
 	c.seq = 3
 	c.send()
 	c.send()
-	waitFor(t, 5*time.Second, "message 5 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
+	testkit.WaitFor(t, 5*time.Second, "message 5 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
 	in := v.inMessages(inSubjectOf(v, c))
 	for i, m := range in[1:] {
 		if m.clientSeq != string(rune('1'+i)) {
@@ -144,7 +145,7 @@ func TestResumeRejections(t *testing.T) {
 		t.Fatalf("resume: %d", code)
 	}
 	_ = c.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
+	testkit.WaitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
 	c.token = good
 	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "wrong token") {
 		t.Fatalf("reused token: %d %q", code, reason)
@@ -161,7 +162,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 		p.publish(subj, s, 0)
 	}
 	c.next()
-	waitFor(t, 5*time.Second, "stored", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "stored", func() bool {
 		m, err := v.h.Out.GetLastMsgForSubject(context.Background(), subj)
 		return err == nil && m.Header.Get(broker.HeaderSeq) == "6"
 	})
@@ -173,7 +174,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "history") {
 		t.Fatalf("incomplete: %d %q", code, reason)
 	}
-	waitFor(t, 5*time.Second, "session closed and close request", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "session closed and close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return v.session(c) == nil && in[len(in)-1].kind == broker.KindClose
 	})
@@ -187,11 +188,11 @@ func TestResumeGraceExpires(t *testing.T) {
 	e := v.startEdge(cfg)
 	c := openResumable(t, v, e.url, 2)
 	dropSocket(t, v, c)
-	waitFor(t, 5*time.Second, "close request after grace", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "close request after grace", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return in[len(in)-1].kind == broker.KindClose && strings.Contains(in[len(in)-1].reason, "grace")
 	})
-	waitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
+	testkit.WaitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
 	if _, code, reason := c.resume(e.url, 1); code != CloseNotResumable || !strings.HasPrefix(reason, "icws: not resumable: ") {
 		t.Fatalf("expired: %d %q", code, reason)
 	}
@@ -245,7 +246,7 @@ func TestResumeOnSecondEdge(t *testing.T) {
 		t.Fatalf("record after old socket end %+v", rec)
 	}
 	c.send()
-	waitFor(t, 5*time.Second, "message 3 via B", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "message 3 via B", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return len(in) == 4 && in[3].clientSeq == "3"
 	})
@@ -274,11 +275,11 @@ func TestDeadEdgeSessionsDetachedAndExpired(t *testing.T) {
 	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, sk), val); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "resumable session detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "resumable session detached", func() bool {
 		r := v.session(c)
 		return r == nil || r.State == broker.SessionDetached
 	})
-	waitFor(t, 5*time.Second, "both closed", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "both closed", func() bool {
 		return v.session(c) == nil && v.session(s) == nil &&
 			len(v.inMessages(broker.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
 	})
@@ -299,7 +300,7 @@ func TestOrphanedOwnSessionIsDetached(t *testing.T) {
 	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "orphan detached", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "orphan detached", func() bool {
 		r := v.session(c)
 		return r != nil && r.State == broker.SessionDetached
 	})
@@ -309,7 +310,7 @@ func TestOrphanedOwnSessionIsDetached(t *testing.T) {
 // before GapTimeout would close it).
 func waitFilled(t *testing.T, e *runningEdge, c *client) {
 	t.Helper()
-	waitFor(t, 2*time.Second, "replay finished", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "replay finished", func() bool {
 		e.mu.RLock()
 		cn := e.byKey[broker.SessionKey(c.canister.Encode(), c.key().Token())]
 		e.mu.RUnlock()
@@ -373,7 +374,7 @@ func TestResumeSurvivesTransientReadError(t *testing.T) {
 	dropSocket(t, v, c)
 	calls := failReads(e, 1)
 	sendResume(t, c, e.url, 3)
-	waitFor(t, 5*time.Second, "the failed read retried", func() bool { return calls.Load() >= 2 })
+	testkit.WaitFor(t, 5*time.Second, "the failed read retried", func() bool { return calls.Load() >= 2 })
 	p.publish(subj, 4, 0)
 	expectResumed(t, c)
 	if s, _ := c.next(); s != 4 {
@@ -440,7 +441,7 @@ func TestResumeNothingStoredRejectsLastSeq(t *testing.T) {
 	c := newClient(t, v.gw, randomCanister(t))
 	c.dial(e.url, true)
 	c.open()
-	waitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == broker.SessionOpen })
+	testkit.WaitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == broker.SessionOpen })
 	dropSocket(t, v, c)
 	_, code, reason := c.resume(e.url, 7)
 	if code != CloseNotResumable || !strings.Contains(reason, "above the highest stored sequence number 0") {
@@ -478,13 +479,13 @@ func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	waitFor(t, 5*time.Second, "detached by e2", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "detached by e2", func() bool {
 		r := v.session(c)
 		return r != nil && r.State == broker.SessionDetached
 	})
 	close(stop)
 	<-lapsed
-	waitFor(t, 5*time.Second, "reclaimed by e1", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "reclaimed by e1", func() bool {
 		r := v.session(c)
 		return r != nil && r.State == broker.SessionOpen && r.Edge == "e1" &&
 			counter(t, e1.m.sweeps.WithLabelValues("reclaimed")) > 0
@@ -499,7 +500,7 @@ func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
 	}
 	n := len(v.inMessages(inSubjectOf(v, c)))
 	c.send()
-	waitFor(t, 5*time.Second, "relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	testkit.WaitFor(t, 5*time.Second, "relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
 	for _, m := range v.inMessages(inSubjectOf(v, c)) {
 		if m.kind == broker.KindClose {
 			t.Fatalf("close request published for a live session: %+v", m)

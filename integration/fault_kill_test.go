@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 )
 
 const faultClients = 50
@@ -56,7 +57,7 @@ func faultWaitPartitionsSplit(t *testing.T, d *Deployment, timeout time.Duration
 	t.Helper()
 	var owners map[int]string
 	var partitions int
-	waitFor(t, timeout, 100*time.Millisecond, "both submitters owning partitions", func() error {
+	testkit.WaitForNil(t, timeout, 100*time.Millisecond, "both submitters owning partitions", func() error {
 		owners, partitions = faultSubmitterPartitions(t, d)
 		n := map[string]int{}
 		for _, h := range owners {
@@ -97,7 +98,7 @@ func faultMetric(adminURL, name, labels string) (float64, error) {
 func faultActivePoller(t *testing.T, pollers []*Role, canister string, timeout time.Duration) int {
 	t.Helper()
 	active := -1
-	waitFor(t, timeout, 50*time.Millisecond, "exactly one poller holding the lease", func() error {
+	testkit.WaitForNil(t, timeout, 50*time.Millisecond, "exactly one poller holding the lease", func() error {
 		active = -1
 		for i, p := range pollers {
 			if exited, _ := p.Proc.Exited(); exited {
