@@ -17,7 +17,7 @@ import (
 	"github.com/icws/icws/replica/wscanister"
 )
 
-// TestFaultResumeGraceExpiry (DESIGN.md guarantee 3, RESUME.md §6): a client whose connection drops
+// TestFaultResumeGraceExpiry (docs/RESUME.md §3, the grace period): a client whose connection drops
 // and which stays away longer than ICWS_RESUME_GRACE (3 s here) is closed by the gateway with
 // ws_close at the canister; its session record goes, the canister messages stored for it age out of
 // ICWS_OUT (ICWS_REPLAY_MAX_AGE 5 s here), and its late resume attempt is refused with 4100, so the

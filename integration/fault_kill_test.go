@@ -1,10 +1,10 @@
 package integration
 
-// Failure independence (DESIGN.md, guarantee 4): the roles run as separate processes on a
-// three-node NATS cluster (every stream and bucket at 3 replicas), 50 resuming Go clients keep
-// traffic flowing both ways, and one process is SIGKILLed in the middle of it. Every test checks,
-// per client and per direction, that nothing was lost, duplicated or reordered, and logs the time
-// to recover as a "RECOVERY <what>: <duration>" line.
+// Failure independence (a killed edge, submitter, poller or NATS node costs time, not messages):
+// the roles run as separate processes on a three-node NATS cluster (every stream and bucket at 3
+// replicas), 50 resuming Go clients keep traffic flowing both ways, and one process is SIGKILLed
+// in the middle of it. Every test checks, per client and per direction, that nothing was lost,
+// duplicated or reordered, and logs the time to recover as a "RECOVERY <what>: <duration>" line.
 //
 // Lease TTLs are the defaults (faultLeaseEnv: poller 2 s, submitter and edge 3 s); nothing is
 // relaxed for the test.

@@ -1,7 +1,8 @@
 // Package replica is a local simulator of an Internet Computer replica: it serves the IC's HTTPS
 // interface (status, v3/v2 call, query, read_state) with real BLS certificates, node-signed query
 // responses and the IC's ingress validation, so unmodified agents (agent-go, @dfinity/agent) talk
-// to Go canisters as they would to the IC. See docs/IC-HTTP.md for what the agents require.
+// to Go canisters as they would to the IC: what agents check (certificates, delegations, node
+// signatures on queries, certificate times) is what the replica produces.
 //
 // Keys: a BLS root key (RootKey) and, unless Config.NoDelegation, a subnet key with a root-signed
 // delegation whose canister range covers every principal; one Ed25519 node key signs queries.
