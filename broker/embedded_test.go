@@ -26,6 +26,8 @@ func testServerConfig(dir string) ServerConfig {
 	}
 }
 
+// testLogger stands in for testkit.Logger(t, slog.LevelWarn), which broker's own tests cannot
+// import (testkit imports broker).
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

@@ -53,21 +53,8 @@ func (t Topology) Validate() error {
 	return nil
 }
 
-// DefaultTopology is the single-host default (the same values as the envconfig defaults).
-func DefaultTopology() Topology {
-	return Topology{
-		Partitions:           16,
-		Replicas:             1,
-		InMaxAge:             10 * time.Minute,
-		OutMaxAge:            10 * time.Minute,
-		OutMaxMsgsPerSubject: 10000,
-		DuplicateWindow:      6 * time.Minute,
-		MaxMessageBytes:      4 << 20,
-		InMaxBytes:           256 << 20,
-		OutMaxBytes:          512 << 20,
-		EnsureStreams:        true,
-	}
-}
+// DefaultTopology is the single-host default: the values the envconfig tags declare.
+func DefaultTopology() Topology { return config.MustDefaults[Topology]() }
 
 const metadataPartitions = "icws.partitions"
 

@@ -76,17 +76,6 @@ func receive(t *testing.T, c *Conn) (Message, protocol.AppMessage) {
 	panic("unreachable")
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestOpenEchoBurstClose(t *testing.T) {
 	e := startEnv(t, defaultCanister(), false)
 	for name, mk := range map[string]func(*testing.T) identity.Identity{"ed25519": ed25519ID, "secp256k1": secp256k1ID} {
@@ -139,7 +128,7 @@ func TestAckKeepAlive(t *testing.T) {
 	c := dial(t, cfg)
 	send(t, c, "one")
 	receive(t, c)
-	waitFor(t, "2 keep-alives", 20*time.Second, func() bool { return e.can.Received(c.ClientKey()).KeepAlives >= 2 })
+	testkit.WaitFor(t, 20*time.Second, "2 keep-alives", func() bool { return e.can.Received(c.ClientKey()).KeepAlives >= 2 })
 	send(t, c, "two")
 	if _, app := receive(t, c); app.Text != "two" {
 		t.Fatalf("echo = %q", app.Text)
@@ -230,7 +219,7 @@ func TestResume(t *testing.T) {
 	if _, app := receive(t, c); app.Text != "while down" {
 		t.Fatalf("echo = %q", app.Text)
 	}
-	waitFor(t, "second resume", 10*time.Second, func() bool { return c.Resumes() == 2 })
+	testkit.WaitFor(t, 10*time.Second, "second resume", func() bool { return c.Resumes() == 2 })
 	if c.Resent() < 1 {
 		t.Fatalf("resent = %d, want the message sent while down to be re-sent", c.Resent())
 	}

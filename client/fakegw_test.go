@@ -39,23 +39,10 @@ type testEnv struct {
 	gw         *fakeGateway
 }
 
-func testLogger(t *testing.T) *slog.Logger { return levelLogger(t, slog.LevelDebug) }
-
-func levelLogger(t *testing.T, l slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: l}))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func startEnv(t *testing.T, canCfg wscanister.Config, resume bool) *testEnv {
 	t.Helper()
-	canCfg.Logger = levelLogger(t, slog.LevelInfo)
-	r, can := testkit.StartWSReplica(t, replica.Config{Logger: levelLogger(t, slog.LevelWarn)}, testCanister, canCfg)
+	canCfg.Logger = testkit.Logger(t, slog.LevelInfo)
+	r, can := testkit.StartWSReplica(t, replica.Config{Logger: testkit.Logger(t, slog.LevelWarn)}, testCanister, canCfg)
 	e := &testEnv{rootKey: r.RootKey(), can: can, replicaURL: r.URL}
 	// The gateway stops before the replica (cleanups run last in, first out).
 	ctx, cancel := context.WithCancel(context.Background())
@@ -73,7 +60,7 @@ func (e *testEnv) config(t *testing.T, id identity.Identity) Config {
 		ICURL:         e.replicaURL,
 		Canister:      testCanister,
 		Identity:      id,
-		Logger:        testLogger(t),
+		Logger:        testkit.Logger(t, slog.LevelDebug),
 		ReconnectMin:  20 * time.Millisecond,
 		ReconnectMax:  200 * time.Millisecond,
 		ResumeTimeout: 10 * time.Second,

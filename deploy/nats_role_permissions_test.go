@@ -176,7 +176,7 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- e.Run(ctx) }()
-		waitFor(t, "edge "+id+" listening", func() bool { return e.Addr() != nil })
+		testkit.WaitFor(t, 30*time.Second, "edge "+id+" listening", func() bool { return e.Addr() != nil })
 		return e, cancel, done
 	}
 	e1, stop1, done1 := startEdge("edge1", "127.0.0.1:0")
@@ -197,7 +197,7 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 	}
 	_, stop2, done2 := startEdge("edge2", addr)
 	defer func() { stop2(); <-done2 }()
-	waitFor(t, "the client to resume", func() bool { return conn.Resumes() >= 1 })
+	testkit.WaitFor(t, 30*time.Second, "the client to resume", func() bool { return conn.Resumes() >= 1 })
 	echo(t, conn, "after the resume")
 
 	if got := v.take(); len(got) > 0 {
@@ -229,17 +229,6 @@ func echo(t *testing.T, conn *client.Conn, text string) {
 		case <-ctx.Done():
 			t.Fatalf("no echo of %q", text)
 		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

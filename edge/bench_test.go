@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -148,7 +149,7 @@ func idleSessions(b *testing.B, sendOne bool) {
 	// Warm-up session (lazy NATS and HTTP structures).
 	w := newClient(b, v.gw, randomCanister(b))
 	rawOpen(b, addr, w)
-	waitFor(b, 10*time.Second, "warm-up delivered", func() bool { return counter(b, e.m.framesOut) >= 2 })
+	testkit.WaitFor(b, 10*time.Second, "warm-up delivered", func() bool { return counter(b, e.m.framesOut) >= 2 })
 	time.Sleep(100 * time.Millisecond)
 	heap0, stack0 := heapAndStack()
 	g0 := runtime.NumGoroutine()
@@ -158,7 +159,7 @@ func idleSessions(b *testing.B, sendOne bool) {
 		conns = append(conns, rawOpen(b, addr, c))
 	}
 	// Each session got its handshake and its OpenMessage.
-	waitFor(b, 60*time.Second, "all OpenMessages delivered", func() bool { return counter(b, e.m.framesOut) >= float64(2*(n+1)) })
+	testkit.WaitFor(b, 60*time.Second, "all OpenMessages delivered", func() bool { return counter(b, e.m.framesOut) >= float64(2*(n+1)) })
 	if sendOne {
 		for i, c := range clients {
 			f, _ := protocol.EncodeClientFrame(c.messageEnvelope(1, true))
@@ -166,7 +167,7 @@ func idleSessions(b *testing.B, sendOne bool) {
 				b.Fatal(err)
 			}
 		}
-		waitFor(b, 60*time.Second, "all messages relayed", func() bool { return counter(b, e.m.framesIn) >= float64(2*n+1) })
+		testkit.WaitFor(b, 60*time.Second, "all messages relayed", func() bool { return counter(b, e.m.framesIn) >= float64(2*n+1) })
 	}
 	time.Sleep(200 * time.Millisecond) // let transient writer goroutines end
 	b.StopTimer()
@@ -209,7 +210,7 @@ func BenchmarkReplay1000(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		_ = c.ws.UnderlyingConn().Close()
-		waitFor(b, 10*time.Second, "detached", func() bool {
+		testkit.WaitFor(b, 10*time.Second, "detached", func() bool {
 			rec := v.session(c)
 			return rec != nil && rec.State == broker.SessionDetached
 		})

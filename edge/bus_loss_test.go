@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 )
 
 // freezableProxy forwards TCP connections to a target until frozen; frozen, it forwards nothing in
@@ -171,7 +173,7 @@ func TestEdgeShedsClientsWhenNATSIsUnreachable(t *testing.T) {
 	ws.Close()
 
 	px.thaw()
-	waitFor(t, 15*time.Second, "edge ready again", func() bool { return e.Ready(context.Background()) == nil })
+	testkit.WaitFor(t, 15*time.Second, "edge ready again", func() bool { return e.Ready(context.Background()) == nil })
 	if resp, err := http.Get("http" + strings.TrimPrefix(e.url, "ws")); err != nil || resp.StatusCode != http.StatusUpgradeRequired {
 		t.Fatalf("plain GET after recovery: %v %v, want 426", resp, err)
 	} else {

@@ -68,49 +68,8 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // NATS probe cannot act at a finer grain than their ticks.
 const minLivenessPeriod = 100 * time.Millisecond
 
-// DefaultConfig returns the documented defaults (the same values as the envconfig defaults).
-func DefaultConfig() Config {
-	return Config{
-		Listen:           ":8080",
-		MaxMessageBytes:  2 << 20,
-		ReadBufferSize:   1024,
-		SendQueue:        1024,
-		ResumeGrace:      30 * time.Second,
-		HandshakeTimeout: 10 * time.Second,
-		WriteTimeout:     10 * time.Second,
-		DrainTimeout:     10 * time.Second,
-		OpenTimeout:      30 * time.Second,
-		LeaseTTL:         3 * time.Second,
-		SweepInterval:    time.Second,
-		SweepBatch:       256,
-		GapTimeout:       5 * time.Second,
-		PendingLimit:     4096,
-		PendingBytes:     8 << 20,
-		SendQueueBytes:   8 << 20,
-		LeaseSkew:        time.Second,
-		MaxClientRate:    200,
-		MaxClientBurst:   2000,
-
-		MaxClientBytesRate:      1 << 20,
-		MaxClientBytesBurst:     8 << 20,
-		MaxConnections:          100000,
-		MaxConnectionsPerIP:     1000,
-		MaxSessionsPerPrincipal: 100,
-		MaxCanisters:            1000,
-		OpenConfirmTimeout:      6 * time.Minute,
-		IngressMaxTTL:           5 * time.Minute,
-		IngressDrift:            30 * time.Second,
-		HTTPIdleTimeout:         30 * time.Second,
-		HTTPMaxHeaderBytes:      16384,
-		StreamAdmitPercent:      90,
-
-		PingInterval:      10 * time.Second,
-		PingTimeout:       10 * time.Second,
-		HeartbeatInterval: 1500 * time.Millisecond,
-		NATSTimeout:       3 * time.Second,
-		JetStreamTimeout:  10 * time.Second,
-	}
-}
+// DefaultConfig returns the defaults the envconfig tags declare (the id is chosen by validate).
+func DefaultConfig() Config { return config.MustDefaults[Config]() }
 
 func defaultID() string {
 	h, err := os.Hostname()

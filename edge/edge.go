@@ -50,7 +50,7 @@ type Edge struct {
 	cfg       Config
 	nc        *nats.Conn
 	js        jetstream.JetStream
-	h         *broker.Handles
+	h         *broker.Handles // with sessions, set by Run before anything reads them
 	gateway   principal.Principal
 	handshake []byte
 	log       *slog.Logger
@@ -96,7 +96,8 @@ type Edge struct {
 	testFrame atomic.Pointer[func([]byte)]
 }
 
-// New validates the configuration and looks up the streams and buckets (broker.Ensure must have run).
+// New validates the configuration and builds the edge; it does no I/O (Run looks up the streams
+// and buckets, which broker.Ensure must have created).
 func New(cfg Config, deps Deps) (*Edge, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("edge config: %w", err)
@@ -119,12 +120,6 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	h, err := broker.Open(ctx, deps.JS)
-	if err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
-	}
 	m, err := newMetrics(deps.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("edge: register metrics: %w", err)
@@ -135,10 +130,10 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	}
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
-		cfg: cfg, nc: deps.NC, js: deps.JS, h: h, gateway: deps.Gateway, handshake: hs,
+		cfg: cfg, nc: deps.NC, js: deps.JS, gateway: deps.Gateway, handshake: hs,
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
-		sessions: broker.NewSessions(h.Sessions, deps.JS), index: newSessionIndex(), live: live,
+		index: newSessionIndex(), live: live,
 		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
@@ -202,13 +197,22 @@ func (e *Edge) Ready(ctx context.Context) error {
 	return nil
 }
 
-// Run acquires the edge's liveness lease, listens, serves until ctx ends, then drains: it stops
-// accepting, closes every socket with 1001 (resumable sessions are detached, standard ones closed),
-// bounded by DrainTimeout.
+// Run looks up the streams and buckets, acquires the edge's liveness lease, listens, serves until
+// ctx ends, then drains: it stops accepting, closes every socket with 1001 (resumable sessions are
+// detached, standard ones closed), bounded by DrainTimeout.
 func (e *Edge) Run(ctx context.Context) error {
 	if !e.started.CompareAndSwap(false, true) {
 		return errors.New("edge: Run called twice")
 	}
+	// Everything below reads e.h and e.sessions; the handler only after Run sets running (under
+	// e.mu), and tests only after Addr is set.
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	h, err := broker.Open(octx, e.js)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	e.h, e.sessions = h, broker.NewSessions(h.Sessions, e.js)
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	lease, err := e.acquireLease(ctx)

@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"runtime"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -84,7 +86,7 @@ func TestMessagesBeforeOpenMessageRelayedInOrder(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		envs = append(envs, c.send())
 	}
-	waitFor(t, 10*time.Second, "6 messages on ICWS_IN", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
+	testkit.WaitFor(t, 10*time.Second, "6 messages on ICWS_IN", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
 	in := v.inMessages(inSubjectOf(v, c))
 	for i, m := range in[1:] {
 		if m.kind != broker.KindMessage || m.clientSeq != strconv.Itoa(i+1) || !bytes.Equal(m.data, envs[i]) ||
@@ -155,7 +157,7 @@ func TestFirstFrameRejections(t *testing.T) {
 	dup := newClient(t, v.gw, allowed)
 	dup.dial(e.url, false)
 	dup.open()
-	waitFor(t, 5*time.Second, "dup session", func() bool { return v.session(dup) != nil })
+	testkit.WaitFor(t, 5*time.Second, "dup session", func() bool { return v.session(dup) != nil })
 	time.Sleep(50 * time.Millisecond)
 	base := runtime.NumGoroutine()
 
@@ -222,7 +224,7 @@ func TestFirstFrameRejections(t *testing.T) {
 		t.Fatalf("sessions left: %d, want only the duplicate's", n)
 	}
 	_ = dup.ws.Close()
-	waitFor(t, 5*time.Second, "dup session closed", func() bool { return v.sessionCount() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "dup session closed", func() bool { return v.sessionCount() == 0 })
 	goroutinesSettle(t, base)
 }
 
@@ -233,7 +235,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	// Warm up one full session so lazily started goroutines (nats, http) are in the baseline.
 	w := openedClient(t, v, e.url, false)
 	_ = w.ws.Close()
-	waitFor(t, 5*time.Second, "warm-up session gone", func() bool { return v.sessionCount() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "warm-up session gone", func() bool { return v.sessionCount() == 0 })
 	time.Sleep(50 * time.Millisecond)
 	base := runtime.NumGoroutine()
 
@@ -261,7 +263,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	c = openedClient(t, v, e.url, false)
 	_ = c.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
 	_ = c.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "close request", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return len(in) == 2 && in[1].kind == broker.KindClose
 	})
@@ -269,11 +271,11 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	r := openedClient(t, v, e.url, true)
 	_ = r.ws.UnderlyingConn().(*net.TCPConn).SetLinger(0)
 	_ = r.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(r)
 		return rec != nil && rec.State == broker.SessionDetached
 	})
-	waitFor(t, 5*time.Second, "only the detached session left", func() bool { return v.sessionCount() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "only the detached session left", func() bool { return v.sessionCount() == 1 })
 	goroutinesSettle(t, base)
 	if n := counter(t, e.m.connections); n != 0 {
 		t.Fatalf("connections gauge %v", n)
@@ -289,7 +291,7 @@ func TestClientCloseAfterMessages(t *testing.T) {
 		c.send()
 	}
 	_ = c.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
-	waitFor(t, 5*time.Second, "close request", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return len(in) > 0 && in[len(in)-1].kind == broker.KindClose
 	})
@@ -304,7 +306,7 @@ func TestClientCloseAfterMessages(t *testing.T) {
 	if !strings.HasPrefix(in[4].msgID, "close."+c.canister.Encode()+"."+c.key().Token()+".") || in[4].reason == "" {
 		t.Fatalf("close request %+v", in[4])
 	}
-	waitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
+	testkit.WaitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
 }
 
 func TestRelayPolicy(t *testing.T) {
@@ -336,12 +338,12 @@ func TestSlowClient(t *testing.T) {
 			p.publish(subj, s, 256<<10)
 		}
 	}()
-	waitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
 	code, text := expectClose(t, c.ws)
 	if code != CloseSlowClient || text != reasonSlowClient {
 		t.Fatalf("close %d %q", code, text)
 	}
-	waitFor(t, 5*time.Second, "detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(c)
 		return rec != nil && rec.State == broker.SessionDetached
 	})
@@ -368,5 +370,56 @@ func TestDrainClosesWith1001(t *testing.T) {
 	}
 	if rec := v.session(s); rec != nil {
 		t.Fatalf("standard session after drain: %+v", rec)
+	}
+}
+
+// A new session reusing a client key within the duplicate window is not de-duplicated against the
+// previous one: its open, messages and close all reach ICWS_IN.
+func TestReusedClientKeyIsNotDeduplicated(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openedClient(t, v, e.url, false)
+	c.send()
+	testkit.WaitFor(t, 5*time.Second, "open+message", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	testkit.WaitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(c) == nil })
+	testkit.WaitFor(t, 5*time.Second, "first close", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
+
+	c.seq = 0
+	c.dial(e.url, false)
+	c.open()
+	c.next()
+	c.send()
+	testkit.WaitFor(t, 5*time.Second, "second open+message", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
+	var kinds []string
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		kinds = append(kinds, m.kind+m.clientSeq)
+	}
+	if got := strings.Join(kinds, ","); got != "open,message1,close,open,message1" {
+		t.Fatalf("ICWS_IN: %s", got)
+	}
+}
+
+// Reopening a key whose record is closed (close request not yet published) publishes that close
+// before the new open.
+func TestReopenClosedRecordPublishesCloseFirst(t *testing.T) {
+	v := newEnv(t)
+	e := v.startEdge(testConfig("e1"))
+	c := newClient(t, v.gw, randomCanister(t))
+	key := broker.SessionKey(c.canister.Encode(), c.key().Token())
+	rec := broker.SessionRecord{State: broker.SessionClosed, Canister: c.canister.Encode(), Client: c.key().Token(),
+		Edge: "gone", OpenedAt: time.Now().Add(-time.Minute).UTC(),
+		Partition: broker.Partition(c.canister.Encode(), c.key().Token(), v.h.Partitions)}
+	val, _ := json.Marshal(rec)
+	if _, err := v.h.Sessions.Create(context.Background(), key, val); err != nil {
+		t.Fatal(err)
+	}
+	c.dial(e.url, false)
+	c.open()
+	testkit.WaitFor(t, 5*time.Second, "close and open relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) >= 2 })
+	in := v.inMessages(inSubjectOf(v, c))
+	if len(in) < 2 || in[0].kind != broker.KindClose || in[1].kind != broker.KindOpen {
+		t.Fatalf("ICWS_IN: %+v", in)
 	}
 }

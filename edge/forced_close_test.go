@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 )
 
 // hasClose reports whether the client's close request is in ICWS_IN.
@@ -57,7 +59,7 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 		}
 	}
 	for name, c := range map[string]*client{"standard": standard, "resumable": resumable, "detached": detached} {
-		waitFor(t, 10*time.Second, name+" session finished", func() bool { return v.session(c) == nil && hasClose(v, c) })
+		testkit.WaitFor(t, 10*time.Second, name+" session finished", func() bool { return v.session(c) == nil && hasClose(v, c) })
 	}
 	if _, code, text := resumable.resume(e1.url, 1); code != CloseNotResumable || !strings.Contains(text, "stopped answering ws_get_messages") {
 		t.Errorf("resume into the failed canister's session: %d %q, want 4100 naming the failure", code, text)
@@ -76,7 +78,7 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	later.send()
-	waitFor(t, 5*time.Second, "the later session relays", func() bool { return len(v.inMessages(inSubjectOf(v, later))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "the later session relays", func() bool { return len(v.inMessages(inSubjectOf(v, later))) == 2 })
 	if rec := v.session(later); rec == nil || rec.State != broker.SessionOpen {
 		t.Errorf("a session opened after the failure was closed: %+v", rec)
 	}
@@ -101,7 +103,7 @@ func TestSessionCloseRequestEndsTheSession(t *testing.T) {
 	if code, text := expectClose(t, c.ws); code != websocket.ClosePolicyViolation || text != reason {
 		t.Fatalf("closed with %d %q, want 1008 %q", code, text, reason)
 	}
-	waitFor(t, 10*time.Second, "session finished", func() bool { return v.session(c) == nil && hasClose(v, c) })
+	testkit.WaitFor(t, 10*time.Second, "session finished", func() bool { return v.session(c) == nil && hasClose(v, c) })
 	if got := counter(t, e.m.forcedCloses.WithLabelValues(causeBacklog)); got != 1 {
 		t.Errorf("icws_edge_forced_closes_total{cause=backlog} = %v, want 1", got)
 	}

@@ -145,7 +145,7 @@ func (v *env) startEdge(cfg Config) *runningEdge {
 	ctx, cancel := context.WithCancel(context.Background())
 	re := &runningEdge{Edge: e, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { re.done <- e.Run(ctx) }()
-	waitFor(t, 10*time.Second, "edge listening", func() bool { return e.Addr() != nil })
+	testkit.WaitFor(t, 10*time.Second, "edge listening", func() bool { return e.Addr() != nil })
 	re.url = "ws://" + e.Addr().String() + "/"
 	t.Cleanup(func() { re.stop() })
 	return re
@@ -161,17 +161,6 @@ func (re *runningEdge) stop() error {
 		return err
 	case <-time.After(15 * time.Second):
 		return errors.New("edge did not stop")
-	}
-}
-
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

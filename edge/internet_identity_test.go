@@ -28,7 +28,7 @@ func (v *env) startEdgeWithRootKey(cfg Config, rootKey []byte) *runningEdge {
 	ctx, cancel := context.WithCancel(context.Background())
 	re := &runningEdge{Edge: e, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { re.done <- e.Run(ctx) }()
-	waitFor(t, 10*time.Second, "edge listening", func() bool { return e.Addr() != nil })
+	testkit.WaitFor(t, 10*time.Second, "edge listening", func() bool { return e.Addr() != nil })
 	re.url = "ws://" + e.Addr().String() + "/"
 	t.Cleanup(func() { re.stop() })
 	return re
@@ -70,13 +70,13 @@ func TestInternetIdentitySessionOpens(t *testing.T) {
 		t.Fatalf("first canister message has seq %d, want 1", seq)
 	}
 	// The record is found under the client key of the Internet Identity principal (c.id.Sender()).
-	waitFor(t, 5*time.Second, "session confirmed", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "session confirmed", func() bool {
 		rec := v.session(c)
 		return rec != nil && rec.Confirmed
 	})
 	c.send()
 	c.send()
-	waitFor(t, 5*time.Second, "messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
+	testkit.WaitFor(t, 5*time.Second, "messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
 }
 
 // Without the root key, or with another network's, a canister-signature chain is refused before

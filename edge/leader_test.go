@@ -16,13 +16,13 @@ func TestLeaderElectionRefillsLiveConnections(t *testing.T) {
 	c := newClient(t, v.gw, randomCanister(t))
 	c.dial(e.url, false)
 	c.open()
-	waitFor(t, 5*time.Second, "session live", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "session live", func() bool {
 		e.mu.RLock()
 		defer e.mu.RUnlock()
 		return len(e.bySub) == 1
 	})
 	before := testkit.MetricValue(t, e.m.gapFills)
-	waitFor(t, 5*time.Second, "a fill after the advisory", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "a fill after the advisory", func() bool {
 		if err := v.nc.Publish(broker.OutLeaderElectedAdvisory, []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}

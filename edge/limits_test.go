@@ -14,6 +14,7 @@ import (
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 // rawGet sends one plain HTTP request on a fresh TCP connection and returns the status line and
@@ -148,7 +149,7 @@ func TestConnectionSlotsAreReturned(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = ws.Close()
-		waitFor(t, 5*time.Second, "connection gone", func() bool { return e.connCount() == 0 })
+		testkit.WaitFor(t, 5*time.Second, "connection gone", func() bool { return e.connCount() == 0 })
 	}
 }
 
@@ -184,7 +185,7 @@ func TestCanisterLimit(t *testing.T) {
 	cfg.MaxCanisters = 1
 	e := v.startEdge(cfg)
 	first := openedClient(t, v, e.url, false)
-	waitFor(t, 5*time.Second, "session indexed", func() bool { known, _ := e.index.canisterStats(first.canister.Encode()); return known })
+	testkit.WaitFor(t, 5*time.Second, "session indexed", func() bool { known, _ := e.index.canisterStats(first.canister.Encode()); return known })
 	// More sessions for a canister already served are fine; a new canister is not.
 	more := newClient(t, v.gw, first.canister)
 	more.dial(e.url, false)
@@ -235,7 +236,7 @@ func TestRefusedOpenLeavesNoTrace(t *testing.T) {
 	if code != websocket.ClosePolicyViolation || !strings.Contains(text, reason) {
 		t.Fatalf("close %d %q, want 1008 naming the canister's reason", code, text)
 	}
-	waitFor(t, 5*time.Second, "socket gone", func() bool { return e.connCount() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "socket gone", func() bool { return e.connCount() == 0 })
 	if rec := v.session(c); rec != nil {
 		t.Fatalf("session record left behind: %+v", rec)
 	}
@@ -268,7 +269,7 @@ func TestUnconfirmedOpenTimesOut(t *testing.T) {
 		t.Fatalf("close %d, want 1011", code)
 	}
 	// The open and the close request of the session the edge ended; the message never went out.
-	waitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
 	if kinds := v.inMessages(inSubjectOf(v, c)); kinds[0].kind != broker.KindOpen || kinds[1].kind != broker.KindClose {
 		t.Fatalf("ICWS_IN holds %s, %s; want open, close", kinds[0].kind, kinds[1].kind)
 	}
@@ -288,7 +289,7 @@ func TestNewSessionSeesOnlyItsOwnHistory(t *testing.T) {
 		}
 	}
 	_ = first.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-	waitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(first) == nil })
+	testkit.WaitFor(t, 5*time.Second, "first session gone", func() bool { return v.session(first) == nil })
 
 	second := newClient(t, v.gw, first.canister)
 	second.id, second.nonce = first.id, first.nonce
@@ -335,7 +336,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "edge sees the full stream", func() bool { return e.streamsFull.Load() != nil })
+	testkit.WaitFor(t, 10*time.Second, "edge sees the full stream", func() bool { return e.streamsFull.Load() != nil })
 	late := newClient(t, v.gw, randomCanister(t))
 	late.dial(e.url, false)
 	late.open()
@@ -344,7 +345,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 	}
 	// The session already open keeps working while there is room.
 	open.send()
-	waitFor(t, 5*time.Second, "message stored", func() bool { return len(v.inMessages(inSubjectOf(v, open))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "message stored", func() bool { return len(v.inMessages(inSubjectOf(v, open))) == 2 })
 }
 
 func TestPanicInOneConnectionClosesOnlyIt(t *testing.T) {
@@ -368,6 +369,104 @@ func TestPanicInOneConnectionClosesOnlyIt(t *testing.T) {
 		t.Fatalf("panics{read} = %v", got)
 	}
 	bystander.send()
-	waitFor(t, 5*time.Second, "bystander's message stored", func() bool { return len(v.inMessages(inSubjectOf(v, bystander))) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "bystander's message stored", func() bool { return len(v.inMessages(inSubjectOf(v, bystander))) == 2 })
 	openedClient(t, v, e.url, false)
+}
+
+// The send queue is also bounded in bytes: 400 frames would never reach the frame limit (1024),
+// but 1 MiB of queued 256 KiB frames overflows.
+func TestSendQueueByteLimit(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.SendQueueBytes = 1 << 20
+	cfg.WriteTimeout = 3 * time.Second
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	subj := outSubjectOfClient(c)
+	// The client stops reading; large frames fill the socket buffers, then the queue.
+	go func() {
+		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
+			p.publish(subj, s, 256<<10)
+		}
+	}()
+	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	code, _ := expectClose(t, c.ws)
+	if code != CloseSlowClient {
+		t.Fatalf("close %d, want 4101", code)
+	}
+}
+
+// Held out-of-order frames are bounded in bytes; beyond the bound they are re-read.
+func TestPendingByteLimit(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.PendingBytes = 1
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	subj := outSubjectOfClient(c)
+	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
+	e.testDropLive.Store(&drop)
+	for s := uint64(2); s <= 6; s++ {
+		p.publish(subj, s, 100)
+	}
+	for want := uint64(2); want <= 6; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+}
+
+// A client sending faster than its rate limit is closed with 1008.
+func TestClientRateLimit(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.MaxClientRate = 1
+	cfg.MaxClientBurst = 3
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	for i := 0; i < 5; i++ {
+		c.seq++
+		f, err := protocol.EncodeClientFrame(c.messageEnvelope(c.seq, false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+			break
+		}
+	}
+	code, reason := expectClose(t, c.ws)
+	if code != websocket.ClosePolicyViolation || reason != reasonRateExceeded {
+		t.Fatalf("close %d %q, want 1008 %q", code, reason, reasonRateExceeded)
+	}
+	relayed := 0
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		if m.kind == broker.KindMessage {
+			relayed++
+		}
+	}
+	if relayed != 3 {
+		t.Fatalf("%d client messages relayed, want the burst of 3", relayed)
+	}
+}
+
+func TestTokenBucket(t *testing.T) {
+	var b tokenBucket
+	now := time.Unix(1000, 0)
+	for i := 0; i < 3; i++ {
+		if !b.allow(now, 2, 3) {
+			t.Fatalf("burst %d refused", i)
+		}
+	}
+	if b.allow(now, 2, 3) {
+		t.Fatal("over the burst allowed")
+	}
+	if !b.allow(now.Add(500*time.Millisecond), 2, 3) {
+		t.Fatal("refilled token refused")
+	}
+	if b.allow(now.Add(500*time.Millisecond), 2, 3) {
+		t.Fatal("second token after 0.5s at 2/s allowed")
+	}
 }

@@ -9,9 +9,11 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
-	"github.com/icws/icws/protocol"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/protocol"
 )
 
 func livenessConfig(id string) Config {
@@ -34,7 +36,7 @@ func TestUnresponsiveClientIsClosedAndDetached(t *testing.T) {
 	if code != CloseUnresponsive || reason != reasonUnresponsive {
 		t.Fatalf("close %d %q, want %d %q", code, reason, CloseUnresponsive, reasonUnresponsive)
 	}
-	waitFor(t, 5*time.Second, "session detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "session detached", func() bool {
 		rec := v.session(c)
 		return rec != nil && rec.State == broker.SessionDetached
 	})
@@ -52,7 +54,7 @@ func TestHalfOpenConnectionIsClosed(t *testing.T) {
 	px := startFreezableProxy(t, e.Addr().String())
 	c := openedClient(t, v, "ws://"+px.addr()+"/", false)
 	px.freeze()
-	waitFor(t, 5*time.Second, "standard session closed", func() bool { return v.session(c) == nil })
+	testkit.WaitFor(t, 5*time.Second, "standard session closed", func() bool { return v.session(c) == nil })
 	if n := testutil.ToFloat64(e.m.unresponsive); n != 1 {
 		t.Fatalf("unresponsive closes = %v, want 1", n)
 	}

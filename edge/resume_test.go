@@ -3,13 +3,17 @@ package edge
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -20,13 +24,13 @@ func openResumable(t *testing.T, v *env, url string, n int) *client {
 	for i := 0; i < n; i++ {
 		c.send()
 	}
-	waitFor(t, 5*time.Second, "client messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	testkit.WaitFor(t, 5*time.Second, "client messages stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
 	return c
 }
 
 func dropSocket(t *testing.T, v *env, c *client) {
 	_ = c.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(c)
 		return rec != nil && rec.State == broker.SessionDetached
 	})
@@ -81,11 +85,11 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 	// Re-sent client messages are de-duplicated; new ones continue the order.
 	c.seq = 3
 	c.send()
-	waitFor(t, 5*time.Second, "message 4 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
+	testkit.WaitFor(t, 5*time.Second, "message 4 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 5 })
 	c.seq = 3
 	c.send()
 	c.send()
-	waitFor(t, 5*time.Second, "message 5 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
+	testkit.WaitFor(t, 5*time.Second, "message 5 stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
 	in := v.inMessages(inSubjectOf(v, c))
 	for i, m := range in[1:] {
 		if m.clientSeq != string(rune('1'+i)) {
@@ -141,7 +145,7 @@ func TestResumeRejections(t *testing.T) {
 		t.Fatalf("resume: %d", code)
 	}
 	_ = c.ws.UnderlyingConn().Close()
-	waitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
+	testkit.WaitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
 	c.token = good
 	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "wrong token") {
 		t.Fatalf("reused token: %d %q", code, reason)
@@ -158,7 +162,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 		p.publish(subj, s, 0)
 	}
 	c.next()
-	waitFor(t, 5*time.Second, "stored", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "stored", func() bool {
 		m, err := v.h.Out.GetLastMsgForSubject(context.Background(), subj)
 		return err == nil && m.Header.Get(broker.HeaderSeq) == "6"
 	})
@@ -170,7 +174,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "history") {
 		t.Fatalf("incomplete: %d %q", code, reason)
 	}
-	waitFor(t, 5*time.Second, "session closed and close request", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "session closed and close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return v.session(c) == nil && in[len(in)-1].kind == broker.KindClose
 	})
@@ -184,11 +188,11 @@ func TestResumeGraceExpires(t *testing.T) {
 	e := v.startEdge(cfg)
 	c := openResumable(t, v, e.url, 2)
 	dropSocket(t, v, c)
-	waitFor(t, 5*time.Second, "close request after grace", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "close request after grace", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return in[len(in)-1].kind == broker.KindClose && strings.Contains(in[len(in)-1].reason, "grace")
 	})
-	waitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
+	testkit.WaitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
 	if _, code, reason := c.resume(e.url, 1); code != CloseNotResumable || !strings.HasPrefix(reason, "icws: not resumable: ") {
 		t.Fatalf("expired: %d %q", code, reason)
 	}
@@ -242,7 +246,7 @@ func TestResumeOnSecondEdge(t *testing.T) {
 		t.Fatalf("record after old socket end %+v", rec)
 	}
 	c.send()
-	waitFor(t, 5*time.Second, "message 3 via B", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "message 3 via B", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
 		return len(in) == 4 && in[3].clientSeq == "3"
 	})
@@ -271,11 +275,11 @@ func TestDeadEdgeSessionsDetachedAndExpired(t *testing.T) {
 	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, sk), val); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "resumable session detached", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "resumable session detached", func() bool {
 		r := v.session(c)
 		return r == nil || r.State == broker.SessionDetached
 	})
-	waitFor(t, 5*time.Second, "both closed", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "both closed", func() bool {
 		return v.session(c) == nil && v.session(s) == nil &&
 			len(v.inMessages(broker.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
 	})
@@ -296,7 +300,7 @@ func TestOrphanedOwnSessionIsDetached(t *testing.T) {
 	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "orphan detached", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "orphan detached", func() bool {
 		r := v.session(c)
 		return r != nil && r.State == broker.SessionDetached
 	})
@@ -306,7 +310,7 @@ func TestOrphanedOwnSessionIsDetached(t *testing.T) {
 // before GapTimeout would close it).
 func waitFilled(t *testing.T, e *runningEdge, c *client) {
 	t.Helper()
-	waitFor(t, 2*time.Second, "replay finished", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "replay finished", func() bool {
 		e.mu.RLock()
 		cn := e.byKey[broker.SessionKey(c.canister.Encode(), c.key().Token())]
 		e.mu.RUnlock()
@@ -345,5 +349,190 @@ func TestResumeSurvivesLostRecordWriteAnswer(t *testing.T) {
 	}
 	if got, _ := c.next(); got != 2 {
 		t.Fatalf("replay: got %d, want 2", got)
+	}
+}
+
+// failReads makes the next n reads of ICWS_OUT fail as a NATS timeout would (n < 0: all of them).
+func failReads(e *runningEdge, n int64) *atomic.Int64 {
+	var calls atomic.Int64
+	f := func() error {
+		k := calls.Add(1)
+		if n < 0 || k <= n {
+			return errors.New("injected: nats: timeout")
+		}
+		return nil
+	}
+	e.testReadErr.Store(&f)
+	return &calls
+}
+
+// expectResumed reads the frame after the handshake and requires it to be {icws_resumed}.
+func expectResumed(t *testing.T, c *client) {
+	t.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, fr, err := c.ws.ReadMessage()
+	if err != nil {
+		t.Fatalf("no {icws_resumed} after the handshake: %v", err)
+	}
+	if _, err := protocol.DecodeResumed(fr); err != nil {
+		t.Fatalf("first frame after the handshake is not {icws_resumed}: %x", fr)
+	}
+}
+
+func sendResume(t *testing.T, c *client, url string, lastSeq uint64) {
+	t.Helper()
+	old := c.token
+	c.dial(url, true)
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, c.resumeFrame(c.canister, old, lastSeq)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// One transient read error during the replay must not lose the resume answer, and a live
+// message arriving afterwards must come after it.
+func TestResumeSurvivesTransientReadError(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	for s := uint64(2); s <= 3; s++ {
+		p.publish(subj, s, 0)
+		c.next()
+	}
+	dropSocket(t, v, c)
+	calls := failReads(e, 1)
+	sendResume(t, c, e.url, 3)
+	testkit.WaitFor(t, 5*time.Second, "the failed read retried", func() bool { return calls.Load() >= 2 })
+	p.publish(subj, 4, 0)
+	expectResumed(t, c)
+	if s, _ := c.next(); s != 4 {
+		t.Fatalf("after the resume answer got seq %d, want 4", s)
+	}
+}
+
+// Read errors before the replay delay it; the replay that follows is complete.
+func TestResumeReplayAfterTransientReadErrors(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	dropSocket(t, v, c)
+	for s := uint64(2); s <= 5; s++ {
+		p.publish(subj, s, 0)
+	}
+	failReads(e, 3)
+	sendResume(t, c, e.url, 1)
+	expectResumed(t, c)
+	for want := uint64(2); want <= 5; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("replay: got %d, want %d", s, want)
+		}
+	}
+}
+
+// A client's messages stored out of sequence order (2, 4, 3, 5) are a complete history: the
+// resume succeeds and delivers 3, 4, 5 in order.
+func TestResumeOutOfOrderStream(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	p.publish(subj, 2, 0)
+	if s, _ := c.next(); s != 2 {
+		t.Fatal(s)
+	}
+	dropSocket(t, v, c)
+	for _, s := range []uint64{4, 3, 5} {
+		p.publish(subj, s, 0)
+	}
+	if _, code, reason := c.resume(e.url, 2); code != 0 {
+		t.Fatalf("resume refused with %d %q although 3, 4, 5 are stored", code, reason)
+	}
+	for want := uint64(3); want <= 5; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+	p.publish(subj, 6, 0)
+	if s, _ := c.next(); s != 6 {
+		t.Fatalf("live: got %d, want 6", s)
+	}
+}
+
+// With nothing stored for the client, a claimed last_seq above 0 is not resumable.
+func TestResumeNothingStoredRejectsLastSeq(t *testing.T) {
+	v := newEnv(t)
+	e := v.startEdge(testConfig("e1"))
+	// No pipeline: not even the OpenMessage is stored.
+	c := newClient(t, v.gw, randomCanister(t))
+	c.dial(e.url, true)
+	c.open()
+	testkit.WaitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == broker.SessionOpen })
+	dropSocket(t, v, c)
+	_, code, reason := c.resume(e.url, 7)
+	if code != CloseNotResumable || !strings.Contains(reason, "above the highest stored sequence number 0") {
+		t.Fatalf("close %d %q, want 4100 (last_seq above what was stored)", code, reason)
+	}
+}
+
+// An edge whose lease lapsed once gets its live sessions detached by another edge; it takes them
+// back instead of closing them after the grace period.
+func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg1 := testConfig("e1")
+	cfg1.ResumeGrace = 300 * time.Millisecond
+	e1 := v.startEdge(cfg1)
+	cfg2 := testConfig("e2")
+	cfg2.ResumeGrace = 300 * time.Millisecond
+	cfg2.LeaseSkew = 0
+	v.startEdge(cfg2)
+	c := openResumable(t, v, e1.url, 1)
+
+	// e1 misses its renewals for a while (as during a NATS leader election).
+	stop := make(chan struct{})
+	lapsed := make(chan struct{})
+	go func() {
+		defer close(lapsed)
+		val, _ := json.Marshal(broker.LeaseRecord{Holder: "e1", ExpiresAt: time.Now().Add(-5 * time.Second)})
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = v.h.Leases.Put(context.Background(), broker.EdgeLeaseKey("e1"), val)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	testkit.WaitFor(t, 5*time.Second, "detached by e2", func() bool {
+		r := v.session(c)
+		return r != nil && r.State == broker.SessionDetached
+	})
+	close(stop)
+	<-lapsed
+	testkit.WaitFor(t, 5*time.Second, "reclaimed by e1", func() bool {
+		r := v.session(c)
+		return r != nil && r.State == broker.SessionOpen && r.Edge == "e1" &&
+			counter(t, e1.m.sweeps.WithLabelValues("reclaimed")) > 0
+	})
+	// Past the grace period the session is still open and relays; no close request went out.
+	deadline := time.Now().Add(3 * cfg1.ResumeGrace)
+	for time.Now().Before(deadline) {
+		if r := v.session(c); r == nil || r.State == broker.SessionClosed {
+			t.Fatalf("session closed while its socket is live: %+v", r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n := len(v.inMessages(inSubjectOf(v, c)))
+	c.send()
+	testkit.WaitFor(t, 5*time.Second, "relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
+	for _, m := range v.inMessages(inSubjectOf(v, c)) {
+		if m.kind == broker.KindClose {
+			t.Fatalf("close request published for a live session: %+v", m)
+		}
 	}
 }

@@ -84,7 +84,7 @@ func TestForgedOpenHasNoEffect(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, 5*time.Second, "sockets gone", func() bool { return e.connCount() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "sockets gone", func() bool { return e.connCount() == 0 })
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	if len(e.bySub) != 0 {
@@ -126,14 +126,14 @@ func TestForgedMessageIsNotRelayed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := openedClient(t, v, e.url, false)
 			c.send()
-			waitFor(t, 5*time.Second, "first message stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+			testkit.WaitFor(t, 5*time.Second, "first message stored", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
 			c.sendEnvelope(tc.env(c))
 			code, reason := expectClose(t, c.ws)
 			if code != websocket.ClosePolicyViolation || !strings.Contains(reason, tc.reason) {
 				t.Fatalf("close %d %q, want 1008 naming %q", code, reason, tc.reason)
 			}
 			// The session ends normally: open, the first message, and the close request.
-			waitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
+			testkit.WaitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 3 })
 			msgs := v.inMessages(inSubjectOf(v, c))
 			if msgs[1].clientSeq != "1" || msgs[2].kind != "close" {
 				t.Fatalf("ICWS_IN: %+v", msgs)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/internal/testkit"
 )
 
 // replicaCanisterStatus stops or starts a canister of the replica (test hooks on): a stopped
@@ -76,7 +77,7 @@ func TestStoppedCanisterClosesItsSessions(t *testing.T) {
 	away.blocked.Store(true)
 	away.dropConn()
 	edges := []string{d.Edges[0].AdminURL, d.Edges[1].AdminURL}
-	waitFor(t, 20*time.Second, 100*time.Millisecond, "the session detached", func() error {
+	testkit.WaitForNil(t, 20*time.Second, 100*time.Millisecond, "the session detached", func() error {
 		if v, err := faultMetric(d.Edges[0].AdminURL, "icws_edge_connections", ""); err != nil || v != 1 {
 			return fmt.Errorf("edge 1 holds %v connections (%v), want 1", v, err)
 		}
@@ -99,7 +100,7 @@ func TestStoppedCanisterClosesItsSessions(t *testing.T) {
 	if took := time.Since(stopped); took > failClose+10*time.Second {
 		t.Errorf("sessions closed %s after the canister stopped, want within ICWS_POLL_FAIL_CLOSE (%s) + 10s", took, failClose)
 	}
-	waitFor(t, 20*time.Second, 200*time.Millisecond, "three sessions closed for the failure, ws_close attempted for each", func() error {
+	testkit.WaitForNil(t, 20*time.Second, 200*time.Millisecond, "three sessions closed for the failure, ws_close attempted for each", func() error {
 		if v := sumMetric(t, edges, "icws_edge_forced_closes_total", `{cause="canister_failed"}`); v != 3 {
 			return fmt.Errorf("edges closed %v sessions for the failure, want 3", v)
 		}

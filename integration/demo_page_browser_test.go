@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/icws/icws/internal/testkit"
 )
 
 // demoPageState is what the demo page shows (demo/web/index.html), read from its DOM.
@@ -129,7 +130,7 @@ func TestDemoPageInChromium(t *testing.T) {
 	wait := func(what string, timeout time.Duration, cond func(demoPageState) error) demoPageState {
 		t.Helper()
 		var s demoPageState
-		waitFor(t, timeout, 100*time.Millisecond, what, func() error {
+		testkit.WaitForNil(t, timeout, 100*time.Millisecond, what, func() error {
 			if exited, err := dev.Proc.Exited(); exited {
 				t.Fatalf("icws dev exited: %v", err)
 			}

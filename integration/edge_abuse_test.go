@@ -19,6 +19,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
 	"github.com/nats-io/nats.go/jetstream"
@@ -145,7 +146,7 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 	})
 
 	// Nothing left behind: no connections on the edge, no sessions in KV.
-	waitFor(t, 20*time.Second, 100*time.Millisecond, "icws_edge_connections = 0", func() error {
+	testkit.WaitForNil(t, 20*time.Second, 100*time.Millisecond, "icws_edge_connections = 0", func() error {
 		v, err := metricValue(edge.AdminURL+"/metrics", "icws_edge_connections")
 		if err != nil {
 			return err
@@ -166,7 +167,7 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, 200*time.Millisecond, "empty sessions bucket", func() error {
+	testkit.WaitForNil(t, 20*time.Second, 200*time.Millisecond, "empty sessions bucket", func() error {
 		lister, err := h.Sessions.ListKeys(ctx)
 		if err != nil {
 			return err

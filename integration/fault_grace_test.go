@@ -13,10 +13,11 @@ import (
 
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica/wscanister"
 )
 
-// TestFaultResumeGraceExpiry (DESIGN.md guarantee 3, RESUME.md §6): a client whose connection drops
+// TestFaultResumeGraceExpiry (docs/RESUME.md §3, the grace period): a client whose connection drops
 // and which stays away longer than ICWS_RESUME_GRACE (3 s here) is closed by the gateway with
 // ws_close at the canister; its session record goes, the canister messages stored for it age out of
 // ICWS_OUT (ICWS_REPLAY_MAX_AGE 5 s here), and its late resume attempt is refused with 4100, so the
@@ -68,7 +69,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		}
 	}
 	for _, c := range run.clients {
-		waitFor(t, 30*time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: echoes", c.idx), func() error {
+		testkit.WaitForNil(t, 30*time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: echoes", c.idx), func() error {
 			if _, exp, got := c.snapshot(); len(got) < len(exp) {
 				return fmt.Errorf("%d of %d echoes", len(got), len(exp))
 			}
@@ -80,7 +81,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 	away.dialer.blocked.Store(true)
 	away.dialer.dropConn()
 	droppedAt := time.Now()
-	waitFor(t, 10*time.Second, 20*time.Millisecond, "session detached", func() error {
+	testkit.WaitForNil(t, 10*time.Second, 20*time.Millisecond, "session detached", func() error {
 		rec, err := session()
 		if err != nil {
 			return err
@@ -97,7 +98,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 			t.Fatalf("control send: %v", err)
 		}
 	}
-	waitFor(t, 10*time.Second, 20*time.Millisecond, "messages for the away client stored", func() error {
+	testkit.WaitForNil(t, 10*time.Second, 20*time.Millisecond, "messages for the away client stored", func() error {
 		m, err := h.Out.GetLastMsgForSubject(ctx, outSubject)
 		if err != nil {
 			return err
@@ -124,14 +125,14 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		t.Fatalf("away client: canister saw %d sequence errors, closes %v", l.SequenceErrors, l.Closes)
 	}
 
-	waitFor(t, 20*time.Second, 50*time.Millisecond, "session record deleted", func() error {
+	testkit.WaitForNil(t, 20*time.Second, 50*time.Millisecond, "session record deleted", func() error {
 		rec, err := session()
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil
 		}
 		return fmt.Errorf("session still there (state %q, err %v)", rec.State, err)
 	})
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "stored messages aged out of "+broker.StreamOut, func() error {
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "stored messages aged out of "+broker.StreamOut, func() error {
 		_, err := h.Out.GetLastMsgForSubject(ctx, outSubject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil

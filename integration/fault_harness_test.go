@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
 )
@@ -490,7 +491,7 @@ func (r *faultRun) verify(timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for _, c := range r.clients {
-		waitFor(t, time.Until(deadline)+time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: all canister messages", c.idx), func() error {
+		testkit.WaitForNil(t, time.Until(deadline)+time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: all canister messages", c.idx), func() error {
 			_, expected, got := c.snapshot()
 			select {
 			case <-c.ended:

@@ -1,10 +1,10 @@
 package integration
 
-// Failure independence (DESIGN.md, guarantee 4): the roles run as separate processes on a
-// three-node NATS cluster (every stream and bucket at 3 replicas), 50 resuming Go clients keep
-// traffic flowing both ways, and one process is SIGKILLed in the middle of it. Every test checks,
-// per client and per direction, that nothing was lost, duplicated or reordered, and logs the time
-// to recover as a "RECOVERY <what>: <duration>" line.
+// Failure independence (a killed edge, submitter, poller or NATS node costs time, not messages):
+// the roles run as separate processes on a three-node NATS cluster (every stream and bucket at 3
+// replicas), 50 resuming Go clients keep traffic flowing both ways, and one process is SIGKILLed
+// in the middle of it. Every test checks, per client and per direction, that nothing was lost,
+// duplicated or reordered, and logs the time to recover as a "RECOVERY <what>: <duration>" line.
 //
 // Lease TTLs are the defaults (faultLeaseEnv: poller 2 s, submitter and edge 3 s); nothing is
 // relaxed for the test.
@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 )
 
 const faultClients = 50
@@ -56,7 +57,7 @@ func faultWaitPartitionsSplit(t *testing.T, d *Deployment, timeout time.Duration
 	t.Helper()
 	var owners map[int]string
 	var partitions int
-	waitFor(t, timeout, 100*time.Millisecond, "both submitters owning partitions", func() error {
+	testkit.WaitForNil(t, timeout, 100*time.Millisecond, "both submitters owning partitions", func() error {
 		owners, partitions = faultSubmitterPartitions(t, d)
 		n := map[string]int{}
 		for _, h := range owners {
@@ -97,7 +98,7 @@ func faultMetric(adminURL, name, labels string) (float64, error) {
 func faultActivePoller(t *testing.T, pollers []*Role, canister string, timeout time.Duration) int {
 	t.Helper()
 	active := -1
-	waitFor(t, timeout, 50*time.Millisecond, "exactly one poller holding the lease", func() error {
+	testkit.WaitForNil(t, timeout, 50*time.Millisecond, "exactly one poller holding the lease", func() error {
 		active = -1
 		for i, p := range pollers {
 			if exited, _ := p.Proc.Exited(); exited {

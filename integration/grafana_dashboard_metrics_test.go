@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/icws/icws/internal/testkit"
 )
 
 // grafanaPanel is the part of a Grafana dashboard panel the test reads (rows nest panels).
@@ -211,19 +213,19 @@ func TestGrafanaDashboardQueriesExistingMetrics(t *testing.T) {
 	mu.Unlock()
 	a.sendTexts([]string{"after the drop"})
 	a.receiveTexts(1, 30*time.Second)
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "a resume in the metrics", present("icws_edge_resumes_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "a resume in the metrics", present("icws_edge_resumes_total"))
 
 	// A rejected call: content that is not an AppMessage makes the demo app trap (reject code 5).
 	b := dialClient(t, dev.GatewayURL, dev.URL, dev.CanisterID, dialOptions{})
 	if err := b.Send(context.Background(), []byte("not candid")); err != nil {
 		t.Fatalf("send undecodable content: %v", err)
 	}
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "a reject in the metrics", present("icws_submitter_rejects_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "a reject in the metrics", present("icws_submitter_rejects_total"))
 
 	// The sweeper: a resumable session that closes stays detached until the grace period ends.
 	c := dialClient(t, dev.GatewayURL, dev.URL, dev.CanisterID, dialOptions{Resume: true})
 	_ = c.Close()
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "a sweeper action in the metrics", present("icws_edge_sweeper_actions_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "a sweeper action in the metrics", present("icws_edge_sweeper_actions_total"))
 
 	// Errors: with corrupted certificates and query signatures, the submitter retries and the
 	// poller fails until the replica is healthy again; then the message gets through.
@@ -241,8 +243,8 @@ func TestGrafanaDashboardQueriesExistingMetrics(t *testing.T) {
 	}
 	corrupt(true)
 	a.sendTexts([]string{"while the replica misbehaves"})
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "submit retries in the metrics", present("icws_submitter_retries_total"))
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "poller errors in the metrics", present("icws_poller_errors_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "submit retries in the metrics", present("icws_submitter_retries_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "poller errors in the metrics", present("icws_poller_errors_total"))
 	corrupt(false)
 	a.receiveTexts(1, 60*time.Second)
 
@@ -250,7 +252,7 @@ func TestGrafanaDashboardQueriesExistingMetrics(t *testing.T) {
 	if err := dev.Control.Upgrade(context.Background()); err != nil {
 		t.Fatalf("upgrade the demo canister: %v", err)
 	}
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "a queue reset in the metrics", present("icws_poller_queue_resets_total"))
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "a queue reset in the metrics", present("icws_poller_queue_resets_total"))
 
 	s := scrapeMetrics(t, dev.AdminURL)
 	var names []string

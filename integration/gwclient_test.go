@@ -16,6 +16,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
 )
@@ -197,7 +198,7 @@ func assertSameTexts(t testing.TB, what string, got, want []string) {
 func waitCanisterLog(t testing.TB, ctl *wscanister.ControlClient, key protocol.ClientKey, timeout time.Duration, what string, cond func(wscanister.ClientLog) error) wscanister.ClientLog {
 	t.Helper()
 	var last wscanister.ClientLog
-	waitFor(t, timeout, 50*time.Millisecond, what, func() error {
+	testkit.WaitForNil(t, timeout, 50*time.Millisecond, what, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		l, err := ctl.Received(ctx, key)

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/icws/icws/internal/testkit"
 )
 
 // binaries are built once per `go test` run by TestMain. A failed build is kept as an error so the
@@ -149,23 +151,6 @@ func freePort(t testing.TB) int {
 // freeAddr returns "127.0.0.1:<free port>".
 func freeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
-}
-
-// waitFor polls cond every interval until it returns nil or the timeout passes; then it fails the
-// test with the last error.
-func waitFor(t testing.TB, timeout, interval time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: gave up after %s: %v", what, timeout, err)
-		}
-		time.Sleep(interval)
-	}
 }
 
 // Process is a child process of a test. Its output goes to files that are dumped (tail) into the
@@ -437,7 +422,7 @@ func httpGet(ctx context.Context, url string) (int, []byte, error) {
 // exits meanwhile, it fails at once with that.
 func waitHTTP200(t testing.TB, url string, timeout time.Duration, proc *Process) {
 	t.Helper()
-	waitFor(t, timeout, 50*time.Millisecond, "GET "+url+" = 200", func() error {
+	testkit.WaitForNil(t, timeout, 50*time.Millisecond, "GET "+url+" = 200", func() error {
 		if proc != nil {
 			if exited, err := proc.Exited(); exited {
 				t.Fatalf("%s exited while waiting for %s: %v", proc.Name, url, err)

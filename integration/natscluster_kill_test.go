@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -27,7 +28,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 
 	top := broker.DefaultTopology()
 	top.Replicas = 3
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "broker.Ensure (R3)", func() error {
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "broker.Ensure (R3)", func() error {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		defer ccancel()
 		return broker.Ensure(cctx, js, top)
@@ -96,7 +97,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 	// The first publish after the kill: retried with short attempts, as a role would. A retry
 	// after a lost ack is safe because of Nats-Msg-Id.
 	attempts := 0
-	waitFor(t, 30*time.Second, 10*time.Millisecond, "first publish after the kill", func() error {
+	testkit.WaitForNil(t, 30*time.Second, 10*time.Millisecond, "first publish after the kill", func() error {
 		attempts++
 		actx, acancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer acancel()
@@ -106,7 +107,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 	t.Logf("first successful publish %s after SIGKILL of the stream leader (%d attempts)", recovery.Round(time.Millisecond), attempts)
 
 	kvStart := time.Now()
-	waitFor(t, 30*time.Second, 10*time.Millisecond, "first KV put after the kill", func() error {
+	testkit.WaitForNil(t, 30*time.Second, 10*time.Millisecond, "first KV put after the kill", func() error {
 		actx, acancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer acancel()
 		return putSession(actx)
@@ -153,7 +154,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 		}
 	}
 	kvStream := "KV_" + broker.BucketSessions
-	waitFor(t, 60*time.Second, 100*time.Millisecond, c.Nodes[victim].Name+" catching up", func() error {
+	testkit.WaitForNil(t, 60*time.Second, 100*time.Millisecond, c.Nodes[victim].Name+" catching up", func() error {
 		for _, s := range []struct {
 			name string
 			want int
@@ -192,7 +193,7 @@ func retry(ctx context.Context, op func(context.Context) error) error {
 // readAllInOrder reads subject from ICWS_OUT with an ordered consumer and checks Icws-Seq 1..want.
 func readAllInOrder(t *testing.T, ctx context.Context, js jetstream.JetStream, subject string, want int) {
 	t.Helper()
-	waitFor(t, 30*time.Second, 100*time.Millisecond, "ordered read of "+subject, func() error {
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "ordered read of "+subject, func() error {
 		return readOnce(ctx, js, subject, want)
 	})
 }

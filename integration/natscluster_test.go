@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icws/icws/internal/testkit"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -76,7 +77,7 @@ func startNATSCluster(t testing.TB, n int) *NATSCluster {
 	for _, node := range c.Nodes {
 		waitHTTP200(t, node.MonitorURL+"/varz", 30*time.Second, node.Proc)
 		addr := strings.TrimPrefix(node.ClientURL, "nats://")
-		waitFor(t, 30*time.Second, 20*time.Millisecond, node.Name+" accepting clients", func() error {
+		testkit.WaitForNil(t, 30*time.Second, 20*time.Millisecond, node.Name+" accepting clients", func() error {
 			conn, err := net.DialTimeout("tcp", addr, time.Second)
 			if err != nil {
 				return err
@@ -127,7 +128,7 @@ func (c *NATSCluster) WaitJetStream(timeout time.Duration) {
 	var js jetstream.JetStream
 	// The monitoring port answers before the client port accepts (JetStream recovers its store
 	// in between), so connecting is part of the wait.
-	waitFor(c.t, timeout, 100*time.Millisecond, "JetStream meta leader", func() error {
+	testkit.WaitForNil(c.t, timeout, 100*time.Millisecond, "JetStream meta leader", func() error {
 		if nc == nil {
 			conn, err := nats.Connect(c.URLs(), nats.Timeout(time.Second))
 			if err != nil {

@@ -130,7 +130,7 @@ func TestHostileSoak(t *testing.T) {
 
 	// Everything the attack opened is released.
 	var after processFigures
-	waitFor(t, 60*time.Second, time.Second, "edge back near its baseline", func() error {
+	testkit.WaitForNil(t, 60*time.Second, time.Second, "edge back near its baseline", func() error {
 		after = readProcessFigures(t, metrics)
 		switch {
 		case after.goroutines > base.goroutines+20:
@@ -144,7 +144,7 @@ func TestHostileSoak(t *testing.T) {
 	})
 	t.Logf("SOAK: after: edge goroutines %.0f, fds %.0f, RSS %.1f MiB", after.goroutines, after.fds, after.rss/(1<<20))
 	goodKey := broker.SessionKey(d.Replica.CanisterID, good.Key.Token())
-	waitFor(t, 30*time.Second, 500*time.Millisecond, "sessions bucket empty but for the good client", func() error {
+	testkit.WaitForNil(t, 30*time.Second, 500*time.Millisecond, "sessions bucket empty but for the good client", func() error {
 		keys := sessionKeys(t, d.NATS.URLs())
 		if len(keys) == 1 && keys[0] == goodKey {
 			return nil

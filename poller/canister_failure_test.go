@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/icws/icws/broker"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
-	"github.com/nats-io/nats.go"
 )
 
 // stoppedReject is what the IC answers a query to a stopped canister.
@@ -119,7 +120,7 @@ func TestPermanentErrorsCloseTheCanistersSessions(t *testing.T) {
 			rp := e.startPoller("p", cfg, ic, false)
 			e.putSession(t, 1)
 
-			waitFor(t, 10*time.Second, "failure notice", func() bool { return len(notices.list()) > 0 })
+			testkit.WaitFor(t, 10*time.Second, "failure notice", func() bool { return len(notices.list()) > 0 })
 			first := notices.list()[0]
 			mu.Lock()
 			since := stoppedAt
@@ -145,7 +146,7 @@ func TestPermanentErrorsCloseTheCanistersSessions(t *testing.T) {
 			// The session is still there (no edge in this test): the notice is repeated, same
 			// declaration, and the canister is not polled meanwhile.
 			polls := ic.queriesOf(testCanister.Encode())
-			waitFor(t, 10*time.Second, "a repeated notice", func() bool { return len(notices.list()) >= 2 })
+			testkit.WaitFor(t, 10*time.Second, "a repeated notice", func() bool { return len(notices.list()) >= 2 })
 			for _, n := range notices.list() {
 				if !n.at.Equal(first.at) {
 					t.Fatalf("repeated notice declares %s, the first %s", n.at, first.at)
@@ -164,7 +165,7 @@ func TestPermanentErrorsCloseTheCanistersSessions(t *testing.T) {
 			mu.Unlock()
 			c.push(3, testClient(2))
 			e.putSession(t, 2)
-			waitFor(t, 10*time.Second, "messages after the restart", func() bool { return e.outCount() == 3 })
+			testkit.WaitFor(t, 10*time.Second, "messages after the restart", func() bool { return e.outCount() == 3 })
 			checkStream(t, e, snapshot(c), zeroEpoch)
 			if v := testkit.MetricValue(t, rp.p.m.failures.WithLabelValues("stopped")); v != 1 {
 				t.Fatalf("icws_poller_canister_failures_total{cause=stopped} = %v after the restart, want 1", v)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/icws/icws/internal/config"
 )
 
 // Config configures a poller process. The caller applies the ICWS_ prefix.
@@ -29,7 +31,11 @@ type Config struct {
 	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
 }
 
+// DefaultConfig returns the defaults the envconfig tags declare (the id is chosen by withDefaults).
+func DefaultConfig() Config { return config.MustDefaults[Config]() }
+
 // withDefaults fills zero values with the envconfig defaults, so a Config built in code works too.
+// KickMinGap keeps its zero: there it means "poll at once on every kick".
 func (c Config) withDefaults() Config {
 	if c.ID == "" {
 		h, err := os.Hostname()
@@ -38,22 +44,23 @@ func (c Config) withDefaults() Config {
 		}
 		c.ID = h + "-" + strconv.Itoa(os.Getpid())
 	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+	d := DefaultConfig()
+	def := func(v *time.Duration, dv time.Duration) {
+		if *v == 0 {
+			*v = dv
 		}
 	}
-	def(&c.Interval, 100*time.Millisecond)
-	def(&c.Timeout, 5*time.Second)
-	def(&c.LeaseTTL, 2*time.Second)
-	def(&c.BackoffMin, 100*time.Millisecond)
-	def(&c.BackoffMax, 5*time.Second)
-	def(&c.Linger, 5*time.Second)
-	def(&c.PublishTimeout, 5*time.Second)
-	def(&c.ReadyWindow, 30*time.Second)
-	def(&c.FailClose, time.Minute)
+	def(&c.Interval, d.Interval)
+	def(&c.Timeout, d.Timeout)
+	def(&c.LeaseTTL, d.LeaseTTL)
+	def(&c.BackoffMin, d.BackoffMin)
+	def(&c.BackoffMax, d.BackoffMax)
+	def(&c.Linger, d.Linger)
+	def(&c.PublishTimeout, d.PublishTimeout)
+	def(&c.ReadyWindow, d.ReadyWindow)
+	def(&c.FailClose, d.FailClose)
 	if c.MaxCanisters == 0 {
-		c.MaxCanisters = 1000
+		c.MaxCanisters = d.MaxCanisters
 	}
 	return c
 }

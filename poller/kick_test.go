@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/icws/icws/broker"
+	"github.com/icws/icws/internal/testkit"
 )
 
 // A kick from a submitter makes the active poller poll at once instead of after its interval.
@@ -15,11 +16,11 @@ func TestKickPollsAtOnce(t *testing.T) {
 	cfg := fastConfig(testCanister.Encode())
 	cfg.Interval = time.Hour // without kicks, nothing after the first poll would be seen in time
 	e.startPoller("p1", cfg, newIC(c), false)
-	waitFor(t, 10*time.Second, "first 5 messages", func() bool { return e.outCount() >= 5 })
+	testkit.WaitFor(t, 10*time.Second, "first 5 messages", func() bool { return e.outCount() >= 5 })
 
 	c.push(3, testClient(1))
 	// Kicks are core NATS messages: one sent before the poller subscribed is lost, so keep kicking.
-	waitFor(t, 10*time.Second, "8 messages after kicks", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "8 messages after kicks", func() bool {
 		if err := e.nc.Publish(broker.KickSubject(testCanister.Encode()), nil); err != nil {
 			t.Fatal(err)
 		}

@@ -105,10 +105,10 @@ func TestPublishesInOrderWithHeaders(t *testing.T) {
 	clients := []protocol.ClientKey{testClient(1), testClient(2), testClient(3)}
 	c.push(120, clients...)
 	e.startPoller("p1", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 10*time.Second, "120 messages", func() bool { return e.outCount() >= 120 })
+	testkit.WaitFor(t, 10*time.Second, "120 messages", func() bool { return e.outCount() >= 120 })
 	c.push(7, clients...)
-	waitFor(t, 10*time.Second, "127 messages", func() bool { return e.outCount() >= 127 })
-	waitFor(t, 5*time.Second, "cursor at 127", func() bool { return cursorOf(t, e).NextNonce == 127 })
+	testkit.WaitFor(t, 10*time.Second, "127 messages", func() bool { return e.outCount() >= 127 })
+	testkit.WaitFor(t, 5*time.Second, "cursor at 127", func() bool { return cursorOf(t, e).NextNonce == 127 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 	cur := cursorOf(t, e)
 	if cur.LastKey != protocol.MessageKey(testGateway, 126) || cur.Epoch != 0 {
@@ -121,14 +121,14 @@ func TestCursorPersistsAcrossPollers(t *testing.T) {
 	c := newFakeCanister(testGateway)
 	c.push(30, testClient(1), testClient(2))
 	a := e.startPoller("a", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 10*time.Second, "30 messages", func() bool { return cursorOf(t, e).NextNonce == 30 })
+	testkit.WaitFor(t, 10*time.Second, "30 messages", func() bool { return cursorOf(t, e).NextNonce == 30 })
 	a.stop(t)
 	c.push(20, testClient(1), testClient(2))
 	c.mu.Lock()
 	c.queried = nil
 	c.mu.Unlock()
 	e.startPoller("b", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 10*time.Second, "50 messages", func() bool { return cursorOf(t, e).NextNonce == 50 })
+	testkit.WaitFor(t, 10*time.Second, "50 messages", func() bool { return cursorOf(t, e).NextNonce == 50 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 	c.mu.Lock()
 	first := c.queried[0]
@@ -140,7 +140,7 @@ func TestCursorPersistsAcrossPollers(t *testing.T) {
 
 func activeAndStandby(t *testing.T, a, b *runningPoller) (*runningPoller, *runningPoller) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "someone polling", func() bool { return a.ic.queries.Load()+b.ic.queries.Load() >= 30 })
+	testkit.WaitFor(t, 10*time.Second, "someone polling", func() bool { return a.ic.queries.Load()+b.ic.queries.Load() >= 30 })
 	qa, qb := a.ic.queries.Load(), b.ic.queries.Load()
 	switch {
 	case qa > 0 && qb == 0:
@@ -161,14 +161,14 @@ func TestOnlyOnePollerPolls(t *testing.T) {
 	active, standby := activeAndStandby(t, a, b)
 	// Keep watching for several lease periods: the standby must stay silent.
 	deadline := time.Now().Add(2500 * time.Millisecond)
-	waitFor(t, 5*time.Second, "lease periods", func() bool { return time.Now().After(deadline) })
+	testkit.WaitFor(t, 5*time.Second, "lease periods", func() bool { return time.Now().After(deadline) })
 	if n := standby.ic.queries.Load(); n != 0 {
 		t.Fatalf("standby made %d queries", n)
 	}
 	// A graceful stop hands over at once.
 	stopAt := time.Now()
 	active.stop(t)
-	waitFor(t, 3*time.Second, "standby takes over", func() bool { return standby.ic.queries.Load() > 0 })
+	testkit.WaitFor(t, 3*time.Second, "standby takes over", func() bool { return standby.ic.queries.Load() > 0 })
 	t.Logf("graceful handover took %s", time.Since(stopAt).Round(time.Millisecond))
 	if d := time.Since(stopAt); d > 500*time.Millisecond {
 		t.Errorf("graceful handover took %s, want < 500ms (lease released)", d)
@@ -185,7 +185,7 @@ func TestCrashedPollerIsReplacedWithoutLossOrDuplicates(t *testing.T) {
 	a := e.startPoller("a", cfg, newIC(c), true)
 	b := e.startPoller("b", cfg, newIC(c), true)
 	active, standby := activeAndStandby(t, a, b)
-	waitFor(t, 10*time.Second, "first 10", func() bool { return e.outCount() == 10 })
+	testkit.WaitFor(t, 10*time.Second, "first 10", func() bool { return e.outCount() == 10 })
 
 	// Messages keep arriving while the active poller dies without releasing its lease.
 	stopPush := make(chan struct{})
@@ -205,7 +205,7 @@ func TestCrashedPollerIsReplacedWithoutLossOrDuplicates(t *testing.T) {
 	active.cancel()
 	<-active.done
 	active.done <- nil
-	waitFor(t, 5*time.Second, "standby takes over", func() bool { return standby.ic.queries.Load() > 0 })
+	testkit.WaitFor(t, 5*time.Second, "standby takes over", func() bool { return standby.ic.queries.Load() > 0 })
 	takeover := time.Since(killedAt)
 	t.Logf("takeover after crash: %s (lease TTL %s)", takeover.Round(time.Millisecond), cfg.LeaseTTL)
 	if takeover > cfg.LeaseTTL+time.Second {
@@ -214,7 +214,7 @@ func TestCrashedPollerIsReplacedWithoutLossOrDuplicates(t *testing.T) {
 	close(stopPush)
 	<-pushDone
 	total := len(snapshot(c))
-	waitFor(t, 10*time.Second, "all messages", func() bool { return cursorOf(t, e).NextNonce == uint64(total) })
+	testkit.WaitFor(t, 10*time.Second, "all messages", func() bool { return cursorOf(t, e).NextNonce == uint64(total) })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }
 
@@ -231,7 +231,7 @@ func TestQueueResetIsResynchronised(t *testing.T) {
 			c := newFakeCanister(testGateway)
 			c.push(8, testClient(1))
 			e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
-			waitFor(t, 10*time.Second, "first 8", func() bool { return cursorOf(t, e).NextNonce == 8 })
+			testkit.WaitFor(t, 10*time.Second, "first 8", func() bool { return cursorOf(t, e).NextNonce == 8 })
 			old := snapshot(c)
 			// The upgrade and the new messages land between two polls.
 			c.mu.Lock()
@@ -239,7 +239,7 @@ func TestQueueResetIsResynchronised(t *testing.T) {
 			c.gen++
 			c.mu.Unlock()
 			c.push(tc.afterSize, testClient(2))
-			waitFor(t, 10*time.Second, "resync", func() bool {
+			testkit.WaitFor(t, 10*time.Second, "resync", func() bool {
 				cur := cursorOf(t, e)
 				return cur.Epoch == 1 && cur.NextNonce == uint64(tc.afterSize)
 			})
@@ -259,12 +259,12 @@ func TestQueueEmptiedByGatewayRemoval(t *testing.T) {
 	c := newFakeCanister(testGateway)
 	c.push(5, testClient(1))
 	e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 10*time.Second, "first 5", func() bool { return cursorOf(t, e).NextNonce == 5 })
+	testkit.WaitFor(t, 10*time.Second, "first 5", func() bool { return cursorOf(t, e).NextNonce == 5 })
 	old := snapshot(c)
 	c.reset()
-	waitFor(t, 10*time.Second, "epoch bump", func() bool { cur := cursorOf(t, e); return cur.Epoch == 1 && cur.NextNonce == 0 })
+	testkit.WaitFor(t, 10*time.Second, "epoch bump", func() bool { cur := cursorOf(t, e); return cur.Epoch == 1 && cur.NextNonce == 0 })
 	c.push(4, testClient(3))
-	waitFor(t, 10*time.Second, "new messages", func() bool { return cursorOf(t, e).NextNonce == 4 })
+	testkit.WaitFor(t, 10*time.Second, "new messages", func() bool { return cursorOf(t, e).NextNonce == 4 })
 	checkStream(t, e, append(old, snapshot(c)...), func(i int) uint64 {
 		if i < len(old) {
 			return 0
@@ -300,7 +300,7 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	}
 	c.push(200, testClient(1), testClient(2), testClient(3))
 	rp := e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 20*time.Second, "200 messages", func() bool { return cursorOf(t, e).NextNonce == 200 })
+	testkit.WaitFor(t, 20*time.Second, "200 messages", func() bool { return cursorOf(t, e).NextNonce == 200 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 	for _, kind := range []string{errKindTransient, errKindDecode, errKindCanister} {
 		if v := testkit.MetricValue(t, rp.p.m.errors.WithLabelValues(kind)); v == 0 {
@@ -333,7 +333,7 @@ func TestUnconfirmedSessionsAreNotPolled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "confirmed canister polled", func() bool { return e.outCount() == 3 })
+	testkit.WaitFor(t, 10*time.Second, "confirmed canister polled", func() bool { return e.outCount() == 3 })
 	if n := ic.queriesOf(stranger); n != 0 {
 		t.Fatalf("the canister of an unconfirmed session was polled %d times", n)
 	}
@@ -359,25 +359,25 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 		t.Fatal("polled without sessions")
 	}
 	put(broker.SessionOpen)
-	waitFor(t, 10*time.Second, "messages", func() bool { return e.outCount() == 3 })
+	testkit.WaitFor(t, 10*time.Second, "messages", func() bool { return e.outCount() == 3 })
 	put(broker.SessionDetached)
 	if err := e.h.Sessions.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	leaseKey := broker.PollerLeaseKey(testCanister.Encode())
-	waitFor(t, 10*time.Second, "lease released after linger", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "lease released after linger", func() bool {
 		_, err := e.h.Leases.Get(ctx, leaseKey)
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
 	q := ic.queries.Load()
 	c.push(2, testClient(1))
 	deadline := time.Now().Add(300 * time.Millisecond)
-	waitFor(t, 5*time.Second, "a while", func() bool { return time.Now().After(deadline) })
+	testkit.WaitFor(t, 5*time.Second, "a while", func() bool { return time.Now().After(deadline) })
 	if ic.queries.Load() != q {
 		t.Fatalf("still polling without sessions")
 	}
 	put(broker.SessionDetached)
-	waitFor(t, 10*time.Second, "polling resumes for a detached session", func() bool { return e.outCount() == 5 })
+	testkit.WaitFor(t, 10*time.Second, "polling resumes for a detached session", func() bool { return e.outCount() == 5 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }
 
@@ -406,7 +406,7 @@ func TestBurstThroughput(t *testing.T) {
 	start := time.Now()
 	reg := prometheus.NewRegistry()
 	e.startPollerWith("p", fastConfig(testCanister.Encode()), newIC(c), false, reg)
-	waitFor(t, 30*time.Second, "burst published", func() bool { return cursorOf(t, e).NextNonce == n })
+	testkit.WaitFor(t, 30*time.Second, "burst published", func() bool { return cursorOf(t, e).NextNonce == n })
 	d := time.Since(start)
 	t.Logf("burst: %d messages published (PubAck'd, cursor saved) in %s: %.0f msg/s", n, d.Round(time.Millisecond), n/d.Seconds())
 	if got := e.outCount(); got != n {

@@ -83,7 +83,7 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 	cfg := fastConfig(testCanister.Encode())
 	start := time.Now()
 	e.startPoller("p", cfg, ic, false)
-	waitFor(t, 20*time.Second, "all messages", func() bool { return e.outCount() == want })
+	testkit.WaitFor(t, 20*time.Second, "all messages", func() bool { return e.outCount() == want })
 	t.Logf("burst: %d messages polled and published in %s (%.0f msg/s)", want, time.Since(start).Round(time.Millisecond),
 		float64(want)/time.Since(start).Seconds())
 
@@ -122,12 +122,12 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 
 	// An upgrade forgets the gateway: the poller must resynchronise and publish the new queue.
 	ws.Upgrade()
-	waitFor(t, 10*time.Second, "epoch bump", func() bool { return cursorOf(t, e).Epoch == 1 })
+	testkit.WaitFor(t, 10*time.Second, "epoch bump", func() bool { return cursorOf(t, e).Epoch == 1 })
 	c3 := openClient(t, ic, 3)
 	if err := ws.Send(c3, "after upgrade"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "new queue published", func() bool { return cursorOf(t, e).NextNonce == 2 })
+	testkit.WaitFor(t, 10*time.Second, "new queue published", func() bool { return cursorOf(t, e).NextNonce == 2 })
 	msgs := e.outMsgs()
 	for _, m := range msgs[len(msgs)-2:] {
 		verifyFrame(t, verifier, m.Data)
@@ -162,7 +162,7 @@ func TestPollsAReplicaThatDoesNotSignQueries(t *testing.T) {
 	cfg := fastConfig(testCanister.Encode())
 
 	refused := e.startPoller("strict", cfg, strict, false)
-	waitFor(t, 10*time.Second, "refused polls", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "refused polls", func() bool {
 		return testkit.MetricValue(t, refused.p.m.errors.WithLabelValues(errKindTransient)) >= 3
 	})
 	if n := e.outCount(); n != 0 {
@@ -171,7 +171,7 @@ func TestPollsAReplicaThatDoesNotSignQueries(t *testing.T) {
 	refused.stop(t)
 
 	e.startPoller("lenient", cfg, lenient, false)
-	waitFor(t, 10*time.Second, "all messages", func() bool { return e.outCount() == 4 }) // + the OpenMessage
+	testkit.WaitFor(t, 10*time.Second, "all messages", func() bool { return e.outCount() == 4 }) // + the OpenMessage
 	verifier := &protocol.Verifier{Canister: testCanister, RootKey: r.RootKey()}
 	for _, m := range e.outMsgs() {
 		verifyFrame(t, verifier, m.Data)

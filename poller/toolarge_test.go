@@ -38,8 +38,8 @@ func TestTooLargeMessageIsSkipped(t *testing.T) {
 	c.push(2, testClient(1))
 
 	rp := e.startPoller("p1", fastConfig(testCanister.Encode()), newIC(c), false)
-	waitFor(t, 10*time.Second, "the 4 small messages", func() bool { return e.outCount() >= 4 })
-	waitFor(t, 5*time.Second, "cursor past the large message", func() bool { return cursorOf(t, e).NextNonce == 5 })
+	testkit.WaitFor(t, 10*time.Second, "the 4 small messages", func() bool { return e.outCount() >= 4 })
+	testkit.WaitFor(t, 5*time.Second, "cursor past the large message", func() bool { return cursorOf(t, e).NextNonce == 5 })
 	want := snapshot(c)
 	checkStream(t, e, append(want[:2:2], want[3:]...), zeroEpoch)
 	if got := testkit.MetricValue(t, rp.p.m.errors.WithLabelValues(errKindTooLarge)); got != 1 {

@@ -18,7 +18,8 @@ func IsMainnetHost(host string) bool { return slices.Contains(mainnetHosts, host
 // ErrNoRootKey is returned by RootKeyOfStatus for a status without root_key.
 var ErrNoRootKey = errors.New("status has no root_key")
 
-// RootKeyOfStatus returns the DER root key of an /api/v2/status answer body (IC-HTTP.md). It
+// RootKeyOfStatus returns the DER root key of an /api/v2/status answer body (a CBOR map whose
+// root_key is the network's DER-encoded BLS public key; local replicas report theirs there). It
 // returns the decoder's error for a body that is not a CBOR status map, ErrNoRootKey for one
 // without root_key.
 func RootKeyOfStatus(body []byte) ([]byte, error) {

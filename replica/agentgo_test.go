@@ -11,6 +11,7 @@ import (
 	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 )
 
@@ -123,7 +124,7 @@ func TestAgentGoPolling(t *testing.T) {
 			if out != "slow "+name {
 				t.Fatalf("echo = %q", out)
 			}
-			if n := e.can.count(mustCandid(t, "slow "+name)); n != 1 {
+			if n := e.can.count(testkit.CandidArgs(t, "slow "+name)); n != 1 {
 				t.Fatalf("executed %d times", n)
 			}
 		})
@@ -138,7 +139,7 @@ func TestV3CertificateVerified(t *testing.T) {
 		for _, tc := range []struct {
 			method, status string
 		}{{"echo", "replied"}, {"trap", "rejected"}, {"nope", "rejected"}} {
-			arg := mustCandid(t, "v3 "+tc.method)
+			arg := testkit.CandidArgs(t, "v3 "+tc.method)
 			id := ids["secp256k1"]
 			body, reqID := envelope(t, callContent(t, "call", id.Sender(), tc.method, arg), id, nil, nil)
 			code, resp := post(t, e.endpoint("v3", testCanisterID.String(), "call"), body)

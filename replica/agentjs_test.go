@@ -3,6 +3,7 @@ package replica_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 )
 
@@ -44,7 +46,7 @@ func TestAgentJS(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(jsDir, "node_modules", "@dfinity", "agent")); err != nil {
 		t.Fatalf("integration/js/node_modules is missing @dfinity/agent: run npm ci in integration/js (%v)", err)
 	}
-	r, err := replica.New(replica.Config{Logger: testLogger(t), TestHooks: true})
+	r, err := replica.New(replica.Config{Logger: testkit.Logger(t, slog.LevelWarn), TestHooks: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 	"github.com/kelseyhightower/envconfig"
 )
@@ -39,7 +40,7 @@ func TestConfigFromEnv(t *testing.T) {
 // ReplyRetention, then it is forgotten.
 func TestOutcomePruned(t *testing.T) {
 	e := start(t, replica.Config{ReplyRetention: time.Nanosecond})
-	content := callContent(t, "call", principal.AnonymousID, "echo", mustCandid(t, "short-lived"))
+	content := callContent(t, "call", principal.AnonymousID, "echo", testkit.CandidArgs(t, "short-lived"))
 	content["ingress_expiry"] = uint64(time.Now().Add(300 * time.Millisecond).UnixNano())
 	body, reqID := envelope(t, content, nil, nil, nil)
 	if code, resp := post(t, e.endpoint("v3", testCanisterID.String(), "call"), body); code != 200 {
@@ -71,7 +72,7 @@ func TestOutcomePruned(t *testing.T) {
 			t.Fatal("outcome never pruned")
 		}
 		// Pruning happens when new calls arrive.
-		b, _ := envelope(t, callContent(t, "call", principal.AnonymousID, "echo", mustCandid(t, "tick")), nil, nil, nil)
+		b, _ := envelope(t, callContent(t, "call", principal.AnonymousID, "echo", testkit.CandidArgs(t, "tick")), nil, nil, nil)
 		post(t, e.endpoint("v2", testCanisterID.String(), "call"), b)
 		time.Sleep(100 * time.Millisecond) // pacing of the poll loop, not synchronisation
 	}

@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"testing"
 	"time"
 
 	agent "github.com/aviate-labs/agent-go"
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/certification"
 	"github.com/aviate-labs/agent-go/certification/hashtree"
 	"github.com/aviate-labs/agent-go/identity"
@@ -29,18 +27,11 @@ type env struct {
 	can *testCanister
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	if os.Getenv("REPLICA_TEST_DEBUG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
 // start runs a replica with the test canister behind an httptest server.
 func start(t *testing.T, cfg replica.Config) *env {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
+		cfg.Logger = testkit.Logger(t, slog.LevelWarn)
 	}
 	e := &env{}
 	r := testkit.StartReplica(t, cfg, testkit.Canister{ID: testCanisterID, New: func(h replica.Host) (replica.Canister, error) {
@@ -86,15 +77,6 @@ func identities(t testing.TB) map[string]identity.Identity {
 		"secp256k1": k1,
 		"p256":      p256,
 	}
-}
-
-func mustCandid(t testing.TB, v ...any) []byte {
-	t.Helper()
-	b, err := candid.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func nonce(t testing.TB, n int) []byte {

@@ -23,7 +23,7 @@ func TestIngressValidation(t *testing.T) {
 	ed, k1, p256 := ids["ed25519"], ids["secp256k1"], ids["p256"]
 	session := testkit.NewIdentity(t)
 	other := principal.MustDecode("ryjl3-tyaaa-aaaaa-aaaba-cai")
-	echo := mustCandid(t, "x")
+	echo := testkit.CandidArgs(t, "x")
 	future := time.Now().Add(time.Hour)
 
 	type tc struct {
@@ -123,7 +123,7 @@ func TestIngressValidation(t *testing.T) {
 func TestUnknownCanisterRejection(t *testing.T) {
 	e := start(t, replica.Config{})
 	other := principal.MustDecode("ryjl3-tyaaa-aaaaa-aaaba-cai")
-	c := callContent(t, "call", principal.AnonymousID, "echo", mustCandid(t, "x"))
+	c := callContent(t, "call", principal.AnonymousID, "echo", testkit.CandidArgs(t, "x"))
 	c["canister_id"] = other.Raw
 	b, _ := envelope(t, c, nil, nil, nil)
 	code, body := post(t, e.endpoint("v3", other.String(), "call"), b)
@@ -153,7 +153,7 @@ func TestUnknownCanisterRejection(t *testing.T) {
 func TestRepeatedRequestID(t *testing.T) {
 	e := start(t, replica.Config{})
 	id := identities(t)["ed25519"]
-	arg := mustCandid(t, "only once")
+	arg := testkit.CandidArgs(t, "only once")
 	body, reqID := envelope(t, callContent(t, "call", id.Sender(), "echo", arg), id, nil, nil)
 	for i, ep := range []string{"v3", "v3", "v2", "v3"} {
 		code, resp := post(t, e.endpoint(ep, testCanisterID.String(), "call"), body)
@@ -180,7 +180,7 @@ func TestRepeatedRequestID(t *testing.T) {
 // re-submission afterwards returns its certified reply.
 func Test202(t *testing.T) {
 	e := start(t, replica.Config{UpdateLatency: 300 * time.Millisecond, SyncCallTimeout: 20 * time.Millisecond})
-	arg := mustCandid(t, "later")
+	arg := testkit.CandidArgs(t, "later")
 	body, reqID := envelope(t, callContent(t, "call", principal.AnonymousID, "echo", arg), nil, nil, nil)
 	code, resp := post(t, e.endpoint("v3", testCanisterID.String(), "call"), body)
 	if code != http.StatusAccepted {

@@ -56,7 +56,7 @@ func TestInternetIdentityCallers(t *testing.T) {
 				t.Fatal(err)
 			}
 			stranger := other.CanisterSigner(iiCanister, []byte("user 10000 at https://app.example"))
-			whoami := mustCandid(t)
+			whoami := testkit.CandidArgs(t)
 			cases := []struct {
 				name     string
 				id       identity.Identity

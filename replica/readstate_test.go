@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -63,7 +64,7 @@ func TestReadStateAuthorization(t *testing.T) {
 	e := start(t, replica.Config{})
 	ids := identities(t)
 	owner, stranger := ids["ed25519"], ids["secp256k1"]
-	arg := mustCandid(t, "rs")
+	arg := testkit.CandidArgs(t, "rs")
 	callBody, reqID := envelope(t, callContent(t, "call", owner.Sender(), "echo", arg), owner, nil, nil)
 	if code, body := post(t, e.endpoint("v3", testCanisterID.String(), "call"), callBody); code != 200 {
 		t.Fatalf("call: %d %s", code, body)
@@ -243,7 +244,7 @@ func TestStatusAndCORS(t *testing.T) {
 // TestServe runs the replica on a real listener: canisters' Run starts, agents work, and
 // cancelling the context shuts everything down promptly.
 func TestServe(t *testing.T) {
-	r, err := replica.New(replica.Config{Logger: testLogger(t)})
+	r, err := replica.New(replica.Config{Logger: testkit.Logger(t, slog.LevelWarn)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +327,7 @@ func TestConcurrentUpdatesSerialised(t *testing.T) {
 		t.Fatal("updates overlapped")
 	}
 	for i := range 24 {
-		if n := e.can.count(mustCandid(t, fmt.Sprintf("parallel %d", i))); n != 1 {
+		if n := e.can.count(testkit.CandidArgs(t, fmt.Sprintf("parallel %d", i))); n != 1 {
 			t.Fatalf("call %d executed %d times", i, n)
 		}
 	}
@@ -336,7 +337,7 @@ func TestConcurrentUpdatesSerialised(t *testing.T) {
 func TestGarbage(t *testing.T) {
 	e := start(t, replica.Config{})
 	id := identities(t)["ed25519"]
-	valid, _ := envelope(t, callContent(t, "call", id.Sender(), "echo", mustCandid(t, "g")), id, nil, nil)
+	valid, _ := envelope(t, callContent(t, "call", id.Sender(), "echo", testkit.CandidArgs(t, "g")), id, nil, nil)
 	validRS := readStateBody(t, id, labels("time"))
 	rng := rand.New(rand.NewPCG(1, 2))
 	seeds := [][]byte{valid, validRS, {}, {0xff}, {0xa0}, {0xd9, 0xd9, 0xf7}, {0xbf}, {0x9f, 0x9f, 0x9f}, {0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
@@ -383,7 +384,7 @@ func TestReadStateDelegationTargets(t *testing.T) {
 	exp := time.Now().Add(time.Hour)
 	toCanister := []signedDelegation{delegate(t, root, session, exp, [][]byte{testCanisterID.Raw})}
 	elsewhere := []signedDelegation{delegate(t, root, session, exp, [][]byte{principal.MustDecode("ryjl3-tyaaa-aaaaa-aaaba-cai").Raw})}
-	call, reqID := envelope(t, callContent(t, "call", root.Sender(), "echo", mustCandid(t, "dt")), root, toCanister, session)
+	call, reqID := envelope(t, callContent(t, "call", root.Sender(), "echo", testkit.CandidArgs(t, "dt")), root, toCanister, session)
 	if code, body := post(t, e.endpoint("v3", testCanisterID.String(), "call"), call); code != 200 {
 		t.Fatalf("call: %d %s", code, body)
 	}

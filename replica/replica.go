@@ -1,7 +1,8 @@
 // Package replica is a local simulator of an Internet Computer replica: it serves the IC's HTTPS
 // interface (status, v3/v2 call, query, read_state) with real BLS certificates, node-signed query
 // responses and the IC's ingress validation, so unmodified agents (agent-go, @dfinity/agent) talk
-// to Go canisters as they would to the IC. See docs/IC-HTTP.md for what the agents require.
+// to Go canisters as they would to the IC: what agents check (certificates, delegations, node
+// signatures on queries, certificate times) is what the replica produces.
 //
 // Keys: a BLS root key (RootKey) and, unless Config.NoDelegation, a subnet key with a root-signed
 // delegation whose canister range covers every principal; one Ed25519 node key signs queries.
@@ -35,6 +36,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/icws/icws/internal/certauth"
+	"github.com/icws/icws/internal/config"
 	"github.com/icws/icws/protocol"
 )
 
@@ -73,35 +75,40 @@ type Config struct {
 	CanisterControl bool `envconfig:"REPLICA_CONTROL" default:"false" desc:"TEST ONLY: serve the demo canister's control API at /_/control/<canister id>/ (send, broadcast, close, upgrade); icws dev turns it on when the replica listens on loopback"`
 }
 
+// DefaultConfig returns the defaults the envconfig tags declare (no logger: New discards logs).
+func DefaultConfig() Config { return config.MustDefaults[Config]() }
+
+// setDefaults gives zero fields their envconfig defaults, so a Config built in code works too.
 func (c *Config) setDefaults() {
 	// envconfig may leave a zero slog.Logger (nil handler) behind, which would panic on use.
 	if c.Logger == nil || c.Logger.Handler() == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	d := DefaultConfig()
 	if c.SyncCallTimeout <= 0 {
-		c.SyncCallTimeout = 10 * time.Second
+		c.SyncCallTimeout = d.SyncCallTimeout
 	}
 	if c.MaxRequestBytes <= 0 {
-		c.MaxRequestBytes = 5 << 20
+		c.MaxRequestBytes = d.MaxRequestBytes
 	}
 	if c.MaxIngressTTL <= 0 {
-		c.MaxIngressTTL = 5 * time.Minute
+		c.MaxIngressTTL = d.MaxIngressTTL
 	}
 	if c.IngressDrift < 0 {
 		c.IngressDrift = 0
 	} else if c.IngressDrift == 0 {
-		c.IngressDrift = 30 * time.Second
+		c.IngressDrift = d.IngressDrift
 	}
 	if c.ReplyRetention <= 0 {
-		c.ReplyRetention = time.Minute
+		c.ReplyRetention = d.ReplyRetention
 	}
 	if c.CertificateLag == 0 {
-		c.CertificateLag = time.Second
+		c.CertificateLag = d.CertificateLag
 	} else if c.CertificateLag < 0 {
 		c.CertificateLag = 0
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 5 * time.Second
+		c.ShutdownTimeout = d.ShutdownTimeout
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica"
 )
 
@@ -54,7 +55,7 @@ func FuzzReplicaRequestBody(f *testing.F) {
 	}
 
 	ids := identities(f)
-	arg := mustCandid(f, "x")
+	arg := testkit.CandidArgs(f, "x")
 	call, reqID := envelope(f, callContent(f, "call", principal.AnonymousID, "echo", arg), nil, nil, nil)
 	if rec := post(1, call); rec.Code != http.StatusOK {
 		f.Fatalf("seed call: HTTP %d %s", rec.Code, rec.Body)

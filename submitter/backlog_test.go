@@ -119,7 +119,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	// Within the rate: 5 envelopes take about 1 s, well within their expiry. They also give the
 	// submitter its latency estimate.
 	pub.async(pub.burst(quiet, 1, 5))
-	waitFor(t, 10*time.Second, "the quiet client's envelopes", func() bool { return store.executedCount() == 5 })
+	testkit.WaitFor(t, 10*time.Second, "the quiet client's envelopes", func() bool { return store.executedCount() == 5 })
 	store.checkOrder(t, map[string]uint64{quiet.token: 5})
 
 	// 40 envelopes at 200 ms each need 8 s; they expire in 3 s. The first one is held at the IC,
@@ -152,7 +152,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 		t.Errorf("icws_submitter_oldest_queued_seconds = %v with envelopes queued", got)
 	}
 	close(ic.gate)
-	waitFor(t, 10*time.Second, "the chatty client's queue dropped", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the chatty client's queue dropped", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeBacklogDropped)) == 39
 	})
 	store.checkOrder(t, map[string]uint64{quiet.token: 5, chatty.token: 1})
@@ -163,7 +163,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	// The edge's teardown publishes the session's close request: it is relayed (ws_close), and a
 	// later session of the key is relayed again.
 	pub.async([]*nats.Msg{pub.msg(testCanister, chatty, broker.KindClose, 0, nil)})
-	waitFor(t, 10*time.Second, "ws_close of the chatty client", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "ws_close of the chatty client", func() bool {
 		store.mu.Lock()
 		defer store.mu.Unlock()
 		for _, c := range store.closes {
@@ -178,14 +178,14 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	// of the edge it names finishes (close request published, record deleted) as it finishes every
 	// closed session.
 	pub.async(sessionMsgs(t, pub, away, awayRec, 40, time.Now().Add(3*time.Second)))
-	waitFor(t, 10*time.Second, "the detached session marked closed", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the detached session marked closed", func() bool {
 		rec, _, err := sessions.Get(ctx, awayRec.Key())
 		return err == nil && rec != nil && rec.State == broker.SessionClosed
 	})
 	if got := testkit.MetricValue(t, r.s.m.backlogCloses); got != 2 {
 		t.Errorf("icws_submitter_backlog_closes_total = %v, want 2", got)
 	}
-	waitFor(t, 10*time.Second, "every envelope acknowledged", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "every envelope acknowledged", func() bool {
 		return gathered(t, r, "icws_submitter_client_backlog_max") == 0
 	})
 	select {

@@ -37,7 +37,7 @@ func BenchmarkRelayManyClients(b *testing.B) {
 			defer func() {
 				b.Logf("leases lost %v, acquisitions %v, calls %d", testkit.MetricValue(b, r.s.m.leasesLost), testkit.MetricValue(b, r.s.m.takeovers), len(store.calls))
 			}()
-			waitFor(b, 5*time.Minute, "all executed", func() bool { return store.executedCount() == len(msgs) })
+			testkit.WaitFor(b, 5*time.Minute, "all executed", func() bool { return store.executedCount() == len(msgs) })
 			b.StopTimer()
 			b.ReportMetric(float64(len(msgs))/time.Since(start).Seconds(), "envelopes/s")
 		})

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/icws/icws/internal/config"
 )
 
 // Config is the submitter's configuration; the caller applies the ICWS prefix.
@@ -23,21 +25,8 @@ type Config struct {
 	DrainTimeout  time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
 }
 
-// DefaultConfig returns the envconfig defaults.
-func DefaultConfig() Config {
-	return Config{
-		SettleDelay:   2 * time.Second,
-		RetryMin:      100 * time.Millisecond,
-		RetryMax:      5 * time.Second,
-		CallTimeout:   30 * time.Second,
-		LeaseTTL:      3 * time.Second,
-		MaxInFlight:   256,
-		MaxPending:    4096,
-		AckWait:       10 * time.Minute,
-		CloseRetryFor: time.Minute,
-		DrainTimeout:  10 * time.Second,
-	}
-}
+// DefaultConfig returns the defaults the envconfig tags declare (the id is chosen by validate).
+func DefaultConfig() Config { return config.MustDefaults[Config]() }
 
 // idPattern keeps ids usable inside KV keys and consumer names.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$`)

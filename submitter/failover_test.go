@@ -46,12 +46,12 @@ func TestTwoSubmittersShareThenOneCrashes(t *testing.T) {
 	store.latency = 5 * time.Millisecond
 	a := e.start(t, testConfig("a"), store.as("a"))
 	b := e.start(t, testConfig("b"), store.as("b"))
-	waitFor(t, 15*time.Second, "partitions shared 4/4", func() bool { return owned(t, a) == 4 && owned(t, b) == 4 })
+	testkit.WaitFor(t, 15*time.Second, "partitions shared 4/4", func() bool { return owned(t, a) == 4 && owned(t, b) == 4 })
 
 	pub := e.publisher(t)
 	want := publishClients(t, pub, 40, 40)
 	total := len(want) * 40
-	waitFor(t, 30*time.Second, "both submitters working", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "both submitters working", func() bool {
 		return store.callsBy("a") > 50 && store.callsBy("b") > 50
 	})
 	if store.executedCount() >= total {
@@ -59,9 +59,9 @@ func TestTwoSubmittersShareThenOneCrashes(t *testing.T) {
 	}
 	killedAt := time.Now()
 	a.kill(t)
-	waitFor(t, 30*time.Second, "b owns every partition", func() bool { return owned(t, b) == 8 })
+	testkit.WaitFor(t, 30*time.Second, "b owns every partition", func() bool { return owned(t, b) == 8 })
 	t.Logf("takeover after a crash: %s (lease TTL %s)", time.Since(killedAt), testConfig("").LeaseTTL)
-	waitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == total })
+	testkit.WaitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == total })
 	store.checkOrder(t, want)
 	t.Logf("calls: a=%d b=%d for %d envelopes", store.callsBy("a"), store.callsBy("b"), total)
 }
@@ -73,18 +73,18 @@ func TestStalledOwnerStopsBeforeTakeover(t *testing.T) {
 	store.latency = 20 * time.Millisecond
 	a := e.start(t, testConfig("a"), store.as("a"))
 	b := e.start(t, testConfig("b"), store.as("b"))
-	waitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
+	testkit.WaitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
 
 	pub := e.publisher(t)
 	// Each client needs about 150 × 20 ms = 3 s, longer than the lease TTL.
 	want := publishClients(t, pub, 12, 150)
 	total := len(want) * 150
-	waitFor(t, 30*time.Second, "a working", func() bool { return store.callsBy("a") > 20 })
+	testkit.WaitFor(t, 30*time.Second, "a working", func() bool { return store.callsBy("a") > 20 })
 	// a keeps relaying but can no longer renew its leases, like a process stuck on a slow disk or
 	// partitioned from NATS while the IC is still reachable.
 	a.s.pauseRenew.Store(true)
-	waitFor(t, 30*time.Second, "b owns every partition", func() bool { return owned(t, b) == 4 })
-	waitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == total })
+	testkit.WaitFor(t, 30*time.Second, "b owns every partition", func() bool { return owned(t, b) == 4 })
+	testkit.WaitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == total })
 	store.checkOrder(t, want)
 
 	// The stalled owner must have stopped before the new owner started on the same clients.
@@ -132,7 +132,7 @@ func TestJoinRebalancesAndGracefulShutdownHandsOver(t *testing.T) {
 	store := newFakeStore()
 	store.latency = 2 * time.Millisecond
 	a := e.start(t, testConfig("a"), store.as("a"))
-	waitFor(t, 15*time.Second, "a owns every partition", func() bool { return owned(t, a) == 8 })
+	testkit.WaitFor(t, 15*time.Second, "a owns every partition", func() bool { return owned(t, a) == 8 })
 
 	pub := e.publisher(t)
 	const clients, half = 30, 40
@@ -147,14 +147,14 @@ func TestJoinRebalancesAndGracefulShutdownHandsOver(t *testing.T) {
 	pub.async(interleave(first...))
 
 	b := e.start(t, testConfig("b"), store.as("b"))
-	waitFor(t, 15*time.Second, "partitions rebalanced 4/4", func() bool { return owned(t, a) == 4 && owned(t, b) == 4 })
+	testkit.WaitFor(t, 15*time.Second, "partitions rebalanced 4/4", func() bool { return owned(t, a) == 4 && owned(t, b) == 4 })
 	pub.async(interleave(second...))
-	waitFor(t, 15*time.Second, "b working", func() bool { return store.callsBy("b") > 0 })
+	testkit.WaitFor(t, 15*time.Second, "b working", func() bool { return store.callsBy("b") > 0 })
 
 	stoppedAt := time.Now()
 	a.stop(t)
-	waitFor(t, 15*time.Second, "b owns every partition", func() bool { return owned(t, b) == 8 })
+	testkit.WaitFor(t, 15*time.Second, "b owns every partition", func() bool { return owned(t, b) == 8 })
 	t.Logf("hand-over after a graceful stop: %s (lease TTL %s)", time.Since(stoppedAt), testConfig("").LeaseTTL)
-	waitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == clients*2*half })
+	testkit.WaitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == clients*2*half })
 	store.checkOrder(t, want)
 }

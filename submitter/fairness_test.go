@@ -3,6 +3,8 @@ package submitter
 import (
 	"testing"
 	"time"
+
+	"github.com/icws/icws/internal/testkit"
 )
 
 // With one in-flight slot, a client with a long backlog takes turns with a client that has one
@@ -18,7 +20,7 @@ func TestBacklogTakesTurns(t *testing.T) {
 	busy, quiet := newTestClient(1), newTestClient(2)
 	const backlog = 100
 	pub.async(append(pub.burst(busy, 1, backlog), pub.burst(quiet, 1, 1)...))
-	waitFor(t, 30*time.Second, "every envelope", func() bool { return store.executedCount() == backlog+1 })
+	testkit.WaitFor(t, 30*time.Second, "every envelope", func() bool { return store.executedCount() == backlog+1 })
 	store.checkOrder(t, map[string]uint64{busy.token: backlog, quiet.token: 1})
 
 	store.mu.Lock()

@@ -6,9 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,13 +43,6 @@ func newEnv(t testing.TB, partitions int) *env {
 	topo.Partitions = partitions
 	url, _, js := testkit.StartBroker(t, topo)
 	return &env{url: url, js: js, partitions: partitions}
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("SUBMITTER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
 func testConfig(id string) Config {
@@ -106,7 +97,7 @@ func (e *env) start(t testing.TB, cfg Config, ic IC) *running {
 	t.Helper()
 	nc, js := natstest.Connect(t, e.url)
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Logger: testLogger(t).With("test_submitter", cfg.ID), Registry: reg})
+	s, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Logger: testkit.Logger(t, slog.LevelWarn).With("test_submitter", cfg.ID), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,19 +114,8 @@ func (e *env) start(t testing.TB, cfg Config, ic IC) *running {
 		case <-time.After(20 * time.Second):
 		}
 	})
-	waitFor(t, 10*time.Second, "submitter ready", func() bool { return s.Ready(ctx) == nil })
+	testkit.WaitFor(t, 10*time.Second, "submitter ready", func() bool { return s.Ready(ctx) == nil })
 	return r
-}
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // testClient is a client key with its subject token.

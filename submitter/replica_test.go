@@ -2,11 +2,11 @@ package submitter
 
 import (
 	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/nats-io/nats.go"
@@ -21,15 +21,6 @@ import (
 
 var demoCanister = principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
 
-func mustCandid(t testing.TB, v ...any) []byte {
-	t.Helper()
-	b, err := candid.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 type demoEnv struct {
 	can *wscanister.Canister
 	ic  *icclient.Client
@@ -38,8 +29,8 @@ type demoEnv struct {
 
 func startDemoReplica(t testing.TB, latency time.Duration) *demoEnv {
 	t.Helper()
-	r, can := testkit.StartWSReplica(t, replica.Config{Logger: testLogger(t), UpdateLatency: latency}, demoCanister, wscanister.DefaultConfig())
-	ic, gw := testkit.GatewayClient(t, r.URL, testLogger(t))
+	r, can := testkit.StartWSReplica(t, replica.Config{Logger: testkit.Logger(t, slog.LevelWarn), UpdateLatency: latency}, demoCanister, wscanister.DefaultConfig())
+	ic, gw := testkit.GatewayClient(t, r.URL, testkit.Logger(t, slog.LevelWarn))
 	return &demoEnv{can: can, ic: ic, gw: gw}
 }
 
@@ -60,11 +51,11 @@ func newDemoClient(t testing.TB, nonce uint64) demoClient {
 func (c demoClient) session(t testing.TB, pub *publisher, gw principal.Principal, n int) []*nats.Msg {
 	exp := time.Now().Add(4 * time.Minute)
 	open := testkit.SignedCall(t, c.id, demoCanister, "ws_open",
-		mustCandid(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), testkit.WithExpiry(exp))
+		testkit.CandidArgs(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), testkit.WithExpiry(exp))
 	out := []*nats.Msg{pub.msg(demoCanister, c.tc, broker.KindOpen, 0, open)}
 	for i := 1; i <= n; i++ {
-		app := mustCandid(t, protocol.AppMessage{Text: fmt.Sprintf("m%d", i), Timestamp: uint64(i)})
-		arg := mustCandid(t, protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
+		app := testkit.CandidArgs(t, protocol.AppMessage{Text: fmt.Sprintf("m%d", i), Timestamp: uint64(i)})
+		arg := testkit.CandidArgs(t, protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
 			ClientKey: c.key, SequenceNum: uint64(i), Timestamp: uint64(time.Now().UnixNano()), Content: app,
 		}})
 		out = append(out, pub.msg(demoCanister, c.tc, broker.KindMessage, uint64(i), testkit.SignedCall(t, c.id, demoCanister, "ws_message", arg, testkit.WithExpiry(exp))))
@@ -110,7 +101,7 @@ func TestRealEnvelopesThroughReplica(t *testing.T) {
 		sessions = append(sessions, c.session(t, pub, d.gw, counts[i]))
 	}
 	pub.async(interleave(sessions...))
-	waitFor(t, 60*time.Second, "every session closed", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "every session closed", func() bool {
 		for _, c := range clients {
 			if l := d.can.Received(c.key); len(l.Closes) == 0 && l.SequenceErrors == 0 {
 				return false
@@ -136,7 +127,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 	e := newEnv(t, 4)
 	a := e.start(t, testConfig("a"), d.ic)
 	b := e.start(t, testConfig("b"), d.ic)
-	waitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
+	testkit.WaitFor(t, 15*time.Second, "partitions shared 2/2", func() bool { return owned(t, a) == 2 && owned(t, b) == 2 })
 	pub := e.publisher(t)
 	const n = 50
 	// One client per partition, so both submitters have work whichever partitions they hold.
@@ -153,7 +144,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 		sessions = append(sessions, c.session(t, pub, d.gw, n))
 	}
 	pub.async(interleave(sessions...))
-	waitFor(t, 30*time.Second, "a has relayed some envelopes", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a has relayed some envelopes", func() bool {
 		return testkit.MetricValue(t, a.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) > 10
 	})
 	a.kill(t)
@@ -165,7 +156,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 		t.Fatal("every message arrived before the crash; make the burst longer")
 	}
 	t.Logf("%d of %d messages had arrived when a crashed", received, len(clients)*n)
-	waitFor(t, 90*time.Second, "every session closed", func() bool {
+	testkit.WaitFor(t, 90*time.Second, "every session closed", func() bool {
 		for _, c := range clients {
 			if l := d.can.Received(c.key); len(l.Closes) == 0 && l.SequenceErrors == 0 {
 				return false

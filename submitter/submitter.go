@@ -1,5 +1,6 @@
 // Package submitter relays client call envelopes from ICWS_IN to the IC, one client at a time in
-// order and many clients in parallel (DESIGN.md, Guarantee 1).
+// order and many clients in parallel: a client's envelopes execute in the order it sent them, each
+// once (docs/ARCHITECTURE.md §3).
 //
 // Work is split by ICWS_IN partition. A process owns a partition while it holds the partition's
 // lease (a broker.Lease on broker.SubmitterLeaseKey: compare-and-set on the KV revision, renewed

@@ -3,6 +3,7 @@ package submitter
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
 	}
 	pub.async(interleave(bursts...))
 
-	waitFor(t, 30*time.Second, "all envelopes executed", func() bool { return store.executedCount() == 500+20*30 })
+	testkit.WaitFor(t, 30*time.Second, "all envelopes executed", func() bool { return store.executedCount() == 500+20*30 })
 	store.checkOrder(t, want)
 	store.mu.Lock()
 	maxClients := store.maxClients
@@ -40,7 +41,7 @@ func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
 	if maxClients < 2 {
 		t.Errorf("at most %d clients were relayed at once; want parallelism", maxClients)
 	}
-	waitFor(t, 10*time.Second, "replied metric", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "replied metric", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) >= 1100
 	})
 	t.Logf("max clients in flight: %d", maxClients)
@@ -61,8 +62,8 @@ func TestSettleDelayAfterAccepted(t *testing.T) {
 	pub := e.publisher(t)
 	c := newTestClient(1)
 	pub.async(pub.burst(c, 1, 4))
-	waitFor(t, 10*time.Second, "4 envelopes executed", func() bool { return store.executedCount() == 4 })
-	waitFor(t, 10*time.Second, "accepted metric", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "4 envelopes executed", func() bool { return store.executedCount() == 4 })
+	testkit.WaitFor(t, 10*time.Second, "accepted metric", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeAccepted)) == 1
 	})
 	store.checkOrder(t, map[string]uint64{c.token: 4})
@@ -98,7 +99,7 @@ func TestRetryableErrorsResendSameBytes(t *testing.T) {
 	pub := e.publisher(t)
 	c := newTestClient(1)
 	pub.async(pub.burst(c, 1, 3))
-	waitFor(t, 10*time.Second, "3 envelopes executed", func() bool { return store.executedCount() == 3 })
+	testkit.WaitFor(t, 10*time.Second, "3 envelopes executed", func() bool { return store.executedCount() == 3 })
 	store.checkOrder(t, map[string]uint64{c.token: 3}) // also checks that re-sends carried the same bytes
 	store.mu.Lock()
 	attempts := 0
@@ -145,8 +146,8 @@ func TestNonRetryableAndExpiredAreSkipped(t *testing.T) {
 		// Garbage: dropped.
 		pub.msg(testCanister, refused, broker.KindMessage, 3, []byte("not cbor")),
 	})
-	waitFor(t, 10*time.Second, "the three second envelopes executed", func() bool { return store.executedCount() == 3 })
-	waitFor(t, 10*time.Second, "metrics", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the three second envelopes executed", func() bool { return store.executedCount() == 3 })
+	testkit.WaitFor(t, 10*time.Second, "metrics", func() bool {
 		return testkit.MetricValue(t, r.s.m.expired) == 2 &&
 			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeRefused)) == 1 &&
 			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeInvalid)) == 1
@@ -175,7 +176,7 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 	msgs := pub.burst(c, 1, 10)
 	msgs = append(msgs, pub.msg(testCanister, c, broker.KindClose, 0, nil))
 	pub.async(msgs)
-	waitFor(t, 10*time.Second, "ws_close", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "ws_close", func() bool {
 		store.mu.Lock()
 		defer store.mu.Unlock()
 		return len(store.closes) == 1
@@ -190,7 +191,7 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 	if cl.execsSoFar != 10 {
 		t.Errorf("ws_close came after %d of the client's envelopes, want 10", cl.execsSoFar)
 	}
-	waitFor(t, 5*time.Second, "close metric", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "close metric", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
 	})
 }
@@ -214,7 +215,7 @@ func TestCloseRetriesTransientErrorsAndLogsErrResult(t *testing.T) {
 		pub.msg(testCanister, gone, broker.KindClose, 0, nil),
 		pub.msg(testCanister, rejected, broker.KindClose, 0, nil),
 	})
-	waitFor(t, 10*time.Second, "close outcomes", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "close outcomes", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseErr)) == 1 &&
 			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeRejected)) == 1
 	})
@@ -236,7 +237,7 @@ func TestNonReplicatedRejectionIsCountedAndSkipped(t *testing.T) {
 	pub := e.publisher(t)
 	c := newTestClient(1)
 	pub.async(pub.burst(c, 1, 2))
-	waitFor(t, 10*time.Second, "outcomes", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "outcomes", func() bool {
 		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeNonReplicated)) == 1 &&
 			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) == 1
 	})
@@ -266,7 +267,7 @@ func TestConfigValidation(t *testing.T) {
 
 func TestRunWaitsForStreams(t *testing.T) {
 	_, nc, js := natstest.StartJetStream(t)
-	s, err := New(testConfig("early"), Deps{NC: nc, JS: js, IC: newFakeStore().as("early"), Logger: testLogger(t)})
+	s, err := New(testConfig("early"), Deps{NC: nc, JS: js, IC: newFakeStore().as("early"), Logger: testkit.Logger(t, slog.LevelWarn)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +282,7 @@ func TestRunWaitsForStreams(t *testing.T) {
 	if err := broker.Ensure(ectx, js, broker.DefaultTopology()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "ready", func() bool { return s.Ready(ctx) == nil })
+	testkit.WaitFor(t, 15*time.Second, "ready", func() bool { return s.Ready(ctx) == nil })
 	cancel()
 	select {
 	case err := <-done:

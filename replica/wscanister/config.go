@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/icws/icws/internal/config"
 )
 
 // Config holds the knobs of the demo canister. The first three are the CDK's WsInitParams
@@ -25,16 +27,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults that the envconfig tags declare.
-func DefaultConfig() Config {
-	return Config{
-		AckInterval:         300 * time.Second,
-		KeepAliveTimeout:    60 * time.Second,
-		MaxReturnedMessages: 50,
-		DeleteBatch:         5,
-		MaxBurst:            10000,
-		MaxLoggedTexts:      10000,
-	}
-}
+func DefaultConfig() Config { return config.MustDefaults[Config]() }
 
 // validate applies the CDK's init check (its init traps unless the ack interval exceeds the
 // keep-alive timeout) and rejects values that would make the canister misbehave.
