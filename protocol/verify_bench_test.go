@@ -17,7 +17,7 @@ import (
 // batchFrames certifies the newest n of retained queued messages the way a canister answers
 // ws_get_messages: a witness revealing those n leaves of a balanced tree of all retained ones,
 // everything else pruned, and a delegated certificate over its root.
-func batchFrames(b *testing.B, retained, n int) (*certauth.Authority, principal.Principal, []protocol.CanisterToClientMessage) {
+func batchFrames(b testing.TB, retained, n int) (*certauth.Authority, principal.Principal, []protocol.CanisterToClientMessage) {
 	b.Helper()
 	canister := principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
 	auth, err := certauth.New(certauth.Options{Delegated: true, Ranges: []certificate.Range{{Low: canister.Raw, High: canister.Raw}}})
