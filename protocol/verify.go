@@ -45,8 +45,8 @@ func VerifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 }
 
 // Verifier verifies canister messages for one canister and root key like VerifyCanisterMessage,
-// and remembers what it verified: the last few certificates whose signature it checked (BLS
-// pairings are the dominant cost), the last certificate it decoded with its certified_data, and
+// and remembers what it verified: the last few certificates whose signature it checked and the
+// subnet delegations they carry (BLS pairings are the dominant cost), the last certificate it decoded with its certified_data, and
 // the last tree it decoded and matched. Every frame of one ws_get_messages batch carries the same
 // certificate, and either the batch's tree or (from an icws gateway) its own message's witness;
 // only the tree is then decoded and hashed per frame. The time check, the content hash and the
@@ -56,6 +56,7 @@ type Verifier struct {
 	RootKey    []byte
 	MaxCertAge time.Duration
 
+	keys     certificate.KeyCache // root key and delegations, shared by every certificate
 	mu       sync.Mutex
 	verified [8][32]byte
 	next     int
@@ -187,7 +188,11 @@ func verifyCertificate(raw []byte, canister principal.Principal, rootKey []byte,
 		certSum = sha256.Sum256(raw)
 	}
 	if cache == nil || !cache.known(certSum) {
-		if err := cert.Verify(rootKey, canister.Raw); err != nil {
+		var keys *certificate.KeyCache
+		if cache != nil {
+			keys = &cache.keys
+		}
+		if err := cert.VerifyCached(keys, rootKey, canister.Raw); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCertificateSignature, err)
 		}
 		if cache != nil {

@@ -101,14 +101,22 @@ func (d *Delegation) verify(root *bls12381.G2Affine, canister []byte) (*bls12381
 	if err != nil {
 		return nil, fmt.Errorf("%w: subnet public key: %w", ErrDelegation, err)
 	}
-	ok, err := SubnetHasCanister(inner.Tree, d.SubnetID, canister)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDelegation, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("%w: canister %x is not in the subnet's canister ranges", ErrDelegation, canister)
+	if err := d.checkScope(canister); err != nil {
+		return nil, err
 	}
 	return key, nil
+}
+
+// checkScope checks that the delegation's subnet holds canister.
+func (d *Delegation) checkScope(canister []byte) error {
+	ok, err := SubnetHasCanister(d.Certificate.Tree, d.SubnetID, canister)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDelegation, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: canister %x is not in the subnet's canister ranges", ErrDelegation, canister)
+	}
+	return nil
 }
 
 // DER prefixes of the two key types certificates carry.
