@@ -10,49 +10,66 @@ import (
 
 // KeyCache remembers what verifying certificates of one subnet repeats for every certificate: the
 // parsed root key (decompressing a G2 point and checking its subgroup) and each delegation whose
-// signature verified (a BLS pairing check, as expensive as the certificate's own). A gateway
+// signature verified (a BLS pairing check, as expensive as the certificate's own), and for each of
+// these keys the Miller-loop lines of its fixed point, so that the pairing checks of later
+// signatures skip the G2 arithmetic. A gateway
 // verifies a certificate for every update call it relays and a client for every batch of
 // messages; all of them carry the same delegation until the subnet's key rotates. Safe for
 // concurrent use; the zero value is ready.
 type KeyCache struct {
 	mu    sync.Mutex
+	negG2 *millerLines
 	roots [2]cachedKey
 	dels  [8]cachedKey
 	nextR int
 	nextD int
 }
 
-// cachedKey is a parsed key under the hash of what proved it.
+// cachedKey is a parsed key and its lines under the hash of what proved it.
 type cachedKey struct {
-	id  [32]byte
-	key *bls12381.G2Affine
+	id    [32]byte
+	key   *bls12381.G2Affine
+	fixed *fixedKeys
 }
 
-func (k *KeyCache) lookup(entries []cachedKey, id [32]byte) *bls12381.G2Affine {
+func (k *KeyCache) lookup(entries []cachedKey, id [32]byte) (cachedKey, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, e := range entries {
 		if e.key != nil && e.id == id {
-			return e.key
+			return e, true
 		}
 	}
-	return nil
+	return cachedKey{}, false
 }
 
-func (k *KeyCache) rootKey(der []byte) (*bls12381.G2Affine, error) {
+// remember makes the entry for key, computing its lines (and those of -g2 on first use).
+func (k *KeyCache) remember(id [32]byte, key *bls12381.G2Affine) cachedKey {
+	lines := bls12381.PrecomputeLines(*key)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.negG2 == nil {
+		neg := bls12381.PrecomputeLines(negG2())
+		k.negG2 = &neg
+	}
+	return cachedKey{id: id, key: key, fixed: &fixedKeys{negG2: k.negG2, pk: &lines}}
+}
+
+func (k *KeyCache) rootKey(der []byte) (cachedKey, error) {
 	id := sha256.Sum256(der)
-	if key := k.lookup(k.roots[:], id); key != nil {
-		return key, nil
+	if e, ok := k.lookup(k.roots[:], id); ok {
+		return e, nil
 	}
 	key, err := parseBLSKeyDER(der)
 	if err != nil {
-		return nil, err
+		return cachedKey{}, err
 	}
+	e := k.remember(id, key)
 	k.mu.Lock()
-	k.roots[k.nextR] = cachedKey{id: id, key: key}
+	k.roots[k.nextR] = e
 	k.nextR = (k.nextR + 1) % len(k.roots)
 	k.mu.Unlock()
-	return key, nil
+	return e, nil
 }
 
 // delegationID identifies what a delegation's check depends on: the root key that signed it and
@@ -80,7 +97,7 @@ func (c *Certificate) VerifyCached(cache *KeyCache, rootKey, canister []byte) er
 	if cache == nil {
 		return c.Verify(rootKey, canister)
 	}
-	key, err := cache.rootKey(rootKey)
+	signer, err := cache.rootKey(rootKey)
 	if err != nil {
 		return fmt.Errorf("root key: %w", err)
 	}
@@ -89,20 +106,22 @@ func (c *Certificate) VerifyCached(cache *KeyCache, rootKey, canister []byte) er
 			return fmt.Errorf("%w: no certificate, or a nested delegation", ErrDelegation)
 		}
 		id := delegationID(rootKey, d)
-		if sub := cache.lookup(cache.dels[:], id); sub != nil {
+		if sub, ok := cache.lookup(cache.dels[:], id); ok {
 			if err := d.checkScope(canister); err != nil {
 				return err
 			}
-			key = sub
+			signer = sub
 		} else {
-			if key, err = d.verify(key, canister); err != nil {
+			key, err := d.verifyWith(signer.key, signer.fixed, canister)
+			if err != nil {
 				return err
 			}
+			signer = cache.remember(id, key)
 			cache.mu.Lock()
-			cache.dels[cache.nextD] = cachedKey{id: id, key: key}
+			cache.dels[cache.nextD] = signer
 			cache.nextD = (cache.nextD + 1) % len(cache.dels)
 			cache.mu.Unlock()
 		}
 	}
-	return c.verifySignature(key)
+	return c.verifySignatureWith(signer.key, signer.fixed)
 }
