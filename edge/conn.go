@@ -35,6 +35,7 @@ const (
 type conn struct {
 	e         *Edge
 	ws        *websocket.Conn
+	out       *frameBatcher // ws's network connection; batches the writer's frames
 	remote    string
 	resumeOpt bool
 	tokenHash string // sha256 hex of this connection's handshake token (resume opt-in only)

@@ -508,25 +508,39 @@ func (c *conn) writeLoop() {
 			c.space = nil
 		}
 		c.qmu.Unlock()
-		for _, f := range batch {
-			c.qmu.Lock()
-			stopped := c.stopped
-			c.qmu.Unlock()
-			if stopped {
-				break
-			}
-			_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+		// The frames taken together leave in one write (frameBatcher).
+		c.out.begin()
+		var written, bytes int
+		err := func() error {
+			for _, f := range batch {
 				c.qmu.Lock()
-				c.stopped = true
-				c.queue = nil
-				c.writing = false
+				stopped := c.stopped
 				c.qmu.Unlock()
-				_ = c.ws.Close() // the reader sees the error and ends the session
-				return
+				if stopped {
+					return nil
+				}
+				_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+				if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+					return err
+				}
+				written++
+				bytes += len(f)
 			}
-			c.e.m.framesOut.Inc()
-			c.e.m.bytesOut.Add(float64(len(f)))
+			return nil
+		}()
+		if endErr := c.out.end(time.Now().Add(c.e.cfg.WriteTimeout)); err == nil {
+			err = endErr
 		}
+		if err != nil {
+			c.qmu.Lock()
+			c.stopped = true
+			c.queue = nil
+			c.writing = false
+			c.qmu.Unlock()
+			_ = c.ws.Close() // the reader sees the error and ends the session
+			return
+		}
+		c.e.m.framesOut.Add(float64(written))
+		c.e.m.bytesOut.Add(float64(bytes))
 	}
 }
