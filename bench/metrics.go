@@ -23,9 +23,12 @@ const (
 	metricConnections = "icws_edge_connections"
 	metricInFlight    = "icws_submitter_clients_in_flight"
 	metricEnvelopes   = "icws_submitter_envelopes_total"
+	// The edge's own replay time: resume frame read to last replayed message queued.
+	metricReplaySum   = "icws_edge_replay_seconds_sum"
+	metricReplayCount = "icws_edge_replay_seconds_count"
 )
 
-var scrapedMetrics = []string{metricCPU, metricRSS, metricHeapInuse, metricGoroutines, metricPolled, metricConnections, metricInFlight, metricEnvelopes}
+var scrapedMetrics = []string{metricCPU, metricRSS, metricHeapInuse, metricGoroutines, metricPolled, metricConnections, metricInFlight, metricEnvelopes, metricReplaySum, metricReplayCount}
 
 // Scrape limits: a /metrics answer is a few tens of kB; these bound a misbehaving endpoint.
 const (

@@ -81,6 +81,11 @@ type ResumeTimes struct {
 	FrameToFirstMs float64 `json:"resume_frame_to_first_ms"`
 	// DialToLastMs: the reconnect's TCP dial to the last replayed message.
 	DialToLastMs float64 `json:"dial_to_last_ms"`
+	// GatewayMs is the edge's own part (icws_edge_replay_seconds): from reading the resume frame
+	// to the last replayed message queued on the socket; the client's figures add the network,
+	// its decoding and its verification of every frame (one BLS check per certificate). Zero
+	// without metrics.
+	GatewayMs float64 `json:"gateway_resume_frame_to_last_queued_ms,omitempty"`
 }
 
 // cost turns two samples taken wall apart into a GatewayCost for messages counted messages.
@@ -190,6 +195,9 @@ func (r Report) notes() string {
 	if s := r.Resume; s != nil {
 		parts = append(parts, fmt.Sprintf("resume frame → last replayed %s (→ first %s; dial → last %s)",
 			fmtMs(s.FrameToLastMs), fmtMs(s.FrameToFirstMs), fmtMs(s.DialToLastMs)))
+		if s.GatewayMs > 0 {
+			parts = append(parts, fmt.Sprintf("edge: resume frame → last replayed queued %s", fmtMs(s.GatewayMs)))
+		}
 	}
 	if r.Open != nil && r.Idle == nil {
 		parts = append(parts, fmt.Sprintf("open p50 %s", fmtMs(r.Open.P50Ms)))

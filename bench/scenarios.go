@@ -536,8 +536,12 @@ func (r *runner) resume(ctx context.Context, k int) (Report, error) {
 		},
 	}
 	finish(&rep, []*Sequence{seq}, lat, last.Sub(frame))
-	if rep.Gateway, _, err = m.stop(ctx, rep.Messages); err != nil {
+	var after Sample
+	if rep.Gateway, after, err = m.stop(ctx, rep.Messages); err != nil {
 		return rep, err
+	}
+	if n := after[metricReplayCount] - m.before[metricReplayCount]; n > 0 {
+		rep.Resume.GatewayMs = 1000 * (after[metricReplaySum] - m.before[metricReplaySum]) / n
 	}
 	return rep, nil
 }

@@ -36,6 +36,7 @@ const (
 type conn struct {
 	e         *Edge
 	ws        *websocket.Conn
+	out       *frameBatcher // ws's network connection; batches the writer's frames
 	remote    string
 	resumeOpt bool
 	heartbeat bool   // the client asked for heartbeats (resume opt-in only)

@@ -538,21 +538,37 @@ func (c *conn) writeLoop() {
 				return
 			}
 		}
-		for _, f := range batch {
-			c.qmu.Lock()
-			stopped := c.stopped
-			c.qmu.Unlock()
-			if stopped {
-				break
+		// The frames taken together leave in one write (frameBatcher).
+		c.out.begin()
+		var written, bytes int
+		err := func() error {
+			for _, f := range batch {
+				c.qmu.Lock()
+				stopped := c.stopped
+				c.qmu.Unlock()
+				if stopped {
+					return nil
+				}
+				_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+				if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
+					return err
+				}
+				written++
+				bytes += len(f)
 			}
-			_ = c.ws.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			if err := c.ws.WriteMessage(websocket.BinaryMessage, f); err != nil {
-				c.writeFailed(true)
-				return
-			}
-			c.lastSent.Store(time.Now().UnixNano())
-			c.e.m.framesOut.Inc()
-			c.e.m.bytesOut.Add(float64(len(f)))
+			return nil
+		}()
+		if endErr := c.out.end(time.Now().Add(c.e.cfg.WriteTimeout)); err == nil {
+			err = endErr
 		}
+		if err != nil {
+			c.writeFailed(true)
+			return
+		}
+		if written > 0 {
+			c.lastSent.Store(time.Now().UnixNano())
+		}
+		c.e.m.framesOut.Add(float64(written))
+		c.e.m.bytesOut.Add(float64(bytes))
 	}
 }

@@ -81,6 +81,7 @@ type Edge struct {
 	streamsFull atomic.Pointer[string]
 
 	shards  []chan *nats.Msg
+	batches sync.Pool // buffers of frameBatcher batches
 	connWG  sync.WaitGroup
 	addr    atomic.Pointer[net.Addr]
 	started atomic.Bool
@@ -152,6 +153,10 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			http.Error(w, reason.Error(), status)
 		},
+	}
+	e.batches.New = func() any {
+		b := make([]byte, 0, batchLimit)
+		return &b
 	}
 	n := 2 * runtime.GOMAXPROCS(0)
 	e.shards = make([]chan *nats.Msg, n)
@@ -390,12 +395,14 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			e.mu.Unlock()
 		}
 	}()
-	ws, err := e.upgrader.Upgrade(w, r, nil)
+	bw := &batchingWriter{ResponseWriter: w, pool: &e.batches}
+	ws, err := e.upgrader.Upgrade(bw, r, nil)
 	if err != nil {
 		e.m.connectionsTotal.WithLabelValues("upgrade_failed").Inc()
 		return // the upgrader has answered
 	}
 	c := newConn(e, ws, r)
+	c.out = bw.batcher
 	c.addr = addr
 	e.mu.Lock()
 	e.upgrading--

@@ -255,7 +255,7 @@ func (c *Client) verifyCertificate(raw []byte, canister principal.Principal) (*c
 	if err != nil {
 		return nil, &VerificationError{err}
 	}
-	if err := cert.Verify(c.rootKey, canister.Raw); err != nil {
+	if err := cert.VerifyCached(&c.certKeys, c.rootKey, canister.Raw); err != nil {
 		return nil, &VerificationError{err}
 	}
 	t, err := cert.Time()

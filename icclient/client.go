@@ -69,6 +69,9 @@ type Client struct {
 	keysMu sync.Mutex
 	keys   map[string]*nodeKeys // by effective canister text
 	keysSF singleflight.Group
+	// certKeys remembers the parsed root key and verified subnet delegations: every certified
+	// answer of a subnet carries the same delegation.
+	certKeys certificate.KeyCache
 }
 
 // New checks the configuration and settles the root key.

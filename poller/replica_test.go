@@ -25,7 +25,7 @@ func realIC(t *testing.T) (*icclient.Client, *wscanister.Canister, *replica.Repl
 }
 
 // openClient makes a client ws_open naming the gateway, through icclient.SubmitCall.
-func openClient(t *testing.T, ic *icclient.Client, nonce uint64) protocol.ClientKey {
+func openClient(t testing.TB, ic *icclient.Client, nonce uint64) protocol.ClientKey {
 	t.Helper()
 	cl := testkit.NewIdentity(t)
 	arg, err := candid.Marshal([]any{protocol.CanisterWsOpenArguments{ClientNonce: nonce, GatewayPrincipal: ic.Principal()}})

@@ -205,6 +205,15 @@ func decodeCandid(what string, data []byte, t *cw.Type) (cw.Value, error) {
 	return vs[0], nil
 }
 
+// decodeCandidShared is decodeCandid with byte values aliasing data (cw.DecodeShared).
+func decodeCandidShared(what string, data []byte, t *cw.Type) (cw.Value, error) {
+	vs, err := cw.DecodeShared(data, []*cw.Type{t})
+	if err != nil {
+		return cw.Value{}, fmt.Errorf("decode %s: %w", what, err)
+	}
+	return vs[0], nil
+}
+
 func (k ClientKey) candid() cw.Value {
 	return cw.RecordValue(candidClientKey, cw.BytesValue(k.ClientPrincipal.Raw), cw.NatValue(k.ClientNonce))
 }

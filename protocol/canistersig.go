@@ -177,25 +177,13 @@ func DecodeCanisterSignature(sig []byte) (*CanisterSignature, error) {
 // Encode returns the CBOR encoding of s behind the self-describe tag.
 func (s *CanisterSignature) Encode() []byte {
 	out := append(bytes.Clone(SelfDescribeTag), 0xa2)
-	out = appendCBORHead(out, 0x60, len("certificate"))
+	out = appendCBORHead(out, 3, uint64(len("certificate")))
 	out = append(out, "certificate"...)
-	out = appendCBORHead(out, 0x40, len(s.Certificate))
+	out = appendCBORHead(out, 2, uint64(len(s.Certificate)))
 	out = append(out, s.Certificate...)
-	out = appendCBORHead(out, 0x60, len("tree"))
+	out = appendCBORHead(out, 3, uint64(len("tree")))
 	out = append(out, "tree"...)
 	return append(out, s.Tree.Encode()...)
-}
-
-func appendCBORHead(out []byte, major byte, n int) []byte {
-	switch {
-	case n < 24:
-		return append(out, major|byte(n))
-	case n <= 0xff:
-		return append(out, major|24, byte(n))
-	case n <= 0xffff:
-		return append(out, major|25, byte(n>>8), byte(n))
-	}
-	return append(out, major|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // CanisterSigTree returns the tree a canister certifies to sign payload with the key of seed,

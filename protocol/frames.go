@@ -68,11 +68,57 @@ type CanisterToClientMessage struct {
 
 // Encode serialises the frame.
 func (m CanisterToClientMessage) Encode() ([]byte, error) {
-	b, err := cbor.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode canister message frame: %w", err)
+	return m.AppendEncode(make([]byte, 0, m.encodedLen())), nil
+}
+
+// AppendEncode appends the frame's encoding (what Encode returns) to out: a map of the four
+// fields in declaration order, each byte string definite (a nil one as null), as the CBOR library
+// encodes the struct, without its reflection.
+func (m CanisterToClientMessage) AppendEncode(out []byte) []byte {
+	out = append(out, 0xa4)
+	out = appendCBORHead(out, 3, uint64(len("key")))
+	out = append(out, "key"...)
+	out = appendCBORHead(out, 3, uint64(len(m.Key)))
+	out = append(out, m.Key...)
+	for _, f := range [...]struct {
+		name  string
+		value []byte
+	}{{"content", m.Content}, {"cert", m.Cert}, {"tree", m.Tree}} {
+		out = appendCBORHead(out, 3, uint64(len(f.name)))
+		out = append(out, f.name...)
+		if f.value == nil {
+			out = append(out, 0xf6)
+			continue
+		}
+		out = appendCBORHead(out, 2, uint64(len(f.value)))
+		out = append(out, f.value...)
 	}
-	return b, nil
+	return out
+}
+
+// encodedLen is the length of the frame's encoding.
+func (m CanisterToClientMessage) encodedLen() int {
+	n := 1 + 9 + len("key") + len("content") + len("cert") + len("tree")
+	for _, b := range [...]int{len(m.Key), len(m.Content), len(m.Cert), len(m.Tree)} {
+		n += 9 + b
+	}
+	return n
+}
+
+// appendCBORHead appends the head of a CBOR item of major type major with argument n.
+func appendCBORHead(out []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(out, m|byte(n))
+	case n <= 0xff:
+		return append(out, m|24, byte(n))
+	case n <= 0xffff:
+		return append(out, m|25, byte(n>>8), byte(n))
+	case n <= 0xffffffff:
+		return append(out, m|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(out, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // DecodeCanisterToClientMessage parses a gateway → client frame.

@@ -74,9 +74,10 @@ func EncodeGetMessagesResult(r CanisterWsGetMessagesResult) ([]byte, error) {
 
 // DecodeGetMessagesResult decodes a ws_get_messages reply from any CDK version: see
 // CanisterOutputCertifiedMessages. A canister's Err answer is an error wrapping
-// ErrGetMessagesRefused.
+// ErrGetMessagesRefused. The messages' contents, the certificate and the tree are sub-slices of
+// reply, not copies: the caller must not change reply while it uses the result.
 func DecodeGetMessagesResult(reply []byte) (CanisterOutputCertifiedMessages, error) {
-	v, err := decodeCandid("ws_get_messages reply", reply, candidGetMessagesResultAnyCDK)
+	v, err := decodeCandidShared("ws_get_messages reply", reply, candidGetMessagesResultAnyCDK)
 	if err != nil {
 		return CanisterOutputCertifiedMessages{}, fmt.Errorf("ws_get_messages: %w", err)
 	}

@@ -45,27 +45,39 @@ func VerifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 }
 
 // Verifier verifies canister messages for one canister and root key like VerifyCanisterMessage,
-// and remembers what it verified: the last few certificates whose signature it checked (BLS
-// pairings are the dominant cost) and the last certificate and tree it decoded and matched (every
-// frame of one ws_get_messages batch carries the same certificate and tree). The time check, the
-// content hash and the content decoding still run on each message. Safe for concurrent use.
+// and remembers what it verified: the last few certificates whose signature it checked and the
+// subnet delegations they carry (BLS pairings are the dominant cost), the last certificate it decoded with its certified_data, and
+// the last tree it decoded and matched. Every frame of one ws_get_messages batch carries the same
+// certificate, and either the batch's tree or (from an icws gateway) its own message's witness;
+// only the tree is then decoded and hashed per frame. The time check, the content hash and the
+// content decoding still run on each message. Safe for concurrent use.
 type Verifier struct {
 	Canister   principal.Principal
 	RootKey    []byte
 	MaxCertAge time.Duration
 
+	keys     certificate.KeyCache // root key and delegations, shared by every certificate
 	mu       sync.Mutex
 	verified [8][32]byte
 	next     int
+	cert     *verifiedCert
 	batch    *verifiedBatch
 }
 
-// verifiedBatch is a certificate whose signature verified and a tree whose root hash is the
-// certificate's certified_data, with the bytes they were decoded from.
+// verifiedCert is a certificate whose signature verified, with the bytes it was decoded from and
+// the canister's certified_data in it.
+type verifiedCert struct {
+	raw       []byte
+	cert      *certificate.Certificate
+	certified []byte
+}
+
+// verifiedBatch is a verified certificate and a tree whose root hash is its certified_data, with
+// the bytes the tree was decoded from.
 type verifiedBatch struct {
-	rawCert, rawTree []byte
-	cert             *certificate.Certificate
-	tree             *hashtree.Node
+	*verifiedCert
+	rawTree []byte
+	tree    *hashtree.Node
 }
 
 // Verify checks one frame at time now.
@@ -91,19 +103,24 @@ func (v *Verifier) remember(sum [32]byte) {
 	v.next = (v.next + 1) % len(v.verified)
 }
 
-func (v *Verifier) lastBatch(msg CanisterToClientMessage) *verifiedBatch {
+// last returns the last batch if msg has its certificate and tree, else the last certificate if
+// msg has it.
+func (v *Verifier) last(msg CanisterToClientMessage) (*verifiedBatch, *verifiedCert) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if b := v.batch; b != nil && bytes.Equal(b.rawCert, msg.Cert) && bytes.Equal(b.rawTree, msg.Tree) {
-		return b
+	if b := v.batch; b != nil && bytes.Equal(b.raw, msg.Cert) && bytes.Equal(b.rawTree, msg.Tree) {
+		return b, b.verifiedCert
 	}
-	return nil
+	if c := v.cert; c != nil && bytes.Equal(c.raw, msg.Cert) {
+		return nil, c
+	}
+	return nil, nil
 }
 
 func (v *Verifier) rememberBatch(b *verifiedBatch) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.batch = b
+	v.batch, v.cert = b, b.verifiedCert
 }
 
 func verifyCanisterMessage(msg CanisterToClientMessage, canister principal.Principal, rootKey []byte, maxCertAge time.Duration, now time.Time, cache *Verifier) (WebsocketMessage, error) {
@@ -111,20 +128,31 @@ func verifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 		maxCertAge = 5 * time.Minute
 	}
 	var batch *verifiedBatch
+	var cert *verifiedCert
 	if cache != nil {
-		batch = cache.lastBatch(msg)
+		batch, cert = cache.last(msg)
 	}
-	if batch == nil {
+	if cert == nil {
 		var err error
-		if batch, err = verifyBatch(msg, canister, rootKey, maxCertAge, now, cache); err != nil {
+		if cert, err = verifyCertificate(msg.Cert, canister, rootKey, maxCertAge, now, cache); err != nil {
 			return WebsocketMessage{}, err
 		}
 		if cache != nil {
-			batch.rawCert, batch.rawTree = bytes.Clone(msg.Cert), bytes.Clone(msg.Tree)
+			cert.raw = bytes.Clone(msg.Cert)
+		}
+	} else if err := checkTimes(cert.cert, maxCertAge, now); err != nil {
+		return WebsocketMessage{}, err
+	}
+	if batch == nil {
+		tree, err := verifyTree(msg.Tree, cert.certified, canister)
+		if err != nil {
+			return WebsocketMessage{}, err
+		}
+		batch = &verifiedBatch{verifiedCert: cert, tree: tree}
+		if cache != nil {
+			batch.rawTree = bytes.Clone(msg.Tree)
 			cache.rememberBatch(batch)
 		}
-	} else if err := checkTimes(batch.cert, maxCertAge, now); err != nil {
-		return WebsocketMessage{}, err
 	}
 	leaf, st := batch.tree.Lookup([]byte("websocket"), []byte(msg.Key))
 	if st != hashtree.Found {
@@ -145,9 +173,10 @@ func verifyCanisterMessage(msg CanisterToClientMessage, canister principal.Princ
 	return wm, nil
 }
 
-// verifyBatch runs checks 1 to 3 of VerifyCanisterMessage on the frame's certificate and tree.
-func verifyBatch(msg CanisterToClientMessage, canister principal.Principal, rootKey []byte, maxCertAge time.Duration, now time.Time, cache *Verifier) (*verifiedBatch, error) {
-	cert, err := certificate.Decode(msg.Cert)
+// verifyCertificate runs checks 1 and 2 of VerifyCanisterMessage and reads the canister's
+// certified_data.
+func verifyCertificate(raw []byte, canister principal.Principal, rootKey []byte, maxCertAge time.Duration, now time.Time, cache *Verifier) (*verifiedCert, error) {
+	cert, err := certificate.Decode(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCertificateDecode, err)
 	}
@@ -156,29 +185,38 @@ func verifyBatch(msg CanisterToClientMessage, canister principal.Principal, root
 	}
 	var certSum [32]byte
 	if cache != nil {
-		certSum = sha256.Sum256(msg.Cert)
+		certSum = sha256.Sum256(raw)
 	}
 	if cache == nil || !cache.known(certSum) {
-		if err := cert.Verify(rootKey, canister.Raw); err != nil {
+		var keys *certificate.KeyCache
+		if cache != nil {
+			keys = &cache.keys
+		}
+		if err := cert.VerifyCached(keys, rootKey, canister.Raw); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCertificateSignature, err)
 		}
 		if cache != nil {
 			cache.remember(certSum)
 		}
 	}
-	tree, err := hashtree.Decode(msg.Tree)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrTreeDecode, err)
-	}
 	certified, st := cert.Tree.Lookup([]byte("canister"), canister.Raw, []byte("certified_data"))
 	if st != hashtree.Found {
 		return nil, fmt.Errorf("%w: certified_data of canister %s is %s in the certificate", ErrCertifiedData, canister, st)
+	}
+	return &verifiedCert{cert: cert, certified: certified}, nil
+}
+
+// verifyTree runs check 3 of VerifyCanisterMessage: the tree's root hash is certified.
+func verifyTree(raw, certified []byte, canister principal.Principal) (*hashtree.Node, error) {
+	tree, err := hashtree.Decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTreeDecode, err)
 	}
 	root := tree.Digest()
 	if !bytes.Equal(certified, root[:]) {
 		return nil, fmt.Errorf("%w: certified_data %x, tree root %x", ErrCertifiedData, certified, root)
 	}
-	return &verifiedBatch{cert: cert, tree: tree}, nil
+	return tree, nil
 }
 
 // checkTimes checks the certificate's time and, if it has one, the delegation's (agent-js checks

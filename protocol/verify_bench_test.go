@@ -9,6 +9,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/icws/icws/internal/certauth"
+	"github.com/icws/icws/internal/testkit/cputime"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/protocol/certificate"
 	"github.com/icws/icws/protocol/hashtree"
@@ -17,7 +18,7 @@ import (
 // batchFrames certifies the newest n of retained queued messages the way a canister answers
 // ws_get_messages: a witness revealing those n leaves of a balanced tree of all retained ones,
 // everything else pruned, and a delegated certificate over its root.
-func batchFrames(b *testing.B, retained, n int) (*certauth.Authority, principal.Principal, []protocol.CanisterToClientMessage) {
+func batchFrames(b testing.TB, retained, n int) (*certauth.Authority, principal.Principal, []protocol.CanisterToClientMessage) {
 	b.Helper()
 	canister := principal.MustDecode("bkyz2-fmaaa-aaaaa-qaaaq-cai")
 	auth, err := certauth.New(certauth.Options{Delegated: true, Ranges: []certificate.Range{{Low: canister.Raw, High: canister.Raw}}})
@@ -91,6 +92,48 @@ func BenchmarkVerifyBatch(b *testing.B) {
 			}
 		}
 	})
+	// The same batch as the gateway forwards it: each frame with its own message's witness.
+	enc := protocol.NewBatchFrames(frames[0].Cert, frames[0].Tree)
+	cut := make([]protocol.CanisterToClientMessage, len(frames))
+	for i, f := range frames {
+		m, err := protocol.DecodeCanisterToClientMessage(enc.Frame(f.Key, f.Content))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cut[i] = m
+	}
+	b.Run("witness/batch", func(b *testing.B) {
+		for b.Loop() {
+			v := &protocol.Verifier{Canister: canister, RootKey: auth.RootKey()}
+			for _, f := range cut {
+				if _, err := v.Verify(f, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	// After the batch's BLS check: what every further frame costs a client.
+	for _, c := range []struct {
+		name   string
+		frames []protocol.CanisterToClientMessage
+	}{{"cached/batch-tree", frames}, {"cached/witness", cut}} {
+		b.Run(c.name, func(b *testing.B) {
+			v := &protocol.Verifier{Canister: canister, RootKey: auth.RootKey()}
+			if _, err := v.Verify(c.frames[0], now); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			meter := cputime.Start()
+			for b.Loop() {
+				for _, f := range c.frames {
+					if _, err := v.Verify(f, now); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			meter.Report(b, len(c.frames), "frame")
+		})
+	}
 	b.Run("full/frame", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := protocol.VerifyCanisterMessage(frames[0], canister, auth.RootKey(), 0, now); err != nil {

@@ -49,6 +49,7 @@ type icwsReport struct {
 		FrameToLastMs  float64 `json:"resume_frame_to_last_ms"`
 		FrameToFirstMs float64 `json:"resume_frame_to_first_ms"`
 		DialToLastMs   float64 `json:"dial_to_last_ms"`
+		GatewayMs      float64 `json:"gateway_resume_frame_to_last_queued_ms"`
 	} `json:"resume"`
 }
 
@@ -86,7 +87,9 @@ func startIcws(ctx context.Context, logger *slog.Logger, cfg config, tmp string)
 	}
 	s.replicaURL, s.gatewayURL, s.admin = "http://"+addrs[0], "ws://"+addrs[1], "http://"+addrs[2]
 	var err error
-	s.replica, err = startProc(tmp, "icws-replica", bin, []string{"ICWS_REPLICA_LISTEN=" + addrs[0], "ICWS_LOG_LEVEL=warn"}, "replica")
+	// The resume, unicast-rate and fanout scenarios drive the demo canister through its control
+	// API, which the replica serves only when asked (on loopback here).
+	s.replica, err = startProc(tmp, "icws-replica", bin, []string{"ICWS_REPLICA_LISTEN=" + addrs[0], "ICWS_REPLICA_CONTROL=true", "ICWS_LOG_LEVEL=warn"}, "replica")
 	if err != nil {
 		return nil, err
 	}

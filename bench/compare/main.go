@@ -204,8 +204,8 @@ func (t table) write(w io.Writer) {
 	resumeNote := "—"
 	if r := first(i.resume); r != nil && r.Resume != nil {
 		resumeMs = r.Resume.DialToLastMs
-		resumeNote = fmt.Sprintf("reconnect dial → last %.0f ms (resume frame → last %.0f ms, → first %.0f ms; lost/dup/order %s)",
-			r.Resume.DialToLastMs, r.Resume.FrameToLastMs, r.Resume.FrameToFirstMs, integrity(r.Integrity))
+		resumeNote = fmt.Sprintf("reconnect dial → last %.0f ms (resume frame → last %.0f ms, → first %.0f ms; edge alone: resume frame → last queued %.0f ms; lost/dup/order %s)",
+			r.Resume.DialToLastMs, r.Resume.FrameToLastMs, r.Resume.FrameToFirstMs, r.Resume.GatewayMs, integrity(r.Integrity))
 	}
 	row(fmt.Sprintf("recovery of %d missed messages", t.cfg.missed), resumeNote,
 		dash(t.cf != nil, fmt.Sprintf("connect → last recovered %.0f ms (recovered flag %v; lost %d, dup/order %d)", c.connectToLastMs, c.recovered, c.recoverLost, c.recoverDupes)),

@@ -9,6 +9,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/icws/icws/internal/certauth"
+	"github.com/icws/icws/internal/testkit/cputime"
 	"github.com/icws/icws/protocol/certificate"
 	"github.com/icws/icws/protocol/hashtree"
 )
@@ -67,7 +68,9 @@ func TestVerify(t *testing.T) {
 		}(), root.RootKey(), testCanister, certificate.ErrSignature},
 		{"root key is not DER", certify(t, root, now), []byte{1, 2, 3}, testCanister, certificate.ErrKey},
 	}
-	for _, tt := range tests {
+	// A KeyCache shared by every case, each run twice: what it remembers never changes an answer.
+	var cache certificate.KeyCache
+	for _, tt := range append(tests, tests...) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := certificate.Decode(tt.cert)
 			if err != nil {
@@ -76,6 +79,10 @@ func TestVerify(t *testing.T) {
 			err = c.Verify(tt.rootKey, tt.canister.Raw)
 			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
 				t.Fatalf("Verify = %v, want %v", err, tt.want)
+			}
+			err = c.VerifyCached(&cache, tt.rootKey, tt.canister.Raw)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("VerifyCached = %v, want %v", err, tt.want)
 			}
 			if got, err := c.Time(); err != nil || !got.Equal(now) {
 				t.Fatalf("Time = %v, %v", got, err)
@@ -186,4 +193,64 @@ func TestMainnetRootKey(t *testing.T) {
 	if _, err := certificate.ParseBLSPublicKeyDER(certificate.MainnetRootKey()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A certificate of another subnet's delegation, or one re-signed, is checked in full even after a
+// delegation was remembered.
+func TestKeyCacheDoesNotLendADelegation(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	a := newAuthority(t, certauth.Options{Delegated: true, DelegationTime: now})
+	var cache certificate.KeyCache
+	good, err := certificate.Decode(certify(t, a, now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := good.VerifyCached(&cache, a.RootKey(), testCanister.Raw); err != nil {
+		t.Fatal(err)
+	}
+	forged, err := certificate.Decode(certify(t, a, now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged.Delegation.Certificate.Signature = bytes.Clone(forged.Delegation.Certificate.Signature)
+	forged.Delegation.Certificate.Signature[5] ^= 1
+	if err := forged.VerifyCached(&cache, a.RootKey(), testCanister.Raw); !errors.Is(err, certificate.ErrDelegation) {
+		t.Fatalf("a delegation with another signature: %v", err)
+	}
+	nested, _ := certificate.Decode(certify(t, a, now))
+	nested.Delegation.Certificate.Delegation = good.Delegation
+	if err := nested.VerifyCached(&cache, a.RootKey(), testCanister.Raw); !errors.Is(err, certificate.ErrDelegation) {
+		t.Fatalf("a nested delegation: %v", err)
+	}
+}
+
+// BenchmarkVerifyDelegated verifies a delegated certificate: each time in full, and with a
+// KeyCache that remembers the delegation (what a gateway or client pays from the second
+// certificate of a subnet on).
+func BenchmarkVerifyDelegated(b *testing.B) {
+	now := time.Now()
+	a := newAuthority(b, certauth.Options{Delegated: true, DelegationTime: now})
+	c, err := certificate.Decode(certify(b, a, now))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("full", func(b *testing.B) {
+		meter := cputime.Start()
+		for b.Loop() {
+			if err := c.Verify(a.RootKey(), testCanister.Raw); err != nil {
+				b.Fatal(err)
+			}
+		}
+		meter.Report(b, 0, "")
+	})
+	b.Run("cached", func(b *testing.B) {
+		var cache certificate.KeyCache
+		meter := cputime.Start()
+		for b.Loop() {
+			if err := c.VerifyCached(&cache, a.RootKey(), testCanister.Raw); err != nil {
+				b.Fatal(err)
+			}
+		}
+		meter.Report(b, 0, "")
+	})
 }

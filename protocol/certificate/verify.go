@@ -53,6 +53,20 @@ func VerifyBLS(publicKey []byte, signature, msg []byte) error {
 }
 
 func verifyBLS(pk *bls12381.G2Affine, signature, msg []byte) error {
+	return verifyBLSWith(pk, nil, signature, msg)
+}
+
+// millerLines are the precomputed Miller-loop lines of a fixed G2 point.
+type millerLines = [2][len(bls12381.LoopCounter) - 1]bls12381.LineEvaluationAff
+
+// fixedKeys are the lines of -g2 and of a public key that verifies many signatures: the pairing
+// check then skips the G2 arithmetic of its Miller loop.
+type fixedKeys struct {
+	negG2, pk *millerLines
+}
+
+// verifyBLSWith checks the signature with the pairing check over fixed lines when it has them.
+func verifyBLSWith(pk *bls12381.G2Affine, fixed *fixedKeys, signature, msg []byte) error {
 	var sig bls12381.G1Affine
 	if len(signature) != bls12381.SizeOfG1AffineCompressed {
 		return fmt.Errorf("%w: signature of %d bytes", ErrSignature, len(signature))
@@ -66,23 +80,40 @@ func verifyBLS(pk *bls12381.G2Affine, signature, msg []byte) error {
 		return fmt.Errorf("%w: hash to curve: %w", ErrSignature, err)
 	}
 	// e(sig, -g2) · e(H(msg), pk) == 1
-	_, _, _, g2 := bls12381.Generators()
-	var negG2 bls12381.G2Affine
-	negG2.Neg(&g2)
-	ok, err := bls12381.PairingCheck([]bls12381.G1Affine{sig, h}, []bls12381.G2Affine{negG2, *pk})
+	var ok bool
+	if fixed != nil {
+		ok, err = bls12381.PairingCheckFixedQ([]bls12381.G1Affine{sig, h}, []millerLines{*fixed.negG2, *fixed.pk})
+	} else {
+		ok, err = bls12381.PairingCheck([]bls12381.G1Affine{sig, h}, []bls12381.G2Affine{negG2(), *pk})
+	}
 	if err != nil || !ok {
 		return ErrSignature
 	}
 	return nil
 }
 
+func negG2() bls12381.G2Affine {
+	_, _, _, g2 := bls12381.Generators()
+	var n bls12381.G2Affine
+	n.Neg(&g2)
+	return n
+}
+
 func (c *Certificate) verifySignature(key *bls12381.G2Affine) error {
+	return c.verifySignatureWith(key, nil)
+}
+
+func (c *Certificate) verifySignatureWith(key *bls12381.G2Affine, fixed *fixedKeys) error {
 	root := c.Tree.Digest()
-	return verifyBLS(key, c.Signature, append(bytes.Clone(domainStateRoot), root[:]...))
+	return verifyBLSWith(key, fixed, c.Signature, append(bytes.Clone(domainStateRoot), root[:]...))
 }
 
 // verify checks the delegation against the root key and the canister, and returns the subnet key.
 func (d *Delegation) verify(root *bls12381.G2Affine, canister []byte) (*bls12381.G2Affine, error) {
+	return d.verifyWith(root, nil, canister)
+}
+
+func (d *Delegation) verifyWith(root *bls12381.G2Affine, fixed *fixedKeys, canister []byte) (*bls12381.G2Affine, error) {
 	inner := d.Certificate
 	if inner == nil {
 		return nil, fmt.Errorf("%w: no certificate", ErrDelegation)
@@ -90,7 +121,7 @@ func (d *Delegation) verify(root *bls12381.G2Affine, canister []byte) (*bls12381
 	if inner.Delegation != nil {
 		return nil, fmt.Errorf("%w: nested delegation", ErrDelegation)
 	}
-	if err := inner.verifySignature(root); err != nil {
+	if err := inner.verifySignatureWith(root, fixed); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrDelegation, err)
 	}
 	der, st := inner.Tree.Lookup([]byte("subnet"), d.SubnetID, []byte("public_key"))
@@ -101,14 +132,22 @@ func (d *Delegation) verify(root *bls12381.G2Affine, canister []byte) (*bls12381
 	if err != nil {
 		return nil, fmt.Errorf("%w: subnet public key: %w", ErrDelegation, err)
 	}
-	ok, err := SubnetHasCanister(inner.Tree, d.SubnetID, canister)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDelegation, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("%w: canister %x is not in the subnet's canister ranges", ErrDelegation, canister)
+	if err := d.checkScope(canister); err != nil {
+		return nil, err
 	}
 	return key, nil
+}
+
+// checkScope checks that the delegation's subnet holds canister.
+func (d *Delegation) checkScope(canister []byte) error {
+	ok, err := SubnetHasCanister(d.Certificate.Tree, d.SubnetID, canister)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDelegation, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: canister %x is not in the subnet's canister ranges", ErrDelegation, canister)
+	}
+	return nil
 }
 
 // DER prefixes of the two key types certificates carry.

@@ -145,8 +145,10 @@ func decodeFrom(r *cborread.Reader) (*Node, error) {
 var arity = [...]int{Empty: 1, Fork: 3, Labeled: 3, Leaf: 2, Pruned: 2}
 
 // Encode returns the CBOR encoding of the tree, without self-describe tag.
-func (n *Node) Encode() []byte {
-	var out []byte
+func (n *Node) Encode() []byte { return n.AppendEncode(nil) }
+
+// AppendEncode appends the CBOR encoding of the tree (as Encode) to out.
+func (n *Node) AppendEncode(out []byte) []byte {
 	todo := []*Node{n}
 	for len(todo) > 0 {
 		n := todo[len(todo)-1]

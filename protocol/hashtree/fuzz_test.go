@@ -31,5 +31,38 @@ func FuzzDecode(f *testing.F) {
 		if (tree.WellFormed() == nil) != (again.WellFormed() == nil) {
 			t.Fatal("re-encoding changed well-formedness")
 		}
+		checkWitnesses(t, tree)
 	})
+}
+
+// checkWitnesses cuts a witness for every path of one or two labels the tree proves, and checks
+// that it has the tree's root hash and proves the same subtree there.
+func checkWitnesses(t *testing.T, tree *hashtree.Node) {
+	p := hashtree.NewPruner(tree)
+	root := tree.Digest()
+	check := func(path ...[]byte) {
+		want, st := tree.LookupSubtree(path...)
+		w, ok := witness(t, p, path...)
+		if ok != (st == hashtree.Found) {
+			t.Fatalf("path %q: lookup %s, witness %v", path, st, ok)
+		}
+		if !ok {
+			return
+		}
+		if w.Digest() != root {
+			t.Fatalf("witness of %q has another root hash", path)
+		}
+		got, st := w.LookupSubtree(path...)
+		if st != hashtree.Found || got.Digest() != want.Digest() {
+			t.Fatalf("witness of %q: lookup %s", path, st)
+		}
+	}
+	kids, _ := tree.Children()
+	for _, k := range kids {
+		check(k.Label())
+		grand, _ := k.Subtree().Children()
+		for _, g := range grand {
+			check(k.Label(), g.Label())
+		}
+	}
 }

@@ -153,8 +153,9 @@ func (n *Node) Digest() [32]byte {
 		h.Sum(out[:0])
 		return out
 	}
-	todo := []step{{n: n}}
-	var done [][32]byte
+	// Stacks of a witness's depth stay off the heap; deeper trees grow them.
+	todo := append(make([]step, 0, 64), step{n: n})
+	done := make([][32]byte, 0, 64)
 	for len(todo) > 0 {
 		s := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]

@@ -66,6 +66,15 @@ func (n *Node) LookupSubtree(path ...[]byte) (*Node, LookupStatus) {
 // tree inside a fork (they call some such paths absent), this follows the specification, which
 // answers unknown: the cautious reading.
 func findLabel(n *Node, label []byte) (*Node, LookupStatus) {
+	t, st := findLabeled(n, label)
+	if st != Found {
+		return nil, st
+	}
+	return t.left, Found
+}
+
+// findLabeled is findLabel returning the labeled node itself.
+func findLabeled(n *Node, label []byte) (*Node, LookupStatus) {
 	var (
 		todo = []*Node{n}
 		seen int  // nodes of the flattened list visited so far
@@ -83,7 +92,7 @@ func findLabel(n *Node, label []byte) (*Node, LookupStatus) {
 		case Labeled:
 			switch c := bytes.Compare(label, t.data); {
 			case c == 0:
-				return t.left, Found
+				return t, Found
 			case c < 0:
 				// label would sit before t: proven absent only if nothing pruned sits before t
 				// and after the previous label.

@@ -135,18 +135,30 @@ var (
 // trailing argument reads as none if its expected type is opt, null or reserved; bytes after the
 // last argument are an error.
 func Decode(data []byte, expected []*Type) ([]Value, error) {
-	out, err := decode(data, expected)
+	out, err := decode(data, expected, false)
 	if err != nil {
 		return nil, fmt.Errorf("candid: %w", err)
 	}
 	return out, nil
 }
 
-func decode(data []byte, expected []*Type) ([]Value, error) {
+// DecodeShared is Decode whose blob, text and principal values are sub-slices of data instead of
+// copies: for a caller that owns data, does not change it and lets the values keep it alive (a
+// query reply of many messages is then not copied a second time).
+func DecodeShared(data []byte, expected []*Type) ([]Value, error) {
+	out, err := decode(data, expected, true)
+	if err != nil {
+		return nil, fmt.Errorf("candid: %w", err)
+	}
+	return out, nil
+}
+
+func decode(data []byte, expected []*Type, share bool) ([]Value, error) {
 	d, wire, err := newDecoder(data)
 	if err != nil {
 		return nil, err
 	}
+	d.share = share
 	out := make([]Value, len(expected))
 	for i, e := range expected {
 		if i >= len(wire) {
@@ -203,6 +215,15 @@ type decoder struct {
 	work   int // units left in the work budget
 	values int // values that may still be materialised
 	prims  [-KindPrincipal]Type
+	share  bool // byte values alias data (DecodeShared)
+}
+
+// keepBytes is a byte value as the decoder returns it: a copy, or with share the bytes of data.
+func (d *decoder) keepBytes(b []byte) []byte {
+	if d.share {
+		return b
+	}
+	return bytes.Clone(b)
 }
 
 func newDecoder(data []byte) (*decoder, []*Type, error) {
@@ -438,11 +459,11 @@ func (d *decoder) value(w, e *Type, depth int) (Value, error) {
 		return v, nil
 	case KindText:
 		b, err := d.text()
-		v.b = bytes.Clone(b)
+		v.b = d.keepBytes(b)
 		return v, err
 	case KindPrincipal:
 		b, err := d.principal()
-		v.b = bytes.Clone(b)
+		v.b = d.keepBytes(b)
 		return v, err
 	case KindVec:
 		return d.vec(w, e, depth)
@@ -533,7 +554,7 @@ func (d *decoder) vec(w, e *Type, depth int) (Value, error) {
 			if w.elem.kind == KindBool && !bools(b) {
 				return Value{}, errors.New("bool byte is neither 0 nor 1")
 			}
-			v.b = bytes.Clone(b)
+			v.b = d.keepBytes(b)
 			return v, nil
 		}
 	}
