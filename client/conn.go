@@ -382,15 +382,20 @@ func (c *Conn) sendLocked(content []byte, isService bool) error {
 			c.ws.Close()
 			return nil
 		}
-		// The reader ends the connection and says why: after the gateway's close frame a write
-		// fails with ErrCloseSent, and the close code and reason matter more than that failure.
-		if !errors.Is(err, websocket.ErrCloseSent) {
-			c.ws.Close()
-		}
-		return fmt.Errorf("client: send ws_message %d: %w", m.SequenceNum, err)
+		// A write usually fails because the gateway closed the connection (ErrCloseSent after its
+		// close frame, or a broken pipe), and the reader is about to end the connection with the
+		// close code and reason, which say more than this failure; it gets a moment to do so.
+		sendErr := fmt.Errorf("client: send ws_message %d: %w", m.SequenceNum, err)
+		time.AfterFunc(readerGrace, func() {
+			c.fail(fmt.Errorf("%w: %w", ErrConnectionLost, sendErr), 4000, "Message sending failed")
+		})
+		return sendErr
 	}
 	return nil
 }
+
+// readerGrace is how long a failed write leaves the reader to report why the connection ended.
+const readerGrace = 2 * time.Second
 
 // outgoing is a sent ws_message and the signed frame that carried it.
 type outgoing struct {

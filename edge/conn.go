@@ -132,6 +132,20 @@ func (c *conn) closeWith(code int, reason string) {
 	})
 }
 
+// drainAfterClose reads and discards what the client still sends after our close frame, until its
+// own close frame arrives or closeGrace runs out: closing a socket with unread data makes the
+// kernel answer with a reset, which can destroy our close frame, and its reason, before the client
+// reads it.
+func (c *conn) drainAfterClose() string {
+	_, reason, _ := c.closeInfo()
+	<-c.closeSent // the read deadline is set once the close frame is written
+	for {
+		if _, _, err := c.ws.ReadMessage(); err != nil {
+			return reason
+		}
+	}
+}
+
 func (c *conn) isGone() bool {
 	select {
 	case <-c.gone:
@@ -495,8 +509,7 @@ func (c *conn) readLoop() string {
 			return c.readFailed(err, false)
 		}
 		if c.isGone() {
-			_, reason, _ := c.closeInfo()
-			return reason
+			return c.drainAfterClose()
 		}
 		c.e.m.framesIn.Inc()
 		c.e.m.bytesIn.Add(float64(len(frame)))
