@@ -31,7 +31,7 @@ func TestNATSClusterConfigs(t *testing.T) {
 		if opts.Cluster.Name != "icws" || len(opts.Routes) != 3 {
 			t.Errorf("%s.conf: cluster %q with %d routes", n, opts.Cluster.Name, len(opts.Routes))
 		}
-		// Streams accept 4 MiB messages by default (broker.Topology.MaxMessageBytes).
+		// Streams accept 4 MiB messages by default (bus.Topology.MaxMessageBytes).
 		if opts.MaxPayload < 4<<20 {
 			t.Errorf("%s.conf: max_payload %d is below the 4 MiB stream default", n, opts.MaxPayload)
 		}

@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/edge"
 	"github.com/icws/icws/internal/testkit"
@@ -101,11 +101,11 @@ func roleConn(t *testing.T, url, role, password string) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cfg := broker.ClientConfig{URL: url, User: "icws-" + role, PasswordFile: natstest.WriteFile(t, t.TempDir(), "password", []byte(password+"\n"))}
+	cfg := bus.ClientConfig{URL: url, User: "icws-" + role, PasswordFile: natstest.WriteFile(t, t.TempDir(), "password", []byte(password+"\n"))}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := broker.Connect(ctx, cfg, "icws-"+role, nil, nats.CustomInboxPrefix("_INBOX."+role))
+	nc, err := bus.Connect(ctx, cfg, "icws-"+role, nil, nats.CustomInboxPrefix("_INBOX."+role))
 	if err != nil {
 		t.Fatalf("connect as icws-%s: %v", role, err)
 	}
@@ -138,10 +138,10 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 
 	// The submitter's user creates the streams; the others only look them up.
 	subNC := roleConn(t, url, "submitter", pw.Submitter)
-	subJS, _ := broker.JetStream(subNC)
+	subJS, _ := bus.JetStream(subNC)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := broker.Ensure(ctx, subJS, broker.DefaultTopology()); err != nil {
+	if err := bus.Ensure(ctx, subJS, bus.DefaultTopology()); err != nil {
 		t.Fatalf("the submitter's user cannot create the streams: %v\n%s", err, strings.Join(v.take(), "\n"))
 	}
 
@@ -157,7 +157,7 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 	runRole(t, "submitter", sub.Run)
 
 	pollNC := roleConn(t, url, "poller", pw.Poller)
-	pollJS, _ := broker.JetStream(pollNC)
+	pollJS, _ := bus.JetStream(pollNC)
 	pol, err := poller.New(poller.Config{ID: "poller1"}, poller.Deps{NC: pollNC, JS: pollJS, IC: ic, Logger: logger, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 
 	startEdge := func(id, listen string) (*edge.Edge, context.CancelFunc, chan error) {
 		nc := roleConn(t, url, "edge", pw.Edge)
-		js, _ := broker.JetStream(nc)
+		js, _ := bus.JetStream(nc)
 		cfg := edge.DefaultConfig()
 		cfg.ID, cfg.Listen = id, listen
 		e, err := edge.New(cfg, edge.Deps{NC: nc, JS: js, Gateway: gateway, Logger: logger, Registry: prometheus.NewRegistry()})
@@ -256,7 +256,7 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 	}{
 		{"edge", []op{
 			pub("icws.kick." + canister),                       // a submitter's
-			pub(broker.OutSubject(canister, client)),           // a poller's: forging canister messages
+			pub(bus.OutSubject(canister, client)),              // a poller's: forging canister messages
 			pub("$KV.icws_cursors." + canister),                // a poller's
 			pub("$KV.icws_leases.poller." + canister),          // a poller's
 			pub("$KV.icws_leases.submitter.0"),                 // a submitter's
@@ -267,8 +267,8 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 			sub("icws.in.>"), sub("icws.kick.*"), sub("_INBOX.poller.>"), sub("_INBOX.submitter.>"),
 		}},
 		{"submitter", []op{
-			pub(broker.InSubject(0, canister, client)), // an edge's: forging client envelopes
-			pub(broker.OutSubject(canister, client)),   // a poller's
+			pub(bus.InSubject(0, canister, client)), // an edge's: forging client envelopes
+			pub(bus.OutSubject(canister, client)),   // a poller's
 			pub("$KV.icws_cursors." + canister),
 			pub("$KV.icws_leases.edge.e1"), pub("$KV.icws_leases.poller." + canister),
 			pub("$JS.API.DIRECT.GET.ICWS_OUT"),
@@ -276,7 +276,7 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 			sub("icws.live.>"), sub("icws.out.>"), sub("icws.kick.*"), sub("_INBOX.edge.>"),
 		}},
 		{"poller", []op{
-			pub(broker.InSubject(0, canister, client)),
+			pub(bus.InSubject(0, canister, client)),
 			pub("icws.kick." + canister),
 			pub("$KV.icws_sessions." + canister + "." + client), // sessions are read only
 			pub("$KV.icws_leases.submitter.0"), pub("$KV.icws_leases.edge.e1"),
@@ -348,14 +348,14 @@ func TestOptionalTLSConfig(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	password := natstest.WriteFile(t, dir, "password", []byte(pw.Edge))
-	cfg := broker.ClientConfig{URL: url, User: "icws-edge", PasswordFile: password, TLSCA: pki.CA, TLSCert: pki.ClientCert, TLSKey: pki.ClientKey}
-	nc, err := broker.Connect(ctx, cfg, "icws-edge", nil)
+	cfg := bus.ClientConfig{URL: url, User: "icws-edge", PasswordFile: password, TLSCA: pki.CA, TLSCert: pki.ClientCert, TLSKey: pki.ClientKey}
+	nc, err := bus.Connect(ctx, cfg, "icws-edge", nil)
 	if err != nil {
 		t.Fatalf("edge with TLS and password: %v", err)
 	}
 	nc.Close()
 	cfg.TLSCert, cfg.TLSKey = "", ""
-	if _, err := broker.Connect(ctx, cfg, "icws-edge", nil); !errors.Is(err, broker.ErrRefused) {
+	if _, err := bus.Connect(ctx, cfg, "icws-edge", nil); !errors.Is(err, bus.ErrRefused) {
 		t.Fatalf("edge without a client certificate: %v, want a refusal", err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -180,7 +180,7 @@ func (e *Edge) checkStreams(ctx context.Context) {
 // publishFailure maps a failed publish to ICWS_IN to the close code the client gets: a full
 // stream is a 1013 (try again later), anything else a 1011.
 func publishFailure(err error) (int, string) {
-	if broker.IsStreamFull(err) {
+	if bus.IsStreamFull(err) {
 		return closeTryAgainLater, "icws: gateway storage is full, try again later"
 	}
 	return websocket.CloseInternalServerErr, "icws: gateway unavailable"

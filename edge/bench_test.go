@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/cputime"
 	"github.com/icws/icws/internal/testkit/natstest"
@@ -61,10 +61,10 @@ func externalNATS(b *testing.B) *env {
 	}
 	b.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	if err := broker.Ensure(context.Background(), js, broker.DefaultTopology()); err != nil {
+	if err := bus.Ensure(context.Background(), js, bus.DefaultTopology()); err != nil {
 		b.Fatal(err)
 	}
-	h, err := broker.Open(context.Background(), js)
+	h, err := bus.Open(context.Background(), js)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func replay1000(b *testing.B, pad int) {
 		_ = c.ws.UnderlyingConn().Close()
 		testkit.WaitFor(b, 10*time.Second, "detached", func() bool {
 			rec := v.session(c)
-			return rec != nil && rec.State == broker.SessionDetached
+			return rec != nil && rec.State == bus.SessionDetached
 		})
 		old := c.token
 		c.dial(e.url, true)

@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
@@ -180,7 +180,7 @@ func TestEdgeShedsClientsWhenNATSIsUnreachable(t *testing.T) {
 		resp.Body.Close()
 	}
 	c := openedClient(t, v, e.url, true)
-	if rec := v.session(c); rec == nil || rec.State != broker.SessionOpen || rec.Edge != "e1" {
+	if rec := v.session(c); rec == nil || rec.State != bus.SessionOpen || rec.Edge != "e1" {
 		t.Fatalf("session after recovery: %+v", rec)
 	}
 }

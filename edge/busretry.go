@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // busAttempt bounds one JetStream request while it is retried: a request that went to a stream
@@ -33,7 +33,7 @@ func (c *conn) retryBus(what string, op func(context.Context) error) error {
 				c.e.log.Debug("message bus answered after retries", "what", what, "attempts", attempt, "session", c.key)
 			}
 			return nil
-		case broker.IsStreamFull(err), errors.Is(err, errConnGone):
+		case bus.IsStreamFull(err), errors.Is(err, errConnGone):
 			return err
 		case time.Now().After(deadline):
 			return err

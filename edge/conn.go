@@ -15,7 +15,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -375,13 +375,13 @@ func (c *conn) open(frame []byte) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return false
 	}
-	rec := &broker.SessionRecord{
-		State: broker.SessionOpen, Canister: c.canText, Client: c.clientTok, Edge: c.e.cfg.ID,
+	rec := &bus.SessionRecord{
+		State: bus.SessionOpen, Canister: c.canText, Client: c.clientTok, Edge: c.e.cfg.ID,
 		Resumable: c.resumeOpt, TokenHash: c.tokenHash, OpenedAt: time.Now().UTC(), Partition: c.partition,
 		OutFrom: outFrom,
 	}
 	rev, err := c.e.sessions.Create(ctx, rec)
-	if errors.Is(err, broker.ErrSessionConflict) {
+	if errors.Is(err, bus.ErrSessionConflict) {
 		// A closed record is a finished session whose deletion is pending: the key is free again.
 		old, oldRev, gerr := c.e.sessions.Get(ctx, c.key)
 		switch {
@@ -389,7 +389,7 @@ func (c *conn) open(frame []byte) bool {
 			err = gerr
 		case old == nil:
 			rev, err = c.e.sessions.Create(ctx, rec)
-		case old.State == broker.SessionClosed:
+		case old.State == bus.SessionClosed:
 			// Its close request may not be out yet: publish it first, so the canister sees the
 			// old session end before the new one opens (the record is all that remembers it).
 			if err = c.e.sessions.PublishClose(ctx, old, "session closed"); err == nil {
@@ -420,9 +420,9 @@ func (c *conn) open(frame []byte) bool {
 		return false
 	}
 	msg := nats.NewMsg(c.inSubj)
-	msg.Header.Set(broker.HeaderKind, broker.KindOpen)
-	msg.Header.Set(broker.HeaderSessionTag, c.sessTag)
-	msg.Header.Set(broker.HeaderMsgID, broker.OpenMsgID(c.canText, c.clientTok, c.sessTag))
+	msg.Header.Set(bus.HeaderKind, bus.KindOpen)
+	msg.Header.Set(bus.HeaderSessionTag, c.sessTag)
+	msg.Header.Set(bus.HeaderMsgID, bus.OpenMsgID(c.canText, c.clientTok, c.sessTag))
 	msg.Data = env.Raw
 	if err := c.retryBus("publish open", func(ctx context.Context) error {
 		_, err := c.e.js.PublishMsg(ctx, msg)
@@ -454,14 +454,14 @@ func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
 	c.client = client
 	c.clientTok = client.Token()
 	c.principal = client.ClientPrincipal.Encode()
-	c.key = broker.SessionKey(c.canText, c.clientTok)
-	c.partition = broker.Partition(c.canText, c.clientTok, c.e.h.Partitions)
-	c.inSubj = broker.InSubject(c.partition, c.canText, c.clientTok)
-	c.outSubj = broker.OutSubject(c.canText, c.clientTok)
+	c.key = bus.SessionKey(c.canText, c.clientTok)
+	c.partition = bus.Partition(c.canText, c.clientTok, c.e.h.Partitions)
+	c.inSubj = bus.InSubject(c.partition, c.canText, c.clientTok)
+	c.outSubj = bus.OutSubject(c.canText, c.clientTok)
 }
 
 func (c *conn) subscribe() error {
-	sub, err := c.e.nc.ChanSubscribe(broker.LiveSubject(c.canText, c.clientTok), c.e.shardFor(c.outSubj))
+	sub, err := c.e.nc.ChanSubscribe(bus.LiveSubject(c.canText, c.clientTok), c.e.shardFor(c.outSubj))
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", c.outSubj, err)
 	}
@@ -561,10 +561,10 @@ func (c *conn) relay(frame []byte) (int, string) {
 		return websocket.CloseProtocolError, "icws: ws_message argument: " + short(err)
 	}
 	msg := nats.NewMsg(c.inSubj)
-	msg.Header.Set(broker.HeaderKind, broker.KindMessage)
+	msg.Header.Set(bus.HeaderKind, bus.KindMessage)
 	seqText := strconv.FormatUint(seq, 10)
-	msg.Header.Set(broker.HeaderClientSeq, seqText)
-	msg.Header.Set(broker.HeaderMsgID, broker.MessageMsgID(c.canText, c.clientTok, c.sessTag, seq))
+	msg.Header.Set(bus.HeaderClientSeq, seqText)
+	msg.Header.Set(bus.HeaderMsgID, bus.MessageMsgID(c.canText, c.clientTok, c.sessTag, seq))
 	msg.Data = env.Raw
 
 	if code, reason := c.awaitConfirmed(); code != 0 {
@@ -626,22 +626,22 @@ func (c *conn) teardown(reason string) {
 			log.Warn("session end: read record", "err", err)
 			return
 		}
-		if rec == nil || rec.Edge != c.e.cfg.ID || rec.TokenHash != c.tokenHash || rec.State == broker.SessionClosed {
+		if rec == nil || rec.Edge != c.e.cfg.ID || rec.TokenHash != c.tokenHash || rec.State == bus.SessionClosed {
 			log.Debug("session end: record no longer ours")
 			return
 		}
 		if rec.Resumable && !force {
-			if rec.State == broker.SessionDetached {
+			if rec.State == bus.SessionDetached {
 				return
 			}
-			rec.State, rec.DetachedAt = broker.SessionDetached, time.Now().UTC()
+			rec.State, rec.DetachedAt = bus.SessionDetached, time.Now().UTC()
 			if _, err := c.e.sessions.Put(ctx, rec, rev); err != nil {
 				continue
 			}
 			log.Info("session detached", "grace", c.e.cfg.ResumeGrace)
 			return
 		}
-		rec.State = broker.SessionClosed
+		rec.State = bus.SessionClosed
 		nrev, err := c.e.sessions.Put(ctx, rec, rev)
 		if err != nil {
 			continue

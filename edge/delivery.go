@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go"
 )
 
@@ -49,7 +49,7 @@ type sendq struct {
 }
 
 func seqOf(h nats.Header) (uint64, bool) {
-	v := h.Get(broker.HeaderSeq)
+	v := h.Get(bus.HeaderSeq)
 	if v == "" {
 		return 0, false
 	}
@@ -138,7 +138,7 @@ func (e *Edge) startFills(cs []*conn) {
 
 // watchReconnects refills every connection each time the NATS connection is (re)established.
 // A status listener rather than a ReconnectHandler, so the handler set by whoever built the
-// connection (broker.Connect logs with it) stays in place.
+// connection (bus.Connect logs with it) stays in place.
 func (e *Edge) watchReconnects(ctx context.Context, ch chan nats.Status) {
 	for {
 		select {

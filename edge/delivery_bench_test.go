@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit/cputime"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,7 +85,7 @@ func liveDelivery(b *testing.B, stored bool) {
 	targets := make([]target, len(clients))
 	for i, c := range clients {
 		out := outSubjectOfClient(c)
-		targets[i] = target{out: out, live: broker.LiveSubject(c.canister.Encode(), c.key().Token()), msgID: out + "."}
+		targets[i] = target{out: out, live: bus.LiveSubject(c.canister.Encode(), c.key().Token()), msgID: out + "."}
 	}
 	frame := outMsg(v.gw, targets[0].out, 2, frameBytes).Data
 	seq := uint64(1)
@@ -97,9 +97,9 @@ func liveDelivery(b *testing.B, stored bool) {
 			seqText := strconv.FormatUint(seq, 10)
 			for _, t := range targets {
 				m := &nats.Msg{Subject: t.out, Data: frame, Header: nats.Header{
-					broker.HeaderSeq:   {seqText},
-					broker.HeaderNonce: {seqText},
-					broker.HeaderMsgID: {t.msgID + seqText},
+					bus.HeaderSeq:   {seqText},
+					bus.HeaderNonce: {seqText},
+					bus.HeaderMsgID: {t.msgID + seqText},
 				}}
 				if stored {
 					f, err := v.js.PublishMsgAsync(m)
@@ -110,7 +110,7 @@ func liveDelivery(b *testing.B, stored bool) {
 					continue
 				}
 				m.Subject = t.live
-				m.Header["Nats-Stream"] = []string{broker.StreamOut}
+				m.Header["Nats-Stream"] = []string{bus.StreamOut}
 				m.Header["Nats-Subject"] = []string{t.out}
 				m.Header["Nats-Sequence"] = []string{seqText}
 				m.Header["Nats-Time-Stamp"] = []string{"2026-11-29T22:12:19.0191622Z"}
@@ -129,7 +129,7 @@ func liveDelivery(b *testing.B, stored bool) {
 			for _, f := range futures {
 				select {
 				case err := <-f.Err():
-					b.Fatalf("publish %s: %v", f.Msg().Header.Get(broker.HeaderMsgID), err)
+					b.Fatalf("publish %s: %v", f.Msg().Header.Get(bus.HeaderMsgID), err)
 				default:
 				}
 			}

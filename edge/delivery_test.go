@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/nats-io/nats.go"
@@ -22,7 +22,7 @@ func TestGapFillOutOfOrderStream(t *testing.T) {
 	e := v.startEdge(testConfig("e1"))
 	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
-	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
+	drop := func(m *nats.Msg) bool { return m.Header.Get(bus.HeaderSeq) == "2" }
 	e.testDropLive.Store(&drop)
 	for _, s := range []uint64{3, 4, 2, 5} {
 		p.publish(subj, s, 0)
@@ -46,7 +46,7 @@ func TestGapFillStartsAfterLastRead(t *testing.T) {
 		c.next()
 	}
 	gap := func(seq string) {
-		drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == seq }
+		drop := func(m *nats.Msg) bool { return m.Header.Get(bus.HeaderSeq) == seq }
 		e.testDropLive.Store(&drop)
 	}
 	gap("51")
@@ -115,7 +115,7 @@ func TestReconnectDeliversMissedMessages(t *testing.T) {
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	// The test's own connection publishes; the edge's connection is the one that drops.
 	_, pubJS := natstest.Connect(t, srv.ClientURL())
-	testkit.EnsureTopology(t, pubJS, broker.DefaultTopology())
+	testkit.EnsureTopology(t, pubJS, bus.DefaultTopology())
 	enc, err := nats.Connect(srv.ClientURL(), nats.ReconnectWait(300*time.Millisecond), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestReconnectDeliversMissedMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := broker.Open(context.Background(), ejs)
+	h, err := bus.Open(context.Background(), ejs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,8 +134,8 @@ func TestReconnectDeliversMissedMessages(t *testing.T) {
 	c := newClient(t, v.gw, randomCanister(t))
 	c.dial(e.url, false)
 	var opens atomic.Int32
-	sub, err := enc.Subscribe(broker.SubjectInAll, func(m *nats.Msg) {
-		if m.Header.Get(broker.HeaderKind) == broker.KindOpen {
+	sub, err := enc.Subscribe(bus.SubjectInAll, func(m *nats.Msg) {
+		if m.Header.Get(bus.HeaderKind) == bus.KindOpen {
 			opens.Add(1)
 		}
 	})

@@ -21,7 +21,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/protocol/certificate"
@@ -50,7 +50,7 @@ type Edge struct {
 	cfg       Config
 	nc        *nats.Conn
 	js        jetstream.JetStream
-	h         *broker.Handles // with sessions, set by Run before anything reads them
+	h         *bus.Handles // with sessions, set by Run before anything reads them
 	gateway   principal.Principal
 	handshake []byte
 	log       *slog.Logger
@@ -59,7 +59,7 @@ type Edge struct {
 	canisters map[string]bool
 	origins   map[string]bool
 	proxies   []netip.Prefix
-	sessions  *broker.Sessions
+	sessions  *bus.Sessions
 	index     *sessionIndex
 	ingress   protocol.IngressPolicy
 	live      *liveness
@@ -98,7 +98,7 @@ type Edge struct {
 }
 
 // New validates the configuration and builds the edge; it does no I/O (Run looks up the streams
-// and buckets, which broker.Ensure must have created).
+// and buckets, which bus.Ensure must have created).
 func New(cfg Config, deps Deps) (*Edge, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("edge config: %w", err)
@@ -212,12 +212,12 @@ func (e *Edge) Run(ctx context.Context) error {
 	// Everything below reads e.h and e.sessions; the handler only after Run sets running (under
 	// e.mu), and tests only after Addr is set.
 	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	h, err := broker.Open(octx, e.js)
+	h, err := bus.Open(octx, e.js)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}
-	e.h, e.sessions = h, broker.NewSessions(h.Sessions, e.js)
+	e.h, e.sessions = h, bus.NewSessions(h.Sessions, e.js)
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	lease, err := e.acquireLease(ctx)
@@ -225,25 +225,25 @@ func (e *Edge) Run(ctx context.Context) error {
 		return err
 	}
 	e.leaseRenewed()
-	ctl, err := e.nc.Subscribe(broker.EdgeControlSubject(e.cfg.ID), e.onControl)
+	ctl, err := e.nc.Subscribe(bus.EdgeControlSubject(e.cfg.ID), e.onControl)
 	if err != nil {
 		return fmt.Errorf("edge: subscribe control subject: %w", err)
 	}
 	defer func() { _ = ctl.Unsubscribe() }()
-	opened, err := e.nc.Subscribe(broker.OpenResultSubject(e.cfg.ID), e.onOpenResult)
+	opened, err := e.nc.Subscribe(bus.OpenResultSubject(e.cfg.ID), e.onOpenResult)
 	if err != nil {
 		_ = ctl.Unsubscribe()
 		return fmt.Errorf("edge: subscribe to open results: %w", err)
 	}
 	defer func() { _ = opened.Unsubscribe() }()
-	closeReqs, err := e.nc.Subscribe(broker.SessionCloseSubject(e.cfg.ID), e.onSessionClose)
+	closeReqs, err := e.nc.Subscribe(bus.SessionCloseSubject(e.cfg.ID), e.onSessionClose)
 	if err != nil {
 		return fmt.Errorf("edge: subscribe to session close requests: %w", err)
 	}
 	defer func() { _ = closeReqs.Unsubscribe() }()
 	// A full channel drops notices; the poller repeats them while the canister has sessions.
 	failures := make(chan *nats.Msg, 64)
-	failSub, err := e.nc.ChanSubscribe(broker.SubjectCanisterFailedAll, failures)
+	failSub, err := e.nc.ChanSubscribe(bus.SubjectCanisterFailedAll, failures)
 	if err != nil {
 		return fmt.Errorf("edge: subscribe to canister failure notices: %w", err)
 	}
@@ -257,11 +257,11 @@ func (e *Edge) Run(ctx context.Context) error {
 	status := e.nc.StatusChanged(nats.CONNECTED)
 	defer e.nc.RemoveStatusListener(status)
 	leader := make(chan *nats.Msg, 1)
-	leaderSub, err := e.nc.ChanSubscribe(broker.OutLeaderElectedAdvisory, leader)
+	leaderSub, err := e.nc.ChanSubscribe(bus.OutLeaderElectedAdvisory, leader)
 	if err != nil {
 		stopBG()
 		bgWG.Wait()
-		return fmt.Errorf("edge: subscribe to %s: %w", broker.OutLeaderElectedAdvisory, err)
+		return fmt.Errorf("edge: subscribe to %s: %w", bus.OutLeaderElectedAdvisory, err)
 	}
 	defer func() { _ = leaderSub.Unsubscribe() }()
 	bgWG.Add(1)
@@ -488,7 +488,7 @@ func (e *Edge) dispatch(ctx context.Context, ch chan *nats.Msg) {
 // onControl handles "drop this session, it was resumed elsewhere". It answers once the old
 // connection can no longer relay anything, so the new edge relays strictly after it.
 func (e *Edge) onControl(msg *nats.Msg) {
-	newHash := msg.Header.Get(broker.HeaderTokenHash)
+	newHash := msg.Header.Get(bus.HeaderTokenHash)
 	e.mu.RLock()
 	c := e.byKey[string(msg.Data)]
 	e.mu.RUnlock()
@@ -502,18 +502,18 @@ func (e *Edge) onControl(msg *nats.Msg) {
 
 // onOpenResult handles a submitter's report of how the IC answered a session's ws_open.
 func (e *Edge) onOpenResult(msg *nats.Msg) {
-	tag := msg.Header.Get(broker.HeaderSessionTag)
+	tag := msg.Header.Get(bus.HeaderSessionTag)
 	e.mu.RLock()
 	c := e.byKey[string(msg.Data)]
 	e.mu.RUnlock()
 	if c == nil || c.sessTag != tag {
 		return // another session of the key, or the socket is gone (the record says the rest)
 	}
-	switch msg.Header.Get(broker.HeaderOpenOutcome) {
-	case broker.OpenConfirmed:
+	switch msg.Header.Get(bus.HeaderOpenOutcome) {
+	case bus.OpenConfirmed:
 		c.confirm()
-	case broker.OpenRefused:
-		c.refuse(msg.Header.Get(broker.HeaderOpenReason))
+	case bus.OpenRefused:
+		c.refuse(msg.Header.Get(bus.HeaderOpenReason))
 	}
 }
 

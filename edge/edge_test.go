@@ -13,7 +13,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -55,12 +55,12 @@ func TestOpenRelaysEnvelopeAndDelivers(t *testing.T) {
 		t.Fatalf("frame not byte-identical to the stored body: %v", err)
 	}
 	in := v.inMessages(inSubjectOf(v, c))
-	if len(in) != 1 || in[0].kind != broker.KindOpen || !bytes.Equal(in[0].data, env) ||
+	if len(in) != 1 || in[0].kind != bus.KindOpen || !bytes.Equal(in[0].data, env) ||
 		!strings.HasPrefix(in[0].msgID, "open."+c.canister.Encode()+"."+c.key().Token()+".") {
 		t.Fatalf("ICWS_IN: %+v", in)
 	}
 	rec := v.session(c)
-	if rec == nil || rec.State != broker.SessionOpen || rec.Edge != "e1" || rec.Resumable {
+	if rec == nil || rec.State != bus.SessionOpen || rec.Edge != "e1" || rec.Resumable {
 		t.Fatalf("session record %+v", rec)
 	}
 	// Echo: messages are relayed in order and answered.
@@ -89,7 +89,7 @@ func TestMessagesBeforeOpenMessageRelayedInOrder(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "6 messages on ICWS_IN", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 6 })
 	in := v.inMessages(inSubjectOf(v, c))
 	for i, m := range in[1:] {
-		if m.kind != broker.KindMessage || m.clientSeq != strconv.Itoa(i+1) || !bytes.Equal(m.data, envs[i]) ||
+		if m.kind != bus.KindMessage || m.clientSeq != strconv.Itoa(i+1) || !bytes.Equal(m.data, envs[i]) ||
 			!strings.HasPrefix(m.msgID, "msg."+c.canister.Encode()+"."+c.key().Token()+".") || !strings.HasSuffix(m.msgID, "."+strconv.Itoa(i+1)) {
 			t.Fatalf("message %d: %+v", i, m)
 		}
@@ -117,7 +117,7 @@ func TestDeliveryOrderDedupAndGapFill(t *testing.T) {
 	// A message the live path misses: it must come from the stream.
 	drop := make(chan struct{}, 1)
 	dropFn := func(m *nats.Msg) bool {
-		if m.Header.Get(broker.HeaderSeq) == "5" {
+		if m.Header.Get(bus.HeaderSeq) == "5" {
 			select {
 			case drop <- struct{}{}:
 			default:
@@ -265,7 +265,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	_ = c.ws.UnderlyingConn().Close()
 	testkit.WaitFor(t, 5*time.Second, "close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
-		return len(in) == 2 && in[1].kind == broker.KindClose
+		return len(in) == 2 && in[1].kind == bus.KindClose
 	})
 	// A resumable session after the first frame: detached, kept.
 	r := openedClient(t, v, e.url, true)
@@ -273,7 +273,7 @@ func TestEarlyDisconnectsLeaveNothing(t *testing.T) {
 	_ = r.ws.UnderlyingConn().Close()
 	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(r)
-		return rec != nil && rec.State == broker.SessionDetached
+		return rec != nil && rec.State == bus.SessionDetached
 	})
 	testkit.WaitFor(t, 5*time.Second, "only the detached session left", func() bool { return v.sessionCount() == 1 })
 	goroutinesSettle(t, base)
@@ -293,7 +293,7 @@ func TestClientCloseAfterMessages(t *testing.T) {
 	_ = c.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
 	testkit.WaitFor(t, 5*time.Second, "close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
-		return len(in) > 0 && in[len(in)-1].kind == broker.KindClose
+		return len(in) > 0 && in[len(in)-1].kind == bus.KindClose
 	})
 	in := v.inMessages(inSubjectOf(v, c))
 	kinds := []string{}
@@ -345,7 +345,7 @@ func TestSlowClient(t *testing.T) {
 	}
 	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(c)
-		return rec != nil && rec.State == broker.SessionDetached
+		return rec != nil && rec.State == bus.SessionDetached
 	})
 }
 
@@ -365,7 +365,7 @@ func TestDrainClosesWith1001(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if rec := v.session(r); rec == nil || rec.State != broker.SessionDetached {
+	if rec := v.session(r); rec == nil || rec.State != bus.SessionDetached {
 		t.Fatalf("resumable session after drain: %+v", rec)
 	}
 	if rec := v.session(s); rec != nil {
@@ -407,10 +407,10 @@ func TestReopenClosedRecordPublishesCloseFirst(t *testing.T) {
 	v := newEnv(t)
 	e := v.startEdge(testConfig("e1"))
 	c := newClient(t, v.gw, randomCanister(t))
-	key := broker.SessionKey(c.canister.Encode(), c.key().Token())
-	rec := broker.SessionRecord{State: broker.SessionClosed, Canister: c.canister.Encode(), Client: c.key().Token(),
+	key := bus.SessionKey(c.canister.Encode(), c.key().Token())
+	rec := bus.SessionRecord{State: bus.SessionClosed, Canister: c.canister.Encode(), Client: c.key().Token(),
 		Edge: "gone", OpenedAt: time.Now().Add(-time.Minute).UTC(),
-		Partition: broker.Partition(c.canister.Encode(), c.key().Token(), v.h.Partitions)}
+		Partition: bus.Partition(c.canister.Encode(), c.key().Token(), v.h.Partitions)}
 	val, _ := json.Marshal(rec)
 	if _, err := v.h.Sessions.Create(context.Background(), key, val); err != nil {
 		t.Fatal(err)
@@ -419,7 +419,7 @@ func TestReopenClosedRecordPublishesCloseFirst(t *testing.T) {
 	c.open()
 	testkit.WaitFor(t, 5*time.Second, "close and open relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) >= 2 })
 	in := v.inMessages(inSubjectOf(v, c))
-	if len(in) < 2 || in[0].kind != broker.KindClose || in[1].kind != broker.KindOpen {
+	if len(in) < 2 || in[0].kind != bus.KindClose || in[1].kind != bus.KindOpen {
 		t.Fatalf("ICWS_IN: %+v", in)
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go"
 )
 
@@ -44,7 +44,7 @@ func (e *Edge) watchCanisterFailures(ctx context.Context, notices <-chan *nats.M
 		case <-ctx.Done():
 			return
 		case m := <-notices:
-			canister, at, reason, err := broker.ParseCanisterFailed(m)
+			canister, at, reason, err := bus.ParseCanisterFailed(m)
 			if err != nil {
 				e.log.Warn("ignoring a malformed canister failure notice", "err", err)
 				continue
@@ -93,8 +93,8 @@ func (e *Edge) closeFailedCanister(ctx context.Context, canister string, at time
 	var keys []string
 	e.index.each(func(key string, s sessionIndexEntry) bool {
 		// A socket closed above has its record closed by its teardown.
-		if s.canister == canister && !closing[key] && (s.state == broker.SessionOpen && s.edge == e.cfg.ID ||
-			s.state == broker.SessionDetached && (s.edge == e.cfg.ID || repeat)) {
+		if s.canister == canister && !closing[key] && (s.state == bus.SessionOpen && s.edge == e.cfg.ID ||
+			s.state == bus.SessionDetached && (s.edge == e.cfg.ID || repeat)) {
 			keys = append(keys, key)
 		}
 		return true
@@ -118,18 +118,18 @@ func (e *Edge) closeFailedRecord(ctx context.Context, key string, at time.Time, 
 	}
 	was := rec.State
 	switch was {
-	case broker.SessionOpen:
+	case bus.SessionOpen:
 		if rec.Edge != e.cfg.ID || e.hasLocal(key) {
 			return // its socket is closed by its edge
 		}
-	case broker.SessionDetached:
+	case bus.SessionDetached:
 		if rec.Edge != e.cfg.ID && !repeat {
 			return // its edge acts first
 		}
 	default:
 		return
 	}
-	rec.State = broker.SessionClosed
+	rec.State = bus.SessionClosed
 	if rev, err = e.sessions.Put(ctx, rec, rev); err != nil {
 		return // another edge, or a resume, changed it first
 	}
@@ -154,7 +154,7 @@ func (e *Edge) canisterFailedFor(canister string, openedAt time.Time) (string, b
 // the canister executes: the socket is closed (1008) and the session ended, not detached (the
 // submitter dropped envelopes of it, so it could not continue in sequence).
 func (e *Edge) onSessionClose(msg *nats.Msg) {
-	key, tag, reason := broker.ParseSessionClose(msg)
+	key, tag, reason := bus.ParseSessionClose(msg)
 	e.mu.RLock()
 	c := e.byKey[key]
 	e.mu.RUnlock()

@@ -7,14 +7,14 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
 // hasClose reports whether the client's close request is in ICWS_IN.
 func hasClose(v *env, c *client) bool {
 	for _, m := range v.inMessages(inSubjectOf(v, c)) {
-		if m.kind == broker.KindClose {
+		if m.kind == bus.KindClose {
 			return true
 		}
 	}
@@ -50,7 +50,7 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 
 	at := time.Now()
 	reason := "icws: canister " + canister.Encode() + " stopped answering ws_get_messages: canister stopped (IC0508)"
-	if err := v.nc.PublishMsg(broker.CanisterFailedMsg(canister.Encode(), at, reason)); err != nil {
+	if err := v.nc.PublishMsg(bus.CanisterFailedMsg(canister.Encode(), at, reason)); err != nil {
 		t.Fatal(err)
 	}
 	for name, c := range map[string]*client{"standard": standard, "resumable": resumable} {
@@ -64,7 +64,7 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 	if _, code, text := resumable.resume(e1.url, 1); code != CloseNotResumable || !strings.Contains(text, "stopped answering ws_get_messages") {
 		t.Errorf("resume into the failed canister's session: %d %q, want 4100 naming the failure", code, text)
 	}
-	if rec := v.session(other); rec == nil || rec.State != broker.SessionOpen {
+	if rec := v.session(other); rec == nil || rec.State != bus.SessionOpen {
 		t.Errorf("a session of another canister was touched: %+v", rec)
 	}
 	total := counter(t, e1.m.forcedCloses.WithLabelValues(causeCanisterFailed)) + counter(t, e2.m.forcedCloses.WithLabelValues(causeCanisterFailed))
@@ -74,12 +74,12 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 
 	// A session opened after the failure (the canister runs again) is not closed by a repeat.
 	later := open(e2.url, false)
-	if err := v.nc.PublishMsg(broker.CanisterFailedMsg(canister.Encode(), at, reason)); err != nil {
+	if err := v.nc.PublishMsg(bus.CanisterFailedMsg(canister.Encode(), at, reason)); err != nil {
 		t.Fatal(err)
 	}
 	later.send()
 	testkit.WaitFor(t, 5*time.Second, "the later session relays", func() bool { return len(v.inMessages(inSubjectOf(v, later))) == 2 })
-	if rec := v.session(later); rec == nil || rec.State != broker.SessionOpen {
+	if rec := v.session(later); rec == nil || rec.State != bus.SessionOpen {
 		t.Errorf("a session opened after the failure was closed: %+v", rec)
 	}
 }
@@ -94,10 +94,10 @@ func TestSessionCloseRequestEndsTheSession(t *testing.T) {
 	rec := v.session(c)
 	reason := "icws: client sends faster than the canister executes (120 queued, oldest expires in 30s)"
 	// A request for an earlier session of the key is ignored.
-	if err := v.nc.PublishMsg(broker.SessionCloseMsg("e1", rec.Key(), "1", reason)); err != nil {
+	if err := v.nc.PublishMsg(bus.SessionCloseMsg("e1", rec.Key(), "1", reason)); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.nc.PublishMsg(broker.SessionCloseMsg("e1", rec.Key(), rec.Tag(), reason)); err != nil {
+	if err := v.nc.PublishMsg(bus.SessionCloseMsg("e1", rec.Key(), rec.Tag(), reason)); err != nil {
 		t.Fatal(err)
 	}
 	if code, text := expectClose(t, c.ws); code != websocket.ClosePolicyViolation || text != reason {

@@ -19,7 +19,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -31,7 +31,7 @@ type env struct {
 	t  testing.TB
 	nc *nats.Conn
 	js jetstream.JetStream
-	h  *broker.Handles
+	h  *bus.Handles
 	gw principal.Principal
 	// refuseOpens, when set, makes the stand-in submitter refuse every ws_open with this reason.
 	refuseOpens atomic.Pointer[string]
@@ -41,20 +41,20 @@ type env struct {
 
 func startNATS(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	_, nc, js := testkit.StartBroker(t, broker.DefaultTopology())
+	_, nc, js := testkit.StartBroker(t, bus.DefaultTopology())
 	return nc, js
 }
 
 func newEnv(t testing.TB) *env {
 	nc, js := startNATS(t)
-	h, err := broker.Open(context.Background(), js)
+	h, err := bus.Open(context.Background(), js)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return newEnvWith(t, nc, js, h)
 }
 
-func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *broker.Handles) *env {
+func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *bus.Handles) *env {
 	id := testkit.NewIdentity(t)
 	v := &env{t: t, nc: nc, js: js, h: h, gw: id.Sender()}
 	v.settleOpens()
@@ -65,22 +65,22 @@ func newEnvWith(t testing.TB, nc *nats.Conn, js jetstream.JetStream, h *broker.H
 // it is stored in ICWS_IN and records the IC's answer (confirmed, or refused when refuseOpens is
 // set) in the session record, then tells the session's edge.
 func (v *env) settleOpens() {
-	sessions := broker.NewSessions(v.h.Sessions, v.js)
-	sub, err := v.nc.Subscribe(broker.SubjectInAll, func(m *nats.Msg) {
-		if m.Header.Get(broker.HeaderKind) != broker.KindOpen || v.holdOpens.Load() {
+	sessions := bus.NewSessions(v.h.Sessions, v.js)
+	sub, err := v.nc.Subscribe(bus.SubjectInAll, func(m *nats.Msg) {
+		if m.Header.Get(bus.HeaderKind) != bus.KindOpen || v.holdOpens.Load() {
 			return
 		}
-		_, ref, err := broker.ParseInSubject(m.Subject)
+		_, ref, err := bus.ParseInSubject(m.Subject)
 		if err != nil {
 			return
 		}
-		key, tag := broker.SessionKey(ref.CanisterText, ref.Client), m.Header.Get(broker.HeaderSessionTag)
+		key, tag := bus.SessionKey(ref.CanisterText, ref.Client), m.Header.Get(bus.HeaderSessionTag)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			reason := v.refuseOpens.Load()
 			var edgeID string
-			_, _, err := sessions.Modify(ctx, key, 10, func(rec *broker.SessionRecord) (bool, error) {
+			_, _, err := sessions.Modify(ctx, key, 10, func(rec *bus.SessionRecord) (bool, error) {
 				if rec == nil || rec.Tag() != tag {
 					return false, nil
 				}
@@ -94,17 +94,17 @@ func (v *env) settleOpens() {
 			if err != nil || edgeID == "" {
 				return
 			}
-			res := nats.NewMsg(broker.OpenResultSubject(edgeID))
+			res := nats.NewMsg(bus.OpenResultSubject(edgeID))
 			res.Data = []byte(key)
-			res.Header.Set(broker.HeaderSessionTag, tag)
+			res.Header.Set(bus.HeaderSessionTag, tag)
 			if reason != nil {
 				if rec, rev, err := sessions.Get(ctx, key); err == nil && rec != nil {
 					_ = sessions.Delete(ctx, key, rev)
 				}
-				res.Header.Set(broker.HeaderOpenOutcome, broker.OpenRefused)
-				res.Header.Set(broker.HeaderOpenReason, *reason)
+				res.Header.Set(bus.HeaderOpenOutcome, bus.OpenRefused)
+				res.Header.Set(bus.HeaderOpenReason, *reason)
 			} else {
-				res.Header.Set(broker.HeaderOpenOutcome, broker.OpenConfirmed)
+				res.Header.Set(bus.HeaderOpenOutcome, bus.OpenConfirmed)
 			}
 			_ = v.nc.PublishMsg(res)
 		}()
@@ -379,7 +379,7 @@ type pipeline struct {
 
 func (v *env) startPipeline(echo bool) *pipeline {
 	p := &pipeline{t: v.t, js: v.js, gw: v.gw, seq: map[string]uint64{}, opens: map[string]int{}, echo: echo}
-	sub, err := v.nc.Subscribe(broker.SubjectInAll, p.onIn)
+	sub, err := v.nc.Subscribe(bus.SubjectInAll, p.onIn)
 	if err != nil {
 		v.t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func outSubjectOf(inSubject string) string {
 		}
 	}
 	parts[4] = inSubject[start:]
-	return broker.OutSubject(parts[3], parts[4])
+	return bus.OutSubject(parts[3], parts[4])
 }
 
 func (p *pipeline) onIn(m *nats.Msg) {
@@ -412,8 +412,8 @@ func (p *pipeline) onIn(m *nats.Msg) {
 		return
 	}
 	p.mu.Unlock()
-	switch m.Header.Get(broker.HeaderKind) {
-	case broker.KindOpen:
+	switch m.Header.Get(bus.HeaderKind) {
+	case bus.KindOpen:
 		// Like the CDK, a new session of a client key starts its sequence numbers again.
 		subj := outSubjectOf(m.Subject)
 		p.mu.Lock()
@@ -421,7 +421,7 @@ func (p *pipeline) onIn(m *nats.Msg) {
 		p.opens[subj]++
 		p.mu.Unlock()
 		p.publishNext(subj)
-	case broker.KindMessage:
+	case bus.KindMessage:
 		if p.echo {
 			p.publishNext(outSubjectOf(m.Subject))
 		}
@@ -448,10 +448,10 @@ func outMsg(gw principal.Principal, subject string, seq uint64, pad int) *nats.M
 	f, _ := protocol.CanisterToClientMessage{Key: key, Content: content, Cert: make([]byte, pad+1), Tree: []byte{0x83}}.Encode()
 	m := nats.NewMsg(subject)
 	m.Data = f
-	m.Header.Set(broker.HeaderSeq, strconv.FormatUint(seq, 10))
-	m.Header.Set(broker.HeaderNonce, strconv.FormatUint(seq, 10))
+	m.Header.Set(bus.HeaderSeq, strconv.FormatUint(seq, 10))
+	m.Header.Set(bus.HeaderNonce, strconv.FormatUint(seq, 10))
 	sum := sha256.Sum256(content)
-	m.Header.Set(broker.HeaderMsgID, subject+"."+key+"."+hex.EncodeToString(sum[:16]))
+	m.Header.Set(bus.HeaderMsgID, subject+"."+key+"."+hex.EncodeToString(sum[:16]))
 	return m
 }
 
@@ -471,7 +471,7 @@ func (p *pipeline) publish(subject string, seq uint64, pad int) {
 	p.mu.Lock()
 	// The canister's queue nonce differs between sessions; here the seq stands in for it, so the
 	// session count keeps the Msg-Ids of a reused client key apart.
-	m.Header.Set(broker.HeaderMsgID, m.Header.Get(broker.HeaderMsgID)+"."+strconv.Itoa(p.opens[subject]))
+	m.Header.Set(bus.HeaderMsgID, m.Header.Get(bus.HeaderMsgID)+"."+strconv.Itoa(p.opens[subject]))
 	p.mu.Unlock()
 	if _, err := p.js.PublishMsg(ctx, m); err != nil {
 		p.t.Errorf("publish out: %v", err)
@@ -498,21 +498,21 @@ func (v *env) inMessages(subject string) []inMsg {
 			v.t.Fatalf("get in: %v", err)
 		}
 		from = m.Sequence + 1
-		out = append(out, inMsg{kind: m.Header.Get(broker.HeaderKind), clientSeq: m.Header.Get(broker.HeaderClientSeq),
-			msgID: m.Header.Get(broker.HeaderMsgID), reason: m.Header.Get(broker.HeaderCloseReason), data: m.Data})
+		out = append(out, inMsg{kind: m.Header.Get(bus.HeaderKind), clientSeq: m.Header.Get(bus.HeaderClientSeq),
+			msgID: m.Header.Get(bus.HeaderMsgID), reason: m.Header.Get(bus.HeaderCloseReason), data: m.Data})
 	}
 }
 
-func (v *env) session(c *client) *broker.SessionRecord {
+func (v *env) session(c *client) *bus.SessionRecord {
 	v.t.Helper()
-	ent, err := v.h.Sessions.Get(context.Background(), broker.SessionKey(c.canister.Encode(), c.key().Token()))
+	ent, err := v.h.Sessions.Get(context.Background(), bus.SessionKey(c.canister.Encode(), c.key().Token()))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	var rec broker.SessionRecord
+	var rec bus.SessionRecord
 	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
 		v.t.Fatal(err)
 	}
@@ -533,11 +533,11 @@ func (v *env) sessionCount() int {
 
 func inSubjectOf(v *env, c *client) string {
 	ct, cl := c.canister.Encode(), c.key().Token()
-	return broker.InSubject(broker.Partition(ct, cl, v.h.Partitions), ct, cl)
+	return bus.InSubject(bus.Partition(ct, cl, v.h.Partitions), ct, cl)
 }
 
 func outSubjectOfClient(c *client) string {
-	return broker.OutSubject(c.canister.Encode(), c.key().Token())
+	return bus.OutSubject(c.canister.Encode(), c.key().Token())
 }
 
 // counter is the value of a counter or gauge.

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go"
 )
 
@@ -39,7 +39,7 @@ func (e *Edge) readSubject(ctx context.Context, subject string, from uint64, fn 
 		return fmt.Errorf("direct get: subscribe: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	api := "$JS.API.DIRECT.GET." + broker.StreamOut
+	api := "$JS.API.DIRECT.GET." + bus.StreamOut
 	if from == 0 {
 		from = 1
 	}

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // sessionIndex mirrors the sessions bucket of the whole deployment (one KV watch per edge). The
@@ -33,7 +33,7 @@ func newSessionIndex() *sessionIndex {
 	return &sessionIndex{entries: map[string]sessionIndexEntry{}, principals: map[string]int{}, canisters: map[string]int{}}
 }
 
-func indexEntryOf(rec *broker.SessionRecord) sessionIndexEntry {
+func indexEntryOf(rec *bus.SessionRecord) sessionIndexEntry {
 	return sessionIndexEntry{
 		state: rec.State, edge: rec.Edge, resumable: rec.Resumable, detachedAt: rec.DetachedAt,
 		principal: clientPrincipal(rec.Client), canister: rec.Canister,

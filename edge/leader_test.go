@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
@@ -23,7 +23,7 @@ func TestLeaderElectionRefillsLiveConnections(t *testing.T) {
 	})
 	before := testkit.MetricValue(t, e.m.gapFills)
 	testkit.WaitFor(t, 5*time.Second, "a fill after the advisory", func() bool {
-		if err := v.nc.Publish(broker.OutLeaderElectedAdvisory, []byte(`{}`)); err != nil {
+		if err := v.nc.Publish(bus.OutLeaderElectedAdvisory, []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
 		return testkit.MetricValue(t, e.m.gapFills) > before

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -270,7 +270,7 @@ func TestUnconfirmedOpenTimesOut(t *testing.T) {
 	}
 	// The open and the close request of the session the edge ended; the message never went out.
 	testkit.WaitFor(t, 5*time.Second, "close request", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
-	if kinds := v.inMessages(inSubjectOf(v, c)); kinds[0].kind != broker.KindOpen || kinds[1].kind != broker.KindClose {
+	if kinds := v.inMessages(inSubjectOf(v, c)); kinds[0].kind != bus.KindOpen || kinds[1].kind != bus.KindClose {
 		t.Fatalf("ICWS_IN holds %s, %s; want open, close", kinds[0].kind, kinds[1].kind)
 	}
 }
@@ -317,10 +317,10 @@ func TestNewSessionSeesOnlyItsOwnHistory(t *testing.T) {
 }
 
 func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
-	topo := broker.DefaultTopology()
+	topo := bus.DefaultTopology()
 	topo.InMaxBytes = 16 << 20
 	_, nc, js := testkit.StartBroker(t, topo)
-	h, err := broker.Open(context.Background(), js)
+	h, err := bus.Open(context.Background(), js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 	// Fill ICWS_IN past the admission threshold with envelopes of a partition no one reads.
 	junk := make([]byte, 256<<10)
 	for i := 0; i < 60; i++ {
-		if _, err := js.Publish(context.Background(), broker.InSubject(0, "filler", "filler"), junk); err != nil {
+		if _, err := js.Publish(context.Background(), bus.InSubject(0, "filler", "filler"), junk); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -406,7 +406,7 @@ func TestPendingByteLimit(t *testing.T) {
 	e := v.startEdge(cfg)
 	c := openedClient(t, v, e.url, false)
 	subj := outSubjectOfClient(c)
-	drop := func(m *nats.Msg) bool { return m.Header.Get(broker.HeaderSeq) == "2" }
+	drop := func(m *nats.Msg) bool { return m.Header.Get(bus.HeaderSeq) == "2" }
 	e.testDropLive.Store(&drop)
 	for s := uint64(2); s <= 6; s++ {
 		p.publish(subj, s, 100)
@@ -443,7 +443,7 @@ func TestClientRateLimit(t *testing.T) {
 	}
 	relayed := 0
 	for _, m := range v.inMessages(inSubjectOf(v, c)) {
-		if m.kind == broker.KindMessage {
+		if m.kind == bus.KindMessage {
 			relayed++
 		}
 	}

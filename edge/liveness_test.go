@@ -11,7 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
@@ -38,7 +38,7 @@ func TestUnresponsiveClientIsClosedAndDetached(t *testing.T) {
 	}
 	testkit.WaitFor(t, 5*time.Second, "session detached", func() bool {
 		rec := v.session(c)
-		return rec != nil && rec.State == broker.SessionDetached
+		return rec != nil && rec.State == bus.SessionDetached
 	})
 	if n := testutil.ToFloat64(e.m.unresponsive); n != 1 {
 		t.Fatalf("unresponsive closes = %v, want 1", n)
@@ -75,7 +75,7 @@ func TestQuietClientAnsweringPingsStaysOpen(t *testing.T) {
 		t.Fatalf("pings = %v, want at least 2", n)
 	}
 	// A timed-out gorilla read cannot be continued: check the session instead.
-	if rec := v.session(c); rec == nil || rec.State != broker.SessionOpen {
+	if rec := v.session(c); rec == nil || rec.State != bus.SessionOpen {
 		t.Fatalf("session %+v, want open", rec)
 	}
 	if n := testutil.ToFloat64(e.m.unresponsive); n != 0 {

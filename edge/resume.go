@@ -11,7 +11,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,7 +45,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 	sum := sha256.Sum256(req.Token)
 	presented := hex.EncodeToString(sum[:])
 
-	var prev broker.SessionRecord
+	var prev bus.SessionRecord
 	// Reads and the compare-and-set are retried in short attempts through a NATS reconnect or a
 	// leader election (a refused resume would cost the client its reconnect backoff on top).
 	deadline := time.Now().Add(c.e.busOutage())
@@ -71,7 +71,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			}
 			continue
 		}
-		if putTried && rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State == broker.SessionOpen {
+		if putTried && rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State == bus.SessionOpen {
 			// Our compare-and-set landed although its answer did not: prev is what it replaced.
 			cancel()
 			break
@@ -89,10 +89,10 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		case subtle.ConstantTimeCompare([]byte(presented), []byte(rec.TokenHash)) != 1:
 			cancel()
 			return fail("wrong token")
-		case rec.State == broker.SessionClosed:
+		case rec.State == bus.SessionClosed:
 			cancel()
 			return fail("session closed")
-		case rec.State == broker.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
+		case rec.State == bus.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
 			cancel()
 			return fail("grace period over")
 		}
@@ -120,7 +120,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			continue
 		}
 		prev = *rec
-		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = broker.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
+		rec.State, rec.Edge, rec.TokenHash, rec.DetachedAt = bus.SessionOpen, c.e.cfg.ID, c.tokenHash, time.Time{}
 		putTried = true
 		_, err = c.e.sessions.Put(ctx, rec, rev)
 		if f := c.e.testLosePutAnswer.Load(); err == nil && f != nil && (*f)() {
@@ -145,11 +145,11 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		c.confirm()
 	}
 	c.partition = prev.Partition
-	c.inSubj = broker.InSubject(prev.Partition, c.canText, c.clientTok)
+	c.inSubj = bus.InSubject(prev.Partition, c.canText, c.clientTok)
 
 	// The old connection must stop relaying before we read the last accepted client sequence
 	// number, so everything it relayed is counted and nothing of it lands after our relays.
-	if prev.State == broker.SessionOpen {
+	if prev.State == bus.SessionOpen {
 		if prev.Edge == c.e.cfg.ID {
 			c.e.mu.RLock()
 			old := c.e.byKey[c.key]
@@ -158,9 +158,9 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 				old.dropResumedElsewhere()
 			}
 		} else {
-			m := nats.NewMsg(broker.EdgeControlSubject(prev.Edge))
+			m := nats.NewMsg(bus.EdgeControlSubject(prev.Edge))
 			m.Data = []byte(c.key)
-			m.Header.Set(broker.HeaderTokenHash, c.tokenHash)
+			m.Header.Set(bus.HeaderTokenHash, c.tokenHash)
 			// No answer is fine: a dead edge has nothing in flight, and whatever a hung or cut-off
 			// one relays late carries the Msg-Id of a message the client re-sends after our
 			// answer, so the stream drops the later of the two. Waiting longer would only add to
@@ -177,8 +177,8 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		case err != nil:
 			return err
 		}
-		if m.Header.Get(broker.HeaderKind) == broker.KindMessage {
-			lastClient, _ = strconv.ParseUint(m.Header.Get(broker.HeaderClientSeq), 10, 64)
+		if m.Header.Get(bus.HeaderKind) == bus.KindMessage {
+			lastClient, _ = strconv.ParseUint(m.Header.Get(bus.HeaderClientSeq), 10, 64)
 		}
 		return nil
 	})

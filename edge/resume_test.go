@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,7 +32,7 @@ func dropSocket(t *testing.T, v *env, c *client) {
 	_ = c.ws.UnderlyingConn().Close()
 	testkit.WaitFor(t, 5*time.Second, "detached", func() bool {
 		rec := v.session(c)
-		return rec != nil && rec.State == broker.SessionDetached
+		return rec != nil && rec.State == bus.SessionDetached
 	})
 }
 
@@ -97,7 +97,7 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 		}
 	}
 	rec := v.session(c)
-	if rec.State != broker.SessionOpen || rec.Edge != "e1" || !rec.DetachedAt.IsZero() {
+	if rec.State != bus.SessionOpen || rec.Edge != "e1" || !rec.DetachedAt.IsZero() {
 		t.Fatalf("record %+v", rec)
 	}
 	if n := counter(t, e.m.resumes.WithLabelValues("ok")); n != 1 {
@@ -124,7 +124,7 @@ func TestResumeRejections(t *testing.T) {
 		t.Fatalf("last_seq ahead: %d %q", code, reason)
 	}
 	// A failed attempt leaves the session as it was.
-	if rec := v.session(c); rec == nil || rec.State != broker.SessionDetached {
+	if rec := v.session(c); rec == nil || rec.State != bus.SessionDetached {
 		t.Fatalf("record %+v", rec)
 	}
 	// Unknown session.
@@ -145,7 +145,7 @@ func TestResumeRejections(t *testing.T) {
 		t.Fatalf("resume: %d", code)
 	}
 	_ = c.ws.UnderlyingConn().Close()
-	testkit.WaitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == broker.SessionDetached })
+	testkit.WaitFor(t, 5*time.Second, "detached again", func() bool { return v.session(c).State == bus.SessionDetached })
 	c.token = good
 	if _, code, reason := c.resume(e.url, 2); code != CloseNotResumable || !strings.Contains(reason, "wrong token") {
 		t.Fatalf("reused token: %d %q", code, reason)
@@ -164,7 +164,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 	c.next()
 	testkit.WaitFor(t, 5*time.Second, "stored", func() bool {
 		m, err := v.h.Out.GetLastMsgForSubject(context.Background(), subj)
-		return err == nil && m.Header.Get(broker.HeaderSeq) == "6"
+		return err == nil && m.Header.Get(bus.HeaderSeq) == "6"
 	})
 	dropSocket(t, v, c)
 	// The replay window lost 1..4: resuming from 2 would need 3.
@@ -176,7 +176,7 @@ func TestResumeHistoryIncomplete(t *testing.T) {
 	}
 	testkit.WaitFor(t, 5*time.Second, "session closed and close request", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
-		return v.session(c) == nil && in[len(in)-1].kind == broker.KindClose
+		return v.session(c) == nil && in[len(in)-1].kind == bus.KindClose
 	})
 }
 
@@ -190,7 +190,7 @@ func TestResumeGraceExpires(t *testing.T) {
 	dropSocket(t, v, c)
 	testkit.WaitFor(t, 5*time.Second, "close request after grace", func() bool {
 		in := v.inMessages(inSubjectOf(v, c))
-		return in[len(in)-1].kind == broker.KindClose && strings.Contains(in[len(in)-1].reason, "grace")
+		return in[len(in)-1].kind == bus.KindClose && strings.Contains(in[len(in)-1].reason, "grace")
 	})
 	testkit.WaitFor(t, 5*time.Second, "session deleted", func() bool { return v.session(c) == nil })
 	if _, code, reason := c.resume(e.url, 1); code != CloseNotResumable || !strings.HasPrefix(reason, "icws: not resumable: ") {
@@ -237,12 +237,12 @@ func TestResumeOnSecondEdge(t *testing.T) {
 	wg.Wait()
 	waitFilled(t, b, c)
 	rec := v.session(c)
-	if rec.Edge != "edgeB" || rec.State != broker.SessionOpen {
+	if rec.Edge != "edgeB" || rec.State != bus.SessionOpen {
 		t.Fatalf("record %+v", rec)
 	}
 	// Edge A's socket end did not detach or close the moved session.
 	time.Sleep(100 * time.Millisecond)
-	if rec := v.session(c); rec.Edge != "edgeB" || rec.State != broker.SessionOpen {
+	if rec := v.session(c); rec.Edge != "edgeB" || rec.State != bus.SessionOpen {
 		t.Fatalf("record after old socket end %+v", rec)
 	}
 	c.send()
@@ -259,29 +259,29 @@ func TestDeadEdgeSessionsDetachedAndExpired(t *testing.T) {
 	v.startEdge(cfg)
 	c := newClient(t, v.gw, randomCanister(t))
 	ct, cl := c.canister.Encode(), c.key().Token()
-	part := broker.Partition(ct, cl, v.h.Partitions)
-	rec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: cl, Edge: "ghost", Resumable: true,
+	part := bus.Partition(ct, cl, v.h.Partitions)
+	rec := bus.SessionRecord{State: bus.SessionOpen, Canister: ct, Client: cl, Edge: "ghost", Resumable: true,
 		TokenHash: "x", OpenedAt: time.Now(), Partition: part}
 	val, _ := json.Marshal(rec)
-	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
+	if _, err := v.h.Sessions.Create(context.Background(), bus.SessionKey(ct, cl), val); err != nil {
 		t.Fatal(err)
 	}
 	// A standard session of the dead edge is closed at once.
 	s := newClient(t, v.gw, c.canister)
 	sk := s.key().Token()
-	srec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: sk, Edge: "ghost",
-		OpenedAt: time.Now(), Partition: broker.Partition(ct, sk, v.h.Partitions)}
+	srec := bus.SessionRecord{State: bus.SessionOpen, Canister: ct, Client: sk, Edge: "ghost",
+		OpenedAt: time.Now(), Partition: bus.Partition(ct, sk, v.h.Partitions)}
 	val, _ = json.Marshal(srec)
-	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, sk), val); err != nil {
+	if _, err := v.h.Sessions.Create(context.Background(), bus.SessionKey(ct, sk), val); err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 5*time.Second, "resumable session detached", func() bool {
 		r := v.session(c)
-		return r == nil || r.State == broker.SessionDetached
+		return r == nil || r.State == bus.SessionDetached
 	})
 	testkit.WaitFor(t, 5*time.Second, "both closed", func() bool {
 		return v.session(c) == nil && v.session(s) == nil &&
-			len(v.inMessages(broker.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
+			len(v.inMessages(bus.InSubject(part, ct, cl))) == 1 && len(v.inMessages(inSubjectOf(v, s))) == 1
 	})
 }
 
@@ -294,15 +294,15 @@ func TestOrphanedOwnSessionIsDetached(t *testing.T) {
 	v.startEdge(cfg)
 	c := newClient(t, v.gw, randomCanister(t))
 	ct, cl := c.canister.Encode(), c.key().Token()
-	rec := broker.SessionRecord{State: broker.SessionOpen, Canister: ct, Client: cl, Edge: "e1", Resumable: true,
-		TokenHash: "x", OpenedAt: time.Now(), Partition: broker.Partition(ct, cl, v.h.Partitions)}
+	rec := bus.SessionRecord{State: bus.SessionOpen, Canister: ct, Client: cl, Edge: "e1", Resumable: true,
+		TokenHash: "x", OpenedAt: time.Now(), Partition: bus.Partition(ct, cl, v.h.Partitions)}
 	val, _ := json.Marshal(rec)
-	if _, err := v.h.Sessions.Create(context.Background(), broker.SessionKey(ct, cl), val); err != nil {
+	if _, err := v.h.Sessions.Create(context.Background(), bus.SessionKey(ct, cl), val); err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 10*time.Second, "orphan detached", func() bool {
 		r := v.session(c)
-		return r != nil && r.State == broker.SessionDetached
+		return r != nil && r.State == bus.SessionDetached
 	})
 }
 
@@ -312,7 +312,7 @@ func waitFilled(t *testing.T, e *runningEdge, c *client) {
 	t.Helper()
 	testkit.WaitFor(t, 2*time.Second, "replay finished", func() bool {
 		e.mu.RLock()
-		cn := e.byKey[broker.SessionKey(c.canister.Encode(), c.key().Token())]
+		cn := e.byKey[bus.SessionKey(c.canister.Encode(), c.key().Token())]
 		e.mu.RUnlock()
 		if cn == nil {
 			return false
@@ -470,7 +470,7 @@ func TestResumeNothingStoredRejectsLastSeq(t *testing.T) {
 	c := newClient(t, v.gw, randomCanister(t))
 	c.dial(e.url, true)
 	c.open()
-	testkit.WaitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == broker.SessionOpen })
+	testkit.WaitFor(t, 5*time.Second, "session open", func() bool { r := v.session(c); return r != nil && r.State == bus.SessionOpen })
 	dropSocket(t, v, c)
 	_, code, reason := c.resume(e.url, 7)
 	if code != CloseNotResumable || !strings.Contains(reason, "above the highest stored sequence number 0") {
@@ -497,32 +497,32 @@ func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
 	lapsed := make(chan struct{})
 	go func() {
 		defer close(lapsed)
-		val, _ := json.Marshal(broker.LeaseRecord{Holder: "e1", ExpiresAt: time.Now().Add(-5 * time.Second)})
+		val, _ := json.Marshal(bus.LeaseRecord{Holder: "e1", ExpiresAt: time.Now().Add(-5 * time.Second)})
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			_, _ = v.h.Leases.Put(context.Background(), broker.EdgeLeaseKey("e1"), val)
+			_, _ = v.h.Leases.Put(context.Background(), bus.EdgeLeaseKey("e1"), val)
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	testkit.WaitFor(t, 5*time.Second, "detached by e2", func() bool {
 		r := v.session(c)
-		return r != nil && r.State == broker.SessionDetached
+		return r != nil && r.State == bus.SessionDetached
 	})
 	close(stop)
 	<-lapsed
 	testkit.WaitFor(t, 5*time.Second, "reclaimed by e1", func() bool {
 		r := v.session(c)
-		return r != nil && r.State == broker.SessionOpen && r.Edge == "e1" &&
+		return r != nil && r.State == bus.SessionOpen && r.Edge == "e1" &&
 			counter(t, e1.m.sweeps.WithLabelValues("reclaimed")) > 0
 	})
 	// Past the grace period the session is still open and relays; no close request went out.
 	deadline := time.Now().Add(3 * cfg1.ResumeGrace)
 	for time.Now().Before(deadline) {
-		if r := v.session(c); r == nil || r.State == broker.SessionClosed {
+		if r := v.session(c); r == nil || r.State == bus.SessionClosed {
 			t.Fatalf("session closed while its socket is live: %+v", r)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -531,7 +531,7 @@ func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
 	c.send()
 	testkit.WaitFor(t, 5*time.Second, "relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == n+1 })
 	for _, m := range v.inMessages(inSubjectOf(v, c)) {
-		if m.kind == broker.KindClose {
+		if m.kind == bus.KindClose {
 			t.Fatalf("close request published for a live session: %+v", m)
 		}
 	}

@@ -7,15 +7,15 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // acquireLease takes this edge's liveness lease. An unexpired lease held under the same id by
 // another process means two edges share an id: refuse to start.
-func (e *Edge) acquireLease(ctx context.Context) (*broker.Lease, error) {
-	l := broker.NewLease(e.h.Leases, broker.LeaseConfig{
-		Key:               broker.EdgeLeaseKey(e.cfg.ID),
+func (e *Edge) acquireLease(ctx context.Context) (*bus.Lease, error) {
+	l := bus.NewLease(e.h.Leases, bus.LeaseConfig{
+		Key:               bus.EdgeLeaseKey(e.cfg.ID),
 		Holder:            e.cfg.ID,
 		TTL:               e.cfg.LeaseTTL,
 		Skew:              e.cfg.LeaseSkew,
@@ -24,7 +24,7 @@ func (e *Edge) acquireLease(ctx context.Context) (*broker.Lease, error) {
 		OnRenewed:         e.leaseRenewed, // the bus watch's proof that JetStream works for this edge
 	})
 	err := l.TryAcquire(ctx)
-	var held *broker.HeldError
+	var held *bus.HeldError
 	if errors.As(err, &held) {
 		return nil, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", l.Key(), held.Until.Format(time.RFC3339), e.cfg.ID)
 	}
@@ -36,7 +36,7 @@ func (e *Edge) acquireLease(ctx context.Context) (*broker.Lease, error) {
 
 // renewLease keeps the liveness lease alive until ctx ends. A lost lease (NATS unreachable for
 // longer than its TTL, or the key lost) is taken back as soon as it is free again.
-func (e *Edge) renewLease(ctx context.Context, l *broker.Lease) {
+func (e *Edge) renewLease(ctx context.Context, l *bus.Lease) {
 	for {
 		err := l.KeepAlive(ctx)
 		if ctx.Err() != nil {
@@ -93,7 +93,7 @@ func (e *Edge) sweep(ctx context.Context) {
 				e.index.remove(ent.Key())
 				continue
 			}
-			rec, err := broker.DecodeSessionRecord(ent.Value())
+			rec, err := bus.DecodeSessionRecord(ent.Value())
 			if err != nil {
 				continue
 			}
@@ -124,7 +124,7 @@ func (e *Edge) hasLocal(key string) bool {
 
 // holdsSocket reports whether this edge still serves the session of rec on a live socket: the
 // connection bound to key is not closing and is the one the record names (same token hash).
-func (e *Edge) holdsSocket(key string, rec *broker.SessionRecord) bool {
+func (e *Edge) holdsSocket(key string, rec *bus.SessionRecord) bool {
 	e.mu.RLock()
 	c := e.byKey[key]
 	e.mu.RUnlock()
@@ -139,8 +139,8 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 			return v
 		}
 		v := false
-		if ent, err := e.h.Leases.Get(ctx, broker.EdgeLeaseKey(id)); err == nil {
-			var l broker.LeaseRecord
+		if ent, err := e.h.Leases.Get(ctx, bus.EdgeLeaseKey(id)); err == nil {
+			var l bus.LeaseRecord
 			v = json.Unmarshal(ent.Value(), &l) == nil && l.Live(now, e.cfg.LeaseSkew)
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			v = true // cannot tell: do not act on its sessions
@@ -149,7 +149,7 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		return v
 	}
 	for key := range orphans {
-		if s, ok := e.index.get(key); !ok || s.state != broker.SessionOpen || s.edge != e.cfg.ID {
+		if s, ok := e.index.get(key); !ok || s.state != bus.SessionOpen || s.edge != e.cfg.ID {
 			delete(orphans, key)
 		}
 	}
@@ -161,11 +161,11 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 	var cands []candidate
 	e.index.each(func(key string, s sessionIndexEntry) bool {
 		switch s.state {
-		case broker.SessionDetached:
+		case bus.SessionDetached:
 			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace && !(s.edge == e.cfg.ID && e.hasLocal(key)) {
 				return true
 			}
-		case broker.SessionClosed, broker.SessionOpen:
+		case bus.SessionClosed, bus.SessionOpen:
 		default:
 			return true
 		}
@@ -180,18 +180,18 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		key, s := cd.key, cd.s
 		mine := s.edge == e.cfg.ID
 		switch s.state {
-		case broker.SessionDetached:
+		case bus.SessionDetached:
 			if mine && e.hasLocal(key) {
 				break // detached by another edge while our lease had lapsed: sweepSession reclaims it
 			}
 			if !(mine || !edgeAlive(s.edge)) {
 				continue
 			}
-		case broker.SessionClosed:
+		case bus.SessionClosed:
 			if !mine && edgeAlive(s.edge) {
 				continue
 			}
-		case broker.SessionOpen:
+		case bus.SessionOpen:
 			if mine {
 				if e.hasLocal(key) {
 					delete(orphans, key)
@@ -226,29 +226,29 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 	}
 	now := time.Now()
 	switch rec.State {
-	case broker.SessionOpen:
+	case bus.SessionOpen:
 		if rec.Edge == e.cfg.ID && e.hasLocal(key) {
 			return
 		}
 		if rec.Resumable {
-			rec.State, rec.DetachedAt = broker.SessionDetached, now
+			rec.State, rec.DetachedAt = bus.SessionDetached, now
 			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("detached_dead_edge").Inc()
 				e.log.Info("session detached: its edge is gone", "session", key, "dead_edge", rec.Edge)
 			}
 			return
 		}
-		rec.State = broker.SessionClosed
+		rec.State = bus.SessionClosed
 		if rev, err = e.sessions.Put(ctx, rec, rev); err != nil {
 			return
 		}
 		e.m.sweeps.WithLabelValues("closed_dead_edge").Inc()
 		e.finishSession(ctx, rec, rev, "edge gone")
-	case broker.SessionDetached:
+	case bus.SessionDetached:
 		if e.holdsSocket(key, rec) {
 			// Another edge detached it while our lease had lapsed (NATS blip), but the socket is
 			// still here and relaying: the session is open, not to be closed.
-			rec.State, rec.DetachedAt = broker.SessionOpen, time.Time{}
+			rec.State, rec.DetachedAt = bus.SessionOpen, time.Time{}
 			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("reclaimed").Inc()
 				e.log.Info("session reclaimed: its socket is still here", "session", key)
@@ -258,14 +258,14 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 		if now.Sub(rec.DetachedAt) < e.cfg.ResumeGrace {
 			return
 		}
-		rec.State = broker.SessionClosed
+		rec.State = bus.SessionClosed
 		if rev, err = e.sessions.Put(ctx, rec, rev); err != nil {
 			return
 		}
 		e.m.sweeps.WithLabelValues("expired").Inc()
 		e.log.Info("session closed: resume grace over", "session", key, "canister", rec.Canister, "client", rec.Client)
 		e.finishSession(ctx, rec, rev, "resume grace over")
-	case broker.SessionClosed:
+	case bus.SessionClosed:
 		e.m.sweeps.WithLabelValues("finished").Inc()
 		e.finishSession(ctx, rec, rev, "session closed")
 	}
@@ -274,7 +274,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 // finishSession ends a session already marked closed: close request published, record deleted.
 // If publishing fails the record stays closed and a later sweep retries; the close request is
 // de-duplicated by its Nats-Msg-Id.
-func (e *Edge) finishSession(ctx context.Context, rec *broker.SessionRecord, rev uint64, reason string) {
+func (e *Edge) finishSession(ctx context.Context, rec *bus.SessionRecord, rev uint64, reason string) {
 	if err := e.sessions.Finish(ctx, rec, rev, reason); err != nil {
 		e.log.Debug("finish session", "session", rec.Key(), "err", err)
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 	"github.com/gorilla/websocket"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
@@ -163,7 +163,7 @@ func TestGarbageAndEarlyDisconnects(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}

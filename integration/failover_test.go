@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/replica/wscanister"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -44,7 +44,7 @@ func TestRoleFailover(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestRoleFailover(t *testing.T) {
 		if err != nil {
 			t.Fatalf("lease %s: %v", key, err)
 		}
-		var rec broker.LeaseRecord
+		var rec bus.LeaseRecord
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			t.Fatalf("lease %s: %v", key, err)
 		}
@@ -89,7 +89,7 @@ func TestRoleFailover(t *testing.T) {
 
 	phase("warm-up", func() string { return "nothing" })
 	phase("poller", func() string {
-		victim := leaseHolder(broker.PollerLeaseKey(canister))
+		victim := leaseHolder(bus.PollerLeaseKey(canister))
 		p, ok := roles[victim]
 		if !ok {
 			t.Fatalf("poller lease held by unknown %q", victim)
@@ -98,7 +98,7 @@ func TestRoleFailover(t *testing.T) {
 		return victim
 	})
 	phase("submitter", func() string {
-		victim := leaseHolder(broker.SubmitterLeaseKey(broker.Partition(canister, token, h.Partitions)))
+		victim := leaseHolder(bus.SubmitterLeaseKey(bus.Partition(canister, token, h.Partitions)))
 		p, ok := roles[victim]
 		if !ok {
 			t.Fatalf("submitter lease held by unknown %q", victim)
@@ -107,11 +107,11 @@ func TestRoleFailover(t *testing.T) {
 		return victim
 	})
 	phase("edge", func() string {
-		e, err := h.Sessions.Get(ctx, broker.SessionKey(canister, token))
+		e, err := h.Sessions.Get(ctx, bus.SessionKey(canister, token))
 		if err != nil {
 			t.Fatalf("session record: %v", err)
 		}
-		var rec broker.SessionRecord
+		var rec bus.SessionRecord
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			t.Fatal(err)
 		}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/replica/wscanister"
@@ -46,14 +46,14 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
-		t.Fatalf("broker.Open: %v", err)
+		t.Fatalf("bus.Open: %v", err)
 	}
-	sessionKey := broker.SessionKey(canister, away.key.Token())
-	outSubject := broker.OutSubject(canister, away.key.Token())
-	session := func() (broker.SessionRecord, error) {
-		var rec broker.SessionRecord
+	sessionKey := bus.SessionKey(canister, away.key.Token())
+	outSubject := bus.OutSubject(canister, away.key.Token())
+	session := func() (bus.SessionRecord, error) {
+		var rec bus.SessionRecord
 		e, err := h.Sessions.Get(ctx, sessionKey)
 		if err != nil {
 			return rec, err
@@ -86,7 +86,7 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if rec.State != broker.SessionDetached {
+		if rec.State != bus.SessionDetached {
 			return fmt.Errorf("session state %q", rec.State)
 		}
 		return nil
@@ -103,8 +103,8 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if seq := m.Header.Get(broker.HeaderSeq); seq == "" {
-			return errors.New("stored message without " + broker.HeaderSeq)
+		if seq := m.Header.Get(bus.HeaderSeq); seq == "" {
+			return errors.New("stored message without " + bus.HeaderSeq)
 		}
 		return nil
 	})
@@ -132,14 +132,14 @@ func TestFaultResumeGraceExpiry(t *testing.T) {
 		}
 		return fmt.Errorf("session still there (state %q, err %v)", rec.State, err)
 	})
-	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "stored messages aged out of "+broker.StreamOut, func() error {
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "stored messages aged out of "+bus.StreamOut, func() error {
 		_, err := h.Out.GetLastMsgForSubject(ctx, outSubject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
 		}
 		return fmt.Errorf("still stored (err %v)", err)
 	})
-	t.Logf("session record gone and %s empty for the client %s after the drop", broker.StreamOut, time.Since(droppedAt).Round(time.Millisecond))
+	t.Logf("session record gone and %s empty for the client %s after the drop", bus.StreamOut, time.Since(droppedAt).Round(time.Millisecond))
 
 	// Back too late: the resume is refused with 4100 and the client ends, having delivered nothing
 	// of what was sent while it was away.

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // roleSilenceTarget is the longest silence a resumable client may see when an edge, submitter or
@@ -94,7 +94,7 @@ func TestFaultHangSubmitter(t *testing.T) {
 	victim := d.Submitters[0]
 	var affected []*faultClient
 	for _, c := range run.clients {
-		if owners[broker.Partition(d.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
+		if owners[bus.Partition(d.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
 			affected = append(affected, c)
 		}
 	}
@@ -141,7 +141,7 @@ func TestFaultHangNATSLeader(t *testing.T) {
 	d := startFaultDeployment(t, ReplicaOptions{}, nil)
 	run := startFaultClients(t, d, faultClients, faultClientOptions{Balancer: true})
 	leaders := faultStreamLeaders(t, d)
-	victimName := leaders[broker.StreamOut]
+	victimName := leaders[bus.StreamOut]
 	victim := d.NATS.Index(victimName)
 	if victim < 0 {
 		t.Fatalf("ICWS_OUT leader %q is not a test node", victimName)

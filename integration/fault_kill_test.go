@@ -23,7 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
@@ -173,17 +173,17 @@ func faultSubmitterPartitions(t *testing.T, d *Deployment) (map[int]string, int)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
-		t.Fatalf("broker.Open: %v", err)
+		t.Fatalf("bus.Open: %v", err)
 	}
 	owners := map[int]string{}
 	for p := range h.Partitions {
-		e, err := h.Leases.Get(ctx, broker.SubmitterLeaseKey(p))
+		e, err := h.Leases.Get(ctx, bus.SubmitterLeaseKey(p))
 		if err != nil {
 			continue
 		}
-		var rec broker.LeaseRecord
+		var rec bus.LeaseRecord
 		if json.Unmarshal(e.Value(), &rec) == nil && rec.ExpiresAt.After(time.Now()) {
 			owners[p] = rec.Holder
 		}
@@ -202,7 +202,7 @@ func TestFaultKillSubmitterMidBurst(t *testing.T) {
 	victim := d.Submitters[0]
 	var affected []*faultClient
 	for _, c := range run.clients {
-		if owners[broker.Partition(d.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
+		if owners[bus.Partition(d.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
 			affected = append(affected, c)
 		}
 	}
@@ -287,7 +287,7 @@ func faultStreamLeaders(t *testing.T, d *Deployment) map[string]string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out := map[string]string{}
-	for _, name := range []string{broker.StreamIn, broker.StreamOut, "KV_" + broker.BucketSessions, "KV_" + broker.BucketCursors, "KV_" + broker.BucketLeases} {
+	for _, name := range []string{bus.StreamIn, bus.StreamOut, "KV_" + bus.BucketSessions, "KV_" + bus.BucketCursors, "KV_" + bus.BucketLeases} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatalf("stream %s: %v", name, err)
@@ -312,7 +312,7 @@ func TestFaultKillNATSNode(t *testing.T) {
 	d := startFaultDeployment(t, ReplicaOptions{}, nil)
 	run := startFaultClients(t, d, faultClients, faultClientOptions{})
 	leaders := faultStreamLeaders(t, d)
-	victimName := leaders[broker.StreamOut]
+	victimName := leaders[bus.StreamOut]
 	victim := d.NATS.Index(victimName)
 	if victim < 0 {
 		t.Fatalf("ICWS_OUT leader %q is not a test node", victimName)

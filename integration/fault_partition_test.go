@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // faultPartition cuts host h off network n now and heals it after d (or at the end of the test);
@@ -80,7 +80,7 @@ func TestFaultPartitionNATSNode(t *testing.T) {
 	nd := startNetFaultDeployment(t, ReplicaOptions{})
 	run := startFaultClients(t, nd.Deployment, faultClients, faultClientOptions{Balancer: true})
 	leaders := faultStreamLeaders(t, nd.Deployment)
-	victimName := leaders[broker.StreamOut]
+	victimName := leaders[bus.StreamOut]
 	victim := nd.NATS.Index(victimName)
 	if victim < 0 {
 		t.Fatalf("ICWS_OUT leader %q is not a test node", victimName)
@@ -132,7 +132,7 @@ func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	victim := nd.Submitters[0]
 	var affected []*faultClient
 	for _, c := range run.clients {
-		if owners[broker.Partition(nd.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
+		if owners[bus.Partition(nd.Replica.CanisterID, c.key.Token(), partitions)] == victim.Name {
 			affected = append(affected, c)
 		}
 	}

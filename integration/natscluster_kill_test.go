@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,14 +26,14 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	top := broker.DefaultTopology()
+	top := bus.DefaultTopology()
 	top.Replicas = 3
-	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "broker.Ensure (R3)", func() error {
+	testkit.WaitForNil(t, 30*time.Second, 100*time.Millisecond, "bus.Ensure (R3)", func() error {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		defer ccancel()
-		return broker.Ensure(cctx, js, top)
+		return bus.Ensure(cctx, js, top)
 	})
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,15 +43,15 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 
 	const canister = "bkyz2-fmaaa-aaaaa-qaaaq-cai"
 	const client = "test-client_1"
-	subject := broker.OutSubject(canister, client)
+	subject := bus.OutSubject(canister, client)
 	seq := 0 // last Icws-Seq published
 	publish := func(ctx context.Context) error {
 		msg := nats.NewMsg(subject)
 		n := seq + 1
 		msg.Data = []byte(fmt.Sprintf("certified message %d", n))
-		msg.Header.Set(broker.HeaderSeq, strconv.Itoa(n))
-		msg.Header.Set(broker.HeaderClientKey, client)
-		msg.Header.Set(broker.HeaderMsgID, fmt.Sprintf("%s.k%d", canister, n))
+		msg.Header.Set(bus.HeaderSeq, strconv.Itoa(n))
+		msg.Header.Set(bus.HeaderClientKey, client)
+		msg.Header.Set(bus.HeaderMsgID, fmt.Sprintf("%s.k%d", canister, n))
 		if _, err := js.PublishMsg(ctx, msg); err != nil {
 			return err
 		}
@@ -61,7 +61,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 	kvPuts := 0
 	putSession := func(ctx context.Context) error {
 		rec := fmt.Sprintf(`{"state":"open","canister":%q,"client":"c%d"}`, canister, kvPuts)
-		if _, err := h.Sessions.Put(ctx, broker.SessionKey(canister, "c"+strconv.Itoa(kvPuts)), []byte(rec)); err != nil {
+		if _, err := h.Sessions.Put(ctx, bus.SessionKey(canister, "c"+strconv.Itoa(kvPuts)), []byte(rec)); err != nil {
 			return err
 		}
 		kvPuts++
@@ -130,7 +130,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 		t.Helper()
 		readAllInOrder(t, ctx, js, subject, want)
 		for i := range kvPuts {
-			if _, err := h.Sessions.Get(ctx, broker.SessionKey(canister, "c"+strconv.Itoa(i))); err != nil {
+			if _, err := h.Sessions.Get(ctx, bus.SessionKey(canister, "c"+strconv.Itoa(i))); err != nil {
 				t.Fatalf("kv get c%d: %v", i, err)
 			}
 		}
@@ -140,7 +140,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 	// A re-publish of an already stored message is recognised as a duplicate.
 	dup := nats.NewMsg(subject)
 	dup.Data = []byte("again")
-	dup.Header.Set(broker.HeaderMsgID, fmt.Sprintf("%s.k%d", canister, seq))
+	dup.Header.Set(bus.HeaderMsgID, fmt.Sprintf("%s.k%d", canister, seq))
 	ack, err := js.PublishMsg(ctx, dup)
 	if err != nil || !ack.Duplicate {
 		t.Fatalf("re-publish of k%d: ack %+v err %v, want duplicate", seq, ack, err)
@@ -153,12 +153,12 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 			t.Fatalf("publish %d after restart: %v", seq+1, err)
 		}
 	}
-	kvStream := "KV_" + broker.BucketSessions
+	kvStream := "KV_" + bus.BucketSessions
 	testkit.WaitForNil(t, 60*time.Second, 100*time.Millisecond, c.Nodes[victim].Name+" catching up", func() error {
 		for _, s := range []struct {
 			name string
 			want int
-		}{{broker.StreamOut, seq}, {kvStream, kvPuts}} {
+		}{{bus.StreamOut, seq}, {kvStream, kvPuts}} {
 			got, err := c.StreamMsgs(victim, s.name)
 			if err != nil {
 				return err
@@ -170,7 +170,7 @@ func TestNATSClusterSurvivesNodeKill(t *testing.T) {
 		return nil
 	})
 	t.Logf("%s caught up %s after restart (%d messages in %s, %d keys)", c.Nodes[victim].Name,
-		time.Since(restarted).Round(time.Millisecond), seq, broker.StreamOut, kvPuts)
+		time.Since(restarted).Round(time.Millisecond), seq, bus.StreamOut, kvPuts)
 	checkStream(seq)
 }
 
@@ -201,7 +201,7 @@ func readAllInOrder(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 func readOnce(ctx context.Context, js jetstream.JetStream, subject string, want int) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, broker.StreamOut, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	cons, err := js.OrderedConsumer(ctx, bus.StreamOut, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
 	if err != nil {
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
@@ -213,9 +213,9 @@ func readOnce(ctx context.Context, js jetstream.JetStream, subject string, want 
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			s, err := strconv.Atoi(m.Headers().Get(broker.HeaderSeq))
+			s, err := strconv.Atoi(m.Headers().Get(bus.HeaderSeq))
 			if err != nil || s != next {
-				return fmt.Errorf("message %d has Icws-Seq %q", next, m.Headers().Get(broker.HeaderSeq))
+				return fmt.Errorf("message %d has Icws-Seq %q", next, m.Headers().Get(bus.HeaderSeq))
 			}
 			next++
 		}

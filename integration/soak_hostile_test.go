@@ -27,7 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
@@ -143,7 +143,7 @@ func TestHostileSoak(t *testing.T) {
 		return nil
 	})
 	t.Logf("SOAK: after: edge goroutines %.0f, fds %.0f, RSS %.1f MiB", after.goroutines, after.fds, after.rss/(1<<20))
-	goodKey := broker.SessionKey(d.Replica.CanisterID, good.Key.Token())
+	goodKey := bus.SessionKey(d.Replica.CanisterID, good.Key.Token())
 	testkit.WaitForNil(t, 30*time.Second, 500*time.Millisecond, "sessions bucket empty but for the good client", func() error {
 		keys := sessionKeys(t, d.NATS.URLs())
 		if len(keys) == 1 && keys[0] == goodKey {
@@ -244,7 +244,7 @@ func sessionKeys(t *testing.T, natsURL string) []string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, broker.BucketSessions)
+	kv, err := js.KeyValue(ctx, bus.BucketSessions)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 )
@@ -37,8 +37,8 @@ type failureNotice struct {
 func (e *env) watchFailures(t *testing.T) *failureNotices {
 	t.Helper()
 	n := &failureNotices{}
-	sub, err := e.nc.Subscribe(broker.SubjectCanisterFailedAll, func(m *nats.Msg) {
-		canister, at, reason, err := broker.ParseCanisterFailed(m)
+	sub, err := e.nc.Subscribe(bus.SubjectCanisterFailedAll, func(m *nats.Msg) {
+		canister, at, reason, err := bus.ParseCanisterFailed(m)
 		if err != nil {
 			t.Errorf("failure notice: %v", err)
 			return
@@ -67,7 +67,7 @@ func (e *env) putSession(t *testing.T, client int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rec := broker.SessionRecord{State: broker.SessionOpen, Canister: testCanister.Encode(), Client: testClient(client).Token(), Confirmed: true}
+	rec := bus.SessionRecord{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(client).Token(), Confirmed: true}
 	b, _ := json.Marshal(rec)
 	if _, err := e.h.Sessions.Put(ctx, rec.Key(), b); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/protocol"
 )
@@ -127,7 +127,7 @@ func (p *Poller) sitOutFailure(ctx context.Context, id string, w *workerHandle, 
 	defer t.Stop()
 	for first := true; ; first = false {
 		if first || w.hasSessions.Load() {
-			if err := p.deps.NC.PublishMsg(broker.CanisterFailedMsg(id, at, reason)); err != nil {
+			if err := p.deps.NC.PublishMsg(bus.CanisterFailedMsg(id, at, reason)); err != nil {
 				p.log.Warn("canister failure notice not sent; it is repeated", "canister", id, "err", err)
 			}
 		}

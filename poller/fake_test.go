@@ -11,7 +11,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/candid"
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/icws/icws/protocol"
@@ -150,15 +150,15 @@ type env struct {
 	t  *testing.T
 	nc *nats.Conn
 	js jetstream.JetStream
-	h  *broker.Handles
+	h  *bus.Handles
 }
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
-	_, nc, js := testkit.StartBroker(t, broker.DefaultTopology())
+	_, nc, js := testkit.StartBroker(t, bus.DefaultTopology())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := broker.Open(ctx, js)
+	h, err := bus.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
@@ -21,7 +21,7 @@ func TestKickPollsAtOnce(t *testing.T) {
 	c.push(3, testClient(1))
 	// Kicks are core NATS messages: one sent before the poller subscribed is lost, so keep kicking.
 	testkit.WaitFor(t, 10*time.Second, "8 messages after kicks", func() bool {
-		if err := e.nc.Publish(broker.KickSubject(testCanister.Encode()), nil); err != nil {
+		if err := e.nc.Publish(bus.KickSubject(testCanister.Encode()), nil); err != nil {
 			t.Fatal(err)
 		}
 		return e.outCount() >= 8

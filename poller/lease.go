@@ -4,14 +4,14 @@ import (
 	"context"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // newLease describes the poller lease of a canister (no I/O). Every failed lease operation counts
 // in icws_poller_errors_total{kind="lease"}.
-func (p *Poller) newLease(h *broker.Handles, canister string) *broker.Lease {
-	return broker.NewLease(h.Leases, broker.LeaseConfig{
-		Key:      broker.PollerLeaseKey(canister),
+func (p *Poller) newLease(h *bus.Handles, canister string) *bus.Lease {
+	return bus.NewLease(h.Leases, bus.LeaseConfig{
+		Key:      bus.PollerLeaseKey(canister),
 		Holder:   p.cfg.ID,
 		TTL:      p.cfg.LeaseTTL,
 		RetryMin: p.cfg.BackoffMin,
@@ -25,7 +25,7 @@ func (p *Poller) newLease(h *broker.Handles, canister string) *broker.Lease {
 const releaseTimeout = 2 * time.Second
 
 // release deletes the lease if it is still ours, so a standby need not wait for it to expire.
-func (p *Poller) release(l *broker.Lease) {
+func (p *Poller) release(l *bus.Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := l.Release(ctx); err != nil {

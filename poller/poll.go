@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
@@ -23,7 +23,7 @@ import (
 // errCursorConflict means another poller wrote the cursor: we are no longer the only one polling.
 var errCursorConflict = errors.New("cursor written by another poller")
 
-func (p *Poller) handles() *broker.Handles {
+func (p *Poller) handles() *bus.Handles {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.h
@@ -136,7 +136,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 		return ok
 	}
 
-	var cur broker.CursorRecord
+	var cur bus.CursorRecord
 	var rev uint64
 	for {
 		var err error
@@ -212,7 +212,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 				continue
 			}
 			msgs = res.Messages
-			next = broker.CursorRecord{Epoch: cur.Epoch + 1}
+			next = bus.CursorRecord{Epoch: cur.Epoch + 1}
 		}
 		if len(msgs) > 0 {
 			n, last, err := p.publish(ctx, id, next.Epoch, res, msgs)
@@ -358,14 +358,14 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 		}
 		// One map literal, sized once, instead of an empty map grown by five Header.Set calls.
 		out = append(out, &nats.Msg{
-			Subject: broker.OutSubject(canister, token),
+			Subject: bus.OutSubject(canister, token),
 			Data:    frame,
 			Header: nats.Header{
-				broker.HeaderSeq:       {strconv.FormatUint(wm.SequenceNum, 10)},
-				broker.HeaderNonce:     {strconv.FormatUint(nonce, 10)},
-				broker.HeaderClientKey: {token},
-				broker.HeaderEpoch:     {epochText},
-				broker.HeaderMsgID:     {canister + "." + m.Key + "." + hex.EncodeToString(sum[:16])},
+				bus.HeaderSeq:       {strconv.FormatUint(wm.SequenceNum, 10)},
+				bus.HeaderNonce:     {strconv.FormatUint(nonce, 10)},
+				bus.HeaderClientKey: {token},
+				bus.HeaderEpoch:     {epochText},
+				bus.HeaderMsgID:     {canister + "." + m.Key + "." + hex.EncodeToString(sum[:16])},
 			},
 		})
 	}
@@ -436,22 +436,22 @@ func contentHash(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func loadCursor(ctx context.Context, kv jetstream.KeyValue, canister string) (broker.CursorRecord, uint64, error) {
+func loadCursor(ctx context.Context, kv jetstream.KeyValue, canister string) (bus.CursorRecord, uint64, error) {
 	e, err := kv.Get(ctx, canister)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return broker.CursorRecord{}, 0, nil
+		return bus.CursorRecord{}, 0, nil
 	}
 	if err != nil {
-		return broker.CursorRecord{}, 0, fmt.Errorf("read cursor %s: %w", canister, err)
+		return bus.CursorRecord{}, 0, fmt.Errorf("read cursor %s: %w", canister, err)
 	}
-	var rec broker.CursorRecord
+	var rec bus.CursorRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return broker.CursorRecord{}, 0, fmt.Errorf("cursor %s: %w", canister, err)
+		return bus.CursorRecord{}, 0, fmt.Errorf("cursor %s: %w", canister, err)
 	}
 	return rec, e.Revision(), nil
 }
 
-func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec broker.CursorRecord, rev uint64) (uint64, error) {
+func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec bus.CursorRecord, rev uint64) (uint64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
@@ -462,7 +462,7 @@ func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec
 	} else {
 		newRev, err = kv.Update(ctx, canister, b, rev)
 	}
-	if broker.IsConflict(err) {
+	if bus.IsConflict(err) {
 		return 0, fmt.Errorf("cursor %s: %w", canister, errCursorConflict)
 	}
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,7 +46,7 @@ type Poller struct {
 	mu          sync.Mutex
 	lastAttempt time.Time
 	lastOK      time.Time
-	h           *broker.Handles
+	h           *bus.Handles
 
 	// abandonLeases makes Run return without releasing its leases, as a crashed process would
 	// (tests only).
@@ -94,8 +94,8 @@ func (p *Poller) Ready(ctx context.Context) error {
 	if !p.deps.NC.IsConnected() {
 		return errors.New("poller: NATS not connected")
 	}
-	if _, err := p.deps.JS.Stream(ctx, broker.StreamOut); err != nil {
-		return fmt.Errorf("poller: stream %s: %w", broker.StreamOut, err)
+	if _, err := p.deps.JS.Stream(ctx, bus.StreamOut); err != nil {
+		return fmt.Errorf("poller: stream %s: %w", bus.StreamOut, err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -118,7 +118,7 @@ func (p *Poller) notePoll(ok bool) {
 type workerHandle struct {
 	cancel context.CancelFunc
 	done   chan struct{}
-	lease  *broker.Lease
+	lease  *bus.Lease
 	// kick asks for a poll now (a submitter saw a call to the canister executed).
 	kick chan struct{}
 	// idleSince is when the canister's last session went away; zero while it has sessions.
@@ -132,7 +132,7 @@ type workerHandle struct {
 // Run polls until ctx ends, then stops every canister worker, releasing its leases so a standby
 // takes over at once.
 func (p *Poller) Run(ctx context.Context) error {
-	h, err := broker.Open(ctx, p.deps.JS)
+	h, err := bus.Open(ctx, p.deps.JS)
 	if err != nil {
 		return fmt.Errorf("poller: %w", err)
 	}
@@ -182,14 +182,14 @@ func (p *Poller) Run(ctx context.Context) error {
 		return fmt.Errorf("poller: watch sessions: %w", err)
 	}
 	defer func() { _ = sw.Stop() }()
-	lw, err := h.Leases.Watch(ctx, broker.PollerLeasesFilter, jetstream.UpdatesOnly())
+	lw, err := h.Leases.Watch(ctx, bus.PollerLeasesFilter, jetstream.UpdatesOnly())
 	if err != nil {
 		return fmt.Errorf("poller: watch leases: %w", err)
 	}
 	defer func() { _ = lw.Stop() }()
 
 	kicks := make(chan *nats.Msg, 256)
-	ksub, err := p.deps.NC.ChanSubscribe(broker.SubjectKickAll, kicks)
+	ksub, err := p.deps.NC.ChanSubscribe(bus.SubjectKickAll, kicks)
 	if err != nil {
 		return fmt.Errorf("poller: subscribe to poll kicks: %w", err)
 	}
@@ -247,7 +247,7 @@ func (p *Poller) Run(ctx context.Context) error {
 				}
 			}
 		case m := <-kicks:
-			if id, err := broker.ParseKickSubject(m.Subject); err == nil {
+			if id, err := bus.ParseKickSubject(m.Subject); err == nil {
 				if w := workers[id]; w != nil {
 					select {
 					case w.kick <- struct{}{}:
@@ -266,7 +266,7 @@ func (p *Poller) Run(ctx context.Context) error {
 				continue
 			}
 			// A released lease: wake the standby at once instead of at the next expiry check.
-			if id, err := broker.ParsePollerLeaseKey(e.Key()); err == nil && workers[id] != nil {
+			if id, err := bus.ParsePollerLeaseKey(e.Key()); err == nil && workers[id] != nil {
 				workers[id].lease.Wake(e.Revision())
 			}
 		case <-tick.C:
@@ -288,16 +288,16 @@ func (p *Poller) Run(ctx context.Context) error {
 // ic-websocket protocol (a session a stranger opened for any canister id never gets it polled).
 // The id is empty when the key is not a session key.
 func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool) {
-	ref, err := broker.ParseSessionKey(e.Key())
+	ref, err := bus.ParseSessionKey(e.Key())
 	if err != nil {
 		return "", principal.Principal{}, false
 	}
 	if e.Operation() != jetstream.KeyValuePut {
 		return ref.CanisterText, ref.Canister, false
 	}
-	rec, err := broker.DecodeSessionRecord(e.Value())
+	rec, err := bus.DecodeSessionRecord(e.Value())
 	if err != nil {
 		return ref.CanisterText, ref.Canister, false
 	}
-	return ref.CanisterText, ref.Canister, rec.Confirmed && (rec.State == broker.SessionOpen || rec.State == broker.SessionDetached)
+	return ref.CanisterText, ref.Canister, rec.Confirmed && (rec.State == bus.SessionOpen || rec.State == bus.SessionDetached)
 }

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go/jetstream"
@@ -60,18 +60,18 @@ func checkStream(t *testing.T, e *env, want []protocol.CanisterOutputMessage, ep
 		if len(frame.Cert) == 0 || string(frame.Tree) != "tree-"+string(frame.Cert) {
 			t.Fatalf("msg %d: cert/tree not the batch's: %q %q", i, frame.Cert, frame.Tree)
 		}
-		if m.Subject != broker.OutSubject(cid, w.ClientKey.Token()) {
+		if m.Subject != bus.OutSubject(cid, w.ClientKey.Token()) {
 			t.Fatalf("msg %d: subject %s", i, m.Subject)
 		}
 		wm, _ := protocol.DecodeWebsocketMessageCBOR(w.Content)
 		nonce, _ := protocol.MessageKeyNonce(w.Key)
 		sum := sha256.Sum256(w.Content)
 		for k, v := range map[string]string{
-			broker.HeaderSeq:       strconv.FormatUint(wm.SequenceNum, 10),
-			broker.HeaderNonce:     strconv.FormatUint(nonce, 10),
-			broker.HeaderClientKey: w.ClientKey.Token(),
-			broker.HeaderEpoch:     strconv.FormatUint(epochOf(i), 10),
-			broker.HeaderMsgID:     cid + "." + w.Key + "." + hex.EncodeToString(sum[:16]),
+			bus.HeaderSeq:       strconv.FormatUint(wm.SequenceNum, 10),
+			bus.HeaderNonce:     strconv.FormatUint(nonce, 10),
+			bus.HeaderClientKey: w.ClientKey.Token(),
+			bus.HeaderEpoch:     strconv.FormatUint(epochOf(i), 10),
+			bus.HeaderMsgID:     cid + "." + w.Key + "." + hex.EncodeToString(sum[:16]),
 		} {
 			if got := m.Header.Get(k); got != v {
 				t.Fatalf("msg %d: header %s = %q, want %q", i, k, got, v)
@@ -86,7 +86,7 @@ func snapshot(c *fakeCanister) []protocol.CanisterOutputMessage {
 	return append([]protocol.CanisterOutputMessage(nil), c.queue...)
 }
 
-func cursorOf(t *testing.T, e *env) broker.CursorRecord {
+func cursorOf(t *testing.T, e *env) bus.CursorRecord {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -323,13 +323,13 @@ func TestUnconfirmedSessionsAreNotPolled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	stranger := principal.NewSelfAuthenticating([]byte("a canister id nobody runs")).Encode()
-	for _, rec := range []broker.SessionRecord{
-		{State: broker.SessionOpen, Canister: stranger, Client: testClient(2).Token()},
+	for _, rec := range []bus.SessionRecord{
+		{State: bus.SessionOpen, Canister: stranger, Client: testClient(2).Token()},
 		// The watch delivers updates in order: once this one is polled, the one above was seen.
-		{State: broker.SessionOpen, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true},
+		{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true},
 	} {
 		b, _ := json.Marshal(rec)
-		if _, err := e.h.Sessions.Put(ctx, broker.SessionKey(rec.Canister, rec.Client), b); err != nil {
+		if _, err := e.h.Sessions.Put(ctx, bus.SessionKey(rec.Canister, rec.Client), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -348,9 +348,9 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// Nothing to poll without sessions.
-	key := broker.SessionKey(testCanister.Encode(), testClient(1).Token())
+	key := bus.SessionKey(testCanister.Encode(), testClient(1).Token())
 	put := func(state string) {
-		b, _ := json.Marshal(broker.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true})
+		b, _ := json.Marshal(bus.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true})
 		if _, err := e.h.Sessions.Put(ctx, key, b); err != nil {
 			t.Fatal(err)
 		}
@@ -358,13 +358,13 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 	if ic.queries.Load() != 0 {
 		t.Fatal("polled without sessions")
 	}
-	put(broker.SessionOpen)
+	put(bus.SessionOpen)
 	testkit.WaitFor(t, 10*time.Second, "messages", func() bool { return e.outCount() == 3 })
-	put(broker.SessionDetached)
+	put(bus.SessionDetached)
 	if err := e.h.Sessions.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	leaseKey := broker.PollerLeaseKey(testCanister.Encode())
+	leaseKey := bus.PollerLeaseKey(testCanister.Encode())
 	testkit.WaitFor(t, 10*time.Second, "lease released after linger", func() bool {
 		_, err := e.h.Leases.Get(ctx, leaseKey)
 		return errors.Is(err, jetstream.ErrKeyNotFound)
@@ -376,7 +376,7 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 	if ic.queries.Load() != q {
 		t.Fatalf("still polling without sessions")
 	}
-	put(broker.SessionDetached)
+	put(bus.SessionDetached)
 	testkit.WaitFor(t, 10*time.Second, "polling resumes for a detached session", func() bool { return e.outCount() == 5 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }

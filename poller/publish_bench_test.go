@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/aviate-labs/agent-go/principal"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/cputime"
 	"github.com/icws/icws/protocol"
@@ -79,13 +79,13 @@ func recordBurst(b *testing.B, clients, messages int) *recordedIC {
 func BenchmarkPollPublish(b *testing.B) {
 	const clients, messages = 20, 1000
 	rec := recordBurst(b, clients, messages)
-	_, nc, js := testkit.StartBroker(b, broker.DefaultTopology())
+	_, nc, js := testkit.StartBroker(b, bus.DefaultTopology())
 	p, err := New(Config{ID: "bench"}, Deps{NC: nc, JS: js, IC: rec})
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	if p.h, err = broker.Open(ctx, js); err != nil {
+	if p.h, err = bus.Open(ctx, js); err != nil {
 		b.Fatal(err)
 	}
 	var published int

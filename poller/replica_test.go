@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/aviate-labs/agent-go/candid"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
@@ -92,17 +92,17 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 	for _, m := range e.outMsgs() {
 		_, wm := verifyFrame(t, verifier, m.Data)
 		tok := wm.ClientKey.Token()
-		if m.Subject != broker.OutSubject(testCanister.Encode(), tok) || m.Header.Get(broker.HeaderClientKey) != tok {
+		if m.Subject != bus.OutSubject(testCanister.Encode(), tok) || m.Header.Get(bus.HeaderClientKey) != tok {
 			t.Fatalf("subject %s for client %s", m.Subject, tok)
 		}
 		seqs[tok]++
-		if wm.SequenceNum != seqs[tok] || m.Header.Get(broker.HeaderSeq) != strconv.FormatUint(wm.SequenceNum, 10) {
+		if wm.SequenceNum != seqs[tok] || m.Header.Get(bus.HeaderSeq) != strconv.FormatUint(wm.SequenceNum, 10) {
 			t.Fatalf("client %s: seq %d, want %d", tok, wm.SequenceNum, seqs[tok])
 		}
 	}
 
 	// Latency of one message from the canister's send to its PubAck'd arrival in ICWS_OUT.
-	sub, err := e.nc.SubscribeSync(broker.OutSubject(testCanister.Encode(), clients[0].Token()))
+	sub, err := e.nc.SubscribeSync(bus.OutSubject(testCanister.Encode(), clients[0].Token()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 	msgs := e.outMsgs()
 	for _, m := range msgs[len(msgs)-2:] {
 		verifyFrame(t, verifier, m.Data)
-		if m.Header.Get(broker.HeaderEpoch) != "1" || m.Header.Get(broker.HeaderClientKey) != c3.Token() {
+		if m.Header.Get(bus.HeaderEpoch) != "1" || m.Header.Get(bus.HeaderClientKey) != c3.Token() {
 			t.Fatalf("after upgrade: headers %v", m.Header)
 		}
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // queued is one ICWS_IN message waiting in a client's queue.
@@ -31,8 +31,8 @@ type queued struct {
 }
 
 func newQueued(msg jetstream.Msg, md *jetstream.MsgMetadata) queued {
-	q := queued{msg: msg, kind: msg.Headers().Get(broker.HeaderKind), storedAt: md.Timestamp}
-	if q.kind == broker.KindOpen || q.kind == broker.KindMessage {
+	q := queued{msg: msg, kind: msg.Headers().Get(bus.HeaderKind), storedAt: md.Timestamp}
+	if q.kind == bus.KindOpen || q.kind == bus.KindMessage {
 		q.expiry, _ = ingressExpiry(msg.Data())
 	}
 	return q
@@ -111,7 +111,7 @@ func firstDoomed(msgs []queued, from int, now time.Time, inFlight bool, ahead, p
 	}
 	for i := from; i < len(msgs); i++ {
 		m := msgs[i]
-		if m.kind != broker.KindMessage || m.expiry.IsZero() || (i == 0 && !inFlight) {
+		if m.kind != bus.KindMessage || m.expiry.IsZero() || (i == 0 && !inFlight) {
 			continue
 		}
 		wait := ahead + time.Duration(i)*pace
@@ -182,8 +182,8 @@ func (p *partition) checkBacklogLocked(client string, q *clientQueue, from int, 
 		"partition", p.n, "client", client, "queued", d.queued, "pace", pace, "need", d.start, "expires_in", d.left)
 	tag := ""
 	for _, m := range q.msgs {
-		if m.kind == broker.KindMessage {
-			tag, _ = broker.SessionTagOfMsgID(m.msg.Headers().Get(broker.HeaderMsgID))
+		if m.kind == bus.KindMessage {
+			tag, _ = bus.SessionTagOfMsgID(m.msg.Headers().Get(bus.HeaderMsgID))
 			break
 		}
 	}
@@ -204,32 +204,32 @@ func (p *partition) requestClose(canister, client, tag, reason string) {
 	defer p.workers.Done()
 	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
 	defer cancel()
-	key := broker.SessionKey(canister, client)
+	key := bus.SessionKey(canister, client)
 	log := p.s.log.With("partition", p.n, "session", key)
 	rec, rev, err := p.s.sessions.Get(ctx, key)
 	switch {
 	case err != nil:
 		log.Warn("close request for a client with a backlog: read its session; repeated with its next envelope", "err", err)
 		return
-	case rec == nil || rec.State == broker.SessionClosed || (tag != "" && rec.Tag() != tag):
+	case rec == nil || rec.State == bus.SessionClosed || (tag != "" && rec.Tag() != tag):
 		return // the session is ending already, or the key has a newer session
-	case rec.State == broker.SessionDetached:
+	case rec.State == bus.SessionDetached:
 		// Marked closed, the session is finished by the sweeper of the edge it names (close
 		// request behind the client's envelopes, record deleted), as every closed session is.
-		rec.State = broker.SessionClosed
+		rec.State = bus.SessionClosed
 		if _, err = p.s.sessions.Put(ctx, rec, rev); err != nil {
 			log.Debug("close the detached session of a client with a backlog: resumed meanwhile; its next envelope asks its new edge", "err", err)
 		}
 		return
 	}
-	if err := p.s.nc.PublishMsg(broker.SessionCloseMsg(rec.Edge, key, rec.Tag(), reason)); err != nil {
+	if err := p.s.nc.PublishMsg(bus.SessionCloseMsg(rec.Edge, key, rec.Tag(), reason)); err != nil {
 		log.Debug("close request to the edge not sent; repeated with the client's next envelope", "err", err)
 	}
 }
 
 // dropCondemned acks a ws_message envelope of a condemned session without relaying it.
 func (p *partition) dropCondemned(m queued) {
-	p.s.count(broker.KindMessage, outcomeBacklogDropped)
+	p.s.count(bus.KindMessage, outcomeBacklogDropped)
 	if err := m.msg.Ack(); err != nil {
 		p.s.log.Debug("ack", "partition", p.n, "err", err)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
@@ -41,12 +41,12 @@ func (g *gatedIC) SubmitCall(ctx context.Context, canister principal.Principal, 
 }
 
 // sessionMsgs are n ws_message envelopes of a session, seq 1..n, with the session's Msg-Ids.
-func sessionMsgs(t *testing.T, pub *publisher, c testClient, rec *broker.SessionRecord, n uint64, expiry time.Time) []*nats.Msg {
+func sessionMsgs(t *testing.T, pub *publisher, c testClient, rec *bus.SessionRecord, n uint64, expiry time.Time) []*nats.Msg {
 	t.Helper()
 	out := make([]*nats.Msg, 0, n)
 	for s := uint64(1); s <= n; s++ {
-		m := pub.msg(testCanister, c, broker.KindMessage, s, fakeEnvelope(t, c.token, s, expiry))
-		m.Header.Set(broker.HeaderMsgID, broker.MessageMsgID(rec.Canister, rec.Client, rec.Tag(), s))
+		m := pub.msg(testCanister, c, bus.KindMessage, s, fakeEnvelope(t, c.token, s, expiry))
+		m.Header.Set(bus.HeaderMsgID, bus.MessageMsgID(rec.Canister, rec.Client, rec.Tag(), s))
 		out = append(out, m)
 	}
 	return out
@@ -76,11 +76,11 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	e := newEnv(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h, err := broker.Open(ctx, e.js)
+	h, err := bus.Open(ctx, e.js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions := broker.NewSessions(h.Sessions, e.js)
+	sessions := bus.NewSessions(h.Sessions, e.js)
 	store := newFakeStore()
 	store.latency = latency
 	quiet, chatty, away := newTestClient(1), newTestClient(2), newTestClient(3)
@@ -92,20 +92,20 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 			close(ic.gate)
 		}
 	})
-	record := func(c testClient, state string) *broker.SessionRecord {
+	record := func(c testClient, state string) *bus.SessionRecord {
 		t.Helper()
-		rec := &broker.SessionRecord{State: state, Canister: testCanister.Encode(), Client: c.token, Edge: "e1",
-			Resumable: true, OpenedAt: time.Now().UTC(), Partition: broker.Partition(testCanister.Encode(), c.token, e.partitions), Confirmed: true}
+		rec := &bus.SessionRecord{State: state, Canister: testCanister.Encode(), Client: c.token, Edge: "e1",
+			Resumable: true, OpenedAt: time.Now().UTC(), Partition: bus.Partition(testCanister.Encode(), c.token, e.partitions), Confirmed: true}
 		if _, err := sessions.Create(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
 		return rec
 	}
-	chattyRec, awayRec := record(chatty, broker.SessionOpen), record(away, broker.SessionDetached)
+	chattyRec, awayRec := record(chatty, bus.SessionOpen), record(away, bus.SessionDetached)
 
 	nc, _ := natstest.Connect(t, e.url)
 	closeReqs := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe(broker.SessionCloseSubject("e1"), closeReqs)
+	sub, err := nc.ChanSubscribe(bus.SessionCloseSubject("e1"), closeReqs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	pub.async(msgs[1:])
 	select {
 	case m := <-closeReqs:
-		key, tag, reason := broker.ParseSessionClose(m)
+		key, tag, reason := bus.ParseSessionClose(m)
 		if key != chattyRec.Key() || tag != chattyRec.Tag() || !strings.Contains(reason, "client sends faster than the canister executes") {
 			t.Fatalf("close request %q %q %q, want the chatty session's with the backlog reason", key, tag, reason)
 		}
@@ -153,7 +153,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	}
 	close(ic.gate)
 	testkit.WaitFor(t, 10*time.Second, "the chatty client's queue dropped", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeBacklogDropped)) == 39
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeBacklogDropped)) == 39
 	})
 	store.checkOrder(t, map[string]uint64{quiet.token: 5, chatty.token: 1})
 	if got := testkit.MetricValue(t, r.s.m.backlogCloses); got != 1 {
@@ -162,7 +162,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 
 	// The edge's teardown publishes the session's close request: it is relayed (ws_close), and a
 	// later session of the key is relayed again.
-	pub.async([]*nats.Msg{pub.msg(testCanister, chatty, broker.KindClose, 0, nil)})
+	pub.async([]*nats.Msg{pub.msg(testCanister, chatty, bus.KindClose, 0, nil)})
 	testkit.WaitFor(t, 10*time.Second, "ws_close of the chatty client", func() bool {
 		store.mu.Lock()
 		defer store.mu.Unlock()
@@ -180,7 +180,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	pub.async(sessionMsgs(t, pub, away, awayRec, 40, time.Now().Add(3*time.Second)))
 	testkit.WaitFor(t, 10*time.Second, "the detached session marked closed", func() bool {
 		rec, _, err := sessions.Get(ctx, awayRec.Key())
-		return err == nil && rec != nil && rec.State == broker.SessionClosed
+		return err == nil && rec != nil && rec.State == bus.SessionClosed
 	})
 	if got := testkit.MetricValue(t, r.s.m.backlogCloses); got != 2 {
 		t.Errorf("icws_submitter_backlog_closes_total = %v, want 2", got)
@@ -198,7 +198,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 func TestFirstDoomed(t *testing.T) {
 	now := time.Now()
 	msg := func(expiresIn time.Duration) queued {
-		return queued{kind: broker.KindMessage, expiry: now.Add(expiresIn)}
+		return queued{kind: bus.KindMessage, expiry: now.Add(expiresIn)}
 	}
 	const pace = time.Second
 	for _, tc := range []struct {
@@ -213,8 +213,8 @@ func TestFirstDoomed(t *testing.T) {
 		{"in flight ahead counts", []queued{msg(800 * time.Millisecond)}, true, pace, 0},
 		{"nothing ahead is not a backlog", []queued{msg(-time.Second), msg(time.Minute)}, false, 0, -1},
 		{"behind an expired head", []queued{msg(-time.Second), msg(500 * time.Millisecond)}, false, 0, 1},
-		{"close requests are not dropped", []queued{msg(time.Minute), {kind: broker.KindClose}}, true, pace, -1},
-		{"unreadable expiry", []queued{msg(time.Minute), {kind: broker.KindMessage}}, true, pace, -1},
+		{"close requests are not dropped", []queued{msg(time.Minute), {kind: bus.KindClose}}, true, pace, -1},
+		{"unreadable expiry", []queued{msg(time.Minute), {kind: bus.KindMessage}}, true, pace, -1},
 	} {
 		d, ok := firstDoomed(tc.msgs, 0, now, tc.inFlight, tc.ahead, pace)
 		switch {

@@ -80,5 +80,5 @@ func sanitizeID(s string) string {
 }
 
 // rebalanceEvery is how often the group reconsiders its fair share of the partitions (each
-// lease renews itself on the broker.Lease policy).
+// lease renews itself on the bus.Lease policy).
 func (c *Config) rebalanceEvery() time.Duration { return c.LeaseTTL / 3 }

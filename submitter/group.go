@@ -13,7 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 type leaseEntry struct {
@@ -21,8 +21,8 @@ type leaseEntry struct {
 	rev uint64
 }
 
-// LeaseRecord is broker.LeaseRecord; the alias keeps the lines short.
-type LeaseRecord = broker.LeaseRecord
+// LeaseRecord is bus.LeaseRecord; the alias keeps the lines short.
+type LeaseRecord = bus.LeaseRecord
 
 // errLeaseWritesPaused is what lease writes fail with while the pauseRenew test hook is set.
 var errLeaseWritesPaused = errors.New("lease writes paused (test hook)")
@@ -30,7 +30,7 @@ var errLeaseWritesPaused = errors.New("lease writes paused (test hook)")
 // pausableLeases is the leases bucket as the group's leases write it: while paused (the
 // pauseRenew test hook) creating and renewing fail, as for a process cut off from NATS.
 type pausableLeases struct {
-	broker.LeaseStore
+	bus.LeaseStore
 	paused *atomic.Bool
 }
 
@@ -52,11 +52,11 @@ func (l pausableLeases) Update(ctx context.Context, key string, value []byte, re
 // run goroutine touches owned.
 type group struct {
 	s      *Submitter
-	h      *broker.Handles
-	leases broker.LeaseStore
+	h      *bus.Handles
+	leases bus.LeaseStore
 	owned  map[int]*partition
 	// live is this process's liveness lease, kept alive by keepLive until stopLive.
-	live     *broker.Lease
+	live     *bus.Lease
 	stopLive func()
 
 	mu   sync.Mutex
@@ -81,7 +81,7 @@ func (g *group) run(ctx context.Context) error {
 	}()
 
 	g.leases = pausableLeases{LeaseStore: g.h.Leases, paused: &s.pauseRenew}
-	w, err := g.h.Leases.Watch(runCtx, broker.SubmitterLeasesFilter)
+	w, err := g.h.Leases.Watch(runCtx, bus.SubmitterLeasesFilter)
 	if err != nil {
 		return fmt.Errorf("submitter: watch leases: %w", err)
 	}
@@ -98,7 +98,7 @@ func (g *group) run(ctx context.Context) error {
 	}
 	// A KV hiccup at start must not end the process (in `icws all` it would take every role down):
 	// Acquire retries until it works.
-	g.live = g.newLease(broker.SubmitterLiveKey(s.cfg.ID))
+	g.live = g.newLease(bus.SubmitterLiveKey(s.cfg.ID))
 	if err := g.live.Acquire(runCtx); err != nil {
 		return nil
 	}
@@ -130,8 +130,8 @@ func (g *group) run(ctx context.Context) error {
 }
 
 // newLease describes one of this process's leases (no I/O).
-func (g *group) newLease(key string) *broker.Lease {
-	return broker.NewLease(g.leases, broker.LeaseConfig{
+func (g *group) newLease(key string) *bus.Lease {
+	return bus.NewLease(g.leases, bus.LeaseConfig{
 		Key:    key,
 		Holder: g.s.cfg.ID,
 		TTL:    g.s.cfg.LeaseTTL,
@@ -242,7 +242,7 @@ func (g *group) fairShare(ctx context.Context, now time.Time) int {
 	var staleRevs []uint64
 	g.mu.Lock()
 	for k, e := range g.view {
-		id, err := broker.ParseSubmitterLiveKey(k)
+		id, err := bus.ParseSubmitterLiveKey(k)
 		if err != nil || id == g.s.cfg.ID {
 			continue
 		}
@@ -274,7 +274,7 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		if _, mine := g.owned[n]; mine {
 			continue
 		}
-		key := broker.SubmitterLeaseKey(n)
+		key := bus.SubmitterLeaseKey(n)
 		g.mu.Lock()
 		e, exists := g.view[key]
 		g.mu.Unlock()

@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
@@ -39,7 +39,7 @@ type env struct {
 
 func newEnv(t testing.TB, partitions int) *env {
 	t.Helper()
-	topo := broker.DefaultTopology()
+	topo := bus.DefaultTopology()
 	topo.Partitions = partitions
 	url, _, js := testkit.StartBroker(t, topo)
 	return &env{url: url, js: js, partitions: partitions}
@@ -183,17 +183,17 @@ func (e *env) publisher(t testing.TB) *publisher {
 
 func (p *publisher) msg(canister principal.Principal, client testClient, kind string, seq uint64, body []byte) *nats.Msg {
 	ct := canister.Encode()
-	m := nats.NewMsg(broker.InSubject(broker.Partition(ct, client.token, p.e.partitions), ct, client.token))
-	m.Header.Set(broker.HeaderKind, kind)
+	m := nats.NewMsg(bus.InSubject(bus.Partition(ct, client.token, p.e.partitions), ct, client.token))
+	m.Header.Set(bus.HeaderKind, kind)
 	switch kind {
-	case broker.KindMessage:
-		m.Header.Set(broker.HeaderClientSeq, strconv.FormatUint(seq, 10))
-		m.Header.Set(broker.HeaderMsgID, fmt.Sprintf("msg.%s.%s.%d", ct, client.token, seq))
-	case broker.KindOpen:
-		m.Header.Set(broker.HeaderMsgID, fmt.Sprintf("open.%s.%s", ct, client.token))
-	case broker.KindClose:
-		m.Header.Set(broker.HeaderCloseReason, "test")
-		m.Header.Set(broker.HeaderMsgID, fmt.Sprintf("close.%s.%s", ct, client.token))
+	case bus.KindMessage:
+		m.Header.Set(bus.HeaderClientSeq, strconv.FormatUint(seq, 10))
+		m.Header.Set(bus.HeaderMsgID, fmt.Sprintf("msg.%s.%s.%d", ct, client.token, seq))
+	case bus.KindOpen:
+		m.Header.Set(bus.HeaderMsgID, fmt.Sprintf("open.%s.%s", ct, client.token))
+	case bus.KindClose:
+		m.Header.Set(bus.HeaderCloseReason, "test")
+		m.Header.Set(bus.HeaderMsgID, fmt.Sprintf("close.%s.%s", ct, client.token))
 	}
 	m.Data = body
 	return m
@@ -231,7 +231,7 @@ func (p *publisher) burst(client testClient, from, n uint64) []*nats.Msg {
 	out := make([]*nats.Msg, 0, n)
 	exp := time.Now().Add(4 * time.Minute)
 	for s := from; s < from+n; s++ {
-		out = append(out, p.msg(testCanister, client, broker.KindMessage, s, fakeEnvelope(p.t, client.token, s, exp)))
+		out = append(out, p.msg(testCanister, client, bus.KindMessage, s, fakeEnvelope(p.t, client.token, s, exp)))
 	}
 	return out
 }

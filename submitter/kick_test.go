@@ -6,7 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit/natstest"
 )
 
@@ -15,7 +15,7 @@ func TestExecutedEnvelopesKickThePoller(t *testing.T) {
 	e := newEnv(t, 2)
 	nc, _ := natstest.Connect(t, e.url)
 	kicks := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(broker.SubjectKickAll, kicks)
+	sub, err := nc.ChanSubscribe(bus.SubjectKickAll, kicks)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestExecutedEnvelopesKickThePoller(t *testing.T) {
 	for i := range 3 {
 		select {
 		case m := <-kicks:
-			if got, err := broker.ParseKickSubject(m.Subject); err != nil || got != testCanister.Encode() {
+			if got, err := bus.ParseKickSubject(m.Subject); err != nil || got != testCanister.Encode() {
 				t.Fatalf("kick %d on %q, want canister %s", i, m.Subject, testCanister.Encode())
 			}
 		case <-time.After(10 * time.Second):

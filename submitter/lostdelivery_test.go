@@ -7,7 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit/natstest"
 )
 
@@ -21,7 +21,7 @@ type deliveredMsg struct {
 
 func (m deliveredMsg) Subject() string { return m.subject }
 func (m deliveredMsg) Headers() nats.Header {
-	return nats.Header{broker.HeaderKind: []string{broker.KindMessage}}
+	return nats.Header{bus.HeaderKind: []string{bus.KindMessage}}
 }
 func (m deliveredMsg) Data() []byte { return nil }
 func (m deliveredMsg) Metadata() (*jetstream.MsgMetadata, error) {
@@ -38,8 +38,8 @@ func TestLostDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, broker.NewLease(nil, broker.LeaseConfig{Key: broker.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
-	subject := broker.InSubject(0, testCanister.Encode(), newTestClient(1).token)
+	p := newPartition(s, nil, 0, bus.NewLease(nil, bus.LeaseConfig{Key: bus.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
+	subject := bus.InSubject(0, testCanister.Encode(), newTestClient(1).token)
 	// Hold every in-flight slot, so the relay workers queue but never call the IC: only the
 	// queueing decision is under test. Deliveries 1 and 2 arrive; 3 is lost; 4 must not be queued.
 	for range cap(s.sem) {
@@ -71,11 +71,11 @@ func TestLostFirstDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, broker.NewLease(nil, broker.LeaseConfig{Key: broker.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
+	p := newPartition(s, nil, 0, bus.NewLease(nil, bus.LeaseConfig{Key: bus.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
 	for range cap(s.sem) {
 		s.sem <- struct{}{}
 	}
-	p.onMsg(deliveredMsg{subject: broker.InSubject(0, testCanister.Encode(), newTestClient(1).token), stream: 11, consumer: 2})
+	p.onMsg(deliveredMsg{subject: bus.InSubject(0, testCanister.Encode(), newTestClient(1).token), stream: 11, consumer: 2})
 	select {
 	case <-p.ctx.Done():
 	case <-time.After(5 * time.Second):

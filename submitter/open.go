@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // settleOpen records the IC's answer to a session's ws_open. A confirmed session may relay its
@@ -15,7 +15,7 @@ import (
 // close). The session's edge is told at once; the record says the same if that message is lost.
 // It returns false only when the partition is stopping before the record could be written.
 func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, client, tag string, v callVerdict) bool {
-	key := broker.SessionKey(canister, client)
+	key := bus.SessionKey(canister, client)
 	backoff := s.cfg.RetryMin
 	var edge string
 	for attempt := 1; ; attempt++ {
@@ -40,7 +40,7 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 		if ctx.Err() != nil {
 			return false
 		}
-		if !errors.Is(err, broker.ErrSessionConflict) || attempt%4 == 0 {
+		if !errors.Is(err, bus.ErrSessionConflict) || attempt%4 == 0 {
 			log.Warn("recording the ws_open outcome failed; retrying", "attempt", attempt, "err", err)
 			if !sleepCtx(ctx, jitter(backoff)) {
 				return false
@@ -48,18 +48,18 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 			backoff = min(2*backoff, s.cfg.RetryMax)
 		}
 	}
-	result := broker.OpenConfirmed
+	result := bus.OpenConfirmed
 	if v.refused {
-		result = broker.OpenRefused
+		result = bus.OpenRefused
 		log.Info("ws_open refused; session removed", "reason", v.reason)
 	}
 	s.m.opens.WithLabelValues(result).Inc()
-	msg := nats.NewMsg(broker.OpenResultSubject(edge))
+	msg := nats.NewMsg(bus.OpenResultSubject(edge))
 	msg.Data = []byte(key)
-	msg.Header.Set(broker.HeaderSessionTag, tag)
-	msg.Header.Set(broker.HeaderOpenOutcome, result)
+	msg.Header.Set(bus.HeaderSessionTag, tag)
+	msg.Header.Set(bus.HeaderOpenOutcome, result)
 	if v.refused {
-		msg.Header.Set(broker.HeaderOpenReason, truncate(v.reason, 200))
+		msg.Header.Set(bus.HeaderOpenReason, truncate(v.reason, 200))
 	}
 	if err := s.nc.PublishMsg(msg); err != nil {
 		log.Debug("open result not sent to the edge; it reads the session record", "err", err)

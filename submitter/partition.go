@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // consumerPrefix names a partition's consumers; each owner creates its own, suffixed with its lease
@@ -24,14 +24,14 @@ func consumerPrefix(n int) string { return "submit-p" + strconv.Itoa(n) + "-" }
 // per client that has envelopes waiting.
 type partition struct {
 	s *Submitter
-	h *broker.Handles
+	h *bus.Handles
 	n int
 
 	ctx    context.Context // ends when the partition must stop at once
 	cancel context.CancelFunc
 
 	// lease is the partition's lease; while it is not Valid it may be someone else's.
-	lease *broker.Lease
+	lease *bus.Lease
 
 	stopping  atomic.Bool   // no new envelopes are started
 	stopCh    chan struct{} // closed with stopping
@@ -61,7 +61,7 @@ type clientQueue struct {
 	inFlightSince time.Time
 }
 
-func newPartition(s *Submitter, h *broker.Handles, n int, lease *broker.Lease) *partition {
+func newPartition(s *Submitter, h *bus.Handles, n int, lease *bus.Lease) *partition {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &partition{
 		s: s, h: h, n: n, ctx: ctx, cancel: cancel, lease: lease,
@@ -178,9 +178,9 @@ func (p *partition) run() {
 // lossReason says why a partition's lease ended, for the log.
 func lossReason(err error) string {
 	switch {
-	case errors.Is(err, broker.ErrLeaseTaken):
+	case errors.Is(err, bus.ErrLeaseTaken):
 		return "lease taken over"
-	case errors.Is(err, broker.ErrLeaseExpired):
+	case errors.Is(err, bus.ErrLeaseExpired):
 		return "lease not renewed in time"
 	case err == nil:
 		return "lease ended"
@@ -235,12 +235,12 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		olds = append(olds, info.Name)
 	}
 	if err := lister.Err(); err != nil {
-		return nil, fmt.Errorf("list consumers of %s: %w", broker.StreamIn, err)
+		return nil, fmt.Errorf("list consumers of %s: %w", bus.StreamIn, err)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       own,
 		Description:   "icws submitter, partition " + strconv.Itoa(p.n) + ", holder " + p.s.cfg.ID,
-		FilterSubject: broker.InPartitionFilter(p.n),
+		FilterSubject: bus.InPartitionFilter(p.n),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       p.s.cfg.AckWait,
 		MaxAckPending: p.s.cfg.MaxPending,
@@ -340,11 +340,11 @@ func (p *partition) onMsg(msg jetstream.Msg) {
 // orderingKey is the per-client ordering key of an ICWS_IN subject, the client's session key. A
 // subject that does not parse is its own key; handle drops its message.
 func orderingKey(subject string) string {
-	_, ref, err := broker.ParseInSubject(subject)
+	_, ref, err := bus.ParseInSubject(subject)
 	if err != nil {
 		return subject
 	}
-	return broker.SessionKey(ref.CanisterText, ref.Client)
+	return bus.SessionKey(ref.CanisterText, ref.Client)
 }
 
 // relayClient relays one client's queued envelopes in order and ends when the queue is empty. It
@@ -364,12 +364,12 @@ func (p *partition) relayClient(client string, q *clientQueue) {
 		p.checkBacklogLocked(client, q, 0, now)
 		item := q.msgs[0]
 		if cd := p.condemned[client]; cd != nil {
-			if item.kind == broker.KindMessage {
+			if item.kind == bus.KindMessage {
 				q.msgs[0] = queued{}
 				q.msgs = q.msgs[1:]
 				if now.Sub(cd.notified) >= closeRequestRepeat {
 					cd.notified = now
-					tag, _ := broker.SessionTagOfMsgID(item.msg.Headers().Get(broker.HeaderMsgID))
+					tag, _ := bus.SessionTagOfMsgID(item.msg.Headers().Get(bus.HeaderMsgID))
 					p.requestCloseLocked(q, cd, tag)
 				}
 				p.mu.Unlock()

@@ -14,7 +14,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 )
@@ -41,9 +41,9 @@ func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg
 	// A panic while relaying one message (an IC answer no decoder expected) drops that message
 	// only; the client's next envelope follows as it would after any refusal.
 	defer safe.Recover(s.log, s.m.panics, "message", func() { done = true })
-	kind := msg.Headers().Get(broker.HeaderKind)
+	kind := msg.Headers().Get(bus.HeaderKind)
 	log := s.log.With("partition", partition, "kind", kind)
-	_, ref, err := broker.ParseInSubject(msg.Subject())
+	_, ref, err := bus.ParseInSubject(msg.Subject())
 	if err != nil {
 		log.Warn("dropping message on unexpected subject", "err", err)
 		s.count(kind, outcomeInvalid)
@@ -52,20 +52,20 @@ func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg
 	canister, client := ref.Canister, ref.Client
 	log = log.With("canister", ref.CanisterText, "client", client)
 	switch kind {
-	case broker.KindOpen:
+	case bus.KindOpen:
 		done, verdict := s.relayEnvelope(ctx, log, kind, canister, msg.Data())
 		if !done {
 			return false
 		}
-		return s.settleOpen(ctx, log, ref.CanisterText, client, msg.Headers().Get(broker.HeaderSessionTag), verdict)
-	case broker.KindMessage:
-		if seq := msg.Headers().Get(broker.HeaderClientSeq); seq != "" {
+		return s.settleOpen(ctx, log, ref.CanisterText, client, msg.Headers().Get(bus.HeaderSessionTag), verdict)
+	case bus.KindMessage:
+		if seq := msg.Headers().Get(bus.HeaderClientSeq); seq != "" {
 			log = log.With("seq", seq)
 		}
 		done, _ := s.relayEnvelope(ctx, log, kind, canister, msg.Data())
 		return done
-	case broker.KindClose:
-		return s.closeClient(ctx, log.With("reason", msg.Headers().Get(broker.HeaderCloseReason)), canister, client)
+	case bus.KindClose:
+		return s.closeClient(ctx, log.With("reason", msg.Headers().Get(bus.HeaderCloseReason)), canister, client)
 	default:
 		log.Warn("dropping message of unknown kind")
 		s.count("unknown", outcomeInvalid)
@@ -191,7 +191,7 @@ func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind st
 
 // closeClient calls ws_close(record {client_key}) as the gateway.
 func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister principal.Principal, client string) bool {
-	const kind = broker.KindClose
+	const kind = bus.KindClose
 	key, err := protocol.ParseClientKeyToken(client)
 	if err != nil {
 		log.Warn("dropping close request", "err", err)
@@ -287,7 +287,7 @@ func jitter(d time.Duration) time.Duration {
 // kickPoller tells the canister's active poller that a call was executed, so messages the call
 // queued are polled at once. A lost kick only costs one poll interval.
 func (s *Submitter) kickPoller(log *slog.Logger, canister principal.Principal) {
-	if err := s.nc.Publish(broker.KickSubject(canister.Encode()), nil); err != nil {
+	if err := s.nc.Publish(bus.KickSubject(canister.Encode()), nil); err != nil {
 		log.Debug("poll kick not sent", "err", err)
 	}
 }

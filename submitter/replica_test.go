@@ -11,7 +11,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
@@ -52,15 +52,15 @@ func (c demoClient) session(t testing.TB, pub *publisher, gw principal.Principal
 	exp := time.Now().Add(4 * time.Minute)
 	open := testkit.SignedCall(t, c.id, demoCanister, "ws_open",
 		testkit.CandidArgs(t, protocol.CanisterWsOpenArguments{ClientNonce: c.key.ClientNonce, GatewayPrincipal: gw}), testkit.WithExpiry(exp))
-	out := []*nats.Msg{pub.msg(demoCanister, c.tc, broker.KindOpen, 0, open)}
+	out := []*nats.Msg{pub.msg(demoCanister, c.tc, bus.KindOpen, 0, open)}
 	for i := 1; i <= n; i++ {
 		app := testkit.CandidArgs(t, protocol.AppMessage{Text: fmt.Sprintf("m%d", i), Timestamp: uint64(i)})
 		arg := testkit.CandidArgs(t, protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
 			ClientKey: c.key, SequenceNum: uint64(i), Timestamp: uint64(time.Now().UnixNano()), Content: app,
 		}})
-		out = append(out, pub.msg(demoCanister, c.tc, broker.KindMessage, uint64(i), testkit.SignedCall(t, c.id, demoCanister, "ws_message", arg, testkit.WithExpiry(exp))))
+		out = append(out, pub.msg(demoCanister, c.tc, bus.KindMessage, uint64(i), testkit.SignedCall(t, c.id, demoCanister, "ws_message", arg, testkit.WithExpiry(exp))))
 	}
-	return append(out, pub.msg(demoCanister, c.tc, broker.KindClose, 0, nil))
+	return append(out, pub.msg(demoCanister, c.tc, bus.KindClose, 0, nil))
 }
 
 func wantTexts(n int) []string {
@@ -113,7 +113,7 @@ func TestRealEnvelopesThroughReplica(t *testing.T) {
 		checkDemoClient(t, d.can, c, counts[i])
 	}
 	// More only if a lease lapsed under load and envelopes were re-sent (same request ids).
-	if got := testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)); got < 220 {
+	if got := testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeReplied)); got < 220 {
 		t.Errorf("replied ws_message envelopes = %v, want ≥ 220", got)
 	}
 }
@@ -134,7 +134,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 	clients := make([]demoClient, e.partitions)
 	for found, i := 0, 0; found < e.partitions; i++ {
 		c := newDemoClient(t, uint64(10+i))
-		if p := broker.Partition(demoCanister.Encode(), c.tc.token, e.partitions); clients[p].id == nil {
+		if p := bus.Partition(demoCanister.Encode(), c.tc.token, e.partitions); clients[p].id == nil {
 			clients[p] = c
 			found++
 		}
@@ -145,7 +145,7 @@ func TestRealEnvelopesSurviveSubmitterCrash(t *testing.T) {
 	}
 	pub.async(interleave(sessions...))
 	testkit.WaitFor(t, 30*time.Second, "a has relayed some envelopes", func() bool {
-		return testkit.MetricValue(t, a.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) > 10
+		return testkit.MetricValue(t, a.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeReplied)) > 10
 	})
 	a.kill(t)
 	received := 0

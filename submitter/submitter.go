@@ -3,8 +3,8 @@
 // once (docs/ARCHITECTURE.md §3).
 //
 // Work is split by ICWS_IN partition. A process owns a partition while it holds the partition's
-// lease (a broker.Lease on broker.SubmitterLeaseKey: compare-and-set on the KV revision, renewed
-// every LeaseTTL/3). Processes announce themselves with a liveness lease (broker.SubmitterLiveKey)
+// lease (a bus.Lease on bus.SubmitterLeaseKey: compare-and-set on the KV revision, renewed
+// every LeaseTTL/3). Processes announce themselves with a liveness lease (bus.SubmitterLiveKey)
 // and each takes at most ceil(partitions / live processes), handing surplus partitions over
 // gracefully when a new process joins.
 //
@@ -39,7 +39,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 )
 
 // Deps are the connections and sinks a submitter uses.
@@ -60,7 +60,7 @@ type Submitter struct {
 	log *slog.Logger
 	m   *metrics
 	// sessions is set by Run once the buckets are open.
-	sessions *broker.Sessions
+	sessions *bus.Sessions
 
 	// sem bounds the clients relayed at the same time across all partitions.
 	sem chan struct{}
@@ -150,10 +150,10 @@ func (s *Submitter) Run(ctx context.Context) error {
 		return errors.New("submitter: Run called twice")
 	}
 	// Streams may not exist yet when roles start on separate hosts: wait for them.
-	var h *broker.Handles
+	var h *bus.Handles
 	for backoff := s.cfg.RetryMin; ; backoff = min(2*backoff, s.cfg.RetryMax) {
 		var err error
-		if h, err = broker.Open(ctx, s.js); err == nil {
+		if h, err = bus.Open(ctx, s.js); err == nil {
 			break
 		}
 		s.log.Warn("waiting for the icws streams and buckets", "err", err)
@@ -161,7 +161,7 @@ func (s *Submitter) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	s.sessions = broker.NewSessions(h.Sessions, s.js)
+	s.sessions = bus.NewSessions(h.Sessions, s.js)
 	g := &group{s: s, h: h, owned: map[int]*partition{}}
 	return g.run(ctx)
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/internal/testkit/natstest"
@@ -42,7 +42,7 @@ func TestOrderUnderBurstManyClientsInParallel(t *testing.T) {
 		t.Errorf("at most %d clients were relayed at once; want parallelism", maxClients)
 	}
 	testkit.WaitFor(t, 10*time.Second, "replied metric", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) >= 1100
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeReplied)) >= 1100
 	})
 	t.Logf("max clients in flight: %d", maxClients)
 	r.stop(t)
@@ -64,7 +64,7 @@ func TestSettleDelayAfterAccepted(t *testing.T) {
 	pub.async(pub.burst(c, 1, 4))
 	testkit.WaitFor(t, 10*time.Second, "4 envelopes executed", func() bool { return store.executedCount() == 4 })
 	testkit.WaitFor(t, 10*time.Second, "accepted metric", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeAccepted)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeAccepted)) == 1
 	})
 	store.checkOrder(t, map[string]uint64{c.token: 4})
 	store.mu.Lock()
@@ -112,7 +112,7 @@ func TestRetryableErrorsResendSameBytes(t *testing.T) {
 	if attempts != 4 {
 		t.Errorf("seq 2 sent %d times, want 4", attempts)
 	}
-	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(broker.KindMessage)); got != 3 {
+	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(bus.KindMessage)); got != 3 {
 		t.Errorf("retries metric = %v, want 3", got)
 	}
 }
@@ -135,22 +135,22 @@ func TestNonRetryableAndExpiredAreSkipped(t *testing.T) {
 	exp := time.Now().Add(4 * time.Minute)
 	pub.async([]*nats.Msg{
 		// Already expired: never sent.
-		pub.msg(testCanister, past, broker.KindMessage, 1, fakeEnvelope(t, past.token, 1, time.Now().Add(-time.Second))),
-		pub.msg(testCanister, past, broker.KindMessage, 2, fakeEnvelope(t, past.token, 2, exp)),
+		pub.msg(testCanister, past, bus.KindMessage, 1, fakeEnvelope(t, past.token, 1, time.Now().Add(-time.Second))),
+		pub.msg(testCanister, past, bus.KindMessage, 2, fakeEnvelope(t, past.token, 2, exp)),
 		// Expires while the IC is unavailable.
-		pub.msg(testCanister, stale, broker.KindMessage, 1, fakeEnvelope(t, stale.token, 1, time.Now().Add(400*time.Millisecond))),
-		pub.msg(testCanister, stale, broker.KindMessage, 2, fakeEnvelope(t, stale.token, 2, exp)),
+		pub.msg(testCanister, stale, bus.KindMessage, 1, fakeEnvelope(t, stale.token, 1, time.Now().Add(400*time.Millisecond))),
+		pub.msg(testCanister, stale, bus.KindMessage, 2, fakeEnvelope(t, stale.token, 2, exp)),
 		// Refused (4xx): logged and skipped.
-		pub.msg(testCanister, refused, broker.KindMessage, 1, fakeEnvelope(t, refused.token, 1, exp)),
-		pub.msg(testCanister, refused, broker.KindMessage, 2, fakeEnvelope(t, refused.token, 2, exp)),
+		pub.msg(testCanister, refused, bus.KindMessage, 1, fakeEnvelope(t, refused.token, 1, exp)),
+		pub.msg(testCanister, refused, bus.KindMessage, 2, fakeEnvelope(t, refused.token, 2, exp)),
 		// Garbage: dropped.
-		pub.msg(testCanister, refused, broker.KindMessage, 3, []byte("not cbor")),
+		pub.msg(testCanister, refused, bus.KindMessage, 3, []byte("not cbor")),
 	})
 	testkit.WaitFor(t, 10*time.Second, "the three second envelopes executed", func() bool { return store.executedCount() == 3 })
 	testkit.WaitFor(t, 10*time.Second, "metrics", func() bool {
 		return testkit.MetricValue(t, r.s.m.expired) == 2 &&
-			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeRefused)) == 1 &&
-			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeInvalid)) == 1
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeRefused)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeInvalid)) == 1
 	})
 	store.mu.Lock()
 	defer store.mu.Unlock()
@@ -174,7 +174,7 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 	pub := e.publisher(t)
 	c := newTestClient(1)
 	msgs := pub.burst(c, 1, 10)
-	msgs = append(msgs, pub.msg(testCanister, c, broker.KindClose, 0, nil))
+	msgs = append(msgs, pub.msg(testCanister, c, bus.KindClose, 0, nil))
 	pub.async(msgs)
 	testkit.WaitFor(t, 10*time.Second, "ws_close", func() bool {
 		store.mu.Lock()
@@ -192,7 +192,7 @@ func TestCloseCallsWsCloseAfterEarlierEnvelopes(t *testing.T) {
 		t.Errorf("ws_close came after %d of the client's envelopes, want 10", cl.execsSoFar)
 	}
 	testkit.WaitFor(t, 5*time.Second, "close metric", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseOK)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindClose, outcomeCloseOK)) == 1
 	})
 }
 
@@ -212,14 +212,14 @@ func TestCloseRetriesTransientErrorsAndLogsErrResult(t *testing.T) {
 	r := e.start(t, testConfig("a"), store.as("a"))
 	pub := e.publisher(t)
 	pub.async([]*nats.Msg{
-		pub.msg(testCanister, gone, broker.KindClose, 0, nil),
-		pub.msg(testCanister, rejected, broker.KindClose, 0, nil),
+		pub.msg(testCanister, gone, bus.KindClose, 0, nil),
+		pub.msg(testCanister, rejected, bus.KindClose, 0, nil),
 	})
 	testkit.WaitFor(t, 10*time.Second, "close outcomes", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeCloseErr)) == 1 &&
-			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindClose, outcomeRejected)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindClose, outcomeCloseErr)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindClose, outcomeRejected)) == 1
 	})
-	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(broker.KindClose)); got != 2 {
+	if got := testkit.MetricValue(t, r.s.m.retries.WithLabelValues(bus.KindClose)); got != 2 {
 		t.Errorf("close retries = %v, want 2", got)
 	}
 }
@@ -238,8 +238,8 @@ func TestNonReplicatedRejectionIsCountedAndSkipped(t *testing.T) {
 	c := newTestClient(1)
 	pub.async(pub.burst(c, 1, 2))
 	testkit.WaitFor(t, 10*time.Second, "outcomes", func() bool {
-		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeNonReplicated)) == 1 &&
-			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(broker.KindMessage, outcomeReplied)) == 1
+		return testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeNonReplicated)) == 1 &&
+			testkit.MetricValue(t, r.s.m.envelopes.WithLabelValues(bus.KindMessage, outcomeReplied)) == 1
 	})
 	store.mu.Lock()
 	defer store.mu.Unlock()
@@ -279,7 +279,7 @@ func TestRunWaitsForStreams(t *testing.T) {
 	}
 	ectx, ecancel := context.WithTimeout(ctx, 10*time.Second)
 	defer ecancel()
-	if err := broker.Ensure(ectx, js, broker.DefaultTopology()); err != nil {
+	if err := bus.Ensure(ectx, js, bus.DefaultTopology()); err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 15*time.Second, "ready", func() bool { return s.Ready(ctx) == nil })

@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// Versions of the broker ceiling: the nats-server icws embeds and the natscli the issue names.
+// Versions of the NATS ceiling: the nats-server icws embeds and the natscli whose bench measures it.
 const (
 	natsServerPackage = "github.com/nats-io/nats-server/v2@v2.15.2"
 	natsCLIPackage    = "github.com/nats-io/natscli/nats@v0.5.0"

@@ -7,7 +7,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/client"
 	"github.com/icws/icws/edge"
 	"github.com/icws/icws/internal/config"
@@ -30,7 +30,7 @@ func TestDefaultConfigsAreTheEnvironmentDefaults(t *testing.T) {
 		{"edge.DefaultConfig", edge.DefaultConfig(), &edge.Config{}},
 		{"submitter.DefaultConfig", submitter.DefaultConfig(), &submitter.Config{}},
 		{"poller.DefaultConfig", poller.DefaultConfig(), &poller.Config{}},
-		{"broker.DefaultTopology", broker.DefaultTopology(), &broker.Topology{}},
+		{"bus.DefaultTopology", bus.DefaultTopology(), &bus.Topology{}},
 		{"replica.DefaultConfig", replica.DefaultConfig(), &replica.Config{}},
 		{"wscanister.DefaultConfig", wscanister.DefaultConfig(), &wscanister.Config{}},
 	} {

@@ -11,7 +11,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/demo"
 	"github.com/icws/icws/internal/config"
 )
@@ -21,7 +21,7 @@ import (
 type devConfig struct {
 	ReplicaConfig
 	GatewayConfig
-	broker.ServerConfig
+	bus.ServerConfig
 	DemoSettings
 }
 

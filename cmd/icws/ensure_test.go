@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/config"
 	"github.com/icws/icws/internal/testkit"
 )
@@ -15,14 +15,14 @@ import (
 // A partition count that differs from the existing stream stops the process with a configuration
 // error instead of being retried as if the cluster were not ready.
 func TestEnsurePartitionMismatchIsAConfigurationError(t *testing.T) {
-	_, _, js := testkit.StartBroker(t, broker.DefaultTopology()) // 16 partitions
-	topo := broker.DefaultTopology()
+	_, _, js := testkit.StartBroker(t, bus.DefaultTopology()) // 16 partitions
+	topo := bus.DefaultTopology()
 	topo.Partitions = 8
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := ensureWithRetry(ctx, js, topo, slog.New(slog.DiscardHandler))
 	var ce *config.Error
-	if !errors.Is(err, broker.ErrPartitionsMismatch) || !errors.As(err, &ce) {
+	if !errors.Is(err, bus.ErrPartitionsMismatch) || !errors.As(err, &ce) {
 		t.Fatalf("err = %v, want a configuration error wrapping ErrPartitionsMismatch", err)
 	}
 	if ctx.Err() != nil {

@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/icws/icws/admin"
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/edge"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/identity"
@@ -111,8 +111,8 @@ func (r roleSet) String() string {
 // GatewayConfig is everything the gateway roles may read; each command validates the parts it uses.
 type GatewayConfig struct {
 	config.Common
-	broker.ClientConfig
-	broker.Topology
+	bus.ClientConfig
+	bus.Topology
 	ICSettings
 	EdgeSettings
 	SubmitterSettings
@@ -123,7 +123,7 @@ type GatewayConfig struct {
 type gatewayParts struct {
 	roles roleSet
 	// embedded, when set, is the in-process NATS server to use instead of ClientConfig.URL.
-	embedded *broker.Embedded
+	embedded *bus.Embedded
 	// icURL and icRootKey override the IC settings (icws dev points them at its replica).
 	icURL     string
 	icRootKey []byte
@@ -167,7 +167,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		return err
 	}
 	defer nc.Close()
-	js, err := broker.JetStream(nc)
+	js, err := bus.JetStream(nc)
 	if err != nil {
 		return err
 	}
@@ -182,7 +182,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	checks := []admin.Check{{Name: "nats", Func: broker.ConnCheck(nc)}, {Name: "streams", Func: streamsCheck(js)}}
+	checks := []admin.Check{{Name: "nats", Func: bus.ConnCheck(nc)}, {Name: "streams", Func: streamsCheck(js)}}
 
 	var gateway principal.Principal
 	var id *agentid.Ed25519Identity
@@ -290,8 +290,8 @@ func connectNATS(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, lo
 	if prefix, ok := parts.roles.inboxPrefix(); ok {
 		extra = append(extra, nats.CustomInboxPrefix(prefix))
 	}
-	nc, err := broker.Connect(ctx, cfg.ClientConfig, name, logger.With("component", "nats"), extra...)
-	if errors.Is(err, broker.ErrRefused) {
+	nc, err := bus.Connect(ctx, cfg.ClientConfig, name, logger.With("component", "nats"), extra...)
+	if errors.Is(err, bus.ErrRefused) {
 		return nil, &config.Error{Err: err}
 	}
 	return nc, err
@@ -313,7 +313,7 @@ func waitForStreams(ctx context.Context, js jetstream.JetStream, logger *slog.Lo
 	delay := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		attemptCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := broker.Open(attemptCtx, js)
+		_, err := bus.Open(attemptCtx, js)
 		cancel()
 		if err == nil {
 			return nil
@@ -337,13 +337,13 @@ func waitForStreams(ctx context.Context, js jetstream.JetStream, logger *slog.Lo
 
 // ensureWithRetry creates or updates the streams; on a cluster that is still electing a leader the
 // first attempts fail, so it retries until ctx ends.
-func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo broker.Topology, logger *slog.Logger) error {
+func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo bus.Topology, logger *slog.Logger) error {
 	delay := 200 * time.Millisecond
 	for {
 		// One attempt creates five replicated streams and buckets: on a fresh cluster, with another
 		// process creating the same ones, that takes the meta leader many seconds.
 		attemptCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := broker.Ensure(attemptCtx, js, topo)
+		err := bus.Ensure(attemptCtx, js, topo)
 		cancel()
 		if err == nil {
 			return nil
@@ -367,7 +367,7 @@ func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo broker.To
 // permanentEnsureError tells a configuration the servers refuse (retrying cannot help) from a
 // cluster that is not ready yet.
 func permanentEnsureError(err error) bool {
-	if errors.Is(err, broker.ErrPartitionsMismatch) {
+	if errors.Is(err, bus.ErrPartitionsMismatch) {
 		return true
 	}
 	var apiErr *jetstream.APIError
@@ -376,7 +376,7 @@ func permanentEnsureError(err error) bool {
 
 func streamsCheck(js jetstream.JetStream) func(context.Context) error {
 	return func(ctx context.Context) error {
-		_, err := broker.Open(ctx, js)
+		_, err := bus.Open(ctx, js)
 		return err
 	}
 }

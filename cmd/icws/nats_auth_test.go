@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/identity"
 	"github.com/icws/icws/internal/testkit/natstest"
 )
@@ -205,10 +205,10 @@ func TestRoleWaitsForStreamsItMayNotCreate(t *testing.T) {
 	_, js := natstest.Connect(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := js.Stream(ctx, broker.StreamIn); !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if _, err := js.Stream(ctx, bus.StreamIn); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("the edge touched the streams: %v", err)
 	}
-	if err := broker.Ensure(ctx, js, broker.DefaultTopology()); err != nil {
+	if err := bus.Ensure(ctx, js, bus.DefaultTopology()); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, p)

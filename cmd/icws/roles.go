@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/icws/icws/broker"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/config"
 )
 
@@ -17,22 +17,22 @@ import (
 type (
 	EdgeConfig struct {
 		config.Common
-		broker.ClientConfig
-		broker.Topology
+		bus.ClientConfig
+		bus.Topology
 		ICNetwork
 		EdgeSettings
 	}
 	SubmitterConfig struct {
 		config.Common
-		broker.ClientConfig
-		broker.Topology
+		bus.ClientConfig
+		bus.Topology
 		ICSettings
 		SubmitterSettings
 	}
 	PollerConfig struct {
 		config.Common
-		broker.ClientConfig
-		broker.Topology
+		bus.ClientConfig
+		bus.Topology
 		ICSettings
 		PollerSettings
 	}
@@ -98,7 +98,7 @@ func pollerCommand() command {
 // server unless ICWS_NATS_URL names an external one.
 type allConfig struct {
 	GatewayConfig
-	broker.ServerConfig
+	bus.ServerConfig
 }
 
 func (c *allConfig) Validate() error {
@@ -129,15 +129,15 @@ func allCommand() command {
 		})
 }
 
-func startEmbedded(ctx context.Context, cfg broker.ServerConfig, logger *slog.Logger) (*broker.Embedded, error) {
-	emb, err := broker.StartEmbedded(ctx, cfg, logger.With("component", "nats"))
+func startEmbedded(ctx context.Context, cfg bus.ServerConfig, logger *slog.Logger) (*bus.Embedded, error) {
+	emb, err := bus.StartEmbedded(ctx, cfg, logger.With("component", "nats"))
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
 	return emb, nil
 }
 
-func shutdownEmbedded(emb *broker.Embedded, logger *slog.Logger) {
+func shutdownEmbedded(emb *bus.Embedded, logger *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := emb.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {

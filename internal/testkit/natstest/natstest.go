@@ -1,6 +1,6 @@
 // Package natstest runs in-process nats-servers with JetStream for tests: one server, or a
 // cluster. It is imported only by
-// _test.go files; it depends on nothing of icws, so every package's tests (broker's included) can
+// _test.go files; it depends on nothing of icws, so every package's tests (bus's included) can
 // use it without an import cycle.
 package natstest
 

@@ -1,8 +1,8 @@
-package broker
+package bus
 
 import "strings"
 
-// Names used only between edges (owned by edge/, kept here so every shared name lives in broker/).
+// Names used only between edges (owned by edge/, kept here so every shared name lives in bus/).
 
 const (
 	// subjectEdgeControlPrefix is the prefix of the per-edge control subjects (core NATS, not stored).

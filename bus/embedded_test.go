@@ -1,4 +1,4 @@
-package broker
+package bus
 
 import (
 	"context"
@@ -26,8 +26,8 @@ func testServerConfig(dir string) ServerConfig {
 	}
 }
 
-// testLogger stands in for testkit.Logger(t, slog.LevelWarn), which broker's own tests cannot
-// import (testkit imports broker).
+// testLogger stands in for testkit.Logger(t, slog.LevelWarn), which bus's own tests cannot
+// import (testkit imports bus).
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

@@ -1,4 +1,4 @@
-// Package broker is the bus contract the icws roles share over NATS JetStream:
+// Package bus is the bus contract the icws roles share over NATS JetStream:
 //
 //   - the name of every stream, bucket, subject, key, header and Nats-Msg-Id, each builder beside
 //     its parser (names.go, and edge_names.go for names only edges use);
@@ -8,4 +8,4 @@
 //     compare-and-set write (lease.go, conflict.go);
 //   - connecting to an external NATS server or cluster, or running one embedded (connect.go,
 //     embedded.go).
-package broker
+package bus
