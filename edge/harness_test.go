@@ -131,6 +131,10 @@ func testConfig(id string) Config {
 	cfg.DrainTimeout = 5 * time.Second
 	cfg.SweepInterval = 50 * time.Millisecond
 	cfg.LeaseTTL = 600 * time.Millisecond
+	// A busy test machine can delay a NATS round trip past the default bound; only the tests of
+	// losing NATS set a short one.
+	cfg.NATSTimeout = 20 * time.Second
+	cfg.JetStreamTimeout = 20 * time.Second
 	return cfg
 }
 
