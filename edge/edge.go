@@ -42,28 +42,35 @@ type Deps struct {
 	// RootKey is the IC root key (DER) that canister signatures, the keys Internet Identity's
 	// delegation chains start at, are verified against. Without it they are refused.
 	RootKey []byte
+
+	// InProcessBus says the NATS server runs in this process (icws all, icws dev): there is no
+	// other server to move to and no other edge for clients to resume at, so the edge does not
+	// watch its bus; a slow round trip on a busy host must not make it shed every client.
+	InProcessBus bool
 }
 
 // Edge is the WebSocket termination role. Create it with New and start it with Run; Handler and
 // Addr are usable while Run is running (Handler answers 503 before Run starts and while draining).
 type Edge struct {
-	cfg       Config
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	h         *bus.Handles // with sessions, set by Run before anything reads them
-	gateway   principal.Principal
-	handshake []byte
-	log       *slog.Logger
-	m         *metrics
-	upgrader  websocket.Upgrader
-	canisters map[string]bool
-	origins   map[string]bool
-	proxies   []netip.Prefix
-	sessions  *bus.Sessions
-	index     *sessionIndex
-	ingress   protocol.IngressPolicy
-	live      *liveness
-	bus       busWatch
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	h   *bus.Handles // with sessions, set by Run before anything reads them
+	// inProcessBus: Deps.InProcessBus.
+	inProcessBus bool
+	gateway      principal.Principal
+	handshake    []byte
+	log          *slog.Logger
+	m            *metrics
+	upgrader     websocket.Upgrader
+	canisters    map[string]bool
+	origins      map[string]bool
+	proxies      []netip.Prefix
+	sessions     *bus.Sessions
+	index        *sessionIndex
+	ingress      protocol.IngressPolicy
+	live         *liveness
+	bus          busWatch
 
 	mu          sync.RWMutex
 	bySub       map[*nats.Subscription]*conn // live delivery routing
@@ -131,7 +138,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	}
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
-		cfg: cfg, nc: deps.NC, js: deps.JS, gateway: deps.Gateway, handshake: hs,
+		cfg: cfg, nc: deps.NC, js: deps.JS, gateway: deps.Gateway, handshake: hs, inProcessBus: deps.InProcessBus,
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
 		index: newSessionIndex(), live: live,
@@ -269,7 +276,12 @@ func (e *Edge) Run(ctx context.Context) error {
 	bgWG.Add(7)
 	go func() { defer bgWG.Done(); e.watchCanisterFailures(bg, failures) }()
 	go func() { defer bgWG.Done(); e.watchLiveness(bg) }()
-	go func() { defer bgWG.Done(); e.watchBus(bg) }()
+	go func() {
+		defer bgWG.Done()
+		if !e.inProcessBus {
+			e.watchBus(bg)
+		}
+	}()
 	go func() { defer bgWG.Done(); e.watchStreams(bg) }()
 	go func() { defer bgWG.Done(); e.watchReconnects(bg, status) }()
 	go func() { defer bgWG.Done(); e.renewLease(bg, lease) }()

@@ -239,7 +239,10 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		return nil
 	}
 	if parts.roles.edge {
-		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{NC: nc, JS: js, Gateway: gateway, RootKey: rootKey, Logger: logger.With("role", "edge"), Registry: reg})
+		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{
+			NC: nc, JS: js, Gateway: gateway, RootKey: rootKey, Logger: logger.With("role", "edge"), Registry: reg,
+			InProcessBus: parts.embedded != nil,
+		})
 		if err := addRole("edge", r, err); err != nil {
 			return err
 		}
