@@ -15,6 +15,7 @@ import (
 	"github.com/icws/icws/protocol/certificate"
 	"github.com/icws/icws/protocol/hashtree"
 	"github.com/icws/icws/protocol/internal/cborread"
+	"github.com/icws/icws/protocol/internal/cborwrite"
 )
 
 // Canister signatures (IC interface specification, section "Canister signatures") are the key
@@ -177,11 +178,11 @@ func DecodeCanisterSignature(sig []byte) (*CanisterSignature, error) {
 // Encode returns the CBOR encoding of s behind the self-describe tag.
 func (s *CanisterSignature) Encode() []byte {
 	out := append(bytes.Clone(SelfDescribeTag), 0xa2)
-	out = appendCBORHead(out, 3, uint64(len("certificate")))
+	out = cborwrite.AppendHead(out, 3, uint64(len("certificate")))
 	out = append(out, "certificate"...)
-	out = appendCBORHead(out, 2, uint64(len(s.Certificate)))
+	out = cborwrite.AppendHead(out, 2, uint64(len(s.Certificate)))
 	out = append(out, s.Certificate...)
-	out = appendCBORHead(out, 3, uint64(len("tree")))
+	out = cborwrite.AppendHead(out, 3, uint64(len("tree")))
 	out = append(out, "tree"...)
 	return append(out, s.Tree.Encode()...)
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/icws/icws/protocol/internal/cborwrite"
 )
 
 // SelfDescribeTag is the CBOR tag 55799 prefix (d9 d9 f7) that agent-js and serde_cbor may put in
@@ -76,21 +78,21 @@ func (m CanisterToClientMessage) Encode() ([]byte, error) {
 // encodes the struct, without its reflection.
 func (m CanisterToClientMessage) AppendEncode(out []byte) []byte {
 	out = append(out, 0xa4)
-	out = appendCBORHead(out, 3, uint64(len("key")))
+	out = cborwrite.AppendHead(out, 3, uint64(len("key")))
 	out = append(out, "key"...)
-	out = appendCBORHead(out, 3, uint64(len(m.Key)))
+	out = cborwrite.AppendHead(out, 3, uint64(len(m.Key)))
 	out = append(out, m.Key...)
 	for _, f := range [...]struct {
 		name  string
 		value []byte
 	}{{"content", m.Content}, {"cert", m.Cert}, {"tree", m.Tree}} {
-		out = appendCBORHead(out, 3, uint64(len(f.name)))
+		out = cborwrite.AppendHead(out, 3, uint64(len(f.name)))
 		out = append(out, f.name...)
 		if f.value == nil {
 			out = append(out, 0xf6)
 			continue
 		}
-		out = appendCBORHead(out, 2, uint64(len(f.value)))
+		out = cborwrite.AppendHead(out, 2, uint64(len(f.value)))
 		out = append(out, f.value...)
 	}
 	return out
@@ -103,22 +105,6 @@ func (m CanisterToClientMessage) encodedLen() int {
 		n += 9 + b
 	}
 	return n
-}
-
-// appendCBORHead appends the head of a CBOR item of major type major with argument n.
-func appendCBORHead(out []byte, major byte, n uint64) []byte {
-	m := major << 5
-	switch {
-	case n < 24:
-		return append(out, m|byte(n))
-	case n <= 0xff:
-		return append(out, m|24, byte(n))
-	case n <= 0xffff:
-		return append(out, m|25, byte(n>>8), byte(n))
-	case n <= 0xffffffff:
-		return append(out, m|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(out, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // DecodeCanisterToClientMessage parses a gateway → client frame.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/icws/icws/protocol/hashtree"
 	"github.com/icws/icws/protocol/internal/cborread"
+	"github.com/icws/icws/protocol/internal/cborwrite"
 )
 
 // Certificate is a decoded certificate.
@@ -172,41 +173,19 @@ func (c *Certificate) Encode() []byte {
 	} else {
 		out = append(out, 0xa2)
 	}
-	out = appendText(out, "tree")
+	out = cborwrite.AppendText(out, "tree")
 	out = append(out, c.Tree.Encode()...)
-	out = appendText(out, "signature")
-	out = appendBytes(out, c.Signature)
+	out = cborwrite.AppendText(out, "signature")
+	out = cborwrite.AppendBytes(out, c.Signature)
 	if c.Delegation != nil {
-		out = appendText(out, "delegation")
+		out = cborwrite.AppendText(out, "delegation")
 		out = append(out, 0xa2)
-		out = appendText(out, "subnet_id")
-		out = appendBytes(out, c.Delegation.SubnetID)
-		out = appendText(out, "certificate")
-		out = appendBytes(out, c.Delegation.Certificate.Encode())
+		out = cborwrite.AppendText(out, "subnet_id")
+		out = cborwrite.AppendBytes(out, c.Delegation.SubnetID)
+		out = cborwrite.AppendText(out, "certificate")
+		out = cborwrite.AppendBytes(out, c.Delegation.Certificate.Encode())
 	}
 	return out
-}
-
-func appendText(out []byte, s string) []byte {
-	return append(appendHead(out, 0x60, uint64(len(s))), s...)
-}
-
-func appendBytes(out, b []byte) []byte {
-	return append(appendHead(out, 0x40, uint64(len(b))), b...)
-}
-
-func appendHead(out []byte, major byte, n uint64) []byte {
-	switch {
-	case n < 24:
-		return append(out, major|byte(n))
-	case n <= 0xff:
-		return append(out, major|24, byte(n))
-	case n <= 0xffff:
-		return append(out, major|25, byte(n>>8), byte(n))
-	case n <= 0xffffffff:
-		return append(out, major|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(out, major|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // ErrTime is returned (wrapped) by Time.

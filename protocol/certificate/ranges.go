@@ -7,6 +7,7 @@ import (
 
 	"github.com/icws/icws/protocol/hashtree"
 	"github.com/icws/icws/protocol/internal/cborread"
+	"github.com/icws/icws/protocol/internal/cborwrite"
 )
 
 // Range is a closed interval of principals, compared as byte strings.
@@ -91,10 +92,10 @@ func DecodeRanges(raw []byte) ([]Range, error) {
 
 // EncodeRanges encodes ranges as the state tree stores them (behind a self-describe tag).
 func EncodeRanges(ranges []Range) []byte {
-	out := appendHead([]byte{0xd9, 0xd9, 0xf7}, 0x80, uint64(len(ranges)))
+	out := cborwrite.AppendArrayHead([]byte{0xd9, 0xd9, 0xf7}, len(ranges))
 	for _, r := range ranges {
-		out = appendBytes(append(out, 0x82), r.Low)
-		out = appendBytes(out, r.High)
+		out = cborwrite.AppendBytes(append(out, 0x82), r.Low)
+		out = cborwrite.AppendBytes(out, r.High)
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/icws/icws/protocol/internal/cborread"
+	"github.com/icws/icws/protocol/internal/cborwrite"
 )
 
 // Decoder bounds. A ws_get_messages witness of ic-certification's RbTree takes up to two nodes per
@@ -160,31 +161,13 @@ func (n *Node) AppendEncode(out []byte) []byte {
 			out = append(out, 0x83, 0x01)
 			todo = append(todo, n.right, n.left)
 		case Labeled:
-			out = appendBytes(append(out, 0x83, 0x02), n.data)
+			out = cborwrite.AppendBytes(append(out, 0x83, 0x02), n.data)
 			todo = append(todo, n.left)
 		case Leaf:
-			out = appendBytes(append(out, 0x82, 0x03), n.data)
+			out = cborwrite.AppendBytes(append(out, 0x82, 0x03), n.data)
 		case Pruned:
-			out = appendBytes(append(out, 0x82, 0x04), n.data)
+			out = cborwrite.AppendBytes(append(out, 0x82, 0x04), n.data)
 		}
 	}
 	return out
-}
-
-// appendBytes appends a CBOR byte string.
-func appendBytes(out, b []byte) []byte {
-	n := uint64(len(b))
-	switch {
-	case n < 24:
-		out = append(out, 0x40|byte(n))
-	case n <= 0xff:
-		out = append(out, 0x58, byte(n))
-	case n <= 0xffff:
-		out = append(out, 0x59, byte(n>>8), byte(n))
-	case n <= 0xffffffff:
-		out = append(out, 0x5a, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	default:
-		out = append(out, 0x5b, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(out, b...)
 }

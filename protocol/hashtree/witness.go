@@ -1,6 +1,10 @@
 package hashtree
 
-import "crypto/sha256"
+import (
+	"crypto/sha256"
+
+	"github.com/icws/icws/protocol/internal/cborwrite"
+)
 
 // Pruner cuts witnesses for single paths out of one tree: each keeps the path and replaces every
 // subtree beside it by a Pruned node holding that subtree's root hash, so the witness has the
@@ -75,7 +79,7 @@ func (p *Pruner) appendKept(out []byte, n, last *Node, depth int) []byte {
 		out = p.appendKept(out, n.left, last, depth+1)
 		return p.appendKept(out, n.right, last, depth+1)
 	case Labeled:
-		out = appendBytes(append(out, 0x83, 0x02), n.data)
+		out = cborwrite.AppendBytes(append(out, 0x83, 0x02), n.data)
 		if n == last {
 			return n.left.AppendEncode(out)
 		}
