@@ -72,6 +72,10 @@ type Client struct {
 	// certKeys remembers the parsed root key and verified subnet delegations: every certified
 	// answer of a subnet carries the same delegation.
 	certKeys certificate.KeyCache
+	// bodies holds answer buffers (*[]byte) for the answers whose bytes are not kept after
+	// decoding (queries): a poller reads one near-full answer per poll, and growing a fresh buffer
+	// for each cost more than the decoding.
+	bodies sync.Pool
 }
 
 // New checks the configuration and settles the root key.
@@ -209,6 +213,50 @@ func (c *Client) fetchRootKey(ctx context.Context) ([]byte, error) {
 type answer struct {
 	status int
 	data   []byte
+	buf    *[]byte // data's pooled buffer; see release
+}
+
+// pooledBodyLimit is the largest answer buffer kept for reuse: a rare huge answer must not stay
+// behind in the pool.
+const pooledBodyLimit = 1 << 20
+
+// release hands the answer's buffer back for reuse; a.data must no longer be referenced.
+func (c *Client) release(a answer) {
+	if a.buf != nil && cap(*a.buf) <= pooledBodyLimit {
+		*a.buf = (*a.buf)[:0]
+		c.bodies.Put(a.buf)
+	}
+}
+
+// readBody reads at most limit+1 bytes of r into a pooled buffer. The buffer grows with what
+// arrives, never with a length the peer declared.
+func (c *Client) readBody(r io.Reader, limit int64) (*[]byte, error) {
+	buf, _ := c.bodies.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	b := (*buf)[:0]
+	for int64(len(b)) <= limit {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // let append pick the next capacity
+		}
+		room := b[len(b):cap(b)]
+		if over := int64(len(b)) + int64(len(room)) - (limit + 1); over > 0 {
+			room = room[:int64(len(room))-over]
+		}
+		n, err := r.Read(room)
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			*buf = b
+			c.release(answer{buf: buf})
+			return nil, err
+		}
+	}
+	*buf = b
+	return buf, nil
 }
 
 // do sends one request and returns the body if the status is one of ok; other statuses become
@@ -233,22 +281,25 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, ok ..
 		return answer{}, &TransportError{fmt.Errorf("%s %s: %w", method, path, err)}
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes+1))
+	buf, err := c.readBody(resp.Body, c.cfg.MaxResponseBytes)
 	if err != nil {
 		if ctx.Err() != nil {
 			return answer{}, fmt.Errorf("%s %s: read answer: %w", method, path, ctx.Err())
 		}
 		return answer{}, &TransportError{fmt.Errorf("%s %s: read answer: %w", method, path, err)}
 	}
+	data := *buf
 	if int64(len(data)) > c.cfg.MaxResponseBytes {
+		c.release(answer{buf: buf})
 		return answer{}, &DecodeError{fmt.Errorf("%s %s: answer larger than %d bytes", method, path, c.cfg.MaxResponseBytes)}
 	}
 	for _, s := range ok {
 		if resp.StatusCode == s {
-			return answer{status: resp.StatusCode, data: data}, nil
+			return answer{status: resp.StatusCode, data: data, buf: buf}, nil
 		}
 	}
 	text := strings.TrimSpace(string(data))
+	c.release(answer{buf: buf})
 	if len(text) > 512 {
 		text = text[:512] + "…"
 	}

@@ -51,6 +51,7 @@ func (c *Client) Query(ctx context.Context, canister principal.Principal, method
 		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
 	}
 	a, err := decodeQueryAnswer(ans.data)
+	c.release(ans) // the decoder copied what it keeps
 	if err != nil {
 		return nil, fmt.Errorf("query %s.%s: %w", canister, method, err)
 	}

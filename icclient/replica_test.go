@@ -1,7 +1,9 @@
 package icclient
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -19,7 +21,7 @@ import (
 var testCanisterID = principal.MustDecode("rrkah-fqaaa-aaaaa-aaaaq-cai")
 
 // echoCanister: update "echo" and query "get" return their argument; "reject"/"qreject" reject;
-// "whoami" returns the caller.
+// "whoami" returns the caller; query "fill" returns as many bytes as its argument says.
 type echoCanister struct {
 	mu    sync.Mutex
 	calls int
@@ -46,6 +48,12 @@ func (c *echoCanister) Query(_ context.Context, call replica.Call) ([]byte, erro
 		return call.Arg, nil
 	case "qreject":
 		return nil, replica.CanisterRejected("query no")
+	case "fill":
+		// A reply of as many bytes as the 4-byte big-endian argument asks for.
+		if len(call.Arg) != 4 {
+			return nil, replica.CanisterRejected("fill wants 4 bytes")
+		}
+		return bytes.Repeat([]byte{0xa5}, int(binary.BigEndian.Uint32(call.Arg))), nil
 	}
 	return nil, replica.MethodNotFound(testCanisterID, call.Method, true)
 }
@@ -65,7 +73,7 @@ func (e *icEnv) count(kind string) int64 {
 	return v.(*atomic.Int64).Load()
 }
 
-func startReplica(t *testing.T, cfg replica.Config) *icEnv {
+func startReplica(t testing.TB, cfg replica.Config) *icEnv {
 	t.Helper()
 	cfg.TestHooks = true
 	r, err := replica.New(cfg)
@@ -91,7 +99,7 @@ func startReplica(t *testing.T, cfg replica.Config) *icEnv {
 	return e
 }
 
-func newTestClient(t *testing.T, e *icEnv, mod ...func(*Config)) *Client {
+func newTestClient(t testing.TB, e *icEnv, mod ...func(*Config)) *Client {
 	t.Helper()
 	id, err := identity.NewRandomEd25519Identity()
 	if err != nil {

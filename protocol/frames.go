@@ -290,6 +290,14 @@ type cborClientKey struct {
 
 // DecodeWebsocketMessageCBOR parses the content of a canister message without altering it.
 func DecodeWebsocketMessageCBOR(content []byte) (WebsocketMessage, error) {
+	if m, ok := decodeWebsocketMessageFast(content); ok {
+		return m, nil
+	}
+	return decodeWebsocketMessageGeneral(content)
+}
+
+// decodeWebsocketMessageGeneral decodes any CBOR encoding of a WebsocketMessage the IC accepts.
+func decodeWebsocketMessageGeneral(content []byte) (WebsocketMessage, error) {
 	var v struct {
 		ClientKey        cborClientKey `cbor:"client_key"`
 		SequenceNum      uint64        `cbor:"sequence_num"`
