@@ -35,7 +35,7 @@ type ReplicaOptions struct {
 }
 
 func (o ReplicaOptions) env() map[string]string {
-	env := map[string]string{}
+	env := map[string]string{"ICWS_REPLICA_CONTROL": "true"} // the tests drive the demo canister through it
 	if o.AckInterval > 0 {
 		env["ICWS_REPLICA_ACK_INTERVAL"] = o.AckInterval.String()
 	}
@@ -65,7 +65,6 @@ func startReplica(t testing.TB, o ReplicaOptions) *Replica {
 	addr := freeAddr(t)
 	env := o.env()
 	env["ICWS_REPLICA_LISTEN"] = addr
-	env["ICWS_REPLICA_CONTROL"] = "true" // the tests drive the demo canister through it
 	env["ICWS_LOG_LEVEL"] = "debug"
 	env["ICWS_ADMIN_LISTEN"] = freeAddr(t)
 	env["ICWS_DATA_DIR"] = t.TempDir()

@@ -28,6 +28,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/icws/icws/client"
 )
 
 // The networks of a netLab, in the order of their /24s.
@@ -264,6 +266,14 @@ func startNetFaultDeployment(t *testing.T, replica ReplicaOptions) *netDeploymen
 	waitHTTP200(t, r.URL+"/api/v2/status", 30*time.Second, r.Proc)
 	nd.Replica = &r
 	icURL := fmt.Sprintf("http://%s:%d", rh.IP(netIC), netReplicaPort)
+	// Edges do not reach the IC (they never call it), so they are given its root key, as an
+	// operator would give it to edges on a local network.
+	kctx, kcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	rootKey, err := client.RootKey(kctx, r.URL, nil, nil)
+	kcancel()
+	if err != nil {
+		t.Fatalf("root key of the replica: %v", err)
+	}
 
 	nd.IdentityFile, nd.Gateway = newIdentityFile(t)
 	roleEnv := faultLeaseEnv(map[string]string{"ICWS_STREAM_REPLICAS": "3"})
@@ -298,7 +308,7 @@ func startNetFaultDeployment(t *testing.T, replica ReplicaOptions) *netDeploymen
 		name := fmt.Sprintf("edge-%d", i)
 		h := host(name, netBack)
 		listen := fmt.Sprintf("%s:%d", h.IP(netFront), netWSPort)
-		rl := startNetRole("edge", "ICWS_EDGE_ID", name, h, map[string]string{"ICWS_LISTEN": listen})
+		rl := startNetRole("edge", "ICWS_EDGE_ID", name, h, map[string]string{"ICWS_LISTEN": listen, "ICWS_IC_ROOT_KEY": hex.EncodeToString(rootKey)})
 		nd.Edges = append(nd.Edges, &Edge{Role: rl, WSURL: "ws://" + listen})
 	}
 	faultKeepLogs(t, nd.Deployment)
