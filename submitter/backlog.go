@@ -11,6 +11,7 @@ package submitter
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -38,9 +39,16 @@ func newQueued(msg jetstream.Msg, md *jetstream.MsgMetadata) queued {
 	return q
 }
 
-// paceWeight is the weight of the newest sample in the moving average of update latency: about
-// the last ten calls count.
-const paceWeight = 0.2
+// paceWindow is the time constant of the moving average of update latency: the estimate follows
+// what calls took over about the last ten seconds. It is averaged over time, not over calls,
+// because the calls of every client queued behind an outage end together: counted one by one they
+// would make the canister look as slow as the outage for a long while, and condemn every client.
+const paceWindow = 10 * time.Second
+
+// paceOutlier bounds one sample to this multiple of the estimate: the first call answered after an
+// outage, which has the whole gap since the previous answer to weigh with, says little about the
+// pace. A real slow-down still lifts the estimate within a few calls.
+const paceOutlier = 4
 
 // paceIdle is how long an unused canister's latency estimate is kept.
 const paceIdle = 10 * time.Minute
@@ -77,7 +85,9 @@ func (e *paceEstimator) observe(canister string, d time.Duration, now time.Time)
 		e.byCan[canister] = &paceEstimate{avg: d, seen: now}
 		return
 	}
-	est.avg = time.Duration(paceWeight*float64(d) + (1-paceWeight)*float64(est.avg))
+	d = min(d, paceOutlier*est.avg)
+	weight := 1 - math.Exp(-float64(now.Sub(est.seen))/float64(paceWindow))
+	est.avg = time.Duration(weight*float64(d) + (1-weight)*float64(est.avg))
 	est.seen = now
 }
 

@@ -230,3 +230,37 @@ func TestFirstDoomed(t *testing.T) {
 		}
 	}
 }
+
+// The calls of every client queued behind an outage end together once the IC answers again; they
+// must not make the canister look slow (every client queued behind the outage would be closed),
+// while a canister that really slowed down is seen within seconds.
+func TestPaceEstimateIgnoresAnOutage(t *testing.T) {
+	const can = "rrkah-fqaaa-aaaaa-aaaaq-cai"
+	now := time.Now()
+	e := newPaceEstimator()
+	for range 20 { // 20 clients, each answered in 400 ms
+		now = now.Add(20 * time.Millisecond)
+		e.observe(can, 400*time.Millisecond, now)
+	}
+	now = now.Add(15 * time.Second) // nothing answered for 15 s, then every call in flight at once
+	for range 20 {
+		e.observe(can, 15*time.Second, now)
+		now = now.Add(time.Millisecond)
+	}
+	if p, _ := e.pace(can); p > 2*time.Second {
+		t.Fatalf("pace after a 15 s outage: %s, want under 2s", p)
+	}
+	for range 200 {
+		now = now.Add(20 * time.Millisecond)
+		e.observe(can, 400*time.Millisecond, now)
+	}
+	start := now
+	for p, _ := e.pace(can); p < 5*time.Second; p, _ = e.pace(can) {
+		now = now.Add(500 * time.Millisecond) // 20 clients, each answered in 10 s
+		e.observe(can, 10*time.Second, now)
+		if now.Sub(start) > 30*time.Second {
+			t.Fatalf("pace %s after %s of 10 s calls: a real slow-down is not seen", p, now.Sub(start))
+		}
+	}
+	t.Logf("a slow-down from 400ms to 10s per call is seen (pace ≥ 5s) after %s", now.Sub(start))
+}
