@@ -125,21 +125,35 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		}
 	}
 	for _, cfg := range streamConfigs(t) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
+		_, err := js.CreateOrUpdateStream(rctx, cfg)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
 	for _, cfg := range bucketConfigs(t) {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
+		_, err := js.CreateOrUpdateKeyValue(rctx, cfg)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil
 }
 
+// ensureRequestTimeout bounds each creation request of Ensure. On a cluster that is still forming,
+// with several processes creating the same streams at once, a request can go unanswered although
+// asking again succeeds at once; creation is idempotent, so the caller retries rather than waiting
+// out a long deadline once per stream.
+const ensureRequestTimeout = 10 * time.Second
+
 // checkPartitions refuses a partition count that differs from the existing stream's: edges and
 // submitters that disagree on it route envelopes to partitions nobody consumes.
 func checkPartitions(ctx context.Context, js jetstream.JetStream, want int) error {
+	ctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
+	defer cancel()
 	s, err := js.Stream(ctx, StreamIn)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil

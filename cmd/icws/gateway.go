@@ -344,8 +344,9 @@ func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo bus.Topol
 	delay := 200 * time.Millisecond
 	for {
 		// One attempt creates five replicated streams and buckets: on a fresh cluster, with another
-		// process creating the same ones, that takes the meta leader many seconds.
-		attemptCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		// process creating the same ones, that takes the meta leader many seconds (each request is
+		// bounded on its own by bus.Ensure).
+		attemptCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := bus.Ensure(attemptCtx, js, topo)
 		cancel()
 		if err == nil {
