@@ -129,6 +129,17 @@ func (p *partition) stopGraceful(timeout time.Duration) {
 	})
 }
 
+// abandon hands the partition over at once: like lose, in-flight calls are abandoned and nothing
+// more is acked, but the lease is released (by the group, once done closes) instead of left to
+// expire, so the successor need not wait for it.
+func (p *partition) abandon() {
+	if p.ctx.Err() == nil {
+		p.graceful.Store(true)
+	}
+	p.setStopping()
+	p.cancel()
+}
+
 func (p *partition) start() { go p.run() }
 
 func (p *partition) run() {

@@ -57,8 +57,10 @@ type Submitter struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	ic  IC
-	log *slog.Logger
-	m   *metrics
+	// health tells whether the IC answers this process (ichealth.go); ic records every call in it.
+	health *icHealth
+	log    *slog.Logger
+	m      *metrics
 	// sessions is set by Run once the buckets are open.
 	sessions *bus.Sessions
 
@@ -100,11 +102,13 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	if err != nil {
 		return nil, err
 	}
+	health := newICHealth(cfg.ICUnreachableAfter)
 	s := &Submitter{
 		cfg:     cfg,
 		nc:      deps.NC,
 		js:      deps.JS,
-		ic:      deps.IC,
+		ic:      watchedIC{IC: deps.IC, h: health},
+		health:  health,
 		log:     log.With("submitter_id", cfg.ID),
 		m:       m,
 		sem:     make(chan struct{}, cfg.MaxInFlight),
