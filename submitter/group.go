@@ -131,7 +131,7 @@ func (g *group) run(ctx context.Context) error {
 	g.stopLive = func() { stopLive(); liveWG.Wait() }
 	defer g.stopLive()
 	var probeWG sync.WaitGroup
-	probeWG.Go(func() { s.health.probe(liveCtx, s.ic.Ping) })
+	probeWG.Go(func() { s.health.probe(liveCtx, s.ic.Ping, g.wake) })
 	defer probeWG.Wait()
 
 	s.log.Debug("submitter started", "partitions", g.h.Partitions)
@@ -211,11 +211,16 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 		now, cur := g.view[e.Key()]
 		g.mu.Unlock()
 		if !first && movesPartitions(e.Key(), prev, existed, now, cur) {
-			select {
-			case g.nudge <- struct{}{}:
-			default:
-			}
+			g.wake()
 		}
+	}
+}
+
+// wake makes the run loop tick at once.
+func (g *group) wake() {
+	select {
+	case g.nudge <- struct{}{}:
+	default:
 	}
 }
 

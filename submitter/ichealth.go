@@ -129,13 +129,16 @@ func (h *icHealth) probeDone(sent time.Time, answered bool) {
 }
 
 // probe runs status probes until ctx ends, whenever probeDue says so, each bounded by half the
-// bound (a slower answer is as good as none for telling whether to move partitions).
-func (h *icHealth) probe(ctx context.Context, ping func(context.Context) error) {
+// bound (a slower answer is as good as none for telling whether to move partitions). It checks
+// every eighth of the bound and calls changed when doubtful or unreachable turned, so the group
+// acts then rather than at its next tick.
+func (h *icHealth) probe(ctx context.Context, ping func(context.Context) error, changed func()) {
 	if h.after <= 0 {
 		return
 	}
 	t := time.NewTicker(max(h.after/8, 10*time.Millisecond))
 	defer t.Stop()
+	var wasDoubtful, wasUnreachable bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,6 +146,10 @@ func (h *icHealth) probe(ctx context.Context, ping func(context.Context) error) 
 		case <-t.C:
 		}
 		now := time.Now()
+		if d, u := h.doubtful(now), h.unreachable(now); d != wasDoubtful || u != wasUnreachable {
+			wasDoubtful, wasUnreachable = d, u
+			changed()
+		}
 		if !h.probeDue(now) {
 			continue
 		}

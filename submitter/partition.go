@@ -227,26 +227,40 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	defer cancel()
 	prefix := consumerPrefix(p.n)
 	own := prefix + strconv.FormatUint(p.lease.Revision(), 10)
-	lister := p.h.In.ListConsumers(ctx)
-	var olds []string
-	var floor uint64
+	// Names, then the info of this partition's consumers only: a clustered server answers a
+	// list of every consumer's info only when all their leaders have, and waits seconds for those
+	// being deleted meanwhile (by the other partitions' take-overs).
+	lister := p.h.In.ConsumerNames(ctx)
+	var candidates []string
 	ownExists := false
-	for info := range lister.Info() {
-		if info.Name == own {
+	for name := range lister.Name() {
+		if name == own {
 			// Left by an earlier attempt of ours whose Consume failed: reuse it as it is.
 			ownExists = true
 			continue
 		}
-		if !strings.HasPrefix(info.Name, prefix) {
-			continue
+		if strings.HasPrefix(name, prefix) {
+			candidates = append(candidates, name)
 		}
-		if len(olds) == 0 || info.AckFloor.Stream < floor {
-			floor = info.AckFloor.Stream
-		}
-		olds = append(olds, info.Name)
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of %s: %w", bus.StreamIn, err)
+	}
+	var olds []string
+	var floor uint64
+	for _, name := range candidates {
+		// A consumer deleted since it was listed (by an earlier owner, which had created its own
+		// first) fails the attempt: the next one lists that owner's consumer, so the start point
+		// is never lost to a race.
+		old, err := p.h.In.Consumer(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("read consumer %s: %w", name, err)
+		}
+		info := old.CachedInfo()
+		if len(olds) == 0 || info.AckFloor.Stream < floor {
+			floor = info.AckFloor.Stream
+		}
+		olds = append(olds, name)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       own,
