@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/icws/icws/bus"
 )
 
@@ -57,5 +59,27 @@ func TestGroupWakesAtTheEarliestForeignExpiry(t *testing.T) {
 	case <-g.expiry.C:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the expiry timer did not fire for the liveness lease running out")
+	}
+}
+
+func TestConsumerFloorNeverGoesBelowTheStartPoint(t *testing.T) {
+	tests := []struct {
+		name string
+		info jetstream.ConsumerInfo
+		want uint64
+	}{
+		{"first consumer, nothing acked", jetstream.ConsumerInfo{Config: jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}}, 0},
+		{"first consumer, acked up to 40", jetstream.ConsumerInfo{
+			Config: jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}, AckFloor: jetstream.SequenceInfo{Stream: 40}}, 40},
+		{"successor that acked nothing reports 0", jetstream.ConsumerInfo{
+			Config: jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: 401}}, 400},
+		{"successor that acked past its start", jetstream.ConsumerInfo{
+			Config:   jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: 401},
+			AckFloor: jetstream.SequenceInfo{Stream: 450}}, 450},
+	}
+	for _, tt := range tests {
+		if got := consumerFloor(&tt.info); got != tt.want {
+			t.Errorf("%s: floor %d, want %d", tt.name, got, tt.want)
+		}
 	}
 }
