@@ -226,6 +226,13 @@ func (p *partition) subscribe() (jetstream.ConsumeContext, error) {
 	}
 }
 
+// Partition consumers pull in requests of consumerPullExpiry with server heartbeats every
+// consumerPullHeartbeat.
+const (
+	consumerPullExpiry    = 5 * time.Second
+	consumerPullHeartbeat = time.Second
+)
+
 // jsRequestTimeout bounds each JetStream API request of a take-over. A request to a consumer or
 // stream whose raft group is electing a leader is never answered (the request is lost, not
 // queued), so a new attempt after the election is what gets through: attempts are kept short.
@@ -318,6 +325,12 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		"previous", olds, "start_seq", cfg.OptStartSeq)
 	cc, err := cons.Consume(p.onMsg,
 		jetstream.PullMaxMessages(min(p.s.cfg.MaxPending, 512)),
+		// A pull request that reached a consumer leader which then lost its leadership is gone;
+		// the client notices only when the server's heartbeats stop for twice the interval and
+		// pulls again. The default (30 s pulls, 15 s heartbeats) left a partition idle for 30 s
+		// after an election that moved its consumer.
+		jetstream.PullExpiry(consumerPullExpiry),
+		jetstream.PullHeartbeat(consumerPullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 				// Another process took the partition over; stop before doing anything more.
