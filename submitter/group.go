@@ -295,6 +295,9 @@ func (g *group) tick(ctx context.Context) {
 // that reached the IC after all is sent again by the successor, which the IC de-duplicates.
 func (g *group) abandonAll(ctx context.Context) {
 	for _, p := range g.owned {
+		if !p.isStopping() {
+			g.s.m.icHandovers.Inc()
+		}
 		p.abandon()
 	}
 	wait := time.NewTimer(g.s.cfg.LeaseTTL / 3)
@@ -398,14 +401,25 @@ func (g *group) fairShare(ctx context.Context, now time.Time, icDown bool) int {
 }
 
 // acquire takes up to want free or expired partitions, scanning from a per-process offset so that
-// processes starting together do not all race for the same partitions.
+// processes starting together do not all race for the same partitions. The candidates are tried
+// at once rather than one after another: each attempt is a read and a write of a replicated KV
+// bucket, and a successor taking over many partitions of a cut-off or dead submitter would
+// otherwise start the last one several round trips after the first. A candidate lost to a rival
+// is retried at the next tick if the share still calls for it.
 func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 	s := g.s
 	total := g.h.Partitions
 	h := fnv.New32a()
 	h.Write([]byte(s.cfg.ID))
 	off := int(h.Sum32() % uint32(total))
-	for i := 0; i < total && want > 0 && ctx.Err() == nil; i++ {
+	type candidate struct {
+		n     int
+		prev  string
+		lease *bus.Lease
+		err   error
+	}
+	var cands []*candidate
+	for i := 0; i < total && len(cands) < want; i++ {
 		n := (off + i) % total
 		if _, mine := g.owned[n]; mine {
 			continue
@@ -417,22 +431,32 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		if exists && e.rec.Holder != s.cfg.ID && e.rec.Live(now, 0) {
 			continue
 		}
-		lease := g.newLease(key)
-		if err := lease.TryAcquire(ctx); err != nil {
+		c := &candidate{n: n, lease: g.newLease(key)}
+		if exists {
+			c.prev = e.rec.Holder
+		}
+		cands = append(cands, c)
+	}
+	var wg sync.WaitGroup
+	for _, c := range cands {
+		wg.Go(func() { c.err = c.lease.TryAcquire(ctx) })
+	}
+	wg.Wait()
+	for _, c := range cands {
+		if c.err != nil {
 			// Someone else was quicker, or our view is behind; the next tick sees the new state.
-			s.log.Debug("partition lease not acquired", "partition", n, "err", err)
+			s.log.Debug("partition lease not acquired", "partition", c.n, "err", c.err)
 			continue
 		}
-		prev := ""
-		if exists {
-			prev = e.rec.Holder
+		if ctx.Err() != nil {
+			_ = c.lease.Release(context.WithoutCancel(ctx))
+			continue
 		}
-		s.log.Debug("partition acquired", "partition", n, "previous_holder", prev)
+		s.log.Debug("partition acquired", "partition", c.n, "previous_holder", c.prev)
 		s.m.takeovers.Inc()
-		p := newPartition(s, g.h, n, lease)
-		g.owned[n] = p
+		p := newPartition(s, g.h, c.n, c.lease)
+		g.owned[c.n] = p
 		p.start()
-		want--
 	}
 }
 

@@ -37,6 +37,9 @@ func TestSubmitterCutOffFromICHandsItsPartitionsOver(t *testing.T) {
 	testkit.WaitFor(t, 60*time.Second, "every envelope executed", func() bool { return store.executedCount() == total })
 	store.checkOrder(t, want)
 
+	if n := testkit.MetricValue(t, a.s.m.icHandovers); n != 4 {
+		t.Errorf("a counts %v partitions handed over for the IC, want 4", n)
+	}
 	// Cut off, a takes nothing back, however often b's liveness changes.
 	if owned(t, a) != 0 {
 		t.Fatalf("a owns %d partitions while cut off", owned(t, a))
@@ -59,26 +62,23 @@ func TestICDownForEveryoneMovesNoPartition(t *testing.T) {
 	a := e.start(t, testConfig("a"), icA)
 	b := e.start(t, testConfig("b"), icB)
 	testkit.WaitFor(t, 15*time.Second, "partitions shared 4/4", func() bool { return owned(t, a) == 4 && owned(t, b) == 4 })
-	takeovers := testkit.MetricValue(t, a.s.m.takeovers) + testkit.MetricValue(t, b.s.m.takeovers)
 
 	pub := e.publisher(t)
 	want := publishClients(t, pub, 20, 5)
 	icA.cut.Store(true)
 	icB.cut.Store(true)
-	// Both see their calls unanswered; watch for three times the bound.
+	// Both see their calls unanswered; wait until both have for three times the bound.
 	cfg := testConfig("")
-	until := time.Now().Add(3 * cfg.ICUnreachableAfter)
-	for time.Now().Before(until) {
-		if owned(t, a) != 4 || owned(t, b) != 4 {
-			t.Fatalf("partitions moved while the IC answered nobody: a %d, b %d", owned(t, a), owned(t, b))
+	testkit.WaitFor(t, 30*time.Second, "both submitters see the IC unreachable", func() bool {
+		return a.s.health.unreachable(time.Now()) && b.s.health.unreachable(time.Now())
+	})
+	for until := time.Now().Add(3 * cfg.ICUnreachableAfter); time.Now().Before(until); {
+		// (A lease lost to a slow KV round trip on a loaded machine may move a partition; only a
+		// hand-over for the IC's sake would be wrong.)
+		if n := testkit.MetricValue(t, a.s.m.icHandovers) + testkit.MetricValue(t, b.s.m.icHandovers); n != 0 {
+			t.Fatalf("%v partitions handed over while the IC answered nobody", n)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-	if !a.s.health.unreachable(time.Now()) || !b.s.health.unreachable(time.Now()) {
-		t.Fatal("the test shows nothing: the submitters do not see the IC unreachable")
-	}
-	if now := testkit.MetricValue(t, a.s.m.takeovers) + testkit.MetricValue(t, b.s.m.takeovers); now != takeovers {
-		t.Errorf("%v partition acquisitions while the IC answered nobody", now-takeovers)
 	}
 	icA.cut.Store(false)
 	icB.cut.Store(false)

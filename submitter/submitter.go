@@ -25,6 +25,13 @@
 // one has a certified outcome, even an overlap of two owners could not reorder executions (202
 // answers aside, which only SettleDelay covers, for one owner as for two); at worst it re-sends the
 // same bytes.
+//
+// A process that reaches NATS but not the IC would keep its leases while every call hangs: it
+// watches its calls (ichealth.go), marks its liveness record Degraded once they have gone
+// unanswered for half of ICUnreachableAfter, and after the whole bound (status probes unanswered
+// too) hands every partition to the live submitters that are not degraded, abandoning its calls in
+// flight and releasing the leases. It takes partitions again once a probe is answered, or when no
+// live submitter reaches the IC, in which case nobody hands anything over.
 package submitter
 
 import (
