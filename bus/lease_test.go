@@ -676,3 +676,50 @@ func mustConflict(t *testing.T, what string, err error) {
 		t.Errorf("%s: %v not recognised as a conflict", what, err)
 	}
 }
+
+// Each write of a lease carries the holder's current Degraded answer, so others see a change at
+// the next renewal.
+func TestLeaseRecordCarriesDegraded(t *testing.T) {
+	_, _, js := natstest.StartJetStream(t)
+	kv := createLeaseBucket(t, js, 1)
+	ctx := testCtx(t)
+	var degraded atomic.Bool
+	l := NewLease(kv, LeaseConfig{Key: "test.degraded", Holder: "a", TTL: time.Minute, Degraded: degraded.Load})
+	read := func() LeaseRecord {
+		t.Helper()
+		ent, err := kv.Get(ctx, "test.degraded")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec LeaseRecord
+		if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	if err := l.TryAcquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec := read(); rec.Degraded || rec.Holder != "a" {
+		t.Fatalf("after acquiring: %+v, want not degraded", rec)
+	}
+	degraded.Store(true)
+	if err := l.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec := read(); !rec.Degraded {
+		t.Fatalf("after renewing while degraded: %+v", rec)
+	}
+	degraded.Store(false)
+	if err := l.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec := read(); rec.Degraded {
+		t.Fatalf("after renewing while healthy again: %+v", rec)
+	}
+	// A record without the field (an older version's) reads as not degraded.
+	var old LeaseRecord
+	if err := json.Unmarshal([]byte(`{"holder":"x","expires_at":"2026-01-01T00:00:00Z"}`), &old); err != nil || old.Degraded {
+		t.Fatalf("older record: %+v, %v", old, err)
+	}
+}
