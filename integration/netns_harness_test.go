@@ -258,7 +258,6 @@ func startNetFaultDeployment(t *testing.T, replica ReplicaOptions) *netDeploymen
 	rh := host("replica", netIC)
 	env := replica.env()
 	env["ICWS_REPLICA_LISTEN"] = fmt.Sprintf("0.0.0.0:%d", netReplicaPort)
-	env["ICWS_REPLICA_CONTROL"] = "true" // the tests drive the demo canister through it
 	env["ICWS_LOG_LEVEL"] = "debug"
 	env["ICWS_ADMIN_LISTEN"] = fmt.Sprintf("%s:%d", rh.IP(netFront), netAdminPort)
 	env["ICWS_DATA_DIR"] = t.TempDir()
@@ -307,8 +306,7 @@ func startNetFaultDeployment(t *testing.T, replica ReplicaOptions) *netDeploymen
 	}
 	for i := 1; i <= 2; i++ {
 		name := fmt.Sprintf("edge-%d", i)
-		// The edge fetches the IC root key at start (it verifies Internet Identity users).
-		h := host(name, netBack, netIC)
+		h := host(name, netBack)
 		listen := fmt.Sprintf("%s:%d", h.IP(netFront), netWSPort)
 		rl := startNetRole("edge", "ICWS_EDGE_ID", name, h, map[string]string{"ICWS_LISTEN": listen, "ICWS_IC_ROOT_KEY": hex.EncodeToString(rootKey)})
 		nd.Edges = append(nd.Edges, &Edge{Role: rl, WSURL: "ws://" + listen})
