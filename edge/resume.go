@@ -20,6 +20,22 @@ import (
 // takeoverWait bounds the wait for the previous edge to stop relaying a resumed session.
 const takeoverWait = 500 * time.Millisecond
 
+// edgeMissedRenewal reports whether edge id has not written its liveness lease for two renewal
+// periods (a renewal is due every third of the lease's TTL, which edges share): it is dead, hung
+// or cut off, and would not answer a request. When that cannot be told it reports false.
+func (e *Edge) edgeMissedRenewal(id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), takeoverWait)
+	defer cancel()
+	ent, err := e.h.Leases.Get(ctx, bus.EdgeLeaseKey(id))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return true
+	case err != nil:
+		return false
+	}
+	return time.Since(ent.Created()) > 2*e.cfg.LeaseTTL/3
+}
+
 // resume handles an icws_resume first frame (docs/RESUME.md). On success the session is bound to
 // this connection, {icws_resumed} and the replay are under way, and it returns true.
 func (c *conn) resume(req *protocol.ResumeRequest) bool {
@@ -164,8 +180,13 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			// No answer is fine: a dead edge has nothing in flight, and whatever a hung or cut-off
 			// one relays late carries the Msg-Id of a message the client re-sends after our
 			// answer, so the stream drops the later of the two. Waiting longer would only add to
-			// the silence of a client that left a hung edge.
-			_, _ = c.e.nc.RequestMsg(m, takeoverWait)
+			// the silence of a client that left a hung edge, and an edge that has missed a lease
+			// renewal is not waited for at all.
+			if c.e.edgeMissedRenewal(prev.Edge) {
+				_ = c.e.nc.PublishMsg(m)
+			} else {
+				_, _ = c.e.nc.RequestMsg(m, takeoverWait)
+			}
 		}
 	}
 	var lastClient uint64

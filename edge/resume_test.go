@@ -536,3 +536,31 @@ func TestLeaseLapseReclaimsLiveSession(t *testing.T) {
 		}
 	}
 }
+
+// A resume asks the session's previous edge to let go and waits for its answer, unless that edge
+// has missed a lease renewal: then nobody would answer, and the wait would only lengthen the
+// silence of a client that left a hung edge.
+func TestEdgeThatMissedItsRenewalIsNotWaitedFor(t *testing.T) {
+	v := newEnv(t)
+	cfg := testConfig("e1")
+	cfg.LeaseTTL = 3 * time.Second // renewed every second: stale after two seconds without one
+	e := v.startEdge(cfg)
+	testkit.WaitFor(t, 10*time.Second, "e1's lease written", func() bool {
+		_, err := v.h.Leases.Get(context.Background(), bus.EdgeLeaseKey("e1"))
+		return err == nil
+	})
+	if e.edgeMissedRenewal("e1") {
+		t.Fatal("an edge that renews its lease looks stale")
+	}
+	if !e.edgeMissedRenewal("e-unknown") {
+		t.Fatal("an edge without a lease looks alive")
+	}
+	val, err := json.Marshal(bus.LeaseRecord{Holder: "e9", ExpiresAt: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.h.Leases.Put(context.Background(), bus.EdgeLeaseKey("e9"), val); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "e9's unrenewed lease seen as stale", func() bool { return e.edgeMissedRenewal("e9") })
+}
