@@ -16,6 +16,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -531,6 +532,7 @@ func (c *conn) readLoop() string {
 			return "client byte rate exceeded"
 		}
 		c.markBusy()
+		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)
 		code, reason := c.relay(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
@@ -556,6 +558,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 	if code != 0 {
 		return code, reason
 	}
+	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeVerified)
 	seq, err := decodeMessageSeq(req.Arg)
 	if err != nil {
 		return websocket.CloseProtocolError, "icws: ws_message argument: " + short(err)
@@ -591,6 +594,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 		c.e.log.Warn("relay envelope", "session", c.key, "err", err)
 		return publishFailure(err)
 	}
+	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRelayed)
 	return 0, ""
 }
 
