@@ -16,6 +16,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -533,12 +534,31 @@ func (c *conn) readLoop() string {
 		}
 		c.markBusy()
 		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)
-		code, reason := c.relay(frame)
+		code, reason := c.relayAside(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
 			return reason
 		}
 	}
+}
+
+// relayAside relays frame on a goroutine of its own and waits for it. Checking and publishing an
+// envelope (Ed25519, JetStream) grows a stack to 8 KiB; on the reader, which spends its life
+// blocked in a read, that stack would stay for the connection's life (the garbage collector halves
+// a stack only while a quarter of it suffices, and the blocked read needs more than 2 KiB), where
+// a goroutine that ends gives it back at once. A panic while relaying closes the connection, as
+// one on the reader does.
+func (c *conn) relayAside(frame []byte) (code int, reason string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer safe.Recover(c.e.log, c.e.m.panics.WithLabelValues("read"), "connection", func() {
+			code, reason = websocket.CloseInternalServerErr, "icws: internal error"
+		})
+		code, reason = c.relay(frame)
+	}()
+	<-done
+	return code, reason
 }
 
 // relay checks one client frame and publishes it to ICWS_IN, waiting for the PubAck so that the
