@@ -43,14 +43,14 @@ const (
 	ClientDelivered       = "client.delivered"        // the application received the message
 )
 
-// Enabled reports whether log records stage marks.
+// Enabled reports whether log records stage marks; a nil log records none.
 func Enabled(ctx context.Context, log *slog.Logger) bool {
-	return log.Enabled(ctx, slog.LevelDebug)
+	return log != nil && log.Enabled(ctx, slog.LevelDebug)
 }
 
 // Mark records that a message reached stage now, if log records debug messages.
 func Mark(ctx context.Context, log *slog.Logger, stage string) {
-	if !log.Enabled(ctx, slog.LevelDebug) {
+	if !Enabled(ctx, log) {
 		return
 	}
 	log.LogAttrs(ctx, slog.LevelDebug, Message, slog.String("stage", stage), slog.Int64("at_us", time.Now().UnixMicro()))

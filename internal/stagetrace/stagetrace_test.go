@@ -32,3 +32,7 @@ func TestMarkRecordsStageAndStamp(t *testing.T) {
 		t.Fatalf("record %+v, want msg %q, stage %q and a stamp", rec, Message, PollerPolled)
 	}
 }
+
+func TestMarkOnNilLoggerDoesNothing(t *testing.T) {
+	Mark(context.Background(), nil, ClientRead)
+}
