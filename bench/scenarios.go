@@ -12,7 +12,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/icws/icws/client"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
+	"log/slog"
 )
 
 // stallTimeout ends a scenario's receiving when no client got anything for this long; what is
@@ -160,7 +162,7 @@ func (r *runner) idle(ctx context.Context) (Report, error) {
 	}
 	echoLat := NewLatencies()
 	seq := NewSequence(r.cfg.Messages)
-	if err := echoLoop(ctx, conns[0], r.cfg.Messages, 1, seq, echoLat); err != nil {
+	if err := echoLoop(ctx, r.logger, conns[0], r.cfg.Messages, 1, seq, echoLat); err != nil {
 		return Report{}, fmt.Errorf("echo with %d sessions open: %w", n, err)
 	}
 	figures.Echo = echoLat.Summary()
@@ -340,7 +342,7 @@ func (r *runner) inbound(ctx context.Context, name string, clients, n, window in
 	g, gctx := errgroup.WithContext(ctx)
 	for i, conn := range conns {
 		g.Go(func() error {
-			if err := echoLoop(gctx, conn, n, window, seqs[i], lat); err != nil {
+			if err := echoLoop(gctx, r.logger, conn, n, window, seqs[i], lat); err != nil {
 				return fmt.Errorf("client %d: %w", i, err)
 			}
 			return nil
@@ -362,8 +364,9 @@ func (r *runner) inbound(ctx context.Context, name string, clients, n, window in
 	return rep, nil
 }
 
-// echoLoop sends n numbered texts with at most window unanswered and accounts for the echoes.
-func echoLoop(ctx context.Context, conn *client.Conn, n, window int, seq *Sequence, lat *Latencies) error {
+// echoLoop sends n numbered texts with at most window unanswered and accounts for the echoes. At
+// debug level log marks the send and the receipt of each (stagetrace).
+func echoLoop(ctx context.Context, log *slog.Logger, conn *client.Conn, n, window int, seq *Sequence, lat *Latencies) error {
 	var progress atomic.Int64
 	wctx, stop := watchProgress(ctx, &progress)
 	defer stop()
@@ -373,6 +376,7 @@ func echoLoop(ctx context.Context, conn *client.Conn, n, window int, seq *Sequen
 		for inFlight < window && next < n {
 			// Stamp before sending: the echo may arrive before Send returns.
 			sentAt[next].Store(time.Now().UnixNano())
+			stagetrace.Mark(ctx, log, stagetrace.ClientSend)
 			if err := sendText(wctx, conn, numbered('i', next, 0)); err != nil {
 				return err
 			}
@@ -386,6 +390,7 @@ func echoLoop(ctx context.Context, conn *client.Conn, n, window int, seq *Sequen
 		if err != nil {
 			return err
 		}
+		stagetrace.Mark(ctx, log, stagetrace.ClientDelivered)
 		progress.Add(1)
 		k, perr := parseNumbered('i', m.text)
 		if perr != nil || k >= n {

@@ -37,6 +37,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 )
 
@@ -422,7 +423,11 @@ func (c *Conn) writeMessageLocked(ws *websocket.Conn, o *outgoing) error {
 		}
 		o.frame, o.expiry = frame, time.Unix(0, int64(ingressExpiry(now)))
 	}
-	return c.write(ws, o.frame)
+	if err := c.write(ws, o.frame); err != nil {
+		return err
+	}
+	stagetrace.Mark(context.Background(), c.cfg.Logger, stagetrace.ClientWritten)
+	return nil
 }
 
 func (c *Conn) startAckWatchdogLocked() {
@@ -572,6 +577,7 @@ func (c *Conn) readLoop(ws *websocket.Conn) error {
 		if isHeartbeat(frame) {
 			continue
 		}
+		stagetrace.Mark(context.Background(), c.cfg.Logger, stagetrace.ClientRead)
 		if err := c.handleFrame(frame); err != nil {
 			return err
 		}
@@ -700,6 +706,7 @@ func (c *Conn) handleFrame(frame []byte) error {
 	if err != nil {
 		return invalid(err)
 	}
+	stagetrace.Mark(context.Background(), c.cfg.Logger, stagetrace.ClientVerified)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if want := c.lastIn + 1; wm.SequenceNum != want {

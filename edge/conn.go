@@ -16,6 +16,8 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/safe"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -531,12 +533,32 @@ func (c *conn) readLoop() string {
 			return "client byte rate exceeded"
 		}
 		c.markBusy()
-		code, reason := c.relay(frame)
+		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)
+		code, reason := c.relayAside(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
 			return reason
 		}
 	}
+}
+
+// relayAside relays frame on a goroutine of its own and waits for it. Checking and publishing an
+// envelope (Ed25519, JetStream) grows a stack to 8 KiB; on the reader, which spends its life
+// blocked in a read, that stack would stay for the connection's life (the garbage collector halves
+// a stack only while a quarter of it suffices, and the blocked read needs more than 2 KiB), where
+// a goroutine that ends gives it back at once. A panic while relaying closes the connection, as
+// one on the reader does.
+func (c *conn) relayAside(frame []byte) (code int, reason string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer safe.Recover(c.e.log, c.e.m.panics.WithLabelValues("read"), "connection", func() {
+			code, reason = websocket.CloseInternalServerErr, "icws: internal error"
+		})
+		code, reason = c.relay(frame)
+	}()
+	<-done
+	return code, reason
 }
 
 // relay checks one client frame and publishes it to ICWS_IN, waiting for the PubAck so that the
@@ -556,6 +578,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 	if code != 0 {
 		return code, reason
 	}
+	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeVerified)
 	seq, err := decodeMessageSeq(req.Arg)
 	if err != nil {
 		return websocket.CloseProtocolError, "icws: ws_message argument: " + short(err)
@@ -591,6 +614,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 		c.e.log.Warn("relay envelope", "session", c.key, "err", err)
 		return publishFailure(err)
 	}
+	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRelayed)
 	return 0, ""
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/nats-io/nats.go"
 )
 
@@ -62,6 +63,7 @@ func (c *conn) onLive(msg *nats.Msg) {
 	if f := c.e.testDropLive.Load(); f != nil && (*f)(msg) {
 		return
 	}
+	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeLive)
 	seq, ok := seqOf(msg.Header)
 	if !ok {
 		c.e.log.Debug("canister message without Icws-Seq", "subject", msg.Subject)
@@ -567,6 +569,7 @@ func (c *conn) writeLoop() {
 		}
 		if written > 0 {
 			c.lastSent.Store(time.Now().UnixNano())
+			stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeWritten)
 		}
 		c.e.m.framesOut.Add(float64(written))
 		c.e.m.bytesOut.Add(float64(bytes))

@@ -10,6 +10,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/protocol/certificate"
 	"github.com/icws/icws/protocol/hashtree"
@@ -87,6 +88,14 @@ func decodeCallAnswer(body []byte) (callAnswer, error) {
 // effective canister id) and interprets the answer; a v3 certificate is verified before it is
 // believed. Transport errors and HTTP 5xx/429 are retryable; 4xx come back as *HTTPError.
 func (c *Client) SubmitCall(ctx context.Context, canister principal.Principal, envelope []byte) (CallOutcome, error) {
+	return c.SubmitCallHinted(ctx, canister, envelope, nil)
+}
+
+// SubmitCallHinted is SubmitCall that also calls answered (unless nil), on the calling goroutine,
+// as soon as the IC answers a v3 call with a certificate and before that certificate is verified:
+// a hint, not an outcome, that the call has executed, for work that costs only time when the hint
+// is wrong (a poll of the canister). Verifying a certificate takes about a millisecond.
+func (c *Client) SubmitCallHinted(ctx context.Context, canister principal.Principal, envelope []byte, answered func()) (CallOutcome, error) {
 	rid, err := protocol.RequestIDOfEnvelope(envelope)
 	if err != nil {
 		return CallOutcome{}, fmt.Errorf("submit call: %w", err)
@@ -97,6 +106,7 @@ func (c *Client) SubmitCall(ctx context.Context, canister principal.Principal, e
 	if err != nil {
 		return out, fmt.Errorf("submit call %x: %w", rid[:8], err)
 	}
+	stagetrace.Mark(ctx, c.log, stagetrace.ICAnswered)
 	if ans.status == http.StatusAccepted {
 		out.Status = CallAccepted
 		return out, nil
@@ -107,10 +117,14 @@ func (c *Client) SubmitCall(ctx context.Context, canister principal.Principal, e
 	}
 	switch {
 	case a.Status == "replied" && len(a.Certificate) > 0:
+		if answered != nil {
+			answered()
+		}
 		cert, err := c.verifyCertificate(a.Certificate, canister)
 		if err != nil {
 			return out, fmt.Errorf("submit call %x: %w", rid[:8], err)
 		}
+		stagetrace.Mark(ctx, c.log, stagetrace.ICCertified)
 		o, err := outcomeFromCertificate(cert, rid)
 		if err != nil {
 			return out, fmt.Errorf("submit call %x: %w", rid[:8], err)

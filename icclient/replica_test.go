@@ -376,3 +376,32 @@ func TestWrongRootKeyIsRefused(t *testing.T) {
 		t.Fatalf("Call kept retrying a verification failure for %s", d)
 	}
 }
+
+// The answered hint comes with every certified answer, before the verdict on its certificate: a
+// forged certificate is still refused, after the hint.
+func TestSubmitCallHintsAnswerBeforeVerifying(t *testing.T) {
+	e := startReplica(t, replica.Config{})
+	c := newTestClient(t, e)
+	client, _ := identity.NewRandomEd25519Identity()
+	submit := func(nonce string) (int, CallOutcome, error) {
+		env, _, err := SignEnvelope(client, Request{Type: RequestCall, Canister: testCanisterID, Method: "whoami",
+			Arg: []byte{}, Nonce: []byte(nonce), IngressExpiry: time.Now().Add(3 * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hints := 0
+		out, err := c.SubmitCallHinted(ctx(t), testCanisterID, env, func() { hints++ })
+		return hints, out, err
+	}
+	hints, out, err := submit("h1")
+	if err != nil || out.Status != CallReplied || hints != 1 {
+		t.Fatalf("certified call: %d hints, outcome %+v, err %v; want 1 hint and a reply", hints, out, err)
+	}
+	e.r.SetCorruption(true, false)
+	t.Cleanup(func() { e.r.SetCorruption(false, false) })
+	hints, _, err = submit("h2")
+	var ve *VerificationError
+	if !errors.As(err, &ve) || hints != 1 {
+		t.Fatalf("forged certificate: %d hints, err %v; want 1 hint and a verification error", hints, err)
+	}
+}

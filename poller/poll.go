@@ -15,6 +15,7 @@ import (
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/safe"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -275,6 +276,7 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	qctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
+	stagetrace.Mark(ctx, p.log, stagetrace.PollerPollStart)
 	reply, err := p.deps.IC.Query(qctx, c, "ws_get_messages", arg)
 	p.m.pollLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -291,6 +293,7 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	case err != nil:
 		return protocol.CanisterOutputCertifiedMessages{}, &decodeError{fmt.Errorf("ws_get_messages(%d): %w", nonce, err)}
 	}
+	stagetrace.Mark(ctx, p.log, stagetrace.PollerPolled)
 	return res, nil
 }
 
@@ -372,6 +375,7 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 	if err := p.publishOrdered(ctx, out); err != nil {
 		return 0, last, err
 	}
+	stagetrace.Mark(ctx, p.log, stagetrace.PollerPublished)
 	return len(out), last, nil
 }
 
@@ -483,6 +487,7 @@ func (p *Poller) waitNextPoll(ctx context.Context, lastStart time.Time, kick <-c
 	case <-t.C:
 		return true
 	case <-kick:
+		stagetrace.Mark(ctx, p.log, stagetrace.PollerKicked)
 		return sleep(ctx, p.cfg.KickMinGap-time.Since(lastStart))
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/icws/icws/internal/certauth"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 )
 
@@ -191,6 +192,7 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
+	stagetrace.Mark(req.Context(), r.log, stagetrace.ReplicaCallValidated)
 	cs := r.canister(in.Canister)
 	if rej := refusedCall(cs, in.Canister); rej != nil {
 		resp := rejectFields(rej)
@@ -211,11 +213,13 @@ func (r *Replica) handleCallV3(w http.ResponseWriter, req *http.Request) {
 		textError(w, http.StatusServiceUnavailable, "The replica is shutting down or the client went away.")
 		return
 	}
+	stagetrace.Mark(req.Context(), r.log, stagetrace.ReplicaExecuted)
 	cert, err := r.statusCertificate(rs, in.ID)
 	if err != nil {
 		textError(w, http.StatusInternalServerError, "certify: "+err.Error())
 		return
 	}
+	stagetrace.Mark(req.Context(), r.log, stagetrace.ReplicaCertified)
 	writeCBOR(w, http.StatusOK, map[string]any{"status": "replied", "certificate": cert})
 }
 
@@ -253,6 +257,7 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
+	stagetrace.Mark(req.Context(), r.log, stagetrace.ReplicaQueryValidated)
 	var reply []byte
 	var rej *Reject
 	cs := r.canister(in.Canister)
@@ -291,6 +296,7 @@ func (r *Replica) handleQuery(w http.ResponseWriter, req *http.Request) {
 		}
 		resp["signatures"] = []map[string]any{{"timestamp": ts, "signature": sig, "identity": r.keys.NodeID().Raw}}
 	}
+	stagetrace.Mark(req.Context(), r.log, stagetrace.ReplicaQueryAnswered)
 	writeCBOR(w, http.StatusOK, resp)
 }
 

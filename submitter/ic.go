@@ -21,6 +21,15 @@ type IC interface {
 
 var _ IC = (*icclient.Client)(nil)
 
+// hintingIC is implemented by IC clients that tell when the IC answered a call, before the
+// answer's certificate is verified (*icclient.Client does): the submitter kicks the poller then,
+// so the poll overlaps the verification instead of following it.
+type hintingIC interface {
+	SubmitCallHinted(ctx context.Context, canister principal.Principal, envelope []byte, answered func()) (icclient.CallOutcome, error)
+}
+
+var _ hintingIC = (*icclient.Client)(nil)
+
 // The rest of the package names icclient's types through these, so the IC client stays swappable.
 type callOutcome = icclient.CallOutcome
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/safe"
+	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
 )
 
@@ -59,6 +61,7 @@ func (s *Submitter) handle(ctx context.Context, partition int, msg jetstream.Msg
 		}
 		return s.settleOpen(ctx, log, ref.CanisterText, client, msg.Headers().Get(bus.HeaderSessionTag), verdict)
 	case bus.KindMessage:
+		stagetrace.Mark(ctx, s.log, stagetrace.SubmitterConsumed)
 		if seq := msg.Headers().Get(bus.HeaderClientSeq); seq != "" {
 			log = log.With("seq", seq)
 		}
@@ -103,7 +106,21 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 		}
 		callCtx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 		start := time.Now()
-		out, err := s.ic.SubmitCall(callCtx, canister, body)
+		kicked := false
+		var out callOutcome
+		if h, ok := s.ic.(hintingIC); ok {
+			// A kick on an answer that then fails verification costs the canister one poll.
+			out, err = h.SubmitCallHinted(callCtx, canister, body, func() {
+				kicked = true
+				s.kickPoller(log, canister)
+				// The kick waits in the connection's buffer for its flusher goroutine, which a
+				// busy machine may not run before this one has verified the certificate (a
+				// millisecond of CPU): yield, so the kick leaves first.
+				runtime.Gosched()
+			})
+		} else {
+			out, err = s.ic.SubmitCall(callCtx, canister, body)
+		}
 		cancel()
 		s.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 		if ctx.Err() != nil {
@@ -115,7 +132,7 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 				took += s.cfg.SettleDelay
 			}
 			s.pace.observe(canister.Encode(), took, time.Now())
-			return s.recordOutcome(ctx, log, kind, canister, out), verdictOf(out)
+			return s.recordOutcome(ctx, log, kind, canister, out, kicked), verdictOf(out)
 		}
 		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("envelope refused by the IC", "err", err)
@@ -151,8 +168,10 @@ func verdictOf(out callOutcome) callVerdict {
 	return callVerdict{}
 }
 
-func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, out callOutcome) bool {
-	if out.Status == statusReplied || out.Status == statusRejected {
+// recordOutcome counts and logs a call's outcome and kicks the canister's poller after an executed
+// call, unless kicked says it was kicked when the answer arrived.
+func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, out callOutcome, kicked bool) bool {
+	if !kicked && (out.Status == statusReplied || out.Status == statusRejected) {
 		s.kickPoller(log, canister)
 	}
 	switch out.Status {
@@ -289,5 +308,7 @@ func jitter(d time.Duration) time.Duration {
 func (s *Submitter) kickPoller(log *slog.Logger, canister principal.Principal) {
 	if err := s.nc.Publish(bus.KickSubject(canister.Encode()), nil); err != nil {
 		log.Debug("poll kick not sent", "err", err)
+		return
 	}
+	stagetrace.Mark(context.Background(), log, stagetrace.SubmitterKicked)
 }
