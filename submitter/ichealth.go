@@ -186,6 +186,20 @@ func (w watchedIC) SubmitCall(ctx context.Context, canister principal.Principal,
 	return out, err
 }
 
+// SubmitCallHinted passes the IC client's answer hint through (hintingIC) when it gives one.
+func (w watchedIC) SubmitCallHinted(ctx context.Context, canister principal.Principal, envelope []byte, answered func()) (icclient.CallOutcome, error) {
+	id := w.h.begin(time.Now())
+	var out icclient.CallOutcome
+	var err error
+	if h, ok := w.IC.(hintingIC); ok {
+		out, err = h.SubmitCallHinted(ctx, canister, envelope, answered)
+	} else {
+		out, err = w.IC.SubmitCall(ctx, canister, envelope)
+	}
+	w.h.end(id, time.Now(), icAnswered(err))
+	return out, err
+}
+
 func (w watchedIC) Call(ctx context.Context, canister principal.Principal, method string, arg []byte) ([]byte, error) {
 	id := w.h.begin(time.Now())
 	reply, err := w.IC.Call(ctx, canister, method, arg)
