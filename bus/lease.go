@@ -85,8 +85,6 @@ type LeaseConfig struct {
 	// OnError, if set, is called with every failed KV operation except a lost acquisition race,
 	// for the role's metrics.
 	OnError func(error)
-	// Degraded, if set, is asked at every write and its answer written as LeaseRecord.Degraded.
-	Degraded func() bool
 	// OnRenewed, if set, is called after every write of the lease that landed (acquisition or
 	// renewal): proof that this process reaches the bucket's leader.
 	OnRenewed func()
@@ -180,11 +178,7 @@ func (l *Lease) renewEvery() time.Duration { return l.cfg.TTL / leaseRenewDiviso
 func (l *Lease) validFor() time.Duration { return l.cfg.TTL - l.cfg.TTL/leaseMarginDivisor }
 
 func (l *Lease) record(sent time.Time) []byte {
-	rec := LeaseRecord{Holder: l.cfg.Holder, ExpiresAt: sent.Add(l.cfg.TTL)}
-	if l.cfg.Degraded != nil {
-		rec.Degraded = l.cfg.Degraded()
-	}
-	b, _ := json.Marshal(rec) // cannot fail
+	b, _ := json.Marshal(LeaseRecord{Holder: l.cfg.Holder, ExpiresAt: sent.Add(l.cfg.TTL)}) // cannot fail
 	return b
 }
 

@@ -397,9 +397,6 @@ type CursorRecord struct {
 type LeaseRecord struct {
 	Holder    string    `json:"holder"`
 	ExpiresAt time.Time `json:"expires_at"`
-	// Degraded says the holder is alive but cannot do its work (a submitter that cannot reach the
-	// IC): others should take its work over rather than hand it any. Older versions omit it.
-	Degraded bool `json:"degraded,omitempty"`
 }
 
 // Live reports whether the lease is still held at now: ExpiresAt was computed with the holder's

@@ -195,17 +195,6 @@ func (c *Client) RootKey() []byte { return c.rootKey }
 // Principal is the gateway principal (the identity's sender).
 func (c *Client) Principal() principal.Principal { return c.cfg.Identity.Sender() }
 
-// Ping asks the IC for its status (GET /api/v2/status) and reports whether it answered 200: a
-// cheap proof that the IC is reachable, for telling a slow call from a lost connection.
-func (c *Client) Ping(ctx context.Context) error {
-	a, err := c.do(ctx, http.MethodGet, "/api/v2/status", nil, http.StatusOK)
-	if err != nil {
-		return fmt.Errorf("icclient: ping: %w", err)
-	}
-	c.release(a)
-	return nil
-}
-
 func (c *Client) fetchRootKey(ctx context.Context) ([]byte, error) {
 	body, err := c.do(ctx, http.MethodGet, "/api/v2/status", nil, http.StatusOK)
 	if err != nil {

@@ -111,7 +111,7 @@ func TestFaultHangSubmitter(t *testing.T) {
 	sub := &faultRun{t: t, d: d, clients: affected}
 	rc := sub.logRecovery("submitter hang, clients of the frozen submitter (partition takeover)", hungAt)
 	sub.target("submitter hang", rc, roleSilenceTarget,
-		"the partitions move when their leases expire (ICWS_SUBMIT_LEASE_TTL 3 s; the other submitter acts at the expiry it read), then the envelope in flight is submitted again and waits for its 400 ms update")
+		"the partitions move when their leases expire (ICWS_SUBMIT_LEASE_TTL 3 s plus the other submitter's next lease scan), then the envelope in flight is submitted again and waits for its 400 ms update")
 	faultAfterThaw(t, run, thawed, victim)
 }
 

@@ -121,9 +121,9 @@ func faultNATSClients(t *testing.T, n *NATSNode) string {
 }
 
 // TestFaultPartitionSubmitterFromIC: cut one submitter off the IC for 15 s while it still reaches
-// NATS. Once its calls and status probes have gone unanswered for ICWS_SUBMIT_IC_UNREACHABLE_AFTER
-// it hands its partitions to the other submitter, which starts from the ack floors, and takes its
-// share back after the heal; nothing is lost, duplicated or reordered.
+// NATS. Its IC calls time out and are retried; it keeps its partition leases, so its clients'
+// messages wait for the partition to heal (or for the call timeout to move them), and nothing is
+// lost or duplicated when they flow again.
 func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	requireGrayFaults(t)
 	nd := startNetFaultDeployment(t, ReplicaOptions{})
@@ -148,7 +148,7 @@ func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	rc := sub.logRecovery("submitter cut off from the IC, its clients", cutAt)
 	run.logRoleWarnings()
 	sub.target("submitter cut off from the IC", rc, roleSilenceTarget,
-		"the cut-off submitter hands its partitions over only after its calls and status probes have gone unanswered for ICWS_SUBMIT_IC_UNREACHABLE_AFTER (2 s); then the other submitter creates a consumer per partition and works through the backlog queued meanwhile")
+		"a submitter that reaches NATS but not the IC keeps renewing its partition leases, so nobody else submits its clients' envelopes until the IC answers again or its call times out (ICWS_SUBMIT_CALL_TIMEOUT 30 s); it would have to give its leases up after failing to reach the IC for a few seconds")
 	waitHealed(t, healed)
 	run.verify(30 * time.Second)
 }

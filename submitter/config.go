@@ -12,18 +12,17 @@ import (
 
 // Config is the submitter's configuration; the caller applies the ICWS prefix.
 type Config struct {
-	ID                 string        `envconfig:"SUBMITTER_ID" desc:"unique id of this submitter process (default: hostname-pid)"`
-	SettleDelay        time.Duration `envconfig:"SUBMIT_SETTLE_DELAY" default:"2s" desc:"wait after a 202 (not certified in time) before the client's next envelope"`
-	RetryMin           time.Duration `envconfig:"SUBMIT_RETRY_MIN" default:"100ms" desc:"first back-off after a retryable IC error; doubles up to SUBMIT_RETRY_MAX"`
-	RetryMax           time.Duration `envconfig:"SUBMIT_RETRY_MAX" default:"5s" desc:"longest back-off between retries of the same envelope"`
-	CallTimeout        time.Duration `envconfig:"SUBMIT_CALL_TIMEOUT" default:"30s" desc:"timeout of one IC call attempt"`
-	LeaseTTL           time.Duration `envconfig:"SUBMIT_LEASE_TTL" default:"3s" desc:"lifetime of a partition lease; a dead submitter's partitions move after about this long"`
-	ICUnreachableAfter time.Duration `envconfig:"SUBMIT_IC_UNREACHABLE_AFTER" default:"2s" desc:"a submitter whose IC calls and status probes went unanswered this long hands its partitions to a live submitter that reaches the IC; 0 never does"`
-	MaxInFlight        int           `envconfig:"SUBMIT_MAX_CLIENTS_IN_FLIGHT" default:"256" desc:"clients relayed in parallel per process"`
-	MaxPending         int           `envconfig:"SUBMIT_MAX_PENDING" default:"4096" desc:"unacknowledged ICWS_IN messages per partition held by this process (JetStream MaxAckPending)"`
-	AckWait            time.Duration `envconfig:"SUBMIT_ACK_WAIT" default:"10m" desc:"JetStream AckWait of partition consumers; must exceed the time a client's backlog may take"`
-	CloseRetryFor      time.Duration `envconfig:"SUBMIT_CLOSE_RETRY_FOR" default:"1m" desc:"how long a ws_close call is retried on transport errors"`
-	DrainTimeout       time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
+	ID            string        `envconfig:"SUBMITTER_ID" desc:"unique id of this submitter process (default: hostname-pid)"`
+	SettleDelay   time.Duration `envconfig:"SUBMIT_SETTLE_DELAY" default:"2s" desc:"wait after a 202 (not certified in time) before the client's next envelope"`
+	RetryMin      time.Duration `envconfig:"SUBMIT_RETRY_MIN" default:"100ms" desc:"first back-off after a retryable IC error; doubles up to SUBMIT_RETRY_MAX"`
+	RetryMax      time.Duration `envconfig:"SUBMIT_RETRY_MAX" default:"5s" desc:"longest back-off between retries of the same envelope"`
+	CallTimeout   time.Duration `envconfig:"SUBMIT_CALL_TIMEOUT" default:"30s" desc:"timeout of one IC call attempt"`
+	LeaseTTL      time.Duration `envconfig:"SUBMIT_LEASE_TTL" default:"3s" desc:"lifetime of a partition lease; a dead submitter's partitions move after about this long"`
+	MaxInFlight   int           `envconfig:"SUBMIT_MAX_CLIENTS_IN_FLIGHT" default:"256" desc:"clients relayed in parallel per process"`
+	MaxPending    int           `envconfig:"SUBMIT_MAX_PENDING" default:"4096" desc:"unacknowledged ICWS_IN messages per partition held by this process (JetStream MaxAckPending)"`
+	AckWait       time.Duration `envconfig:"SUBMIT_ACK_WAIT" default:"10m" desc:"JetStream AckWait of partition consumers; must exceed the time a client's backlog may take"`
+	CloseRetryFor time.Duration `envconfig:"SUBMIT_CLOSE_RETRY_FOR" default:"1m" desc:"how long a ws_close call is retried on transport errors"`
+	DrainTimeout  time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
 }
 
 // DefaultConfig returns the defaults the envconfig tags declare (the id is chosen by validate).
@@ -53,8 +52,6 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ICWS_SUBMIT_CALL_TIMEOUT=%s: must be positive", c.CallTimeout)
 	case c.LeaseTTL < 300*time.Millisecond:
 		return fmt.Errorf("ICWS_SUBMIT_LEASE_TTL=%s: must be at least 300ms", c.LeaseTTL)
-	case c.ICUnreachableAfter < 0:
-		return fmt.Errorf("ICWS_SUBMIT_IC_UNREACHABLE_AFTER=%s: must not be negative", c.ICUnreachableAfter)
 	case c.MaxInFlight < 1:
 		return fmt.Errorf("ICWS_SUBMIT_MAX_CLIENTS_IN_FLIGHT=%d: must be at least 1", c.MaxInFlight)
 	case c.MaxPending < 1:

@@ -64,15 +64,6 @@ type group struct {
 
 	// reported is the partition count last logged: one line per change, not one per partition.
 	reported int
-	// icDown is the IC health the last tick acted on.
-	icDown bool
-	// wroteDegraded is the Degraded flag of the last liveness record written.
-	wroteDegraded atomic.Bool
-	// nudge wakes the run loop for a change in the leases bucket that may move partitions: a
-	// partition lease deleted, a submitter arriving, leaving, or changing its IC health.
-	nudge chan struct{}
-	// expiry fires when the earliest lease of another holder runs out, unless renewed before.
-	expiry *time.Timer
 }
 
 func (g *group) run(ctx context.Context) error {
@@ -96,9 +87,6 @@ func (g *group) run(ctx context.Context) error {
 	}
 	defer func() { _ = w.Stop() }()
 	g.view = map[string]leaseEntry{}
-	g.nudge = make(chan struct{}, 1)
-	g.expiry = time.NewTimer(time.Hour)
-	defer g.expiry.Stop()
 	initial := make(chan struct{})
 	go g.watch(w, initial)
 	select {
@@ -110,18 +98,7 @@ func (g *group) run(ctx context.Context) error {
 	}
 	// A KV hiccup at start must not end the process (in `icws all` it would take every role down):
 	// Acquire retries until it works.
-	g.live = bus.NewLease(g.leases, bus.LeaseConfig{
-		Key:    bus.SubmitterLiveKey(s.cfg.ID),
-		Holder: s.cfg.ID,
-		TTL:    s.cfg.LeaseTTL,
-		Logger: s.log,
-		// Others read it to hand this process no partitions while it may not reach the IC.
-		Degraded: func() bool {
-			d := s.health.doubtful(time.Now())
-			g.wroteDegraded.Store(d)
-			return d
-		},
-	})
+	g.live = g.newLease(bus.SubmitterLiveKey(s.cfg.ID))
 	if err := g.live.Acquire(runCtx); err != nil {
 		return nil
 	}
@@ -130,9 +107,6 @@ func (g *group) run(ctx context.Context) error {
 	liveWG.Go(func() { g.keepLive(liveCtx) })
 	g.stopLive = func() { stopLive(); liveWG.Wait() }
 	defer g.stopLive()
-	var probeWG sync.WaitGroup
-	probeWG.Go(func() { s.health.probe(liveCtx, s.ic.Ping, g.wake) })
-	defer probeWG.Wait()
 
 	s.log.Debug("submitter started", "partitions", g.h.Partitions)
 	t := time.NewTicker(s.cfg.rebalanceEvery())
@@ -144,10 +118,6 @@ func (g *group) run(ctx context.Context) error {
 	for {
 		select {
 		case <-t.C:
-			g.tick(runCtx)
-		case <-g.nudge:
-			g.tick(runCtx)
-		case <-g.expiry.C:
 			g.tick(runCtx)
 		case <-s.crashCh:
 			g.crash()
@@ -196,7 +166,6 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 			continue
 		}
 		g.mu.Lock()
-		prev, existed := g.view[e.Key()]
 		if e.Operation() != jetstream.KeyValuePut {
 			delete(g.view, e.Key())
 		} else {
@@ -208,33 +177,8 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 				g.view[e.Key()] = leaseEntry{rec: rec, rev: e.Revision()}
 			}
 		}
-		now, cur := g.view[e.Key()]
 		g.mu.Unlock()
-		if !first && movesPartitions(e.Key(), prev, existed, now, cur) {
-			g.wake()
-		}
 	}
-}
-
-// wake makes the run loop tick at once.
-func (g *group) wake() {
-	select {
-	case g.nudge <- struct{}{}:
-	default:
-	}
-}
-
-// movesPartitions reports whether a change of a key in the leases bucket (from prev to now; the
-// booleans say whether each exists) may change who should own which partition: a partition lease
-// freed, or a submitter arriving, leaving or changing its IC health. Renewals do not.
-func movesPartitions(key string, prev leaseEntry, existed bool, now leaseEntry, exists bool) bool {
-	if _, err := bus.ParseSubmitterLeaseKey(key); err == nil {
-		return existed && !exists
-	}
-	if _, err := bus.ParseSubmitterLiveKey(key); err == nil {
-		return existed != exists || prev.rec.Degraded != now.rec.Degraded
-	}
-	return false
 }
 
 // tick forgets partitions that stopped (releasing the leases of those handed over), then moves
@@ -257,86 +201,19 @@ func (g *group) tick(ctx context.Context) {
 	}
 
 	now := time.Now()
-	if down := s.health.unreachable(now); down != g.icDown {
-		g.icDown = down
-		if down {
-			s.log.Warn("the IC does not answer; leaving partitions to submitters that reach it",
-				"unanswered_for_at_least", s.cfg.ICUnreachableAfter)
-		} else {
-			s.log.Info("the IC answers again")
-		}
-	}
-	if s.health.doubtful(now) != g.wroteDegraded.Load() {
-		// Tell the others now rather than at the next renewal.
-		_ = g.live.Renew(ctx)
-	}
-	target := g.fairShare(ctx, now, g.icDown)
+	target := g.fairShare(ctx, now)
 	active := g.active()
-	switch {
-	case len(active) > target && target == 0 && g.icDown:
-		g.abandonAll(ctx)
-	case len(active) > target:
+	if len(active) > target {
 		// Hand over the surplus gracefully; the leases are renewed until the drain ends.
 		sort.Ints(active)
 		for _, n := range active[target:] {
 			s.log.Debug("handing over partition", "partition", n, "fair_share", target)
 			g.owned[n].stopGraceful(s.cfg.DrainTimeout)
 		}
-	case len(active) < target:
+	} else if len(active) < target {
 		g.acquire(ctx, now, target-len(active))
 	}
 	g.updateGauge()
-	g.armExpiry(now)
-}
-
-// abandonAll hands every partition over at once, abandoning in-flight calls (they wait for an IC
-// that does not answer): each stops without acknowledging anything more and its lease is deleted
-// once nothing of it runs, so its successor starts at once from the ack floor. An abandoned call
-// that reached the IC after all is sent again by the successor, which the IC de-duplicates.
-func (g *group) abandonAll(ctx context.Context) {
-	for _, p := range g.owned {
-		if !p.isStopping() {
-			g.s.m.icHandovers.Inc()
-		}
-		p.abandon()
-	}
-	wait := time.NewTimer(g.s.cfg.LeaseTTL / 3)
-	defer wait.Stop()
-	for n, p := range g.owned {
-		select {
-		case <-p.done:
-		case <-wait.C:
-			return // the next tick releases what has stopped by then
-		case <-ctx.Done():
-			return
-		}
-		if p.released() {
-			g.releaseLease(ctx, p)
-		}
-		delete(g.owned, n)
-	}
-}
-
-// armExpiry sets the expiry timer to when the earliest lease of another holder runs out (a
-// partition lease that may become free, or a submitter's liveness that changes the fair share),
-// so a dead holder's partitions move when its leases expire rather than at the next tick.
-func (g *group) armExpiry(now time.Time) {
-	var next time.Time
-	g.mu.Lock()
-	for _, e := range g.view {
-		if e.rec.Holder == g.s.cfg.ID || !e.rec.Live(now, 0) {
-			continue
-		}
-		if next.IsZero() || e.rec.ExpiresAt.Before(next) {
-			next = e.rec.ExpiresAt
-		}
-	}
-	g.mu.Unlock()
-	if next.IsZero() {
-		return
-	}
-	g.expiry.Stop()
-	g.expiry.Reset(next.Sub(now) + time.Millisecond)
 }
 
 func (g *group) active() []int {
@@ -358,15 +235,9 @@ func (g *group) updateGauge() {
 	}
 }
 
-// fairShare is this process's share of the partitions: ceil(partitions / live submitters that
-// reach the IC), or none while it does not reach the IC itself. When no live submitter reaches
-// the IC, the partitions stay split among all of them: nobody could do better, and handing them
-// round would only add consumer set-ups. Stale liveness keys are cleaned up on the way.
-func (g *group) fairShare(ctx context.Context, now time.Time, icDown bool) int {
-	live, reaching := 1, 1
-	if icDown {
-		reaching = 0
-	}
+// fairShare is ceil(partitions / live submitters); stale liveness keys are cleaned up on the way.
+func (g *group) fairShare(ctx context.Context, now time.Time) int {
+	live := 1
 	var stale []string
 	var staleRevs []uint64
 	g.mu.Lock()
@@ -377,9 +248,6 @@ func (g *group) fairShare(ctx context.Context, now time.Time, icDown bool) int {
 		}
 		if e.rec.Live(now, 0) {
 			live++
-			if !e.rec.Degraded {
-				reaching++
-			}
 		} else if now.Sub(e.rec.ExpiresAt) > 10*g.s.cfg.LeaseTTL {
 			stale = append(stale, k)
 			staleRevs = append(staleRevs, e.rev)
@@ -390,36 +258,18 @@ func (g *group) fairShare(ctx context.Context, now time.Time, icDown bool) int {
 		_ = g.h.Leases.Delete(ctx, k, jetstream.LastRevision(staleRevs[i]))
 	}
 	p := g.h.Partitions
-	switch {
-	case reaching == 0:
-		return (p + live - 1) / live
-	case icDown:
-		return 0
-	default:
-		return (p + reaching - 1) / reaching
-	}
+	return (p + live - 1) / live
 }
 
 // acquire takes up to want free or expired partitions, scanning from a per-process offset so that
-// processes starting together do not all race for the same partitions. The candidates are tried
-// at once rather than one after another: each attempt is a read and a write of a replicated KV
-// bucket, and a successor taking over many partitions of a cut-off or dead submitter would
-// otherwise start the last one several round trips after the first. A candidate lost to a rival
-// is retried at the next tick if the share still calls for it.
+// processes starting together do not all race for the same partitions.
 func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 	s := g.s
 	total := g.h.Partitions
 	h := fnv.New32a()
 	h.Write([]byte(s.cfg.ID))
 	off := int(h.Sum32() % uint32(total))
-	type candidate struct {
-		n     int
-		prev  string
-		lease *bus.Lease
-		err   error
-	}
-	var cands []*candidate
-	for i := 0; i < total && len(cands) < want; i++ {
+	for i := 0; i < total && want > 0 && ctx.Err() == nil; i++ {
 		n := (off + i) % total
 		if _, mine := g.owned[n]; mine {
 			continue
@@ -431,32 +281,22 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		if exists && e.rec.Holder != s.cfg.ID && e.rec.Live(now, 0) {
 			continue
 		}
-		c := &candidate{n: n, lease: g.newLease(key)}
-		if exists {
-			c.prev = e.rec.Holder
-		}
-		cands = append(cands, c)
-	}
-	var wg sync.WaitGroup
-	for _, c := range cands {
-		wg.Go(func() { c.err = c.lease.TryAcquire(ctx) })
-	}
-	wg.Wait()
-	for _, c := range cands {
-		if c.err != nil {
+		lease := g.newLease(key)
+		if err := lease.TryAcquire(ctx); err != nil {
 			// Someone else was quicker, or our view is behind; the next tick sees the new state.
-			s.log.Debug("partition lease not acquired", "partition", c.n, "err", c.err)
+			s.log.Debug("partition lease not acquired", "partition", n, "err", err)
 			continue
 		}
-		if ctx.Err() != nil {
-			_ = c.lease.Release(context.WithoutCancel(ctx))
-			continue
+		prev := ""
+		if exists {
+			prev = e.rec.Holder
 		}
-		s.log.Debug("partition acquired", "partition", c.n, "previous_holder", c.prev)
+		s.log.Debug("partition acquired", "partition", n, "previous_holder", prev)
 		s.m.takeovers.Inc()
-		p := newPartition(s, g.h, c.n, c.lease)
-		g.owned[c.n] = p
+		p := newPartition(s, g.h, n, lease)
+		g.owned[n] = p
 		p.start()
+		want--
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,30 +301,11 @@ func newFakeStore() *fakeStore {
 type fakeIC struct {
 	*fakeStore
 	by string
-	// cut makes this view's calls hang until their context ends and its pings fail, as for a
-	// submitter cut off from the IC; the calls never reach the store.
-	cut atomic.Bool
-}
-
-// hang is what a call of a cut-off view does.
-func hang(ctx context.Context) error {
-	<-ctx.Done()
-	return &icclient.TransportError{Err: ctx.Err()}
-}
-
-func (f *fakeIC) Ping(ctx context.Context) error {
-	if f.cut.Load() {
-		return hang(ctx)
-	}
-	return nil
 }
 
 func (f *fakeStore) as(by string) *fakeIC { return &fakeIC{fakeStore: f, by: by} }
 
 func (f *fakeIC) SubmitCall(ctx context.Context, canister principal.Principal, env []byte) (icclient.CallOutcome, error) {
-	if f.cut.Load() {
-		return icclient.CallOutcome{}, hang(ctx)
-	}
 	client, seq, err := parseFakeEnvelope(env)
 	if err != nil {
 		return icclient.CallOutcome{}, &icclient.HTTPError{StatusCode: 400, Body: err.Error()}
@@ -390,9 +370,6 @@ func (f *fakeIC) SubmitCall(ctx context.Context, canister principal.Principal, e
 }
 
 func (f *fakeIC) Call(ctx context.Context, canister principal.Principal, method string, arg []byte) ([]byte, error) {
-	if f.cut.Load() {
-		return nil, hang(ctx)
-	}
 	if method != "ws_close" {
 		return nil, &icclient.RejectError{Code: 3, Message: "no method " + method}
 	}

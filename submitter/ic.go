@@ -15,8 +15,6 @@ type IC interface {
 	SubmitCall(ctx context.Context, canister principal.Principal, envelope []byte) (icclient.CallOutcome, error)
 	// Call makes an update call signed by the gateway identity and waits for its reply.
 	Call(ctx context.Context, canister principal.Principal, method string, arg []byte) ([]byte, error)
-	// Ping asks the IC for its status: nil when it answered.
-	Ping(ctx context.Context) error
 }
 
 var _ IC = (*icclient.Client)(nil)

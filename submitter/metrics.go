@@ -20,7 +20,6 @@ type metrics struct {
 	panics          prometheus.Counter
 	clientBacklog   prometheus.Histogram
 	backlogCloses   prometheus.Counter
-	icHandovers     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -79,14 +78,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "icws_submitter_backlog_closes_total",
 			Help: "Clients closed because a queued envelope would expire before its turn (the client sends faster than the canister executes); their dropped envelopes count as icws_submitter_envelopes_total{outcome=\"backlog_dropped\"}.",
 		}),
-		icHandovers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "icws_submitter_ic_unreachable_handovers_total",
-			Help: "Partitions this process handed over at once because the IC did not answer it for ICWS_SUBMIT_IC_UNREACHABLE_AFTER.",
-		}),
 	}
 	for _, c := range []prometheus.Collector{m.envelopes, m.rejects, m.latency, m.expired, m.retries,
-		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics, m.clientBacklog, m.backlogCloses,
-		m.icHandovers} {
+		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics, m.clientBacklog, m.backlogCloses} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register submitter metrics: %w", err)
 		}

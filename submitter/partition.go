@@ -32,9 +32,6 @@ type partition struct {
 
 	// lease is the partition's lease; while it is not Valid it may be someone else's.
 	lease *bus.Lease
-	// consumer names this tenure's consumer, after the lease revision that began it (renewals
-	// change the revision; a retried set-up must find the consumer an earlier attempt created).
-	consumer string
 
 	stopping  atomic.Bool   // no new envelopes are started
 	stopCh    chan struct{} // closed with stopping
@@ -68,7 +65,6 @@ func newPartition(s *Submitter, h *bus.Handles, n int, lease *bus.Lease) *partit
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &partition{
 		s: s, h: h, n: n, ctx: ctx, cancel: cancel, lease: lease,
-		consumer:  consumerPrefix(n) + strconv.FormatUint(lease.Revision(), 10),
 		drainDone: make(chan struct{}),
 		stopCh:    make(chan struct{}),
 		clients:   map[string]*clientQueue{},
@@ -131,17 +127,6 @@ func (p *partition) stopGraceful(timeout time.Duration) {
 			}
 		}()
 	})
-}
-
-// abandon hands the partition over at once: like lose, in-flight calls are abandoned and nothing
-// more is acked, but the lease is released (by the group, once done closes) instead of left to
-// expire, so the successor need not wait for it.
-func (p *partition) abandon() {
-	if p.ctx.Err() == nil {
-		p.graceful.Store(true)
-	}
-	p.setStopping()
-	p.cancel()
 }
 
 func (p *partition) start() { go p.run() }
@@ -222,65 +207,35 @@ func (p *partition) subscribe() (jetstream.ConsumeContext, error) {
 		if !sleepCtx(p.ctx, jitter(backoff)) {
 			return nil, p.ctx.Err()
 		}
-		backoff = min(2*backoff, p.s.cfg.RetryMax, jsRequestTimeout)
+		backoff = min(2*backoff, p.s.cfg.RetryMax)
 	}
 }
 
-// Partition consumers pull in requests of consumerPullExpiry with server heartbeats every
-// consumerPullHeartbeat.
-const (
-	consumerPullExpiry    = 5 * time.Second
-	consumerPullHeartbeat = time.Second
-)
-
-// jsRequestTimeout bounds each JetStream API request of a take-over. A request to a consumer or
-// stream whose raft group is electing a leader is never answered (the request is lost, not
-// queued), so a new attempt after the election is what gets through: attempts are kept short.
-const jsRequestTimeout = 2 * time.Second
-
 func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
-	request := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(p.ctx, min(jsRequestTimeout, p.s.cfg.CallTimeout))
-	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
+	defer cancel()
 	prefix := consumerPrefix(p.n)
-	own := p.consumer
-	// Names, then the info of this partition's consumers only: a clustered server answers a
-	// list of every consumer's info only when all their leaders have, and waits seconds for those
-	// being deleted meanwhile (by the other partitions' take-overs).
-	ctx, cancel := request()
-	lister := p.h.In.ConsumerNames(ctx)
-	var candidates []string
+	own := prefix + strconv.FormatUint(p.lease.Revision(), 10)
+	lister := p.h.In.ListConsumers(ctx)
+	var olds []string
+	var floor uint64
 	ownExists := false
-	for name := range lister.Name() {
-		if name == own {
+	for info := range lister.Info() {
+		if info.Name == own {
 			// Left by an earlier attempt of ours whose Consume failed: reuse it as it is.
 			ownExists = true
 			continue
 		}
-		if strings.HasPrefix(name, prefix) {
-			candidates = append(candidates, name)
+		if !strings.HasPrefix(info.Name, prefix) {
+			continue
 		}
+		if len(olds) == 0 || info.AckFloor.Stream < floor {
+			floor = info.AckFloor.Stream
+		}
+		olds = append(olds, info.Name)
 	}
-	cancel()
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of %s: %w", bus.StreamIn, err)
-	}
-	var olds []string
-	var floor uint64
-	for _, name := range candidates {
-		// A consumer deleted since it was listed (by an earlier owner, which had created its own
-		// first) fails the attempt: the next one lists that owner's consumer, so the start point
-		// is never lost to a race.
-		ctx, cancel := request()
-		old, err := p.h.In.Consumer(ctx, name)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("read consumer %s: %w", name, err)
-		}
-		if f := consumerFloor(old.CachedInfo()); len(olds) == 0 || f < floor {
-			floor = f
-		}
-		olds = append(olds, name)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       own,
@@ -298,13 +253,11 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	}
 	var cons jetstream.Consumer
 	var err error
-	ctx, cancel = request()
 	if ownExists {
 		cons, err = p.h.In.Consumer(ctx, own)
 	} else {
 		cons, err = p.h.In.CreateOrUpdateConsumer(ctx, cfg)
 	}
-	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
 	}
@@ -314,10 +267,7 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		if name == cfg.Durable {
 			continue
 		}
-		ctx, cancel := request()
-		err := p.h.In.DeleteConsumer(ctx, name)
-		cancel()
-		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := p.h.In.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("delete previous consumer %s: %w", name, err)
 		}
 	}
@@ -325,12 +275,6 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		"previous", olds, "start_seq", cfg.OptStartSeq)
 	cc, err := cons.Consume(p.onMsg,
 		jetstream.PullMaxMessages(min(p.s.cfg.MaxPending, 512)),
-		// A pull request that reached a consumer leader which then lost its leadership is gone;
-		// the client notices only when the server's heartbeats stop for twice the interval and
-		// pulls again. The default (30 s pulls, 15 s heartbeats) left a partition idle for 30 s
-		// after an election that moved its consumer.
-		jetstream.PullExpiry(consumerPullExpiry),
-		jetstream.PullHeartbeat(consumerPullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 				// Another process took the partition over; stop before doing anything more.
@@ -343,19 +287,6 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		return nil, fmt.Errorf("consume %s: %w", cfg.Durable, err)
 	}
 	return cc, nil
-}
-
-// consumerFloor is the stream sequence below which a partition consumer has nothing left to do:
-// its ack floor, or, before it has acked anything, the sequence before the one it started at (its
-// creator started it there because everything below was done). A consumer created by a set-up
-// attempt that timed out, or by an owner that stopped at once, has acked nothing; its reported
-// ack floor of 0 would start its successor at the beginning of the stream.
-func consumerFloor(info *jetstream.ConsumerInfo) uint64 {
-	floor := info.AckFloor.Stream
-	if info.Config.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && info.Config.OptStartSeq > 0 {
-		floor = max(floor, info.Config.OptStartSeq-1)
-	}
-	return floor
 }
 
 // onMsg queues a message behind the client's earlier ones; it runs on the consumer's goroutine, in

@@ -25,13 +25,6 @@
 // one has a certified outcome, even an overlap of two owners could not reorder executions (202
 // answers aside, which only SettleDelay covers, for one owner as for two); at worst it re-sends the
 // same bytes.
-//
-// A process that reaches NATS but not the IC would keep its leases while every call hangs: it
-// watches its calls (ichealth.go), marks its liveness record Degraded once they have gone
-// unanswered for half of ICUnreachableAfter, and after the whole bound (status probes unanswered
-// too) hands every partition to the live submitters that are not degraded, abandoning its calls in
-// flight and releasing the leases. It takes partitions again once a probe is answered, or when no
-// live submitter reaches the IC, in which case nobody hands anything over.
 package submitter
 
 import (
@@ -64,10 +57,8 @@ type Submitter struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	ic  IC
-	// health tells whether the IC answers this process (ichealth.go); ic records every call in it.
-	health *icHealth
-	log    *slog.Logger
-	m      *metrics
+	log *slog.Logger
+	m   *metrics
 	// sessions is set by Run once the buckets are open.
 	sessions *bus.Sessions
 
@@ -109,13 +100,11 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	if err != nil {
 		return nil, err
 	}
-	health := newICHealth(cfg.ICUnreachableAfter)
 	s := &Submitter{
 		cfg:     cfg,
 		nc:      deps.NC,
 		js:      deps.JS,
-		ic:      watchedIC{IC: deps.IC, h: health},
-		health:  health,
+		ic:      deps.IC,
 		log:     log.With("submitter_id", cfg.ID),
 		m:       m,
 		sem:     make(chan struct{}, cfg.MaxInFlight),
