@@ -23,9 +23,7 @@ const takeoverWait = 500 * time.Millisecond
 // edgeMissedRenewal reports whether edge id has not written its liveness lease for two renewal
 // periods (a renewal is due every third of the lease's TTL, which edges share): it is dead, hung
 // or cut off, and would not answer a request. When that cannot be told it reports false.
-func (e *Edge) edgeMissedRenewal(id string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), takeoverWait)
-	defer cancel()
+func (e *Edge) edgeMissedRenewal(ctx context.Context, id string) bool {
 	ent, err := e.h.Leases.Get(ctx, bus.EdgeLeaseKey(id))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -182,7 +180,10 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			// answer, so the stream drops the later of the two. Waiting longer would only add to
 			// the silence of a client that left a hung edge, and an edge that has missed a lease
 			// renewal is not waited for at all.
-			if c.e.edgeMissedRenewal(prev.Edge) {
+			lctx, cancel := context.WithTimeout(context.Background(), takeoverWait)
+			stale := c.e.edgeMissedRenewal(lctx, prev.Edge)
+			cancel()
+			if stale {
 				_ = c.e.nc.PublishMsg(m)
 			} else {
 				_, _ = c.e.nc.RequestMsg(m, takeoverWait)

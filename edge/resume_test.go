@@ -549,10 +549,10 @@ func TestEdgeThatMissedItsRenewalIsNotWaitedFor(t *testing.T) {
 		_, err := v.h.Leases.Get(context.Background(), bus.EdgeLeaseKey("e1"))
 		return err == nil
 	})
-	if e.edgeMissedRenewal("e1") {
+	if e.edgeMissedRenewal(context.Background(), "e1") {
 		t.Fatal("an edge that renews its lease looks stale")
 	}
-	if !e.edgeMissedRenewal("e-unknown") {
+	if !e.edgeMissedRenewal(context.Background(), "e-unknown") {
 		t.Fatal("an edge without a lease looks alive")
 	}
 	val, err := json.Marshal(bus.LeaseRecord{Holder: "e9", ExpiresAt: time.Now().Add(time.Minute)})
@@ -562,5 +562,5 @@ func TestEdgeThatMissedItsRenewalIsNotWaitedFor(t *testing.T) {
 	if _, err := v.h.Leases.Put(context.Background(), bus.EdgeLeaseKey("e9"), val); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, 10*time.Second, "e9's unrenewed lease seen as stale", func() bool { return e.edgeMissedRenewal("e9") })
+	testkit.WaitFor(t, 10*time.Second, "e9's unrenewed lease seen as stale", func() bool { return e.edgeMissedRenewal(context.Background(), "e9") })
 }
