@@ -63,7 +63,7 @@ func TestFaultPartitionEdgeFromNATS(t *testing.T) {
 		t.Logf("%s:\n  %s", victim.Name, strings.Join(lines, "\n  "))
 	}
 	sub.target("edge cut off from NATS", rc, roleSilenceTarget,
-		"the edge sheds after ICWS_EDGE_NATS_TIMEOUT (3 s) without an answer from NATS; the resume elsewhere then waits up to 500 ms for the cut-off edge to let go of the session")
+		"the edge sheds after ICWS_EDGE_NATS_TIMEOUT (3 s) without an answer from NATS; then its clients resume at once on the other edge, each resume and replay a few JetStream round trips")
 	healedAt := waitHealed(t, healed)
 	waitReady(t, victim.AdminURL, victim.Proc)
 	t.Logf("%s ready again %s after the partition healed", victim.Name, time.Since(healedAt).Round(time.Millisecond))
