@@ -23,15 +23,31 @@ func (e *Edge) acquireLease(ctx context.Context) (*bus.Lease, error) {
 		Logger:            e.log,
 		OnRenewed:         e.leaseRenewed, // the bus watch's proof that JetStream works for this edge
 	})
-	err := l.TryAcquire(ctx)
-	var held *bus.HeldError
-	if errors.As(err, &held) {
-		return nil, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", l.Key(), held.Until.Format(time.RFC3339), e.cfg.ID)
+	// A bucket that was just created may have no leader for a few seconds (no responders, time-outs):
+	// wait for it. A lease another process holds under our id is a configuration error.
+	backoff := 200 * time.Millisecond
+	for waited := false; ; {
+		err := l.TryAcquire(ctx)
+		var held *bus.HeldError
+		switch {
+		case err == nil:
+			return l, nil
+		case errors.As(err, &held) && held.Holder != "":
+			return nil, fmt.Errorf("edge: lease %s is held until %s: is ICWS_EDGE_ID %q used by another edge?", l.Key(), held.Until.Format(time.RFC3339), e.cfg.ID)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+		if !waited {
+			waited = true
+			e.log.Info("waiting for the leases bucket", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("edge: %w", err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
-	}
-	return l, nil
 }
 
 // renewLease keeps the liveness lease alive until ctx ends. A lost lease (NATS unreachable for
