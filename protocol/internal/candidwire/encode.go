@@ -1,11 +1,9 @@
 package candidwire
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"unicode/utf8"
 )
 
@@ -17,14 +15,18 @@ func Encode(types []*Type, values []Value) ([]byte, error) {
 	if len(types) != len(values) {
 		return nil, fmt.Errorf("candid: %d types for %d values", len(types), len(values))
 	}
-	tb := tableBuilder{index: map[*Type]int64{}, byEntry: map[string]int64{}, building: map[*Type]bool{}}
-	refs := make([]int64, len(types))
-	for i, t := range types {
-		r, err := tb.ref(t)
-		if err != nil {
-			return nil, fmt.Errorf("candid: argument %d: %w", i, err)
+	tb, refs, err := buildTable(types, nil)
+	if err != nil {
+		return nil, err
+	}
+	if tb.recursive {
+		// Structural comparison of entries names each non-recursive type once, but a
+		// recursive type can be spelled in many ways (`opt opt …` as a cycle of one entry or
+		// of eight); name each type by its class so that a decoded message encodes the same way
+		// whichever spelling it was read in.
+		if tb, refs, err = buildTable(types, typeRepresentatives(types)); err != nil {
+			return nil, err
 		}
-		refs[i] = r
 	}
 	out := []byte(magic)
 	out = appendULEB(out, uint64(len(tb.entries)))
@@ -35,7 +37,6 @@ func Encode(types []*Type, values []Value) ([]byte, error) {
 	for _, r := range refs {
 		out = appendSLEB(out, r)
 	}
-	var err error
 	for i, t := range types {
 		if out, err = appendValue(out, t, values[i], 0); err != nil {
 			return nil, fmt.Errorf("candid: argument %d: %w", i, err)
@@ -47,13 +48,30 @@ func Encode(types []*Type, values []Value) ([]byte, error) {
 	return out, nil
 }
 
+// buildTable writes the type table for types; rep, if not nil, maps each type to the
+// representative of the types equal to it.
+func buildTable(types []*Type, rep map[*Type]*Type) (*tableBuilder, []int64, error) {
+	tb := &tableBuilder{rep: rep, index: map[*Type]int64{}, byEntry: map[string]int64{}, building: map[*Type]bool{}}
+	refs := make([]int64, len(types))
+	for i, t := range types {
+		r, err := tb.ref(t)
+		if err != nil {
+			return nil, nil, fmt.Errorf("candid: argument %d: %w", i, err)
+		}
+		refs[i] = r
+	}
+	return tb, refs, nil
+}
+
 type tableBuilder struct {
 	entries [][]byte
+	rep     map[*Type]*Type
 	index   map[*Type]int64
 	byEntry map[string]int64
 	// building holds the types whose entry is being built; meeting one again (a recursive
 	// type) reserves its slot.
-	building map[*Type]bool
+	building  map[*Type]bool
+	recursive bool
 }
 
 // ref returns the reference to t, adding its entry (and those of the types it refers to) to the
@@ -66,10 +84,14 @@ func (tb *tableBuilder) ref(t *Type) (int64, error) {
 	if t.kind.primitive() {
 		return int64(t.kind), nil
 	}
+	if r, ok := tb.rep[t]; ok {
+		t = r
+	}
 	if i, ok := tb.index[t]; ok {
 		return i, nil
 	}
 	if tb.building[t] {
+		tb.recursive = true
 		i := int64(len(tb.entries))
 		tb.entries = append(tb.entries, nil)
 		tb.index[t] = i
@@ -108,7 +130,7 @@ func (tb *tableBuilder) ref(t *Type) (int64, error) {
 		entry = appendULEB(entry, uint64(len(t.ref.modes)))
 		entry = append(entry, t.ref.modes...)
 	case KindService:
-		methods := slices.SortedFunc(slices.Values(t.ref.methods), func(a, b Method) int { return cmp.Compare(a.Name, b.Name) })
+		methods := sortedMethods(t)
 		entry = appendULEB(entry, uint64(len(methods)))
 		for _, m := range methods {
 			r, err := tb.ref(m.Type)
