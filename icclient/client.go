@@ -35,8 +35,12 @@ type Config struct {
 	RootKey []byte
 	// Identity signs the gateway's own requests (its Ed25519 key).
 	Identity identity.Identity
-	// HTTPClient defaults to a client with a 30 s timeout.
+	// HTTPClient defaults to a client with a 30 s timeout whose transport keeps MaxIdleConns
+	// connections to the endpoint.
 	HTTPClient *http.Client
+	// MaxIdleConns is how many idle connections to the endpoint the default HTTPClient keeps for
+	// reuse. Default 64.
+	MaxIdleConns int
 	// CallAPIVersion is the call endpoint version: 3 (default, synchronous) or 2.
 	CallAPIVersion int
 	Logger         *slog.Logger
@@ -56,6 +60,17 @@ type Config struct {
 	// SkipQuerySignatures accepts query answers without checking their node signatures, for
 	// local replicas that do not sign them. New refuses it for mainnet URLs.
 	SkipQuerySignatures bool
+}
+
+// pooledTransport is Go's default transport keeping up to idle connections to the endpoint.
+// The default keeps two per host, so with more requests than that in flight (the submitter's
+// partitions, the pollers, the ws_close calls of a closing edge) each extra request opened a
+// connection, a TLS handshake on the IC, and left a socket in TIME_WAIT.
+func pooledTransport(idle int) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = idle
+	t.MaxIdleConnsPerHost = idle
+	return t
 }
 
 // Client talks to one IC HTTP endpoint. It is safe for concurrent use.
@@ -99,8 +114,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.CallAPIVersion != 2 && cfg.CallAPIVersion != 3 {
 		return nil, fmt.Errorf("icclient: call API version %d: want 2 or 3", cfg.CallAPIVersion)
 	}
+	if cfg.MaxIdleConns <= 0 {
+		cfg.MaxIdleConns = 64
+	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: pooledTransport(cfg.MaxIdleConns)}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

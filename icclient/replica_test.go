@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -62,7 +63,8 @@ type icEnv struct {
 	r      *replica.Replica
 	url    string
 	can    *echoCanister
-	counts sync.Map // path suffix → *atomic.Int64
+	counts sync.Map     // path suffix → *atomic.Int64
+	conns  atomic.Int64 // TCP connections accepted
 }
 
 func (e *icEnv) count(kind string) int64 {
@@ -85,12 +87,18 @@ func startReplica(t testing.TB, cfg replica.Config) *icEnv {
 		t.Fatal(err)
 	}
 	inner := r.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		kind := req.URL.Path[strings.LastIndexByte(req.URL.Path, '/')+1:]
 		v, _ := e.counts.LoadOrStore(kind, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
 		inner.ServeHTTP(w, req)
 	}))
+	srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			e.conns.Add(1)
+		}
+	}
+	srv.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.RunCanisters(ctx); close(done) }()
@@ -217,6 +225,35 @@ func TestConcurrentQueriesShareOneKeyFetch(t *testing.T) {
 	}
 	if n := e.count("read_state"); n != 1 {
 		t.Fatalf("%d read_state requests, want 1", n)
+	}
+}
+
+// The gateway has more requests to the IC in flight than Go's default transport keeps idle
+// connections for (two); each request beyond that must not cost a new connection.
+func TestConcurrentRequestsReuseConnections(t *testing.T) {
+	const concurrent, rounds = 16, 10
+	e := startReplica(t, replica.Config{})
+	c := newTestClient(t, e)
+	for range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, concurrent)
+		for range concurrent {
+			wg.Go(func() {
+				if _, err := c.Query(ctx(t), testCanisterID, "get", []byte("x")); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	// One round's worth of connections, with room for a connection that was not back in the
+	// pool yet when the next round began; without reuse it would be about concurrent × rounds.
+	if n := e.conns.Load(); n > 2*concurrent {
+		t.Fatalf("%d rounds of %d concurrent queries opened %d connections", rounds, concurrent, n)
 	}
 }
 

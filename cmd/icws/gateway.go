@@ -66,7 +66,8 @@ func (s *ICNetwork) rootKey() []byte {
 // ICSettings is how submitters and pollers reach the IC.
 type ICSettings struct {
 	ICNetwork
-	ICAPIVersion int `envconfig:"IC_API_VERSION" default:"3" desc:"version of the call endpoint used to relay client envelopes: 3 (synchronous, certified) or 2"`
+	ICMaxIdleConns int `envconfig:"IC_MAX_IDLE_CONNS" default:"64" desc:"idle HTTP connections submitters and pollers keep to the IC API for reuse; fewer than the requests in flight makes each extra request open (and on HTTPS, handshake) a connection of its own"`
+	ICAPIVersion   int `envconfig:"IC_API_VERSION" default:"3" desc:"version of the call endpoint used to relay client envelopes: 3 (synchronous, certified) or 2"`
 	// ICVerifyQuerySignatures false is for local replicas that answer queries unsigned; icclient
 	// refuses it for mainnet URLs.
 	ICVerifyQuerySignatures bool `envconfig:"IC_VERIFY_QUERY_SIGNATURES" default:"true" desc:"verify the node signatures of query answers (ws_get_messages); false only for local replicas that do not sign them (refused for mainnet URLs)"`
@@ -78,6 +79,9 @@ func (s *ICSettings) validate() error {
 	}
 	if s.ICAPIVersion != 2 && s.ICAPIVersion != 3 {
 		return fmt.Errorf("ICWS_IC_API_VERSION=%d: must be 2 or 3", s.ICAPIVersion)
+	}
+	if s.ICMaxIdleConns < 1 {
+		return fmt.Errorf("ICWS_IC_MAX_IDLE_CONNS=%d: must be at least 1", s.ICMaxIdleConns)
 	}
 	return nil
 }
@@ -211,6 +215,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	if parts.roles.needsIC() {
 		ic, err = icclient.New(ctx, icclient.Config{
 			URL: icURL, RootKey: rootKey, Identity: id, CallAPIVersion: cfg.ICAPIVersion,
+			MaxIdleConns:        cfg.ICMaxIdleConns,
 			SkipQuerySignatures: !cfg.ICVerifyQuerySignatures,
 			Logger:              logger.With("component", "icclient"),
 		})

@@ -122,6 +122,8 @@ func TestBadConfigurationExits2(t *testing.T) {
 		{"replica", "ICWS_REPLICA_UPDATE_LATENCY", "soon"},
 		{"replica", "ICWS_REPLICA_CANISTER_ID", "not-a-canister"},
 		{"replica", "ICWS_REPLICA_MAX_RETURNED_MESSAGES", "0"},
+		{"all", "ICWS_IC_API_VERSION", "4"},
+		{"all", "ICWS_IC_MAX_IDLE_CONNS", "0"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			r := runIcws(t, []string{"ICWS_DATA_DIR=" + dir, tc.key + "=" + tc.value}, tc.cmd)
