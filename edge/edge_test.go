@@ -54,6 +54,9 @@ func TestOpenRelaysEnvelopeAndDelivers(t *testing.T) {
 	if err != nil || !bytes.Equal(stored.Data, frame) {
 		t.Fatalf("frame not byte-identical to the stored body: %v", err)
 	}
+	// The pipeline answered the open from its core subscription, which JetStream may serve before
+	// the stream has stored the message.
+	testkit.WaitFor(t, 10*time.Second, "ws_open stored in ICWS_IN", func() bool { return len(v.inMessages(inSubjectOf(v, c))) > 0 })
 	in := v.inMessages(inSubjectOf(v, c))
 	if len(in) != 1 || in[0].kind != bus.KindOpen || !bytes.Equal(in[0].data, env) ||
 		!strings.HasPrefix(in[0].msgID, "open."+c.canister.Encode()+"."+c.key().Token()+".") {
