@@ -204,25 +204,29 @@ func TestCallAndQuery(t *testing.T) {
 	})
 }
 
-func TestConcurrentQueriesShareOneKeyFetch(t *testing.T) {
-	e := startReplica(t, replica.Config{})
-	c := newTestClient(t, e)
+// queryConcurrently makes n queries at once and fails the test if one fails.
+func queryConcurrently(t *testing.T, c *Client, n int) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 20)
-	for i := 0; i < 20; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
 			if _, err := c.Query(ctx(t), testCanisterID, "get", []byte("x")); err != nil {
 				errs <- err
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+func TestConcurrentQueriesShareOneKeyFetch(t *testing.T) {
+	e := startReplica(t, replica.Config{})
+	c := newTestClient(t, e)
+	queryConcurrently(t, c, 20)
 	if n := e.count("read_state"); n != 1 {
 		t.Fatalf("%d read_state requests, want 1", n)
 	}
@@ -235,20 +239,7 @@ func TestConcurrentRequestsReuseConnections(t *testing.T) {
 	e := startReplica(t, replica.Config{})
 	c := newTestClient(t, e)
 	for range rounds {
-		var wg sync.WaitGroup
-		errs := make(chan error, concurrent)
-		for range concurrent {
-			wg.Go(func() {
-				if _, err := c.Query(ctx(t), testCanisterID, "get", []byte("x")); err != nil {
-					errs <- err
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		queryConcurrently(t, c, concurrent)
 	}
 	// One round's worth of connections, with room for a connection that was not back in the
 	// pool yet when the next round began; without reuse it would be about concurrent × rounds.
