@@ -185,23 +185,3 @@ func publishFailure(err error) (int, string) {
 	}
 	return websocket.CloseInternalServerErr, "icws: gateway unavailable"
 }
-
-// byteBucket limits a connection's client bytes per second; only the reader uses it.
-type byteBucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func (b *byteBucket) allow(now time.Time, n int, rate, burst float64) bool {
-	if b.last.IsZero() {
-		b.tokens = burst
-	} else if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(burst, b.tokens+d.Seconds()*rate)
-	}
-	b.last = now
-	if b.tokens < float64(n) {
-		return false
-	}
-	b.tokens -= float64(n)
-	return true
-}

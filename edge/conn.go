@@ -18,6 +18,7 @@ import (
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/internal/stagetrace"
+	"github.com/icws/icws/internal/tokenbucket"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -76,8 +77,8 @@ type conn struct {
 
 	// pubMu is held while relaying one envelope, so a drop can wait until nothing is in flight.
 	pubMu    sync.Mutex
-	rate     tokenBucket // client messages (reader goroutine only)
-	byteRate byteBucket  // client bytes (reader goroutine only)
+	rate     tokenbucket.Bucket // client messages (reader goroutine only)
+	byteRate tokenbucket.Bucket // client bytes (reader goroutine only)
 
 	delivery
 	sendq
@@ -200,7 +201,7 @@ func (c *conn) start() bool {
 	// Pings count against the client's message rate: every one costs a pong.
 	c.ws.SetPingHandler(func(data string) error {
 		c.markSeen()
-		if !c.rate.allow(time.Now(), c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
+		if !c.rate.Take(time.Now(), 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 			return errRateExceeded
 		}
@@ -523,11 +524,11 @@ func (c *conn) readLoop() string {
 			return "text frame"
 		}
 		now := time.Now()
-		if !c.rate.allow(now, c.e.cfg.MaxClientRate, c.e.cfg.MaxClientBurst) {
+		if !c.rate.Take(now, 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 			return "client message rate exceeded"
 		}
-		if !c.byteRate.allow(now, len(frame), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
+		if !c.byteRate.Take(now, float64(len(frame)), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
 			c.e.m.refused.WithLabelValues("byte_rate").Inc()
 			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
 			return "client byte rate exceeded"

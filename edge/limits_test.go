@@ -451,22 +451,3 @@ func TestClientRateLimit(t *testing.T) {
 		t.Fatalf("%d client messages relayed, want the burst of 3", relayed)
 	}
 }
-
-func TestTokenBucket(t *testing.T) {
-	var b tokenBucket
-	now := time.Unix(1000, 0)
-	for i := 0; i < 3; i++ {
-		if !b.allow(now, 2, 3) {
-			t.Fatalf("burst %d refused", i)
-		}
-	}
-	if b.allow(now, 2, 3) {
-		t.Fatal("over the burst allowed")
-	}
-	if !b.allow(now.Add(500*time.Millisecond), 2, 3) {
-		t.Fatal("refilled token refused")
-	}
-	if b.allow(now.Add(500*time.Millisecond), 2, 3) {
-		t.Fatal("second token after 0.5s at 2/s allowed")
-	}
-}

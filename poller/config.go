@@ -23,7 +23,8 @@ type Config struct {
 	BackoffMax     time.Duration `envconfig:"POLL_BACKOFF_MAX" default:"5s" desc:"largest retry delay after failed polls"`
 	Linger         time.Duration `envconfig:"POLL_LINGER" default:"5s" desc:"how long a canister is still polled after its last session is gone"`
 	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
-	KickMinGap     time.Duration `envconfig:"POLL_KICK_MIN_GAP" default:"5ms" desc:"least time between two polls of a canister when submitters announce executed calls (poll kicks); 0 polls at once"`
+	KickGap        time.Duration `envconfig:"POLL_KICK_GAP" default:"1ms" desc:"polls of a canister made at once because a submitter announced an executed call (poll kicks) average at most one per this gap; a kick beyond that waits its turn; 0 polls at once on every kick"`
+	KickBurst      int           `envconfig:"POLL_KICK_BURST" default:"4" desc:"poll kicks of a canister served at once, closer than ICWS_POLL_KICK_GAP, before kicks wait their turn"`
 	MaxCanisters   int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
 	// FailClose: a canister answering only with permanent errors for this long counts as failed.
 	FailClose time.Duration `envconfig:"POLL_FAIL_CLOSE" default:"60s" desc:"how long a canister may answer ws_get_messages with nothing but permanent errors (stopped, missing, trapping, method missing, undecodable) before its sessions are closed (1011) and polling waits for a new session; transient errors are retried for ever"`
@@ -35,7 +36,7 @@ type Config struct {
 func DefaultConfig() Config { return config.MustDefaults[Config]() }
 
 // withDefaults fills zero values with the envconfig defaults, so a Config built in code works too.
-// KickMinGap keeps its zero: there it means "poll at once on every kick".
+// KickGap keeps its zero: there it means "poll at once on every kick".
 func (c Config) withDefaults() Config {
 	if c.ID == "" {
 		h, err := os.Hostname()
@@ -62,6 +63,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxCanisters == 0 {
 		c.MaxCanisters = d.MaxCanisters
 	}
+	if c.KickBurst == 0 {
+		c.KickBurst = d.KickBurst
+	}
 	return c
 }
 
@@ -75,8 +79,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_LEASE_TTL=%s: must be at least 200ms", c.LeaseTTL)
 	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("ICWS_POLL_BACKOFF_MIN=%s, ICWS_POLL_BACKOFF_MAX=%s: need 0 < min <= max", c.BackoffMin, c.BackoffMax)
-	case c.KickMinGap < 0 || c.KickMinGap > c.Interval:
-		return fmt.Errorf("ICWS_POLL_KICK_MIN_GAP=%s: must be between 0 and ICWS_POLL_INTERVAL (%s)", c.KickMinGap, c.Interval)
+	case c.KickGap < 0 || c.KickGap > c.Interval:
+		return fmt.Errorf("ICWS_POLL_KICK_GAP=%s: must be between 0 and ICWS_POLL_INTERVAL (%s)", c.KickGap, c.Interval)
+	case c.KickBurst < 1:
+		return fmt.Errorf("ICWS_POLL_KICK_BURST=%d: must be at least 1", c.KickBurst)
 	case c.Linger < 0:
 		return fmt.Errorf("ICWS_POLL_LINGER=%s: must not be negative", c.Linger)
 	case c.PublishTimeout <= 0:

@@ -16,6 +16,7 @@ import (
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/internal/stagetrace"
+	"github.com/icws/icws/internal/tokenbucket"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -96,6 +97,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 	log := p.log.With("canister", id)
 	h := p.handles()
 	backoff := p.cfg.BackoffMin
+	var kicks tokenbucket.Bucket // polls made at once on a kick (waitNextPoll)
 	fail := func(kind string, msg string, err error) bool {
 		p.m.errors.WithLabelValues(kind).Inc()
 		log.Warn(msg, "err", err, "retry_in", backoff)
@@ -255,7 +257,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 		}
 		backoff = p.cfg.BackoffMin
 		if res.IsEndOfQueue {
-			if !p.waitNextPoll(ctx, start, w.kick) {
+			if !p.waitNextPoll(ctx, start, w.kick, &kicks) {
 				return nil
 			}
 		}
@@ -475,10 +477,11 @@ func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec
 	return newRev, nil
 }
 
-// waitNextPoll waits until Interval after the last poll started, or until a kick arrives (but at
-// least KickMinGap after that start, so a stream of kicks cannot turn into a busy loop). It reports
-// whether ctx is still alive.
-func (p *Poller) waitNextPoll(ctx context.Context, lastStart time.Time, kick <-chan struct{}) bool {
+// waitNextPoll waits until Interval after the last poll started, or until a kick arrives. Kicked
+// polls spend kicks, a bucket refilled at one per KickGap up to KickBurst: an echo-style exchange
+// (a kick per round trip) polls at once, while a stream of kicks cannot turn into a busy loop. It
+// reports whether ctx is still alive.
+func (p *Poller) waitNextPoll(ctx context.Context, lastStart time.Time, kick <-chan struct{}, kicks *tokenbucket.Bucket) bool {
 	t := time.NewTimer(max(p.cfg.Interval-time.Since(lastStart), 0))
 	defer t.Stop()
 	select {
@@ -488,7 +491,10 @@ func (p *Poller) waitNextPoll(ctx context.Context, lastStart time.Time, kick <-c
 		return true
 	case <-kick:
 		stagetrace.Mark(ctx, p.log, stagetrace.PollerKicked)
-		return sleep(ctx, p.cfg.KickMinGap-time.Since(lastStart))
+		if p.cfg.KickGap <= 0 {
+			return ctx.Err() == nil
+		}
+		return sleep(ctx, kicks.Reserve(time.Now(), 1, 1/p.cfg.KickGap.Seconds(), float64(p.cfg.KickBurst)))
 	}
 }
 
