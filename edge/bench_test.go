@@ -100,8 +100,15 @@ func rawOpen(b *testing.B, addr string, c *client) net.Conn {
 	return conn
 }
 
-func maskedBinaryFrame(p []byte) []byte {
-	out := []byte{0x82}
+func maskedBinaryFrame(p []byte) []byte { return maskedFrame(true, 0x2, p) }
+
+// maskedFrame is a client frame: masked, with the FIN bit as fin, opcode op and payload p.
+func maskedFrame(fin bool, op byte, p []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	out := []byte{b0}
 	switch {
 	case len(p) < 126:
 		out = append(out, 0x80|byte(len(p)))
@@ -131,12 +138,22 @@ func heapAndStack() (uint64, uint64) {
 // edge whose NATS server runs in another process, and reports heap+stack bytes and goroutines per
 // session. Run with -benchtime=1x.
 func BenchmarkIdleSessionMemory(b *testing.B) {
-	b.Run("opened", func(b *testing.B) { idleSessions(b, false) })
-	// After relaying one ws_message the reader's stack has grown once; this shows what GC gives back.
-	b.Run("after_one_message", func(b *testing.B) { idleSessions(b, true) })
+	b.Run("opened", func(b *testing.B) { idleSessions(b, nil) })
+	// After relaying a ws_message the reader hands over to a fresh goroutine; after a pong (the
+	// answer to the edge's liveness ping) it stays.
+	b.Run("after_one_message", func(b *testing.B) {
+		idleSessions(b, func(c *client) []byte {
+			f, _ := protocol.EncodeClientFrame(c.messageEnvelope(1, true))
+			return maskedBinaryFrame(f)
+		})
+	})
+	b.Run("after_a_pong", func(b *testing.B) {
+		idleSessions(b, func(*client) []byte { return maskedFrame(true, opPong, []byte("liveness")) })
+	})
 }
 
-func idleSessions(b *testing.B, sendOne bool) {
+// idleSessions opens the sessions, then has each client send what then returns (if not nil).
+func idleSessions(b *testing.B, then func(*client) []byte) {
 	const n = 1000
 	v := externalNATS(b)
 	v.startPipeline(false)
@@ -161,14 +178,25 @@ func idleSessions(b *testing.B, sendOne bool) {
 	}
 	// Each session got its handshake and its OpenMessage.
 	testkit.WaitFor(b, 60*time.Second, "all OpenMessages delivered", func() bool { return counter(b, e.m.framesOut) >= float64(2*(n+1)) })
-	if sendOne {
+	if then != nil {
+		sent := time.Now().UnixNano()
 		for i, c := range clients {
-			f, _ := protocol.EncodeClientFrame(c.messageEnvelope(1, true))
-			if _, err := conns[i].Write(maskedBinaryFrame(f)); err != nil {
+			if _, err := conns[i].Write(then(c)); err != nil {
 				b.Fatal(err)
 			}
 		}
-		testkit.WaitFor(b, 60*time.Second, "all messages relayed", func() bool { return counter(b, e.m.framesIn) >= float64(2*n+1) })
+		// Every frame a client sends stamps its connection's lastSeen once read (or marks it busy).
+		testkit.WaitFor(b, 60*time.Second, "all sent frames read", func() bool {
+			e.mu.RLock()
+			defer e.mu.RUnlock()
+			read := 0
+			for c := range e.conns {
+				if s := c.lastSeen.Load(); s == readerBusy || s >= sent {
+					read++
+				}
+			}
+			return read >= n
+		})
 	}
 	time.Sleep(200 * time.Millisecond) // let transient writer goroutines end
 	b.StopTimer()

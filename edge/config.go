@@ -19,7 +19,7 @@ type Config struct {
 	ID               string        `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid-random)"`
 	Listen           string        `envconfig:"LISTEN" default:":8080" desc:"WebSocket listen address"`
 	MaxMessageBytes  int64         `envconfig:"MAX_MESSAGE_BYTES" default:"2097152" desc:"largest client frame accepted (bytes); larger frames close the socket with 1009"`
-	ReadBufferSize   int           `envconfig:"READ_BUFFER" default:"256" desc:"read buffer per connection (bytes); kept for the connection's life, larger frames are read in pieces"`
+	ReadBufferSize   int           `envconfig:"READ_BUFFER" default:"288" desc:"read buffer per connection (bytes, more than 256); kept for the connection's life, larger frames are read in pieces"`
 	SendQueue        int           `envconfig:"SEND_QUEUE" default:"1024" desc:"frames queued per connection before the client is closed as slow (4101)"`
 	TLSCert          string        `envconfig:"TLS_CERT" desc:"PEM certificate chain file; TLS is on when both TLS_CERT and TLS_KEY are set"`
 	TLSKey           string        `envconfig:"TLS_KEY" desc:"PEM private key file (PKCS#8, PKCS#1 or EC)"`
@@ -105,8 +105,9 @@ func (c *Config) validate() error {
 	if c.MaxMessageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("ICWS_MAX_MESSAGE_BYTES=%d: must be at least 1024", c.MaxMessageBytes))
 	}
-	if c.ReadBufferSize < 256 || c.ReadBufferSize > 1<<20 {
-		errs = append(errs, fmt.Errorf("ICWS_READ_BUFFER=%d: must be between 256 and 1048576", c.ReadBufferSize))
+	// gorilla reads through the edge's buffered reader only if it is larger than 256 bytes.
+	if c.ReadBufferSize <= 256 || c.ReadBufferSize > 1<<20 {
+		errs = append(errs, fmt.Errorf("ICWS_READ_BUFFER=%d: must be between 257 and 1048576", c.ReadBufferSize))
 	}
 	if c.SendQueue < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_SEND_QUEUE=%d: must be at least 1", c.SendQueue))

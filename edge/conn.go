@@ -67,8 +67,9 @@ type conn struct {
 	sessTag   string // SessionRecord.Tag of the session, part of every Nats-Msg-Id
 	openedAt  time.Time
 	sub       *nats.Subscription
-	addr      string // client address the connection is counted under
-	counted   bool   // counted in Edge.byPrincipal (guarded by Edge.mu)
+	rd        connReader // the read side shared with gorilla (zero: gorilla reads alone)
+	addr      string     // client address the connection is counted under
+	counted   bool       // counted in Edge.byPrincipal (guarded by Edge.mu)
 
 	// confirmed is closed once the IC has executed the session's ws_open; until then the
 	// client's messages wait (the session has no effect beyond this socket).
@@ -194,23 +195,8 @@ func (c *conn) closeSocket() {
 // net/http's request state and the stack grown while opening are released for idle sessions.
 func (c *conn) start() bool {
 	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
-	c.ws.SetPongHandler(func(string) error {
-		c.markSeen()
-		return nil
-	})
-	// Pings count against the client's message rate: every one costs a pong.
-	c.ws.SetPingHandler(func(data string) error {
-		c.markSeen()
-		if !c.rate.Take(time.Now(), 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
-			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
-			return errRateExceeded
-		}
-		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.e.cfg.WriteTimeout))
-		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-			return err
-		}
-		return nil
-	})
+	c.ws.SetPongHandler(c.onPong)
+	c.ws.SetPingHandler(c.onPing)
 	hs := c.e.handshake
 	if c.resumeOpt {
 		token := make([]byte, 32)
@@ -266,9 +252,64 @@ func (c *conn) start() bool {
 	return c.open(frame)
 }
 
-// run relays the client's frames until the socket ends, then ends or detaches the session.
-func (c *conn) run() {
-	c.teardown(c.readLoop())
+func (c *conn) onPong(string) error {
+	c.markSeen()
+	return nil
+}
+
+// onPing answers a client's ping. Pings count against the client's message rate: every one costs
+// a pong.
+func (c *conn) onPing(data string) error {
+	c.markSeen()
+	if !c.rate.Take(time.Now(), 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
+		c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
+		return errRateExceeded
+	}
+	err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.e.cfg.WriteTimeout))
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		return err
+	}
+	return nil
+}
+
+// readMessage returns the client's next data message, taking the pings and pongs before it
+// itself (idleread.go). It returns type 0 when it took pings or pongs and nothing more is buffered.
+func (c *conn) readMessage() (int, []byte, error) {
+	for c.rd.br != nil {
+		took, err := c.rd.takeControl(c.onPing, c.onPong)
+		if err != nil {
+			return 0, nil, err
+		}
+		if !took {
+			break
+		}
+		if c.rd.idle() {
+			return 0, nil, nil
+		}
+	}
+	return c.ws.ReadMessage()
+}
+
+// serve relays the client's frames until the socket ends, then ends or detaches the session and
+// calls done. A panic closes the connection (1011).
+func (c *conn) serve(done func()) {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			done()
+		}
+	}()
+	defer safe.Recover(c.e.log, c.e.m.panics.WithLabelValues("read"), "connection", func() {
+		c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
+		c.teardown("internal error")
+	})
+	reason, handOff := c.readLoop()
+	if handOff {
+		handedOff = true
+		go c.serve(done)
+		return
+	}
+	c.teardown(reason)
 }
 
 // readFailed classifies a read error; first tells whether no session is bound yet.
@@ -499,20 +540,37 @@ func (c *conn) dropResumedElsewhere() {
 	c.pubMu.Unlock()
 }
 
-// readLoop relays the client's envelopes until the socket ends; it returns why.
-func (c *conn) readLoop() string {
+// readLoop relays the client's envelopes until the socket ends, and returns why; or, once it has
+// read something and nothing more has arrived, it returns handOff: the caller goes on reading on a
+// fresh goroutine. Reading from the socket grows a goroutine's stack to 4 KiB and relaying to
+// 8 KiB, and the garbage collector never shrinks a parked goroutine's stack below 4 KiB (it shrinks
+// only while a quarter of the stack, less a reserve of 800 bytes, suffices), so a reader that
+// stayed would keep that stack for the connection's life; a fresh one waits in 2 KiB
+// (idleread.go).
+func (c *conn) readLoop() (reason string, handOff bool) {
+	grown := false // this goroutine has read: its stack is larger than waiting needs
 	for {
 		c.markSeen()
-		typ, frame, err := c.ws.ReadMessage()
+		if c.rd.idle() {
+			if grown {
+				return "", true
+			}
+			c.rd.waitReadable()
+		}
+		grown = true
+		typ, frame, err := c.readMessage()
 		if err != nil {
 			if c.isGone() {
 				_, reason, _ := c.closeInfo()
-				return reason
+				return reason, false
 			}
-			return c.readFailed(err, false)
+			return c.readFailed(err, false), false
 		}
 		if c.isGone() {
-			return c.drainAfterClose()
+			return c.drainAfterClose(), false
+		}
+		if typ == 0 {
+			continue // pings and pongs only
 		}
 		c.e.m.framesIn.Inc()
 		c.e.m.bytesIn.Add(float64(len(frame)))
@@ -521,45 +579,26 @@ func (c *conn) readLoop() string {
 		}
 		if typ != websocket.BinaryMessage {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
-			return "text frame"
+			return "text frame", false
 		}
 		now := time.Now()
 		if !c.rate.Take(now, 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
-			return "client message rate exceeded"
+			return "client message rate exceeded", false
 		}
 		if !c.byteRate.Take(now, float64(len(frame)), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
 			c.e.m.refused.WithLabelValues("byte_rate").Inc()
 			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
-			return "client byte rate exceeded"
+			return "client byte rate exceeded", false
 		}
 		c.markBusy()
 		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)
-		code, reason := c.relayAside(frame)
+		code, reason := c.relay(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
-			return reason
+			return reason, false
 		}
 	}
-}
-
-// relayAside relays frame on a goroutine of its own and waits for it. Checking and publishing an
-// envelope (Ed25519, JetStream) grows a stack to 8 KiB; on the reader, which spends its life
-// blocked in a read, that stack would stay for the connection's life (the garbage collector halves
-// a stack only while a quarter of it suffices, and the blocked read needs more than 2 KiB), where
-// a goroutine that ends gives it back at once. A panic while relaying closes the connection, as
-// one on the reader does.
-func (c *conn) relayAside(frame []byte) (code int, reason string) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer safe.Recover(c.e.log, c.e.m.panics.WithLabelValues("read"), "connection", func() {
-			code, reason = websocket.CloseInternalServerErr, "icws: internal error"
-		})
-		code, reason = c.relay(frame)
-	}()
-	<-done
-	return code, reason
 }
 
 // relay checks one client frame and publishes it to ICWS_IN, waiting for the PubAck so that the

@@ -155,8 +155,9 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	e.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		WriteBufferPool:  &sync.Pool{},
-		ReadBufferSize:   cfg.ReadBufferSize,
-		CheckOrigin:      e.checkOrigin,
+		// 0: gorilla reads through the buffered reader batchingWriter.Hijack hands it.
+		ReadBufferSize: 0,
+		CheckOrigin:    e.checkOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			http.Error(w, reason.Error(), status)
 		},
@@ -407,7 +408,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			e.mu.Unlock()
 		}
 	}()
-	bw := &batchingWriter{ResponseWriter: w, pool: &e.batches}
+	bw := &batchingWriter{ResponseWriter: w, pool: &e.batches, readBuf: e.cfg.ReadBufferSize}
 	ws, err := e.upgrader.Upgrade(bw, r, nil)
 	if err != nil {
 		e.m.connectionsTotal.WithLabelValues("upgrade_failed").Inc()
@@ -415,6 +416,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newConn(e, ws, r)
 	c.out = bw.batcher
+	c.rd = bw.reader
 	c.addr = addr
 	e.mu.Lock()
 	e.upgrading--
@@ -463,14 +465,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		done()
 		return
 	}
-	go func() {
-		defer done()
-		defer safe.Recover(e.log, e.m.panics.WithLabelValues("read"), "connection", func() {
-			c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
-			c.teardown("internal error")
-		})
-		c.run()
-	}()
+	go c.serve(done)
 }
 
 // shardFor spreads subscriptions over the dispatch goroutines; one subject always maps to one shard,

@@ -93,11 +93,14 @@ func (b *frameBatcher) end(deadline time.Time) error {
 	return err
 }
 
-// batchingWriter hands the WebSocket upgrader a frameBatcher around the hijacked connection.
+// batchingWriter hands the WebSocket upgrader a frameBatcher around the hijacked connection, and
+// a buffered reader of readBuf bytes that the edge shares with gorilla (idleread.go).
 type batchingWriter struct {
 	http.ResponseWriter
 	pool    *sync.Pool
+	readBuf int
 	batcher *frameBatcher
+	reader  connReader
 }
 
 func (w *batchingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -110,5 +113,9 @@ func (w *batchingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.batcher = &frameBatcher{Conn: conn, pool: w.pool}
-	return w.batcher, brw, nil
+	if brw.Reader.Buffered() > 0 {
+		return w.batcher, brw, nil // bytes before the handshake's end: the upgrader refuses them
+	}
+	w.reader = newConnReader(w.batcher, conn, w.readBuf)
+	return w.batcher, bufio.NewReadWriter(w.reader.br, brw.Writer), nil
 }
