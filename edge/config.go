@@ -38,7 +38,7 @@ type Config struct {
 	PendingBytes     int           `envconfig:"PENDING_BYTES" default:"8388608" desc:"bytes of out-of-order canister messages buffered per connection while a gap is filled (beyond it they are re-read from the stream)"`
 	SendQueueBytes   int           `envconfig:"SEND_QUEUE_BYTES" default:"8388608" desc:"bytes of frames queued per connection before the client is closed as slow (4101); one larger frame alone is always queued"`
 	LeaseSkew        time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
-	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages per second one connection may send on average; more closes it with 1008"`
+	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages (pings and pongs included) per second one connection may send on average; more closes it with 1008"`
 	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
 
 	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average; more closes it with 1008"`

@@ -252,18 +252,22 @@ func (c *conn) start() bool {
 	return c.open(frame)
 }
 
+// onPong notes a client's pong. Pongs, and pings, count against the client's message rate: each
+// costs a read and a wake-up, and a ping a pong too; a client answering the edge's pings sends one
+// every ICWS_PING_INTERVAL.
 func (c *conn) onPong(string) error {
-	c.markSeen()
-	return nil
-}
-
-// onPing answers a client's ping. Pings count against the client's message rate: every one costs
-// a pong.
-func (c *conn) onPing(data string) error {
 	c.markSeen()
 	if !c.rate.Take(time.Now(), 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 		c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 		return errRateExceeded
+	}
+	return nil
+}
+
+// onPing answers a client's ping.
+func (c *conn) onPing(data string) error {
+	if err := c.onPong(data); err != nil {
+		return err
 	}
 	err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.e.cfg.WriteTimeout))
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {

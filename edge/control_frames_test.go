@@ -168,3 +168,34 @@ func serverFrames(t *testing.T, conn net.Conn) func() (op byte, payload []byte) 
 		}
 	}
 }
+
+// Pings and pongs count against the client's message rate like messages: each one costs a read
+// and a wake-up (and a ping a pong), so a flood of either closes the connection with 1008.
+func TestControlFrameFloodIsRateLimited(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.MaxClientRate = 1
+	cfg.MaxClientBurst = 3
+	e := v.startEdge(cfg)
+	for _, op := range []byte{opPing, opPong} {
+		t.Run(map[byte]string{opPing: "pings", opPong: "pongs"}[op], func(t *testing.T) {
+			c := openedClient(t, v, e.url, false)
+			raw := c.ws.UnderlyingConn()
+			if _, err := raw.Write(bytes.Repeat(maskedFrame(true, op, []byte("f")), 10)); err != nil {
+				t.Fatal(err)
+			}
+			frames := serverFrames(t, raw)
+			for {
+				op, payload := frames()
+				if op == opPong {
+					continue
+				}
+				if op != 0x8 || len(payload) < 2 || binary.BigEndian.Uint16(payload) != 1008 || string(payload[2:]) != reasonRateExceeded {
+					t.Fatalf("got frame %#x %q, want a close 1008 %q", op, payload, reasonRateExceeded)
+				}
+				return
+			}
+		})
+	}
+}

@@ -8,13 +8,14 @@ import (
 	"syscall"
 )
 
-// An idle connection costs its reader goroutine's stack. Blocked inside gorilla's ReadMessage the
-// reader needs a 4 KiB stack for its whole life (the frames of the read path do not fit in 2 KiB);
-// parked in waitReadable it needs well under 1 KiB, so the garbage collector halves the stack to
-// 2 KiB. The reader therefore waits for the socket's readability itself whenever nothing is
-// buffered, and handles the pings and pongs that arrive between messages itself, since gorilla
-// would swallow them and block inside ReadMessage for the next data message. Everything else, and
-// every frame that is not a well-formed ping or pong, is read by gorilla as before.
+// An idle connection costs its reader goroutine's stack. Blocked inside gorilla's ReadMessage a
+// reader needs a 4 KiB stack (the frames of the read path do not fit in 2 KiB), and once grown a
+// parked goroutine's stack is never shrunk back to 2 KiB. So the reader waits for the socket's
+// readability itself whenever nothing is buffered (waitReadable needs well under 2 KiB), takes the
+// pings and pongs that arrive between messages itself (gorilla would swallow a pong and block
+// inside ReadMessage for the next data message), and after reading anything hands the connection
+// to a fresh goroutine to wait (conn.readLoop). Everything else, and every frame that is not a
+// well-formed ping or pong, is read by gorilla as before.
 
 // connReader is the read side the edge shares with gorilla: the buffered reader gorilla reads
 // frames from, and the raw socket to wait on (nil behind TLS, whose own buffer the socket's
