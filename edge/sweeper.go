@@ -170,24 +170,35 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		}
 	}
 	// Candidates are picked under the index's lock; lease look-ups and record changes happen after.
+	// The sessions this edge serves, almost all of its own, are passed over here: every second the
+	// sweep visits the deployment's whole index, and collecting them would cost an allocation per
+	// session. Lock order: Edge.mu, then the index's (no one takes them the other way round).
 	type candidate struct {
 		key string
 		s   sessionIndexEntry
 	}
 	var cands []candidate
+	e.mu.RLock()
 	e.index.each(func(key string, s sessionIndexEntry) bool {
+		local := s.edge == e.cfg.ID && e.byKey[key] != nil
 		switch s.state {
 		case bus.SessionDetached:
-			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace && !(s.edge == e.cfg.ID && e.hasLocal(key)) {
+			if now.Sub(s.detachedAt) < e.cfg.ResumeGrace && !local {
 				return true
 			}
-		case bus.SessionClosed, bus.SessionOpen:
+		case bus.SessionOpen:
+			if local {
+				delete(orphans, key)
+				return true
+			}
+		case bus.SessionClosed:
 		default:
 			return true
 		}
 		cands = append(cands, candidate{key, s})
 		return true
 	})
+	e.mu.RUnlock()
 	budget := e.cfg.SweepBatch
 	for _, cd := range cands {
 		if budget == 0 || ctx.Err() != nil {
