@@ -324,6 +324,17 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, ok ..
 	return answer{}, &HTTPError{StatusCode: resp.StatusCode, Body: text, URL: method + " " + path}
 }
 
+// Status asks the IC for its status and only checks that an answer came: a probe of whether the
+// IC can be reached from here.
+func (c *Client) Status(ctx context.Context) error {
+	a, err := c.do(ctx, http.MethodGet, "/api/v2/status", nil, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	c.release(a)
+	return nil
+}
+
 func (c *Client) newRequest(typ string) Request {
 	return Request{Type: typ, IngressExpiry: time.Now().Add(c.cfg.IngressExpiry)}
 }

@@ -433,3 +433,29 @@ func TestSubmitCallHintsAnswerBeforeVerifying(t *testing.T) {
 		t.Fatalf("forged certificate: %d hints, err %v; want 1 hint and a verification error", hints, err)
 	}
 }
+
+// Status only says whether the IC answers: an answer with an error status is an answer, a
+// closed endpoint is a transport error.
+func TestStatusProbesReachability(t *testing.T) {
+	e := startReplica(t, replica.Config{})
+	c := newTestClient(t, e)
+	if err := c.Status(ctx(t)); err != nil {
+		t.Fatalf("status of a running replica: %v", err)
+	}
+	if n := e.count("status"); n < 2 {
+		t.Fatalf("status requests seen = %d, want the root key fetch and the probe", n)
+	}
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+	}))
+	c.base = refusing.URL
+	var he *HTTPError
+	if err := c.Status(ctx(t)); !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status of an endpoint answering 503: %v, want an HTTPError 503", err)
+	}
+	refusing.Close()
+	var te *TransportError
+	if err := c.Status(ctx(t)); !errors.As(err, &te) {
+		t.Fatalf("status of a closed endpoint: %v, want a TransportError", err)
+	}
+}

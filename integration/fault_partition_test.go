@@ -121,9 +121,10 @@ func faultNATSClients(t *testing.T, n *NATSNode) string {
 }
 
 // TestFaultPartitionSubmitterFromIC: cut one submitter off the IC for 15 s while it still reaches
-// NATS. Its IC calls time out and are retried; it keeps its partition leases, so its clients'
-// messages wait for the partition to heal (or for the call timeout to move them), and nothing is
-// lost or duplicated when they flow again.
+// NATS. Its IC status probes go unanswered, so after ICWS_SUBMIT_IC_GIVE_UP it gives its partitions
+// up (abandoning the calls in flight) and withdraws its liveness lease; the other submitter takes
+// them and sends the abandoned envelopes again. Nothing is lost or duplicated, and the cut-off
+// submitter takes its share back once the IC answers it again.
 func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	requireGrayFaults(t)
 	nd := startNetFaultDeployment(t, ReplicaOptions{})
@@ -148,7 +149,7 @@ func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	rc := sub.logRecovery("submitter cut off from the IC, its clients", cutAt)
 	run.logRoleWarnings()
 	sub.target("submitter cut off from the IC", rc, roleSilenceTarget,
-		"a submitter that reaches NATS but not the IC keeps renewing its partition leases, so nobody else submits its clients' envelopes until the IC answers again or its call times out (ICWS_SUBMIT_CALL_TIMEOUT 30 s); it would have to give its leases up after failing to reach the IC for a few seconds")
+		"the cut-off submitter gives its partitions up after ICWS_SUBMIT_IC_GIVE_UP (3 s) without an answer to its status probes (one a second, each waiting 1 s) and the other submitter holds them within 0.1 s; the rest is creating a consumer per partition in the 3-node cluster (0.1-4 s each: see the hang and kill rows) before the abandoned envelopes are sent again")
 	waitHealed(t, healed)
 	run.verify(30 * time.Second)
 }

@@ -58,6 +58,11 @@ type group struct {
 	// live is this process's liveness lease, kept alive by keepLive until stopLive.
 	live     *bus.Lease
 	stopLive func()
+	// away: the IC does not answer, the partitions were given up and live withdrawn (reach.go).
+	away bool
+	// tickNow asks the run loop for a tick before the next one is due: a lease was deleted (a
+	// partition may be free, a submitter gone) or the IC stopped answering.
+	tickNow chan struct{}
 
 	mu   sync.Mutex
 	view map[string]leaseEntry
@@ -87,6 +92,7 @@ func (g *group) run(ctx context.Context) error {
 	}
 	defer func() { _ = w.Stop() }()
 	g.view = map[string]leaseEntry{}
+	g.tickNow = make(chan struct{}, 1)
 	initial := make(chan struct{})
 	go g.watch(w, initial)
 	select {
@@ -98,15 +104,19 @@ func (g *group) run(ctx context.Context) error {
 	}
 	// A KV hiccup at start must not end the process (in `icws all` it would take every role down):
 	// Acquire retries until it works.
-	g.live = g.newLease(bus.SubmitterLiveKey(s.cfg.ID))
-	if err := g.live.Acquire(runCtx); err != nil {
+	live := g.newLease(bus.SubmitterLiveKey(s.cfg.ID))
+	if err := live.Acquire(runCtx); err != nil {
 		return nil
 	}
-	liveCtx, stopLive := context.WithCancel(runCtx)
-	var liveWG sync.WaitGroup
-	liveWG.Go(func() { g.keepLive(liveCtx) })
-	g.stopLive = func() { stopLive(); liveWG.Wait() }
-	defer g.stopLive()
+	g.startLive(runCtx, live)
+	defer func() { g.stopLive() }()
+	if ic, ok := s.ic.(probingIC); ok && s.cfg.ICGiveUp > 0 {
+		s.icAnswered.Store(time.Now().UnixNano())
+		probeCtx, stopProbe := context.WithCancel(runCtx)
+		var probeWG sync.WaitGroup
+		probeWG.Go(func() { g.probeIC(probeCtx, ic) })
+		defer func() { stopProbe(); probeWG.Wait() }()
+	}
 
 	s.log.Debug("submitter started", "partitions", g.h.Partitions)
 	t := time.NewTicker(s.cfg.rebalanceEvery())
@@ -119,6 +129,8 @@ func (g *group) run(ctx context.Context) error {
 		select {
 		case <-t.C:
 			g.tick(runCtx)
+		case <-g.tickNow:
+			g.tick(runCtx)
 		case <-s.crashCh:
 			g.crash()
 			return nil
@@ -127,6 +139,15 @@ func (g *group) run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// startLive makes live this process's liveness lease and keeps it alive until stopLive.
+func (g *group) startLive(ctx context.Context, live *bus.Lease) {
+	g.live = live
+	liveCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { g.keepLive(liveCtx) })
+	g.stopLive = func() { stop(); wg.Wait() }
 }
 
 // newLease describes one of this process's leases (no I/O).
@@ -154,6 +175,14 @@ func (g *group) keepLive(ctx context.Context) {
 	}
 }
 
+// wake asks the run loop for a tick now (without waiting if one is asked for already).
+func (g *group) wake() {
+	select {
+	case g.tickNow <- struct{}{}:
+	default:
+	}
+}
+
 // watch keeps view up to date with the leases bucket.
 func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 	first := true
@@ -168,6 +197,9 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 		g.mu.Lock()
 		if e.Operation() != jetstream.KeyValuePut {
 			delete(g.view, e.Key())
+			if !first {
+				g.wake()
+			}
 		} else {
 			var rec LeaseRecord
 			if err := json.Unmarshal(e.Value(), &rec); err != nil {
@@ -201,6 +233,17 @@ func (g *group) tick(ctx context.Context) {
 	}
 
 	now := time.Now()
+	if silence, out := s.icSilence(now); out {
+		if !g.away {
+			g.giveUp(ctx, silence)
+		}
+		g.updateGauge()
+		return
+	}
+	if g.away && !g.comeBack(ctx) {
+		g.updateGauge()
+		return
+	}
 	target := g.fairShare(ctx, now)
 	active := g.active()
 	if len(active) > target {
@@ -334,8 +377,10 @@ func (g *group) shutdown(ctx context.Context) {
 	}
 	g.updateGauge()
 	g.stopLive()
-	if err := g.live.Release(ctx); err != nil {
-		s.log.Warn("delete liveness lease", "err", err)
+	if !g.away {
+		if err := g.live.Release(ctx); err != nil {
+			s.log.Warn("delete liveness lease", "err", err)
+		}
 	}
 	s.log.Info("submitter stopped")
 }

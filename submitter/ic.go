@@ -19,6 +19,15 @@ type IC interface {
 
 var _ IC = (*icclient.Client)(nil)
 
+// probingIC is implemented by IC clients that can ask the IC whether it answers at all
+// (*icclient.Client does); the submitter then gives its partitions up while it cannot reach the IC
+// (reach.go).
+type probingIC interface {
+	Status(ctx context.Context) error
+}
+
+var _ probingIC = (*icclient.Client)(nil)
+
 // hintingIC is implemented by IC clients that tell when the IC answered a call, before the
 // answer's certificate is verified (*icclient.Client does): the submitter kicks the poller then,
 // so the poll overlaps the verification instead of following it.

@@ -20,6 +20,7 @@ type metrics struct {
 	panics          prometheus.Counter
 	clientBacklog   prometheus.Histogram
 	backlogCloses   prometheus.Counter
+	icGiveUps       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -78,9 +79,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "icws_submitter_backlog_closes_total",
 			Help: "Clients closed because a queued envelope would expire before its turn (the client sends faster than the canister executes); their dropped envelopes count as icws_submitter_envelopes_total{outcome=\"backlog_dropped\"}.",
 		}),
+		icGiveUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_submitter_ic_give_ups_total",
+			Help: "Times this process handed its partitions to other submitters because the IC answered none of its status probes for ICWS_SUBMIT_IC_GIVE_UP.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.envelopes, m.rejects, m.latency, m.expired, m.retries,
-		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics, m.clientBacklog, m.backlogCloses} {
+		m.partitionsOwned, m.clientsInFlight, m.takeovers, m.leasesLost, m.opens, m.panics, m.clientBacklog, m.backlogCloses, m.icGiveUps} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register submitter metrics: %w", err)
 		}

@@ -37,6 +37,7 @@ type partition struct {
 	stopCh    chan struct{} // closed with stopping
 	stopChOne sync.Once
 	graceful  atomic.Bool // stopped by hand-over or shutdown, not by losing the lease
+	abandoned atomic.Bool // stopped at once while the lease was ours (the IC does not answer)
 	stopOnce  sync.Once
 	drainDone chan struct{}
 
@@ -88,7 +89,18 @@ func (p *partition) isDone() bool {
 }
 
 func (p *partition) isStopping() bool { return p.stopping.Load() }
-func (p *partition) released() bool   { return p.graceful.Load() }
+
+// released reports whether the lease is ours to delete once the partition is done: it was handed
+// over or abandoned, not lost.
+func (p *partition) released() bool { return p.graceful.Load() || p.abandoned.Load() }
+
+// abandon stops the partition at once, as lose does, while its lease is still ours: the caller
+// deletes the lease once the partition is done, so the next owner starts at once.
+func (p *partition) abandon() {
+	p.abandoned.Store(true)
+	p.setStopping()
+	p.cancel()
+}
 
 // lose stops the partition at once: in-flight calls are abandoned and nothing more is acked. The
 // next owner starts again from the consumer's ack floor.

@@ -72,6 +72,10 @@ type Submitter struct {
 
 	running atomic.Bool
 	ready   atomic.Bool
+	// icAnswered is when the IC last answered a status probe (unix ns; 0: no probe runs), icAway
+	// whether the partitions are given up because it did not for too long (reach.go).
+	icAnswered atomic.Int64
+	icAway     atomic.Bool
 
 	// Test hooks: crash ends Run without drain or lease release, as a killed process would;
 	// pauseRenew stops lease renewals, as a stalled process would.
@@ -136,6 +140,9 @@ func (s *Submitter) ID() string { return s.cfg.ID }
 func (s *Submitter) Ready(ctx context.Context) error {
 	if !s.ready.Load() {
 		return errors.New("submitter: not running yet")
+	}
+	if s.icAway.Load() {
+		return fmt.Errorf("submitter: the IC has not answered for %s; the partitions are with other submitters", s.cfg.ICGiveUp)
 	}
 	if st := s.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("submitter: NATS connection is %s", st)
