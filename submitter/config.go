@@ -22,7 +22,7 @@ type Config struct {
 	MaxPending    int           `envconfig:"SUBMIT_MAX_PENDING" default:"4096" desc:"unacknowledged ICWS_IN messages per partition held by this process (JetStream MaxAckPending)"`
 	AckWait       time.Duration `envconfig:"SUBMIT_ACK_WAIT" default:"10m" desc:"JetStream AckWait of partition consumers; must exceed the time a client's backlog may take"`
 	CloseRetryFor time.Duration `envconfig:"SUBMIT_CLOSE_RETRY_FOR" default:"1m" desc:"how long a ws_close call is retried on transport errors"`
-	ICGiveUp      time.Duration `envconfig:"SUBMIT_IC_GIVE_UP" default:"3s" desc:"how long the IC may leave this submitter's status probes (one every third of this) unanswered before it hands its partitions to other submitters and stops announcing itself, until the IC answers again; 0 never gives up"`
+	ICGiveUp      time.Duration `envconfig:"SUBMIT_IC_GIVE_UP" default:"3s" desc:"how long the IC may leave this submitter's status probes (one every third of this, three failing in a row) unanswered before it hands its partitions to other submitters and stops announcing itself, until the IC answers again; 0 never gives up"`
 	DrainTimeout  time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
 }
 

@@ -82,3 +82,33 @@ func TestSubmitterCutOffFromTheICHandsItsPartitionsOver(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "every later envelope executed", func() bool { return store.executedCount() == 2*total })
 	store.checkOrder(t, want)
 }
+
+// A frozen process sees a long silence when it wakes, but not a run of failed probes: it keeps
+// its partitions. Only time and failed probes together make the IC unreachable.
+func TestICSilenceNeedsFailedProbes(t *testing.T) {
+	s := &Submitter{cfg: Config{ICGiveUp: 3 * time.Second}}
+	now := time.Now()
+	tests := []struct {
+		name     string
+		answered time.Time
+		failed   int32
+		want     bool
+	}{
+		{"no probe ran yet", time.Time{}, 0, false},
+		{"answered a moment ago", now.Add(-time.Second), 0, false},
+		{"silent long enough, one probe failed (a freeze)", now.Add(-10 * time.Second), 1, false},
+		{"failing probes, not long enough", now.Add(-time.Second), 5, false},
+		{"silent long enough and probes failing", now.Add(-3 * time.Second), probesToGiveUp, true},
+	}
+	for _, tt := range tests {
+		var at int64
+		if !tt.answered.IsZero() {
+			at = tt.answered.UnixNano()
+		}
+		s.icAnswered.Store(at)
+		s.icFailedProbes.Store(tt.failed)
+		if _, got := s.icSilence(now); got != tt.want {
+			t.Errorf("%s: unreachable = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

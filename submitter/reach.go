@@ -19,9 +19,13 @@ import (
 // probe is answered again it announces itself and takes its share back. When no submitter reaches
 // the IC, none holds the partitions and the envelopes wait in ICWS_IN, as they would in calls.
 
+// probesToGiveUp is how many probes in a row must go unanswered, besides the time: a process that
+// was itself frozen (SIGSTOP, a paused VM) sees a long silence but at most one failed probe.
+const probesToGiveUp = 3
+
 // probeIC probes the IC until ctx ends, stamping icAnswered with every answer (an HTTP error
-// status is an answer too: the IC is reachable), and wakes the run loop when the IC has been
-// silent too long or answers again after that.
+// status is an answer too: the IC is reachable) and counting the probes failed since, and wakes
+// the run loop when the IC has been silent too long or answers again after that.
 func (g *group) probeIC(ctx context.Context, ic probingIC) {
 	s := g.s
 	every := s.cfg.ICGiveUp / 3
@@ -34,6 +38,9 @@ func (g *group) probeIC(ctx context.Context, ic probingIC) {
 		var he *icclient.HTTPError
 		if err == nil || errors.As(err, &he) {
 			s.icAnswered.Store(time.Now().UnixNano())
+			s.icFailedProbes.Store(0)
+		} else {
+			s.icFailedProbes.Add(1)
 		}
 		if _, out := s.icSilence(time.Now()); out != s.icAway.Load() {
 			g.wake()
@@ -47,14 +54,14 @@ func (g *group) probeIC(ctx context.Context, ic probingIC) {
 }
 
 // icSilence is how long the IC has answered no probe, and whether that is long enough to give the
-// partitions up; never while no probe runs.
+// partitions up (ICGiveUp, and probesToGiveUp failed probes); never while no probe runs.
 func (s *Submitter) icSilence(now time.Time) (time.Duration, bool) {
 	last := s.icAnswered.Load()
 	if s.cfg.ICGiveUp == 0 || last == 0 {
 		return 0, false
 	}
 	d := now.Sub(time.Unix(0, last))
-	return d, d >= s.cfg.ICGiveUp
+	return d, d >= s.cfg.ICGiveUp && s.icFailedProbes.Load() >= probesToGiveUp
 }
 
 // giveUp hands every partition to the other submitters at once and withdraws this process's

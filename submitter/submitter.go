@@ -74,8 +74,9 @@ type Submitter struct {
 	ready   atomic.Bool
 	// icAnswered is when the IC last answered a status probe (unix ns; 0: no probe runs), icAway
 	// whether the partitions are given up because it did not for too long (reach.go).
-	icAnswered atomic.Int64
-	icAway     atomic.Bool
+	icAnswered     atomic.Int64
+	icFailedProbes atomic.Int32 // probes failed since icAnswered
+	icAway         atomic.Bool
 
 	// Test hooks: crash ends Run without drain or lease release, as a killed process would;
 	// pauseRenew stops lease renewals, as a stalled process would.
