@@ -228,26 +228,42 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	defer cancel()
 	prefix := consumerPrefix(p.n)
 	own := prefix + strconv.FormatUint(p.lease.Revision(), 10)
-	lister := p.h.In.ListConsumers(ctx)
+	// Names only: the meta leader answers them from its assignments, where listing every
+	// consumer's info waits for each consumer leader of the stream (up to 4 s for one that does
+	// not answer, a cluster node busy or cut off); only this partition's consumers are asked.
+	lister := p.h.In.ConsumerNames(ctx)
 	var olds []string
-	var floor uint64
 	ownExists := false
-	for info := range lister.Info() {
-		if info.Name == own {
+	for name := range lister.Name() {
+		if name == own {
 			// Left by an earlier attempt of ours whose Consume failed: reuse it as it is.
 			ownExists = true
 			continue
 		}
-		if !strings.HasPrefix(info.Name, prefix) {
-			continue
+		if strings.HasPrefix(name, prefix) {
+			olds = append(olds, name)
 		}
-		if len(olds) == 0 || info.AckFloor.Stream < floor {
-			floor = info.AckFloor.Stream
-		}
-		olds = append(olds, info.Name)
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("list consumers of %s: %w", bus.StreamIn, err)
+	}
+	var floor uint64
+	found := 0
+	for _, name := range olds {
+		c, err := p.h.In.Consumer(ctx, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue // deleted since the listing, by an owner before us that was still setting up
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read previous consumer %s: %w", name, err)
+		}
+		if f := c.CachedInfo().AckFloor.Stream; found == 0 || f < floor {
+			floor = f
+		}
+		found++
+	}
+	if len(olds) > 0 && found == 0 {
+		return nil, fmt.Errorf("the previous consumers of partition %d are gone since the listing", p.n)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       own,
