@@ -149,7 +149,7 @@ func TestFaultPartitionSubmitterFromIC(t *testing.T) {
 	rc := sub.logRecovery("submitter cut off from the IC, its clients", cutAt)
 	run.logRoleWarnings()
 	sub.target("submitter cut off from the IC", rc, roleSilenceTarget,
-		"the cut-off submitter gives its partitions up after ICWS_SUBMIT_IC_GIVE_UP (3 s) without an answer to its status probes (one a second, each waiting 1 s) and the other submitter holds them within 0.1 s; the rest is creating a consumer per partition in the 3-node cluster (0.1-4 s each: see the hang and kill rows) before the abandoned envelopes are sent again")
+		"the cut-off submitter gives its partitions up after ICWS_SUBMIT_IC_GIVE_UP (3 s) without an answer to its status probes (one a second, each waiting 1 s) and the other submitter holds them within 0.1 s; then it creates a consumer per partition from the ack floor and sends the abandoned envelopes again (400 ms updates here)")
 	waitHealed(t, healed)
 	run.verify(30 * time.Second)
 }
