@@ -226,6 +226,16 @@ func (p *partition) subscribe() (jetstream.ConsumeContext, error) {
 func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
 	defer cancel()
+	// A stop (hand-over, shutdown) ends the set-up at once: nothing was taken from the partition
+	// yet, so there is nothing to drain, and a JetStream request that gets no answer must not hold
+	// the stop for CallTimeout.
+	go func() {
+		select {
+		case <-p.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	prefix := consumerPrefix(p.n)
 	own := prefix + strconv.FormatUint(p.lease.Revision(), 10)
 	// Names only: the meta leader answers them from its assignments, where listing every
