@@ -172,12 +172,7 @@ func serverFrames(t *testing.T, conn net.Conn) func() (op byte, payload []byte) 
 // Pings and pongs count against the client's message rate like messages: each one costs a read
 // and a wake-up (and a ping a pong), so a flood of either closes the connection with 1008.
 func TestControlFrameFloodIsRateLimited(t *testing.T) {
-	v := newEnv(t)
-	v.startPipeline(false)
-	cfg := testConfig("e1")
-	cfg.MaxClientRate = 1
-	cfg.MaxClientBurst = 3
-	e := v.startEdge(cfg)
+	v, e := rateLimitedEdge(t)
 	for _, op := range []byte{opPing, opPong} {
 		t.Run(map[byte]string{opPing: "pings", opPong: "pongs"}[op], func(t *testing.T) {
 			c := openedClient(t, v, e.url, false)

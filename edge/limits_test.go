@@ -418,14 +418,19 @@ func TestPendingByteLimit(t *testing.T) {
 	}
 }
 
-// A client sending faster than its rate limit is closed with 1008.
-func TestClientRateLimit(t *testing.T) {
+// rateLimitedEdge starts an edge that allows each client one message a second, in bursts of 3.
+func rateLimitedEdge(t *testing.T) (*env, *runningEdge) {
 	v := newEnv(t)
 	v.startPipeline(false)
 	cfg := testConfig("e1")
 	cfg.MaxClientRate = 1
 	cfg.MaxClientBurst = 3
-	e := v.startEdge(cfg)
+	return v, v.startEdge(cfg)
+}
+
+// A client sending faster than its rate limit is closed with 1008.
+func TestClientRateLimit(t *testing.T) {
+	v, e := rateLimitedEdge(t)
 	c := openedClient(t, v, e.url, false)
 	for i := 0; i < 5; i++ {
 		c.seq++
