@@ -260,7 +260,11 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	var floor uint64
 	found := 0
 	for _, name := range olds {
-		c, err := p.h.In.Consumer(ctx, name)
+		// A consumer without a leader (an election under way) may leave the request unanswered:
+		// give up after a lease's lifetime and try again, rather than after CallTimeout.
+		ictx, icancel := context.WithTimeout(ctx, p.s.cfg.LeaseTTL)
+		c, err := p.h.In.Consumer(ictx, name)
+		icancel()
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			continue // deleted since the listing, by an owner before us that was still setting up
 		}

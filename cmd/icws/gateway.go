@@ -380,8 +380,16 @@ func permanentEnsureError(err error) bool {
 		return true
 	}
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408
+	if !errors.As(err, &apiErr) || apiErr.Code < 400 || apiErr.Code >= 500 || apiErr.Code == 408 {
+		return false
+	}
+	// "No suitable peers for placement, peer offline": a cluster still forming, or a node down for
+	// a moment; other reasons for the same code (too few nodes for the replicas, no storage) stay.
+	return apiErr.ErrorCode != jsErrClusterNoPeers || !strings.Contains(apiErr.Description, "offline")
 }
+
+// jsErrClusterNoPeers is nats-server's JSClusterNoPeersErr, which nats.go does not name.
+const jsErrClusterNoPeers jetstream.ErrorCode = 10005
 
 func streamsCheck(js jetstream.JetStream) func(context.Context) error {
 	return func(ctx context.Context) error {
