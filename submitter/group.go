@@ -58,8 +58,6 @@ type group struct {
 	// live is this process's liveness lease, kept alive by keepLive until stopLive.
 	live     *bus.Lease
 	stopLive func()
-	// away: the IC does not answer, the partitions were given up and live withdrawn (reach.go).
-	away bool
 	// tickNow asks the run loop for a tick before the next one is due: a lease was deleted (a
 	// partition may be free, a submitter gone) or the IC stopped answering.
 	tickNow chan struct{}
@@ -234,13 +232,13 @@ func (g *group) tick(ctx context.Context) {
 
 	now := time.Now()
 	if silence, out := s.icSilence(now); out {
-		if !g.away {
+		if !s.icAway.Load() {
 			g.giveUp(ctx, silence)
 		}
 		g.updateGauge()
 		return
 	}
-	if g.away && !g.comeBack(ctx) {
+	if s.icAway.Load() && !g.comeBack(ctx) {
 		g.updateGauge()
 		return
 	}
@@ -377,7 +375,7 @@ func (g *group) shutdown(ctx context.Context) {
 	}
 	g.updateGauge()
 	g.stopLive()
-	if !g.away {
+	if !s.icAway.Load() { // else withdrawn already
 		if err := g.live.Release(ctx); err != nil {
 			s.log.Warn("delete liveness lease", "err", err)
 		}

@@ -71,22 +71,22 @@ func (g *group) giveUp(ctx context.Context, silence time.Duration) {
 	s.log.Warn("the IC does not answer: handing the partitions to other submitters until it does",
 		"silent_for", silence.Round(time.Millisecond), "partitions", len(g.owned))
 	s.m.icGiveUps.Inc()
-	g.away = true
 	s.icAway.Store(true)
 	for _, p := range g.owned {
 		p.abandon()
 	}
 	// Abandoned calls end at once; deleting their leases now lets the next owners start now
-	// rather than at the next tick.
-	wait := time.NewTimer(time.Second)
-	defer wait.Stop()
+	// rather than at the next tick (which deletes those not done within a second).
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+release:
 	for n, p := range g.owned {
 		select {
 		case <-p.done:
 			g.releaseLease(ctx, p)
 			delete(g.owned, n)
-		case <-wait.C:
-			wait.Reset(0)
+		case <-deadline.C:
+			break release
 		}
 	}
 	g.stopLive()
@@ -105,7 +105,6 @@ func (g *group) comeBack(ctx context.Context) bool {
 		return false
 	}
 	g.startLive(ctx, live)
-	g.away = false
 	g.s.icAway.Store(false)
 	g.s.log.Info("the IC answers again: taking partitions")
 	return true

@@ -73,7 +73,8 @@ type Submitter struct {
 	running atomic.Bool
 	ready   atomic.Bool
 	// icAnswered is when the IC last answered a status probe (unix ns; 0: no probe runs), icAway
-	// whether the partitions are given up because it did not for too long (reach.go).
+	// whether the partitions are given up and the liveness lease withdrawn because it did not for
+	// too long (reach.go; written by the run goroutine only).
 	icAnswered     atomic.Int64
 	icFailedProbes atomic.Int32 // probes failed since icAnswered
 	icAway         atomic.Bool
