@@ -159,6 +159,18 @@ func LiveSubject(canister, client string) string {
 	return subjectLivePrefix + canister + "." + client
 }
 
+// LiveCanisterFilter selects the live subjects of every client of a canister: an edge that
+// subscribes once per canister instead of once per session.
+func LiveCanisterFilter(canister string) string {
+	return subjectLivePrefix + canister + ".*"
+}
+
+// LiveSessionKey gives the SessionKey a live subject belongs to, without allocating (the
+// routing of every live message on an edge).
+func LiveSessionKey(subject string) (string, bool) {
+	return strings.CutPrefix(subject, subjectLivePrefix)
+}
+
 // ParseLiveSubject reverses LiveSubject.
 func ParseLiveSubject(subject string) (ClientRef, error) {
 	return parseClientSubject("live subject", subjectLivePrefix, subject)

@@ -46,6 +46,20 @@ func TestNamesRoundTrip(t *testing.T) {
 		ref, err := ParseLiveSubject(s)
 		checkRef(t, s, ref, err)
 	})
+	t.Run("live subject to session key", func(t *testing.T) {
+		key, ok := LiveSessionKey(LiveSubject(testCanisterText, testClientToken))
+		if want := SessionKey(testCanisterText, testClientToken); !ok || key != want {
+			t.Fatalf("LiveSessionKey = %q, %v; want %q", key, ok, want)
+		}
+		if _, ok := LiveSessionKey(OutSubject(testCanisterText, testClientToken)); ok {
+			t.Fatal("LiveSessionKey accepted an ICWS_OUT subject")
+		}
+		// The canister filter is the live subject with the client token as the wildcard.
+		filter := LiveCanisterFilter(testCanisterText)
+		if got := strings.TrimSuffix(filter, "*") + testClientToken; got != LiveSubject(testCanisterText, testClientToken) {
+			t.Fatalf("LiveCanisterFilter = %q does not select %q", filter, LiveSubject(testCanisterText, testClientToken))
+		}
+	})
 	t.Run("session key", func(t *testing.T) {
 		s := SessionKey(testCanisterText, testClientToken)
 		ref, err := ParseSessionKey(s)

@@ -54,6 +54,7 @@ type Config struct {
 	HTTPIdleTimeout         time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"30s" desc:"how long a keep-alive HTTP connection that never upgraded may stay idle"`
 	HTTPMaxHeaderBytes      int           `envconfig:"HTTP_MAX_HEADER_BYTES" default:"16384" desc:"largest HTTP request header accepted on the WebSocket port (431 above)"`
 	StreamAdmitPercent      int           `envconfig:"STREAM_ADMIT_PERCENT" default:"90" desc:"new sessions are refused (1013) while ICWS_IN or ICWS_OUT holds more than this percentage of its byte limit"`
+	LiveSubscription        string        `envconfig:"EDGE_LIVE_SUBSCRIPTION" default:"canister" desc:"how the edge subscribes to live canister messages: canister = one NATS subscription per canister it serves (about 2 KB less per session; every edge serving a canister receives all of the canister's messages and drops the others' ones), session = one per session (each message reaches only its session's edge: for many edges sharing a busy canister)"`
 
 	PingInterval      time.Duration `envconfig:"PING_INTERVAL" default:"10s" desc:"the edge sends a WebSocket ping to a client connection that sent nothing (frame or pong) for this long"`
 	PingTimeout       time.Duration `envconfig:"PING_TIMEOUT" default:"10s" desc:"a client connection that answers a ping with nothing for this long is closed as dead (half-open TCP); its session is detached (resumable) or closed"`
@@ -61,6 +62,12 @@ type Config struct {
 	NATSTimeout       time.Duration `envconfig:"EDGE_NATS_TIMEOUT" default:"3s" desc:"when the NATS server has not answered the edge for this long, the edge closes its clients (resumable ones with 4103: resume elsewhere) and refuses new ones with 1013 until NATS answers again; after a quarter of it the edge tries another NATS server. Not used with the embedded NATS server of all and dev"`
 	JetStreamTimeout  time.Duration `envconfig:"EDGE_JETSTREAM_TIMEOUT" default:"10s" desc:"when the edge's lease renewals fail this long although its NATS server answers (the server lost its cluster), the edge moves to another NATS server; after twice this it closes its clients as for EDGE_NATS_TIMEOUT. Relays, resumes and history reads are retried for twice this before a client is closed with 1011. Longer than a JetStream leader election (4-9 s)"`
 }
+
+// The values of Config.LiveSubscription.
+const (
+	LiveByCanister = "canister"
+	LiveBySession  = "session"
+)
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
@@ -165,6 +172,9 @@ func (c *Config) validate() error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s=%d: must be at least 1", name, n))
 		}
+	}
+	if c.LiveSubscription != LiveByCanister && c.LiveSubscription != LiveBySession {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_LIVE_SUBSCRIPTION=%q: must be %s or %s", c.LiveSubscription, LiveByCanister, LiveBySession))
 	}
 	if c.StreamAdmitPercent < 1 || c.StreamAdmitPercent > 100 {
 		errs = append(errs, fmt.Errorf("ICWS_STREAM_ADMIT_PERCENT=%d: must be between 1 and 100", c.StreamAdmitPercent))

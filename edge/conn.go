@@ -62,14 +62,20 @@ type conn struct {
 	key       string
 	partition int
 	inSubj    string
-	outSubj   string
 	principal string // client principal text
 	sessTag   string // SessionRecord.Tag of the session, part of every Nats-Msg-Id
 	openedAt  time.Time
-	sub       *nats.Subscription
+	liveSub   *liveSub   // the subscription carrying the session's live messages (guarded by Edge.mu)
 	rd        connReader // the read side shared with gorilla (zero: gorilla reads alone)
-	addr      string     // client address the connection is counted under
-	counted   bool       // counted in Edge.byPrincipal (guarded by Edge.mu)
+	done      func()     // ends the connection's life on the edge, once its reader is finished
+
+	// Waiting in the edge's idlePoller, guarded by its mutex: noPark once the socket is closing,
+	// inEpoll once the socket is in the epoll set, parkToken of the current park.
+	noPark    bool
+	inEpoll   bool
+	parkToken uint64
+	addr      string // client address the connection is counted under
+	counted   bool   // counted in Edge.byPrincipal (guarded by Edge.mu)
 
 	// confirmed is closed once the IC has executed the session's ws_open; until then the
 	// client's messages wait (the session has no effect beyond this socket).
@@ -128,6 +134,7 @@ func (c *conn) closeWith(code int, reason string) {
 		c.setClose(code, reason)
 		c.stopQueue()
 		close(c.gone)
+		c.e.idle.release(c) // its reader waits for the client's close reply
 		go func() {
 			_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, reason), time.Now().Add(c.e.cfg.WriteTimeout))
 			_ = c.ws.SetReadDeadline(time.Now().Add(closeGrace))
@@ -294,23 +301,28 @@ func (c *conn) readMessage() (int, []byte, error) {
 	return c.ws.ReadMessage()
 }
 
-// serve relays the client's frames until the socket ends, then ends or detaches the session and
-// calls done. A panic closes the connection (1011).
-func (c *conn) serve(done func()) {
-	handedOff := false
+// serve relays the client's frames until the connection waits idle (parked, or handed to a fresh
+// goroutine) or the socket ends; then it ends or detaches the session and calls done. ready says
+// the socket is readable or closing: read before waiting. A panic closes the connection (1011).
+func (c *conn) serve(ready bool) {
+	ended := true
 	defer func() {
-		if !handedOff {
-			done()
+		if ended {
+			c.done()
 		}
 	}()
 	defer safe.Recover(c.e.log, c.e.m.panics.WithLabelValues("read"), "connection", func() {
 		c.closeWith(websocket.CloseInternalServerErr, "icws: internal error")
 		c.teardown("internal error")
 	})
-	reason, handOff := c.readLoop()
-	if handOff {
-		handedOff = true
-		go c.serve(done)
+	reason, next := c.readLoop(ready)
+	switch next {
+	case readerParked:
+		ended = false
+		return
+	case readerHandOff:
+		ended = false
+		go c.serve(false)
 		return
 	}
 	c.teardown(reason)
@@ -417,7 +429,7 @@ func (c *conn) open(frame []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
 	defer cancel()
 	// What the stream holds for this client key now belongs to earlier sessions.
-	outFrom, err := c.e.nextOutSeq(ctx, c.outSubj)
+	outFrom, err := c.e.nextOutSeq(ctx, c.outSubject())
 	if err != nil {
 		c.e.log.Warn("open: read the client's stored messages", "session", c.key, "err", err)
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
@@ -462,7 +474,7 @@ func (c *conn) open(frame []byte) bool {
 	c.next = 1
 	c.readFrom = outFrom
 	if err := c.subscribe(); err != nil {
-		c.e.log.Warn("subscribe", "subject", c.outSubj, "err", err)
+		c.e.log.Warn("subscribe", "session", c.key, "err", err)
 		_ = c.e.sessions.Delete(ctx, c.key, rev)
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return false
@@ -498,37 +510,39 @@ func trunc(s string, n int) string {
 func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
 	c.bound = true
 	c.canister = canister
-	c.canText = canister.Encode()
 	c.client = client
-	c.clientTok = client.Token()
-	c.principal = client.ClientPrincipal.Encode()
-	c.key = bus.SessionKey(c.canText, c.clientTok)
-	c.partition = bus.Partition(c.canText, c.clientTok, c.e.h.Partitions)
-	c.inSubj = bus.InSubject(c.partition, c.canText, c.clientTok)
-	c.outSubj = bus.OutSubject(c.canText, c.clientTok)
+	canText, tok := canister.Encode(), client.Token()
+	c.partition = bus.Partition(canText, tok, c.e.h.Partitions)
+	// Every idle session keeps these names, so they share one string: the ICWS_IN subject ends
+	// with the session key, <canister>.<client token>, and the token starts with the principal.
+	in := bus.InSubject(c.partition, canText, tok)
+	c.inSubj = in
+	c.key = in[len(in)-len(canText)-1-len(tok):]
+	c.canText, c.clientTok = c.key[:len(canText)], c.key[len(canText)+1:]
+	c.principal = c.clientTok[:len(client.ClientPrincipal.Encode())]
 }
 
+// outSubject is the session's ICWS_OUT subject (built when needed: it is rarely).
+func (c *conn) outSubject() string { return bus.OutSubject(c.canText, c.clientTok) }
+
 func (c *conn) subscribe() error {
-	sub, err := c.e.nc.ChanSubscribe(bus.LiveSubject(c.canText, c.clientTok), c.e.shardFor(c.outSubj))
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", c.outSubj, err)
-	}
-	// Core NATS drops for this subscription only if the shared channel is full; the gap is then
-	// filled from the stream.
-	c.sub = sub
 	c.dmu.Lock()
 	c.live = true
 	c.dmu.Unlock()
-	if old := c.e.register(c, sub); old != nil {
+	old, err := c.e.register(c)
+	if err != nil {
+		c.dmu.Lock()
+		c.live = false
+		c.dmu.Unlock()
+		return err
+	}
+	if old != nil {
 		old.dropResumedElsewhere()
 	}
 	return nil
 }
 
 func (c *conn) unsubscribe() {
-	if c.sub != nil {
-		_ = c.sub.Unsubscribe()
-	}
 	c.dmu.Lock()
 	c.live = false
 	c.pending = nil
@@ -544,34 +558,47 @@ func (c *conn) dropResumedElsewhere() {
 	c.pubMu.Unlock()
 }
 
-// readLoop relays the client's envelopes until the socket ends, and returns why; or, once it has
-// read something and nothing more has arrived, it returns handOff: the caller goes on reading on a
-// fresh goroutine. Reading from the socket grows a goroutine's stack to 4 KiB and relaying to
-// 8 KiB, and the garbage collector never shrinks a parked goroutine's stack below 4 KiB (it shrinks
-// only while a quarter of the stack, less a reserve of 800 bytes, suffices), so a reader that
-// stayed would keep that stack for the connection's life; a fresh one waits in 2 KiB
-// (idleread.go).
-func (c *conn) readLoop() (reason string, handOff bool) {
+// What a reader goroutine does once readLoop returns.
+type readerNext int
+
+const (
+	readerEnded   readerNext = iota // the socket ended: tear the session down
+	readerParked                    // the connection waits in the idle poller, which starts the next reader
+	readerHandOff                   // go on reading on a fresh goroutine
+)
+
+// readLoop relays the client's envelopes until the socket ends, and returns why. When nothing
+// is left to read the connection waits in the edge's idle poller without a goroutine
+// (idlepoll_linux.go); where it cannot, once this goroutine has read something readLoop returns
+// readerHandOff: the caller goes on reading on a fresh goroutine. Reading from the socket grows a
+// goroutine's stack to 4 KiB and relaying to 8 KiB, and the garbage collector never shrinks a
+// parked goroutine's stack below 4 KiB (it shrinks only while a quarter of the stack, less a
+// reserve of 800 bytes, suffices), so a reader that stayed would keep that stack for the
+// connection's life; a fresh one waits in 2 KiB (idleread.go).
+func (c *conn) readLoop(ready bool) (reason string, next readerNext) {
 	grown := false // this goroutine has read: its stack is larger than waiting needs
 	for {
 		c.markSeen()
-		if c.rd.idle() {
+		if c.rd.idle() && !ready {
+			if c.e.idle.park(c) {
+				return "", readerParked
+			}
 			if grown {
-				return "", true
+				return "", readerHandOff
 			}
 			c.rd.waitReadable()
 		}
-		grown = true
+		grown, ready = true, false
 		typ, frame, err := c.readMessage()
 		if err != nil {
 			if c.isGone() {
 				_, reason, _ := c.closeInfo()
-				return reason, false
+				return reason, readerEnded
 			}
-			return c.readFailed(err, false), false
+			return c.readFailed(err, false), readerEnded
 		}
 		if c.isGone() {
-			return c.drainAfterClose(), false
+			return c.drainAfterClose(), readerEnded
 		}
 		if typ == 0 {
 			continue // pings and pongs only
@@ -583,24 +610,24 @@ func (c *conn) readLoop() (reason string, handOff bool) {
 		}
 		if typ != websocket.BinaryMessage {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
-			return "text frame", false
+			return "text frame", readerEnded
 		}
 		now := time.Now()
 		if !c.rate.Take(now, 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
-			return "client message rate exceeded", false
+			return "client message rate exceeded", readerEnded
 		}
 		if !c.byteRate.Take(now, float64(len(frame)), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
 			c.e.m.refused.WithLabelValues("byte_rate").Inc()
 			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
-			return "client byte rate exceeded", false
+			return "client byte rate exceeded", readerEnded
 		}
 		c.markBusy()
 		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)
 		code, reason := c.relay(frame)
 		if code != 0 {
 			c.closeWith(code, reason)
-			return reason, false
+			return reason, readerEnded
 		}
 	}
 }

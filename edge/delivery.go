@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -24,8 +25,7 @@ type delivery struct {
 	// pendingBytes is the size of the frames in pending (bounded by PendingBytes).
 	pendingBytes int
 	filling      bool
-	dropped      uint64 // core messages the subscription dropped, as last seen
-	refill       bool   // pending overflowed while filling: read the stream again
+	refill       bool // pending overflowed while filling: read the stream again
 	// resumedFrame is sent before the first replayed frame (resume only).
 	resumedFrame []byte
 	resumeStart  time.Time
@@ -89,23 +89,73 @@ func (c *conn) onLive(msg *nats.Msg) {
 	c.dmu.Unlock()
 }
 
+// liveSub is a core NATS subscription to live subjects (bus.LiveSubject) and the number of this
+// edge's sessions it carries: one per canister (bus.LiveCanisterFilter), or one per session with
+// ICWS_EDGE_LIVE_SUBSCRIPTION=session. Either way a message is routed to its session by subject
+// (Edge.dispatch), so a connection replacing another of the same session shares its subscription.
+// All fields are guarded by Edge.mu.
+type liveSub struct {
+	filter  string
+	sub     *nats.Subscription
+	users   int
+	dropped int  // messages the subscription dropped, as last seen by checkDrops
+	hit     bool // checkDrops: new drops, the users must read the stream
+}
+
+// acquireLiveLocked returns the subscription carrying c's live messages, subscribing if none does.
+// A subscription to a canister costs the NATS client and server about 2 KB once, instead of for
+// every session; what it receives for sessions of other edges is dropped by the dispatch.
+func (e *Edge) acquireLiveLocked(c *conn) (*liveSub, error) {
+	filter := bus.LiveSubject(c.canText, c.clientTok)
+	if e.cfg.LiveSubscription == LiveByCanister {
+		filter = bus.LiveCanisterFilter(c.canText)
+	}
+	ls := e.liveSubs[filter]
+	if ls == nil {
+		// One subject filter always lands in one shard, so a session's messages stay in order.
+		sub, err := e.nc.ChanSubscribe(filter, e.shardFor(filter))
+		if err != nil {
+			return nil, fmt.Errorf("subscribe %s: %w", filter, err)
+		}
+		ls = &liveSub{filter: filter, sub: sub}
+		e.liveSubs[filter] = ls
+	}
+	ls.users++
+	return ls, nil
+}
+
+// releaseLiveLocked ends the subscription once no session of this edge needs it.
+func (e *Edge) releaseLiveLocked(ls *liveSub) {
+	if ls.users--; ls.users > 0 {
+		return
+	}
+	_ = ls.sub.Unsubscribe()
+	delete(e.liveSubs, ls.filter)
+}
+
 // checkDrops catches messages the core subscriptions dropped (shared channel full): a drop that
 // is followed by another message shows up as a gap anyway, but a dropped last message would not,
-// so any new drop starts a read of the stream.
+// so any new drop makes every session of that subscription read the stream.
 func (e *Edge) checkDrops() {
-	e.mu.RLock()
-	var hit []*conn
-	for sub, c := range e.bySub {
-		if d, err := sub.Dropped(); err == nil && d > 0 {
-			c.dmu.Lock()
-			if uint64(d) > c.dropped {
-				c.dropped = uint64(d)
-				hit = append(hit, c)
-			}
-			c.dmu.Unlock()
+	e.mu.Lock()
+	newDrops := false
+	for _, ls := range e.liveSubs {
+		if d, err := ls.sub.Dropped(); err == nil && d > ls.dropped {
+			ls.dropped, ls.hit, newDrops = d, true, true
 		}
 	}
-	e.mu.RUnlock()
+	var hit []*conn
+	if newDrops {
+		for _, c := range e.byKey {
+			if c.liveSub != nil && c.liveSub.hit {
+				hit = append(hit, c)
+			}
+		}
+		for _, ls := range e.liveSubs {
+			ls.hit = false
+		}
+	}
+	e.mu.Unlock()
 	e.startFills(hit)
 }
 
@@ -113,8 +163,8 @@ func (e *Edge) checkDrops() {
 // published while the NATS connection was down, and a missed last message shows no gap.
 func (e *Edge) refillAll() {
 	e.mu.RLock()
-	cs := make([]*conn, 0, len(e.bySub))
-	for _, c := range e.bySub {
+	cs := make([]*conn, 0, len(e.byKey))
+	for _, c := range e.byKey {
 		cs = append(cs, c)
 	}
 	e.mu.RUnlock()
@@ -289,7 +339,7 @@ func (c *conn) fill() {
 		resuming := c.resumedFrame != nil
 		c.dmu.Unlock()
 		if err != nil {
-			c.e.log.Warn("read history", "subject", c.outSubj, "err", err)
+			c.e.log.Warn("read history", "subject", c.outSubject(), "err", err)
 		}
 		if progress {
 			continue
@@ -336,7 +386,7 @@ func (c *conn) readHistory() error {
 		last      = from - 1
 		aborted   bool
 	)
-	err := c.e.readSubject(ctx, c.outSubj, from, func(sseq uint64, hdr nats.Header, data []byte) error {
+	err := c.e.readSubject(ctx, c.outSubject(), from, func(sseq uint64, hdr nats.Header, data []byte) error {
 		if c.isGone() {
 			aborted = true
 			return errStopRead
@@ -499,6 +549,7 @@ func (c *conn) writeFailed(closeSocket bool) {
 	c.writing = false
 	c.qmu.Unlock()
 	if closeSocket {
+		c.e.idle.release(c)
 		_ = c.ws.Close()
 	}
 }

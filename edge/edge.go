@@ -73,12 +73,12 @@ type Edge struct {
 	bus          busWatch
 
 	mu          sync.RWMutex
-	bySub       map[*nats.Subscription]*conn // live delivery routing
-	byKey       map[string]*conn             // bound sessions by SessionKey
-	conns       map[*conn]struct{}           // every socket, for drain
-	byAddr      map[string]int               // connections (and upgrades under way) per client address
-	byPrincipal map[string]int               // bound sessions per client principal on this edge
-	upgrading   int                          // admitted connections not yet in conns
+	liveSubs    map[string]*liveSub // live subscriptions by subject filter (delivery.go)
+	byKey       map[string]*conn    // bound sessions by SessionKey; live messages are routed by it
+	conns       map[*conn]struct{}  // every socket, for drain
+	byAddr      map[string]int      // connections (and upgrades under way) per client address
+	byPrincipal map[string]int      // bound sessions per client principal on this edge
+	upgrading   int                 // admitted connections not yet in conns
 	running     bool
 	draining    bool
 	// failed remembers canister failures announced by pollers, by canister id (guarded by fmu).
@@ -88,7 +88,8 @@ type Edge struct {
 	streamsFull atomic.Pointer[string]
 
 	shards  []chan *nats.Msg
-	batches sync.Pool // buffers of frameBatcher batches
+	idle    *idlePoller // nil: every connection waits in its own reader goroutine
+	batches sync.Pool   // buffers of frameBatcher batches
 	connWG  sync.WaitGroup
 	addr    atomic.Pointer[net.Addr]
 	started atomic.Bool
@@ -142,8 +143,8 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
 		index: newSessionIndex(), live: live,
-		ingress: protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
-		bySub:   map[*nats.Subscription]*conn{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
+		ingress:  protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
+		liveSubs: map[string]*liveSub{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
 	}
 	for _, c := range cfg.Canisters {
@@ -226,6 +227,19 @@ func (e *Edge) Run(ctx context.Context) error {
 		return fmt.Errorf("edge: %w", err)
 	}
 	e.h, e.sessions = h, bus.NewSessions(h.Sessions, e.js)
+	if idle, err := newIdlePoller(); err != nil {
+		e.log.Warn("idle connections wait in their own goroutines", "err", err)
+	} else if idle != nil {
+		e.idle = idle
+		idleDone := make(chan struct{})
+		go func() {
+			defer close(idleDone)
+			if err := idle.run(); err != nil {
+				e.log.Error("idle poller stopped; parked connections wait for the drain", "err", err)
+			}
+		}()
+		defer idle.stop(idleDone) // after the drain: no connection is parked any more
+	}
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	lease, err := e.acquireLease(ctx)
@@ -441,6 +455,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	var doneOnce sync.Once
 	done := func() {
 		doneOnce.Do(func() {
+			e.idle.release(c)
 			c.closeSocket()
 			e.live.remove(c)
 			e.mu.Lock()
@@ -465,7 +480,8 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		done()
 		return
 	}
-	go c.serve(done)
+	c.done = done
+	go c.serve(false)
 }
 
 // shardFor spreads subscriptions over the dispatch goroutines; one subject always maps to one shard,
@@ -482,8 +498,12 @@ func (e *Edge) dispatch(ctx context.Context, ch chan *nats.Msg) {
 		case <-ctx.Done():
 			return
 		case msg := <-ch:
+			key, ok := bus.LiveSessionKey(msg.Subject)
+			if !ok {
+				continue
+			}
 			e.mu.RLock()
-			c := e.bySub[msg.Sub]
+			c := e.byKey[key]
 			e.mu.RUnlock()
 			if c != nil {
 				c.onLive(msg)
@@ -524,20 +544,26 @@ func (e *Edge) onOpenResult(msg *nats.Msg) {
 	}
 }
 
-func (e *Edge) register(c *conn, sub *nats.Subscription) (old *conn) {
+// register routes the session's live messages to c, subscribing to them unless a subscription of
+// this edge already covers them. It returns the connection c replaces on this edge, if any.
+func (e *Edge) register(c *conn) (old *conn, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if c.liveSub == nil {
+		if c.liveSub, err = e.acquireLiveLocked(c); err != nil {
+			return nil, err
+		}
+	}
 	if !c.counted {
 		c.counted = true
 		e.byPrincipal[c.principal]++
 	}
-	e.bySub[sub] = c
 	old = e.byKey[c.key]
 	e.byKey[c.key] = c
 	if old == c {
 		old = nil
 	}
-	return old
+	return old, nil
 }
 
 func (e *Edge) unregister(c *conn) {
@@ -547,8 +573,9 @@ func (e *Edge) unregister(c *conn) {
 		c.counted = false
 		decrement(e.byPrincipal, c.principal)
 	}
-	if c.sub != nil {
-		delete(e.bySub, c.sub)
+	if c.liveSub != nil {
+		e.releaseLiveLocked(c.liveSub)
+		c.liveSub = nil
 	}
 	if e.byKey[c.key] == c {
 		delete(e.byKey, c.key)

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/icws/icws/bus"
 )
@@ -33,10 +34,13 @@ func newSessionIndex() *sessionIndex {
 	return &sessionIndex{entries: map[string]sessionIndexEntry{}, principals: map[string]int{}, canisters: map[string]int{}}
 }
 
+// indexEntryOf keeps one copy of the values many sessions share (states, edge ids, canister
+// ids): each decoded record brings its own.
 func indexEntryOf(rec *bus.SessionRecord) sessionIndexEntry {
 	return sessionIndexEntry{
-		state: rec.State, edge: rec.Edge, resumable: rec.Resumable, detachedAt: rec.DetachedAt,
-		principal: clientPrincipal(rec.Client), canister: rec.Canister,
+		state: unique.Make(rec.State).Value(), edge: unique.Make(rec.Edge).Value(),
+		resumable: rec.Resumable, detachedAt: rec.DetachedAt,
+		principal: clientPrincipal(rec.Client), canister: unique.Make(rec.Canister).Value(),
 	}
 }
 

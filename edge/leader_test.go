@@ -19,7 +19,7 @@ func TestLeaderElectionRefillsLiveConnections(t *testing.T) {
 	testkit.WaitFor(t, 5*time.Second, "session live", func() bool {
 		e.mu.RLock()
 		defer e.mu.RUnlock()
-		return len(e.bySub) == 1
+		return len(e.byKey) == 1 && len(e.liveSubs) == 1
 	})
 	before := testkit.MetricValue(t, e.m.gapFills)
 	testkit.WaitFor(t, 5*time.Second, "a fill after the advisory", func() bool {

@@ -248,7 +248,7 @@ func TestRefusedOpenLeavesNoTrace(t *testing.T) {
 		t.Fatalf("ICWS_IN holds %v, want only the open", kinds)
 	}
 	e.mu.RLock()
-	subs, perPrincipal := len(e.bySub), len(e.byPrincipal)
+	subs, perPrincipal := len(e.liveSubs)+len(e.byKey), len(e.byPrincipal)
 	e.mu.RUnlock()
 	if subs != 0 || perPrincipal != 0 {
 		t.Fatalf("subscriptions %d, principals counted %d: want none", subs, perPrincipal)

@@ -114,7 +114,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			cancel()
 			return fail(why)
 		}
-		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubj); err == nil && last.Sequence >= rec.OutFrom {
+		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubject()); err == nil && last.Sequence >= rec.OutFrom {
 			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
 				cancel()
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
@@ -226,7 +226,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 	c.resumeStart = start
 	c.dmu.Unlock()
 	if err := c.subscribe(); err != nil {
-		c.e.log.Warn("resume: subscribe", "subject", c.outSubj, "err", err)
+		c.e.log.Warn("resume: subscribe", "session", c.key, "err", err)
 		c.closeWith(websocket.CloseInternalServerErr, "icws: gateway unavailable")
 		c.teardown("resume failed")
 		return false

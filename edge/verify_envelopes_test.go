@@ -87,8 +87,8 @@ func TestForgedOpenHasNoEffect(t *testing.T) {
 	testkit.WaitFor(t, 5*time.Second, "sockets gone", func() bool { return e.connCount() == 0 })
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	if len(e.bySub) != 0 {
-		t.Fatalf("%d subscriptions left", len(e.bySub))
+	if len(e.liveSubs)+len(e.byKey) != 0 {
+		t.Fatalf("%d subscriptions and %d sessions left", len(e.liveSubs), len(e.byKey))
 	}
 }
 

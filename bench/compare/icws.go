@@ -104,6 +104,9 @@ func startIcws(ctx context.Context, logger *slog.Logger, cfg config, tmp string)
 	s.gateway, err = startProc(tmp, "icws-all", bin, []string{
 		"ICWS_IC_URL=" + s.replicaURL, "ICWS_LISTEN=" + addrs[1], "ICWS_ADMIN_LISTEN=" + addrs[2],
 		"ICWS_DATA_DIR=" + filepath.Join(tmp, "icws-data"), "ICWS_LOG_LEVEL=warn", "ICWS_ADMIN_PPROF=" + pprof,
+		// The load generator dials from 16 loopback addresses; the default of 1,000 connections
+		// per address would refuse more than 16,000 sessions.
+		"ICWS_MAX_CONNECTIONS_PER_IP=" + strconv.Itoa(max(cfg.sessions, 1000)),
 	}, "all")
 	if err != nil {
 		s.stop()
