@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/icws/icws/internal/config"
@@ -124,23 +125,31 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 			return err
 		}
 	}
-	for _, cfg := range streamConfigs(t) {
-		rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
-		_, err := js.CreateOrUpdateStream(rctx, cfg)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
-		}
+	// All at once: on a cluster that is still forming, each replicated stream can take the
+	// servers seconds to place and elect, and one after the other they add up.
+	streams, buckets := streamConfigs(t), bucketConfigs(t)
+	errs := make([]error, len(streams)+len(buckets))
+	var wg sync.WaitGroup
+	for i, cfg := range streams {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
+			defer cancel()
+			if _, err := js.CreateOrUpdateStream(rctx, cfg); err != nil {
+				errs[i] = fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+			}
+		})
 	}
-	for _, cfg := range bucketConfigs(t) {
-		rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
-		_, err := js.CreateOrUpdateKeyValue(rctx, cfg)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
-		}
+	for i, cfg := range buckets {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
+			defer cancel()
+			if _, err := js.CreateOrUpdateKeyValue(rctx, cfg); err != nil {
+				errs[len(streams)+i] = fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // ensureRequestTimeout bounds each creation request of Ensure. On a cluster that is still forming,

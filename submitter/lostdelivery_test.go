@@ -1,6 +1,7 @@
 package submitter
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -28,6 +29,23 @@ func (m deliveredMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.stream, Consumer: m.consumer}}, nil
 }
 
+// heldLease is partition 0's lease, acquired: a relay worker that finds its lease invalid stops
+// the partition, which must happen here only for the lost delivery.
+func heldLease(t *testing.T, js jetstream.JetStream) *bus.Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := bus.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := bus.NewLease(h.Leases, bus.LeaseConfig{Key: bus.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute})
+	if err := l.TryAcquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // A delivery lost in flight (a jump in the consumer sequence) stops the partition instead of
 // letting the client's next envelope overtake the lost one; the next owner restarts from the ack
 // floor.
@@ -38,7 +56,7 @@ func TestLostDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, bus.NewLease(nil, bus.LeaseConfig{Key: bus.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
+	p := newPartition(s, nil, 0, heldLease(t, js))
 	subject := bus.InSubject(0, testCanister.Encode(), newTestClient(1).token)
 	// Hold every in-flight slot, so the relay workers queue but never call the IC: only the
 	// queueing decision is under test. Deliveries 1 and 2 arrive; 3 is lost; 4 must not be queued.
@@ -71,7 +89,7 @@ func TestLostFirstDeliveryStopsThePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPartition(s, nil, 0, bus.NewLease(nil, bus.LeaseConfig{Key: bus.SubmitterLeaseKey(0), Holder: "a", TTL: time.Minute}))
+	p := newPartition(s, nil, 0, heldLease(t, js))
 	for range cap(s.sem) {
 		s.sem <- struct{}{}
 	}

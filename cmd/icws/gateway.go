@@ -348,9 +348,9 @@ func waitForStreams(ctx context.Context, js jetstream.JetStream, logger *slog.Lo
 func ensureWithRetry(ctx context.Context, js jetstream.JetStream, topo bus.Topology, logger *slog.Logger) error {
 	delay := 200 * time.Millisecond
 	for {
-		// One attempt creates five replicated streams and buckets: on a fresh cluster, with another
-		// process creating the same ones, that takes the meta leader many seconds (each request is
-		// bounded on its own by bus.Ensure).
+		// One attempt creates five replicated streams and buckets at once: on a fresh cluster, with
+		// another process creating the same ones, that can take the servers many seconds (each
+		// request is bounded on its own by bus.Ensure).
 		attemptCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := bus.Ensure(attemptCtx, js, topo)
 		cancel()
