@@ -418,3 +418,34 @@ func TestResumeAfterLostResumeAnswers(t *testing.T) {
 		t.Fatalf("resumes = %d, answers still to lose %d", c.Resumes(), e.gw.loseResumeAnswers.Load())
 	}
 }
+
+// A connection that fails while the client re-sends its unacknowledged messages after a resume
+// was answered leaves the session on the new connection's token: the next resume uses it and
+// the messages arrive.
+func TestResumeSurvivesAFailureWhileResending(t *testing.T) {
+	e := startEnv(t, defaultCanister(), true)
+	cfg := e.config(t, ed25519ID(t))
+	cfg.Resume = true
+	c := dial(t, cfg)
+	send(t, c, "before")
+	if _, app := receive(t, c); app.Text != "before" {
+		t.Fatalf("echo = %q", app.Text)
+	}
+	const n = 40 // enough unacknowledged messages that re-sending them meets the reset
+	e.gw.discardClientMessages.Store(true)
+	for i := range n {
+		send(t, c, fmt.Sprintf("m%d", i))
+	}
+	testkit.WaitFor(t, 10*time.Second, "messages read and forgotten", func() bool { return e.gw.discarded.Load() == n })
+	e.gw.resetAfterResumeAnswers.Store(1)
+	e.gw.discardClientMessages.Store(false)
+	e.gw.dropAll()
+	for i := range n {
+		if _, app := receive(t, c); app.Text != fmt.Sprintf("m%d", i) {
+			t.Fatalf("echo %d = %q", i, app.Text)
+		}
+	}
+	if e.gw.resetAfterResumeAnswers.Load() != 0 {
+		t.Fatal("the resume was never answered and reset")
+	}
+}

@@ -968,6 +968,9 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// The gateway answered: the session is now on this connection's token, whatever happens to
+	// the connection from here on.
+	c.token, c.candidates = offer.Token, nil
 	if lastClientSeq > c.outSeq {
 		c.closeWith(ws, 4000, "Resume failed")
 		return nil, fatal(fmt.Errorf("%w: gateway claims client message %d, last sent is %d", ErrInvalidMessage, lastClientSeq, c.outSeq), 4000, "Resume failed")
@@ -980,7 +983,6 @@ func (c *Conn) tryResume(ctx context.Context) (*websocket.Conn, error) {
 		}
 		c.resent.Add(1)
 	}
-	c.token, c.candidates = offer.Token, nil
 	c.heartbeat = time.Duration(offer.HeartbeatMillis) * time.Millisecond
 	c.gateway = gw
 	c.ws = ws

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -95,6 +96,13 @@ type fakeGateway struct {
 	// loseResumeAnswers, while positive, makes a resume take the session over and then drop the
 	// connection before the answer.
 	loseResumeAnswers atomic.Int32
+	// resetAfterResumeAnswers, while positive, makes a resume answer and then reset the
+	// connection (the client is re-sending its unacknowledged messages meanwhile).
+	resetAfterResumeAnswers atomic.Int32
+	// discardClientMessages makes the gateway read client messages and forget them, so they stay
+	// unacknowledged; discarded counts them.
+	discardClientMessages atomic.Bool
+	discarded             atomic.Int64
 
 	mu       sync.Mutex
 	sessions map[string]*fgSession // by client key token
@@ -252,6 +260,15 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		for i := req.LastSeq; err == nil && i < uint64(len(s.frames)); i++ {
 			err = g.write(ws, s.frames[i])
 		}
+		if err == nil && g.resetAfterResumeAnswers.Load() > 0 {
+			g.resetAfterResumeAnswers.Add(-1)
+			if tc, ok := ws.NetConn().(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // a reset, so the client's next writes fail
+			}
+			ws.NetConn().Close()
+			s.mu.Unlock()
+			return
+		}
 		if err == nil {
 			s.ws, s.frozen = ws, frozen
 		}
@@ -289,6 +306,10 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			}
 			s.mu.Unlock()
 			return
+		}
+		if g.discardClientMessages.Load() {
+			g.discarded.Add(1)
+			continue
 		}
 		env, err := protocol.DecodeClientFrame(frame)
 		if err != nil {
