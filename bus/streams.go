@@ -127,25 +127,30 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}
 	// All at once: on a cluster that is still forming, each replicated stream can take the
 	// servers seconds to place and elect, and one after the other they add up.
-	streams, buckets := streamConfigs(t), bucketConfigs(t)
-	errs := make([]error, len(streams)+len(buckets))
-	var wg sync.WaitGroup
-	for i, cfg := range streams {
-		wg.Go(func() {
-			rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
-			defer cancel()
-			if _, err := js.CreateOrUpdateStream(rctx, cfg); err != nil {
-				errs[i] = fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+	var creates []func(context.Context) error
+	for _, cfg := range streamConfigs(t) {
+		creates = append(creates, func(ctx context.Context) error {
+			if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+				return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 			}
+			return nil
 		})
 	}
-	for i, cfg := range buckets {
+	for _, cfg := range bucketConfigs(t) {
+		creates = append(creates, func(ctx context.Context) error {
+			if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+				return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+			}
+			return nil
+		})
+	}
+	errs := make([]error, len(creates))
+	var wg sync.WaitGroup
+	for i, create := range creates {
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, ensureRequestTimeout)
 			defer cancel()
-			if _, err := js.CreateOrUpdateKeyValue(rctx, cfg); err != nil {
-				errs[len(streams)+i] = fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
-			}
+			errs[i] = create(rctx)
 		})
 	}
 	wg.Wait()

@@ -58,6 +58,15 @@ func send(t *testing.T, c *Conn, text string) {
 }
 
 // receive reads the next app message, failing after a deadline.
+// echoed sends text and checks that the canister's next message echoes it.
+func echoed(t *testing.T, c *Conn, text string) {
+	t.Helper()
+	send(t, c, text)
+	if _, app := receive(t, c); app.Text != text {
+		t.Fatalf("echo = %q, want %q", app.Text, text)
+	}
+}
+
 func receive(t *testing.T, c *Conn) (Message, protocol.AppMessage) {
 	t.Helper()
 	select {
@@ -198,10 +207,7 @@ func TestResume(t *testing.T) {
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume = true
 	c := dial(t, cfg)
-	send(t, c, "hello")
-	if _, app := receive(t, c); app.Text != "hello" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "hello")
 	e.gw.dropBeforeSeq.Store(40)
 	send(t, c, "burst:100")
 	for i := 1; i <= 100; i++ {
@@ -288,10 +294,7 @@ func TestResumeAfterSilentGateway(t *testing.T) {
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume, cfg.PingInterval = true, 200*time.Millisecond
 	c := dial(t, cfg)
-	send(t, c, "before")
-	if _, app := receive(t, c); app.Text != "before" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "before")
 	e.gw.freezeAll()
 	send(t, c, "after")
 	m, app := receive(t, c)
@@ -315,10 +318,7 @@ func TestResumeAfterHeartbeatsStop(t *testing.T) {
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume, cfg.PingInterval = true, time.Minute
 	c := dial(t, cfg)
-	send(t, c, "before")
-	if _, app := receive(t, c); app.Text != "before" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "before")
 	// Idle for many heartbeat intervals: nothing delivered, nothing resumed.
 	select {
 	case m := <-c.Messages():
@@ -346,10 +346,7 @@ func TestResumeAfterResumeElsewhere(t *testing.T) {
 	cfg.Resume = true
 	cfg.ReconnectMin = time.Minute // only the immediate first attempt can resume in time
 	c := dial(t, cfg)
-	send(t, c, "before")
-	if _, app := receive(t, c); app.Text != "before" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "before")
 	e.gw.closeAll(CloseResumeElsewhere, "icws: edge lost its message bus, resume elsewhere")
 	send(t, c, "after")
 	m, app := receive(t, c)
@@ -403,10 +400,7 @@ func TestResumeAfterLostResumeAnswers(t *testing.T) {
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume = true
 	c := dial(t, cfg)
-	send(t, c, "before")
-	if _, app := receive(t, c); app.Text != "before" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "before")
 	e.gw.loseResumeAnswers.Store(2)
 	e.gw.dropAll()
 	send(t, c, "after")
@@ -427,10 +421,7 @@ func TestResumeSurvivesAFailureWhileResending(t *testing.T) {
 	cfg := e.config(t, ed25519ID(t))
 	cfg.Resume = true
 	c := dial(t, cfg)
-	send(t, c, "before")
-	if _, app := receive(t, c); app.Text != "before" {
-		t.Fatalf("echo = %q", app.Text)
-	}
+	echoed(t, c, "before")
 	const n = 40 // enough unacknowledged messages that re-sending them meets the reset
 	e.gw.discardClientMessages.Store(true)
 	for i := range n {

@@ -519,7 +519,7 @@ func (c *conn) bind(canister principal.Principal, client protocol.ClientKey) {
 	c.inSubj = in
 	c.key = in[len(in)-len(canText)-1-len(tok):]
 	c.canText, c.clientTok = c.key[:len(canText)], c.key[len(canText)+1:]
-	c.principal = c.clientTok[:len(client.ClientPrincipal.Encode())]
+	c.principal = clientPrincipal(c.clientTok)
 }
 
 // outSubject is the session's ICWS_OUT subject (built when needed: it is rarely).

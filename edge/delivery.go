@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -93,22 +94,23 @@ func (c *conn) onLive(msg *nats.Msg) {
 // edge's sessions it carries: one per canister (bus.LiveCanisterFilter), or one per session with
 // ICWS_EDGE_LIVE_SUBSCRIPTION=session. Either way a message is routed to its session by subject
 // (Edge.dispatch), so a connection replacing another of the same session shares its subscription.
-// All fields are guarded by Edge.mu.
+// filter, sub and users are guarded by Edge.mu.
 type liveSub struct {
 	filter  string
 	sub     *nats.Subscription
 	users   int
-	dropped int  // messages the subscription dropped, as last seen by checkDrops
-	hit     bool // checkDrops: new drops, the users must read the stream
+	dropped atomic.Int64 // messages the subscription dropped, as last seen by checkDrops (the sweeper alone)
 }
 
 // acquireLiveLocked returns the subscription carrying c's live messages, subscribing if none does.
 // A subscription to a canister costs the NATS client and server about 2 KB once, instead of for
 // every session; what it receives for sessions of other edges is dropped by the dispatch.
 func (e *Edge) acquireLiveLocked(c *conn) (*liveSub, error) {
-	filter := bus.LiveSubject(c.canText, c.clientTok)
+	var filter string
 	if e.cfg.LiveSubscription == LiveByCanister {
 		filter = bus.LiveCanisterFilter(c.canText)
+	} else {
+		filter = bus.LiveSubject(c.canText, c.clientTok)
 	}
 	ls := e.liveSubs[filter]
 	if ls == nil {
@@ -137,25 +139,26 @@ func (e *Edge) releaseLiveLocked(ls *liveSub) {
 // is followed by another message shows up as a gap anyway, but a dropped last message would not,
 // so any new drop makes every session of that subscription read the stream.
 func (e *Edge) checkDrops() {
-	e.mu.Lock()
-	newDrops := false
+	e.mu.RLock()
+	var dropping map[*liveSub]bool
 	for _, ls := range e.liveSubs {
-		if d, err := ls.sub.Dropped(); err == nil && d > ls.dropped {
-			ls.dropped, ls.hit, newDrops = d, true, true
+		if d, err := ls.sub.Dropped(); err == nil && int64(d) > ls.dropped.Load() {
+			ls.dropped.Store(int64(d))
+			if dropping == nil {
+				dropping = map[*liveSub]bool{}
+			}
+			dropping[ls] = true
 		}
 	}
 	var hit []*conn
-	if newDrops {
+	if dropping != nil {
 		for _, c := range e.byKey {
-			if c.liveSub != nil && c.liveSub.hit {
+			if dropping[c.liveSub] {
 				hit = append(hit, c)
 			}
 		}
-		for _, ls := range e.liveSubs {
-			ls.hit = false
-		}
 	}
-	e.mu.Unlock()
+	e.mu.RUnlock()
 	e.startFills(hit)
 }
 

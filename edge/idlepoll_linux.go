@@ -120,16 +120,6 @@ func (p *idlePoller) release(c *conn) {
 	}
 }
 
-// count is the number of parked connections.
-func (p *idlePoller) count() int {
-	if p == nil {
-		return 0
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.parked)
-}
-
 // run starts the reader of each connection whose socket became ready, until stop.
 func (p *idlePoller) run() error {
 	events := make([]syscall.EpollEvent, 256)

@@ -9,6 +9,5 @@ type idlePoller struct{}
 func newIdlePoller() (*idlePoller, error)  { return nil, nil }
 func (p *idlePoller) park(*conn) bool      { return false }
 func (p *idlePoller) release(*conn)        {}
-func (p *idlePoller) count() int           { return 0 }
 func (p *idlePoller) run() error           { return nil }
 func (p *idlePoller) stop(<-chan struct{}) {}

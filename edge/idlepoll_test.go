@@ -59,3 +59,13 @@ func TestEdgeClosesParkedConnection(t *testing.T) {
 		t.Fatalf("%d connections still parked", e.idle.count())
 	}
 }
+
+// count is the number of parked connections.
+func (p *idlePoller) count() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
