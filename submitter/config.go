@@ -21,6 +21,7 @@ type Config struct {
 	MaxInFlight   int           `envconfig:"SUBMIT_MAX_CLIENTS_IN_FLIGHT" default:"256" desc:"clients relayed in parallel per process"`
 	MaxPending    int           `envconfig:"SUBMIT_MAX_PENDING" default:"4096" desc:"unacknowledged ICWS_IN messages per partition held by this process (JetStream MaxAckPending)"`
 	AckWait       time.Duration `envconfig:"SUBMIT_ACK_WAIT" default:"10m" desc:"JetStream AckWait of partition consumers; must exceed the time a client's backlog may take"`
+	PullHeartbeat time.Duration `envconfig:"SUBMIT_PULL_HEARTBEAT" default:"1s" desc:"while a partition has nothing to deliver, its consumer's NATS server sends a heartbeat this often; after two missing ones the submitter asks for messages again (a request lost while the consumer's leader changed would otherwise stall the partition for 30 s); each request lasts 5 heartbeats"`
 	CloseRetryFor time.Duration `envconfig:"SUBMIT_CLOSE_RETRY_FOR" default:"1m" desc:"how long a ws_close call is retried on transport errors"`
 	ICGiveUp      time.Duration `envconfig:"SUBMIT_IC_GIVE_UP" default:"3s" desc:"how long the IC may leave this submitter's status probes (one every third of this, three failing in a row) unanswered before it hands its partitions to other submitters and stops announcing itself, until the IC answers again; 0 never gives up"`
 	DrainTimeout  time.Duration `envconfig:"SUBMIT_DRAIN_TIMEOUT" default:"10s" desc:"on shutdown or hand-over, how long in-flight envelopes may finish"`
@@ -61,6 +62,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ICWS_SUBMIT_MAX_PENDING=%d: must be at least 1", c.MaxPending)
 	case c.AckWait < time.Second:
 		return fmt.Errorf("ICWS_SUBMIT_ACK_WAIT=%s: must be at least 1s", c.AckWait)
+	case c.PullHeartbeat < 500*time.Millisecond || c.PullHeartbeat > 30*time.Second:
+		return fmt.Errorf("ICWS_SUBMIT_PULL_HEARTBEAT=%s: must be between 500ms and 30s (JetStream's range)", c.PullHeartbeat)
 	case c.CloseRetryFor < 0:
 		return fmt.Errorf("ICWS_SUBMIT_CLOSE_RETRY_FOR=%s: must not be negative", c.CloseRetryFor)
 	case c.DrainTimeout <= 0:

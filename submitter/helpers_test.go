@@ -35,6 +35,7 @@ type env struct {
 	url        string
 	js         jetstream.JetStream
 	partitions int
+	connOpts   []nats.Option // of the submitters' connections
 }
 
 func newEnv(t testing.TB, partitions int) *env {
@@ -95,7 +96,7 @@ func (r *running) kill(t testing.TB) {
 
 func (e *env) start(t testing.TB, cfg Config, ic IC) *running {
 	t.Helper()
-	nc, js := natstest.Connect(t, e.url)
+	nc, js := natstest.Connect(t, e.url, e.connOpts...)
 	reg := prometheus.NewRegistry()
 	s, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Logger: testkit.Logger(t, slog.LevelWarn).With("test_submitter", cfg.ID), Registry: reg})
 	if err != nil {

@@ -223,6 +223,10 @@ func (p *partition) subscribe() (jetstream.ConsumeContext, error) {
 	}
 }
 
+// pullExpiryHeartbeats is how many heartbeats one pull request lasts (nats.go wants more than
+// two).
+const pullExpiryHeartbeats = 5
+
 func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.s.cfg.CallTimeout)
 	defer cancel()
@@ -317,6 +321,11 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		"previous", olds, "start_seq", cfg.OptStartSeq)
 	cc, err := cons.Consume(p.onMsg,
 		jetstream.PullMaxMessages(min(p.s.cfg.MaxPending, 512)),
+		// nats.go waits two heartbeats before it repeats a pull request that got no answer; by
+		// default they are 15 s apart. A request is lost whenever it reaches a consumer without a
+		// leader: right after the consumer is created on a cluster, or while its leader moves.
+		jetstream.PullHeartbeat(p.s.cfg.PullHeartbeat),
+		jetstream.PullExpiry(pullExpiryHeartbeats*p.s.cfg.PullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 				// Another process took the partition over; stop before doing anything more.

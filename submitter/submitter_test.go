@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -262,6 +263,13 @@ func TestConfigValidation(t *testing.T) {
 	bad.ID = "a b"
 	if err := bad.validate(); err == nil {
 		t.Error("id with a space accepted")
+	}
+	for _, hb := range []time.Duration{100 * time.Millisecond, time.Minute} {
+		bad = DefaultConfig()
+		bad.PullHeartbeat = hb
+		if err := bad.validate(); err == nil || !strings.Contains(err.Error(), "ICWS_SUBMIT_PULL_HEARTBEAT") {
+			t.Errorf("pull heartbeat %s: %v, want an error naming ICWS_SUBMIT_PULL_HEARTBEAT", hb, err)
+		}
 	}
 }
 

@@ -46,10 +46,10 @@ func StartServer(t testing.TB) string {
 	return s.ClientURL()
 }
 
-// Connect opens a connection to url with a JetStream context, closed at cleanup.
-func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+// Connect opens a connection to url (with opts) with a JetStream context, closed at cleanup.
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
