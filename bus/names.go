@@ -176,6 +176,13 @@ func ParseLiveSubject(subject string) (ClientRef, error) {
 	return parseClientSubject("live subject", subjectLivePrefix, subject)
 }
 
+// LiveSubjectOf is the live subject ICWS_OUT re-publishes a message stored on the ICWS_OUT
+// subject out to (its RePublish maps icws.out.> to icws.live.>).
+func LiveSubjectOf(out string) (string, bool) {
+	rest, ok := strings.CutPrefix(out, subjectOutPrefix)
+	return subjectLivePrefix + rest, ok
+}
+
 // OutSubject is where the poller publishes a client's certified messages: icws.out.<canister>.<client>.
 func OutSubject(canister, client string) string {
 	return subjectOutPrefix + canister + "." + client

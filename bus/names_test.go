@@ -54,6 +54,12 @@ func TestNamesRoundTrip(t *testing.T) {
 		if _, ok := LiveSessionKey(OutSubject(testCanisterText, testClientToken)); ok {
 			t.Fatal("LiveSessionKey accepted an ICWS_OUT subject")
 		}
+		if live, ok := LiveSubjectOf(OutSubject(testCanisterText, testClientToken)); !ok || live != LiveSubject(testCanisterText, testClientToken) {
+			t.Fatalf("LiveSubjectOf = %q, %v; want %q", live, ok, LiveSubject(testCanisterText, testClientToken))
+		}
+		if _, ok := LiveSubjectOf(LiveSubject(testCanisterText, testClientToken)); ok {
+			t.Fatal("LiveSubjectOf accepted a live subject")
+		}
 		// The canister filter is the live subject with the client token as the wildcard.
 		filter := LiveCanisterFilter(testCanisterText)
 		if got := strings.TrimSuffix(filter, "*") + testClientToken; got != LiveSubject(testCanisterText, testClientToken) {

@@ -257,6 +257,7 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 		{"edge", []op{
 			pub("icws.kick." + canister),                       // a submitter's
 			pub(bus.OutSubject(canister, client)),              // a poller's: forging canister messages
+			pub(bus.LiveSubject(canister, client)),             // a poller's: forging live messages
 			pub("$KV.icws_cursors." + canister),                // a poller's
 			pub("$KV.icws_leases.poller." + canister),          // a poller's
 			pub("$KV.icws_leases.submitter.0"),                 // a submitter's
@@ -269,6 +270,7 @@ func TestRolesCannotDoEachOthersWork(t *testing.T) {
 		{"submitter", []op{
 			pub(bus.InSubject(0, canister, client)), // an edge's: forging client envelopes
 			pub(bus.OutSubject(canister, client)),   // a poller's
+			pub(bus.LiveSubject(canister, client)),  // a poller's
 			pub("$KV.icws_cursors." + canister),
 			pub("$KV.icws_leases.edge.e1"), pub("$KV.icws_leases.poller." + canister),
 			pub("$JS.API.DIRECT.GET.ICWS_OUT"),

@@ -15,6 +15,7 @@ type metrics struct {
 	panics         prometheus.Counter
 	refused        prometheus.Counter
 	failures       *prometheus.CounterVec
+	announced      prometheus.Counter
 }
 
 // Error kinds of icws_poller_errors_total.
@@ -66,8 +67,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "icws_poller_canister_failures_total",
 			Help: "Canisters declared failed after ICWS_POLL_FAIL_CLOSE of permanent ws_get_messages errors (their sessions were closed), by cause (stopped, not_found, method_missing, no_module, trapped, rejected, refused, undecodable).",
 		}, []string{"cause"}),
+		announced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_poller_duplicates_announced_total",
+			Help: "Messages ICWS_OUT acknowledged as already stored (a publish sent again after a timeout or by a new poller), published on their live subjects by the poller because the stream re-publishes only what it stores.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused, m.failures} {
+	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused, m.failures, m.announced} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

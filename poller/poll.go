@@ -408,9 +408,12 @@ func (p *Poller) publishOrdered(ctx context.Context, msgs []*nats.Msg) error {
 		timer := time.NewTimer(p.cfg.PublishTimeout)
 		defer timer.Stop()
 	wait:
-		for _, f := range futures {
+		for i, f := range futures {
 			select {
-			case <-f.Ok():
+			case ack := <-f.Ok():
+				if ack.Duplicate {
+					p.announce(msgs[i])
+				}
 			case err := <-f.Err():
 				asyncErr = err
 				break wait
@@ -428,13 +431,33 @@ func (p *Poller) publishOrdered(ctx context.Context, msgs []*nats.Msg) error {
 	p.log.Warn("async publish failed; re-publishing the batch synchronously", "err", asyncErr)
 	for _, m := range msgs {
 		pctx, cancel := context.WithTimeout(ctx, p.cfg.PublishTimeout)
-		_, err := p.deps.JS.PublishMsg(pctx, m)
+		ack, err := p.deps.JS.PublishMsg(pctx, m)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("publish %s: %w", m.Subject, err)
 		}
+		if ack.Duplicate {
+			p.announce(m)
+		}
 	}
 	return nil
+}
+
+// announce publishes a message ICWS_OUT already held on its live subject. The stream re-publishes
+// a message only as its leader stores it, so a copy stored by an earlier attempt whose leader lost
+// office before re-publishing it (the attempt then times out, and this one is acknowledged as a
+// duplicate) would reach no edge; a client with nothing after it would wait for it for good, since
+// only a later message shows an edge the gap. Edges drop what they delivered already (Icws-Seq).
+func (p *Poller) announce(m *nats.Msg) {
+	live, ok := bus.LiveSubjectOf(m.Subject)
+	if !ok {
+		return
+	}
+	if err := p.deps.NC.PublishMsg(&nats.Msg{Subject: live, Header: m.Header, Data: m.Data}); err != nil {
+		p.log.Warn("announce a message already stored", "subject", live, "err", err)
+		return
+	}
+	p.m.announced.Inc()
 }
 
 func contentHash(b []byte) string {
