@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -30,6 +31,10 @@ func TestNATSClusterConfigs(t *testing.T) {
 		}
 		if opts.Cluster.Name != "icws" || len(opts.Routes) != 3 {
 			t.Errorf("%s.conf: cluster %q with %d routes", n, opts.Cluster.Name, len(opts.Routes))
+		}
+		// A lost peer's routes go stale within seconds (see the comment in the file).
+		if stale := opts.Cluster.PingInterval * time.Duration(opts.Cluster.MaxPingsOut+1); stale == 0 || stale > 5*time.Second {
+			t.Errorf("%s.conf: routes notice a lost peer after %s (ping_interval %s, ping_max %d); want at most 5s", n, stale, opts.Cluster.PingInterval, opts.Cluster.MaxPingsOut)
 		}
 		// Streams accept 4 MiB messages by default (bus.Topology.MaxMessageBytes).
 		if opts.MaxPayload < 4<<20 {

@@ -53,7 +53,8 @@ func startNATSCluster(t testing.TB, n int) *NATSCluster {
 		fmt.Fprintf(&cfg, "server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n", name, p.client, p.monitor)
 		fmt.Fprintf(&cfg, "jetstream {\n  store_dir: %q\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}\n", filepath.Join(dir, "js"))
 		if n > 1 {
-			fmt.Fprintf(&cfg, "cluster {\n  name: icws-test\n  listen: 127.0.0.1:%d\n  routes: [\n", p.cluster)
+			// Route pings as deploy/nats/n1.conf has them: a frozen node loses its peers' interest fast.
+			fmt.Fprintf(&cfg, "cluster {\n  name: icws-test\n  listen: 127.0.0.1:%d\n  ping_interval: \"1s\"\n  ping_max: 3\n  routes: [\n", p.cluster)
 			for j, r := range routes {
 				if j != i {
 					fmt.Fprintf(&cfg, "    %s\n", r)

@@ -334,7 +334,8 @@ func startNetNATSCluster(t *testing.T, hosts []*netHost) *NATSCluster {
 		var cfg bytes.Buffer
 		fmt.Fprintf(&cfg, "server_name: %s\nlisten: 0.0.0.0:%d\nhttp: %s:%d\n", h.Name, netNATSClientPort, h.IP(netFront), netNATSHTTPPort)
 		fmt.Fprintf(&cfg, "jetstream {\n  store_dir: %q\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}\n", filepath.Join(dir, "js"))
-		fmt.Fprintf(&cfg, "cluster {\n  name: icws-test\n  listen: %s:%d\n  no_advertise: true\n  routes: [\n", h.IP(netRoutes), netNATSRoutePort)
+		// Route pings as deploy/nats/n1.conf has them: a cut-off node loses its peers' interest fast.
+		fmt.Fprintf(&cfg, "cluster {\n  name: icws-test\n  listen: %s:%d\n  no_advertise: true\n  ping_interval: \"1s\"\n  ping_max: 3\n  routes: [\n", h.IP(netRoutes), netNATSRoutePort)
 		for j, r := range routes {
 			if j != i {
 				fmt.Fprintf(&cfg, "    %s\n", r)
