@@ -27,8 +27,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/client"
-	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/replica/wscanister"
 )
@@ -370,12 +370,14 @@ func startFaultClients(t *testing.T, d *Deployment, n int, o faultClientOptions)
 	}
 	r := &faultRun{t: t, d: d, clients: make([]*faultClient, n)}
 	start := time.Now()
+	took := make([]time.Duration, n)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	for i := range n {
 		g.Go(func() error {
+			began := time.Now()
 			c, err := dialFaultClient(gctx, i, &faultDialer{addrs: addrs, preferred: i % len(addrs), balancer: balancer}, d.Replica.URL, d.Replica.CanisterID, rootKey, o)
-			r.clients[i] = c
+			r.clients[i], took[i] = c, time.Since(began)
 			return err
 		})
 	}
@@ -391,6 +393,11 @@ func startFaultClients(t *testing.T, d *Deployment, n int, o faultClientOptions)
 		t.Fatalf("dial %d clients: %v", n, err)
 	}
 	t.Logf("%d resuming clients open over %d edge(s) in %s", n, len(addrs), time.Since(start).Round(time.Millisecond))
+	// An open takes a few round trips; a slow one shows what it waited for.
+	if slowest := slices.Index(took, slices.Max(took)); took[slowest] > 5*time.Second {
+		t.Logf("client %d took %s to open", slowest, took[slowest].Round(time.Millisecond))
+		r.explainClient(r.clients[slowest], start.Add(-time.Second), time.Now())
+	}
 	return r
 }
 
@@ -489,9 +496,10 @@ func (r *faultRun) runWithKill(tr faultTraffic, kill func()) time.Time {
 func (r *faultRun) verify(timeout time.Duration) {
 	t := r.t
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	for _, c := range r.clients {
-		testkit.WaitForNil(t, time.Until(deadline)+time.Second, 20*time.Millisecond, fmt.Sprintf("client %d: all canister messages", c.idx), func() error {
+		for {
 			_, expected, got := c.snapshot()
 			select {
 			case <-c.ended:
@@ -499,11 +507,15 @@ func (r *faultRun) verify(timeout time.Duration) {
 				t.Fatalf("client %d: session ended after %d of %d messages: %v", c.idx, len(got), len(expected), c.conn.Err())
 			default:
 			}
-			if len(got) < len(expected) {
-				return fmt.Errorf("received %d of %d (last %q)", len(got), len(expected), faultLastReceived(got))
+			if len(got) >= len(expected) {
+				break
 			}
-			return nil
-		})
+			if time.Now().After(deadline) {
+				r.explainClient(c, start.Add(-time.Minute), time.Now())
+				t.Fatalf("client %d: received %d of %d canister messages in %s (last %q)", c.idx, len(got), len(expected), timeout, faultLastReceived(got))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	ctl := r.d.Replica.Control
 	for _, c := range r.clients {
@@ -771,35 +783,69 @@ func (r *faultRun) target(what string, rc faultRecovery, target time.Duration, w
 	}
 	t.Logf("TARGET %s: longest client silence %s, target %s: MISSED: %s", what, got.Round(time.Millisecond), target.Round(time.Millisecond), why)
 	if c := rc.silentClient; c != nil {
-		from, to := rc.silentFrom.Add(-5*time.Second), rc.silentFrom.Add(got+5*time.Second)
-		inWindow := func(text string, keep func(string) bool) []string {
-			var out []string
-			for _, line := range strings.Split(text, "\n") {
-				if at, ok := faultLogTime(line); ok && at.After(from) && at.Before(to) && keep(line) {
-					out = append(out, strings.TrimSpace(line))
-				}
-			}
-			return out
-		}
-		key := c.key.Token()
-		lines := inWindow(string(c.logs.Bytes()), func(line string) bool {
-			return !strings.Contains(line, "level=DEBUG") || strings.Contains(line, "resume attempt failed")
-		})
-		for _, e := range r.d.Edges {
-			stdout, stderr := e.Proc.Logs()
-			for _, line := range inWindow(stdout+stderr, func(line string) bool { return strings.Contains(line, key) }) {
-				lines = append(lines, e.Name+": "+line)
-			}
-		}
-		slices.SortStableFunc(lines, func(a, b string) int {
-			return strings.Compare(faultLogStamp(a), faultLogStamp(b))
-		})
-		if len(lines) > 40 {
-			lines = append(lines[:40], fmt.Sprintf("... %d more", len(lines)-40))
-		}
-		t.Logf("client %d was silent from %s UTC for %s; its log and the edges' lines about it around then:\n  %s", c.idx,
-			rc.silentFrom.UTC().Format("15:04:05.000"), got.Round(time.Millisecond), strings.Join(lines, "\n  "))
+		t.Logf("client %d was silent from %s UTC for %s", c.idx, rc.silentFrom.UTC().Format("15:04:05.000"), got.Round(time.Millisecond))
+		r.explainClient(c, rc.silentFrom.Add(-5*time.Second), rc.silentFrom.Add(got+5*time.Second))
 	}
+}
+
+// explainClient logs what client c went through between from and to, in time order: its own log
+// lines (debug lines only for failed resumes), the lines of the edges and submitters naming its
+// session, the edges' own events, the submitters' events of its partition and the pollers'
+// warnings.
+func (r *faultRun) explainClient(c *faultClient, from, to time.Time) {
+	inWindow := func(text string, keep func(string) bool) []string {
+		var out []string
+		for _, line := range strings.Split(text, "\n") {
+			if at, ok := faultLogTime(line); ok && at.After(from) && at.Before(to) && keep(line) {
+				out = append(out, strings.TrimSpace(line))
+			}
+		}
+		return out
+	}
+	key := c.key.Token()
+	lines := inWindow(string(c.logs.Bytes()), func(line string) bool {
+		return !strings.Contains(line, "level=DEBUG") || strings.Contains(line, "resume attempt failed")
+	})
+	about := func(line string) bool { return strings.Contains(line, key) && !strings.Contains(line, "msg=stage") }
+	// The edges' own events (their NATS connection, leases, subscriptions) beside the client's.
+	edgeEvent := func(line string) bool {
+		return about(line) || !strings.Contains(line, "level=DEBUG") && !strings.Contains(line, " client=") && !strings.Contains(line, " session=")
+	}
+	for _, e := range r.d.Edges {
+		stdout, stderr := e.Proc.Logs()
+		for _, line := range inWindow(stdout+stderr, edgeEvent) {
+			lines = append(lines, e.Name+": "+line)
+		}
+	}
+	// The pollers' warnings: nothing reaches any client while no poller polls.
+	for _, p := range r.d.Pollers {
+		stdout, stderr := p.Proc.Logs()
+		for _, line := range inWindow(stdout+stderr, func(line string) bool { return !strings.Contains(line, "level=DEBUG") }) {
+			lines = append(lines, p.Name+": "+line)
+		}
+	}
+	// The submitters' lines about the client's partition say why its envelopes waited.
+	if _, partitions := faultSubmitterPartitions(r.t, r.d); partitions > 0 {
+		tag := fmt.Sprintf("partition=%d ", bus.Partition(r.d.Replica.CanisterID, key, partitions))
+		mine := about
+		about = func(line string) bool {
+			return mine(line) || strings.Contains(line, tag) && !strings.Contains(line, " client=")
+		}
+	}
+	for _, s := range r.d.Submitters {
+		stdout, stderr := s.Proc.Logs()
+		for _, line := range inWindow(stdout+stderr, about) {
+			lines = append(lines, s.Name+": "+line)
+		}
+	}
+	slices.SortStableFunc(lines, func(a, b string) int {
+		return strings.Compare(faultLogStamp(a), faultLogStamp(b))
+	})
+	if len(lines) > 120 {
+		lines = append(lines[:60], append([]string{fmt.Sprintf("... %d more ...", len(lines)-120)}, lines[len(lines)-60:]...)...)
+	}
+	r.t.Logf("client %d (%s) from %s to %s UTC, its log and the roles' lines about it:\n  %s", c.idx, key,
+		from.UTC().Format("15:04:05.000"), to.UTC().Format("15:04:05.000"), strings.Join(lines, "\n  "))
 }
 
 // faultLogStamp is the time= value of a log line (possibly prefixed by a process name), for sorting.
