@@ -128,6 +128,9 @@ func configured[C any](name, summary string, run func(ctx context.Context, a *ap
 			if l, ok := any(cfg).(interface{ LogSettings() *config.Log }); ok {
 				logger = l.LogSettings().Logger(a.stderr)
 			}
+			if r, ok := any(cfg).(interface{ RuntimeSettings() *config.Runtime }); ok {
+				r.RuntimeSettings().Apply(os.Getenv)
+			}
 			return run(ctx, a, cfg, logger, args)
 		},
 	}

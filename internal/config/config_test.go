@@ -67,7 +67,7 @@ func TestVars(t *testing.T) {
 			t.Errorf("%s has no description", v.Name)
 		}
 	}
-	want := "ICWS_LOG_LEVEL ICWS_LOG_FORMAT ICWS_DATA_DIR ICWS_IDENTITY_FILE ICWS_ADMIN_LISTEN ICWS_ADMIN_PPROF ICWS_SIZE ICWS_WAIT ICWS_NESTED_X"
+	want := "ICWS_LOG_LEVEL ICWS_LOG_FORMAT ICWS_GC_PERCENT ICWS_DATA_DIR ICWS_IDENTITY_FILE ICWS_ADMIN_LISTEN ICWS_ADMIN_PPROF ICWS_SIZE ICWS_WAIT ICWS_NESTED_X"
 	if got := strings.Join(names, " "); got != want {
 		t.Fatalf("Vars = %s\nwant   %s", got, want)
 	}
