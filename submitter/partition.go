@@ -313,7 +313,12 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 		if name == cfg.Durable {
 			continue
 		}
-		if err := p.h.In.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// As for reading it: a consumer whose leader is being elected may not answer; try again
+		// after a lease's lifetime rather than after CallTimeout. Ours is reused then.
+		dctx, dcancel := context.WithTimeout(ctx, p.s.cfg.LeaseTTL)
+		err := p.h.In.DeleteConsumer(dctx, name)
+		dcancel()
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("delete previous consumer %s: %w", name, err)
 		}
 	}
