@@ -19,23 +19,12 @@ import (
 // after two missed heartbeats (ICWS_SUBMIT_PULL_HEARTBEAT) instead of nats.go's default 30 s.
 func TestPartitionAsksAgainAfterItsPullRequestWasLost(t *testing.T) {
 	e := newEnv(t, 1)
-	lossy := &natstest.LossyDialer{Prefix: "$JS.API.CONSUMER.MSG.NEXT."}
-	lossy.Drop.Store(true)
-	e.connOpts = []nats.Option{nats.SetCustomDialer(lossy)}
-	store := newFakeStore()
 	cfg := testConfig("a")
 	cfg.PullHeartbeat = 500 * time.Millisecond
-	e.start(t, cfg, store.as("a"))
-	testkit.WaitFor(t, 10*time.Second, "the partition's pull request lost", func() bool { return lossy.Dropped.Load() > 0 })
-	lossy.Drop.Store(false)
-
-	// nats.go's default would leave this envelope waiting 30 s for the lost request; two
-	// heartbeats are 1 s. The bound leaves a loaded machine room and still fails the default.
-	pub := e.publisher(t)
-	client := newTestClient(1)
-	pub.async(pub.burst(client, 1, 3))
-	testkit.WaitFor(t, 15*time.Second, "envelopes executed", func() bool { return store.executedCount() == 3 })
-	store.checkOrder(t, map[string]uint64{client.token: 3})
+	store := startLosingRequests(t, e, "$JS.API.CONSUMER.MSG.NEXT.", cfg)
+	// nats.go's default would leave these waiting 30 s for the lost request; two heartbeats are
+	// 1 s. The bound leaves a loaded machine room and still fails the default.
+	expectRelayed(t, e, store, 15*time.Second)
 }
 
 // Deleting the previous owner's consumer waits a lease's lifetime per attempt, like reading it: a
@@ -50,20 +39,34 @@ func TestPartitionRetriesAnUnansweredConsumerDelete(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the previous owner's consumer: %v", err)
 	}
-	lossy := &natstest.LossyDialer{Prefix: "$JS.API.CONSUMER.DELETE."}
+	cfg := testConfig("a")
+	cfg.CallTimeout = time.Minute
+	store := startLosingRequests(t, e, "$JS.API.CONSUMER.DELETE.", cfg)
+	// Waiting ICWS_SUBMIT_CALL_TIMEOUT would hold these for a minute; a lease's lifetime is 2 s.
+	expectRelayed(t, e, store, 15*time.Second)
+}
+
+// startLosingRequests starts a submitter whose connection drops what it publishes to subjects
+// starting with prefix, until one such request was lost; it returns the submitter's IC.
+func startLosingRequests(t *testing.T, e *env, prefix string, cfg Config) *fakeStore {
+	t.Helper()
+	lossy := &natstest.LossyDialer{Prefix: prefix}
 	lossy.Drop.Store(true)
 	e.connOpts = []nats.Option{nats.SetCustomDialer(lossy)}
 	store := newFakeStore()
-	cfg := testConfig("a")
-	cfg.CallTimeout = time.Minute
-	e.start(t, cfg, store.as("a"))
-	testkit.WaitFor(t, 10*time.Second, "the delete of the previous consumer lost", func() bool { return lossy.Dropped.Load() > 0 })
+	e.start(t, cfg, store.as(cfg.ID))
+	testkit.WaitFor(t, 10*time.Second, "a request to "+prefix+" lost", func() bool { return lossy.Dropped.Load() > 0 })
 	lossy.Drop.Store(false)
+	return store
+}
 
-	// Waiting ICWS_SUBMIT_CALL_TIMEOUT would hold these for a minute; a lease's lifetime is 2 s.
+// expectRelayed publishes three envelopes of one client and waits until the IC executed them, in
+// order.
+func expectRelayed(t *testing.T, e *env, store *fakeStore, within time.Duration) {
+	t.Helper()
 	pub := e.publisher(t)
 	client := newTestClient(1)
 	pub.async(pub.burst(client, 1, 3))
-	testkit.WaitFor(t, 15*time.Second, "envelopes executed", func() bool { return store.executedCount() == 3 })
+	testkit.WaitFor(t, within, "envelopes executed", func() bool { return store.executedCount() == 3 })
 	store.checkOrder(t, map[string]uint64{client.token: 3})
 }
