@@ -29,6 +29,8 @@ type ClientConfig struct {
 	// hold a connection for minutes. With these defaults a silent server is left after about 3 s.
 	PingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"1s" desc:"how often each process pings its NATS server; a server that misses NATS_MAX_PINGS_OUT pings in a row is left for another"`
 	MaxPingsOut  int           `envconfig:"NATS_MAX_PINGS_OUT" default:"2" desc:"unanswered NATS pings after which the connection counts as stale and is re-established"`
+	// A server cut off from its cluster answers pings; only JetStream shows it (clusterwatch.go).
+	JetStreamTimeout time.Duration `envconfig:"NATS_JETSTREAM_TIMEOUT" default:"10s" desc:"with an external NATS cluster, a process whose NATS server answers but whose JetStream requests have all failed for this long (the server lost its cluster) moves to another server. Longer than a JetStream meta leader election (4-9 s), which every server's clients see alike"`
 }
 
 // Variable names, for error messages.
@@ -89,6 +91,9 @@ func (c *ClientConfig) credentialVars() string {
 func (c *ClientConfig) Validate() error {
 	if c.PingInterval != 0 && c.PingInterval < 100*time.Millisecond {
 		return fmt.Errorf("ICWS_NATS_PING_INTERVAL=%s: must be at least 100ms", c.PingInterval)
+	}
+	if c.JetStreamTimeout != 0 && c.JetStreamTimeout < time.Second {
+		return fmt.Errorf("ICWS_NATS_JETSTREAM_TIMEOUT=%s: must be at least 1s", c.JetStreamTimeout)
 	}
 	if c.MaxPingsOut < 0 {
 		return fmt.Errorf("ICWS_NATS_MAX_PINGS_OUT=%d: must be at least 1", c.MaxPingsOut)

@@ -20,7 +20,7 @@ import (
 
 // DefaultClientConfig is the documented defaults of ClientConfig (no URL, no credentials).
 func DefaultClientConfig() ClientConfig {
-	return ClientConfig{PingInterval: time.Second, MaxPingsOut: 2}
+	return ClientConfig{PingInterval: time.Second, MaxPingsOut: 2, JetStreamTimeout: 10 * time.Second}
 }
 
 // options are the connection options of ClientConfig's liveness settings; zero values mean the

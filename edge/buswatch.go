@@ -20,8 +20,8 @@ import (
 // Lost contact first makes the edge try another NATS server (after a quarter of NATSTimeout, well
 // before nats.go's own ping would notice a hung server); still no contact after NATSTimeout, it
 // sheds. Renewals failing while the server answers is what a server cut off from its cluster looks
-// like, and also what every edge sees during a JetStream leader election (4-9 s): after
-// JetStreamTimeout the edge moves to another server, after twice that it sheds.
+// like (the process's bus.ClusterWatch moves the connection to another server), and also what every
+// edge sees during a JetStream leader election (4-9 s): after twice JetStreamTimeout it sheds.
 
 // CloseResumeElsewhere tells a resumable client to resume at once on another edge (docs/RESUME.md §2).
 const CloseResumeElsewhere = protocol.CloseResumeElsewhere
@@ -57,7 +57,6 @@ func (e *Edge) watchBus(ctx context.Context) {
 	defer t.Stop()
 	var (
 		forcedFor   int64 // lastContact when a reconnect was last forced for lost contact
-		jsForcedAt  time.Time
 		lostAt      int64
 		wasHealthy  = true
 		silentSince time.Time
@@ -104,16 +103,10 @@ func (e *Edge) watchBus(ctx context.Context) {
 			lostAt = now.UnixNano()
 			e.shed("jetstream", jsSilent)
 		}
-		switch {
-		case silent >= probeTimeout && forcedFor != contact:
+		if silent >= probeTimeout && forcedFor != contact {
 			// A hung or unreachable server: try the others now rather than after nats.go's pings.
 			forcedFor = contact
 			e.log.Warn("NATS server silent: reconnecting to another server", "silent", silent.Round(time.Millisecond))
-			_ = e.nc.ForceReconnect()
-		case silent < probeTimeout && jsSilent >= e.cfg.JetStreamTimeout && now.Sub(jsForcedAt) >= e.cfg.JetStreamTimeout:
-			// The server answers but JetStream does not: it may have lost its cluster.
-			jsForcedAt = now
-			e.log.Warn("lease renewals failing while NATS answers: reconnecting to another server", "since_renewal", jsSilent.Round(time.Millisecond))
 			_ = e.nc.ForceReconnect()
 		}
 	}

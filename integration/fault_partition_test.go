@@ -72,9 +72,9 @@ func TestFaultPartitionEdgeFromNATS(t *testing.T) {
 
 // TestFaultPartitionNATSNode: cut the NATS node leading ICWS_OUT off its two peers for 15 s (the
 // processes connected to it still reach it). The other two elect new leaders; the cut-off node
-// keeps answering pings but its JetStream goes nowhere: edges connected to it move to another node
-// when their lease renewals have failed for ICWS_EDGE_JETSTREAM_TIMEOUT, submitters and pollers
-// lose their leases to the others. The target is the cluster's own election time + 2 s.
+// keeps answering pings but its JetStream goes nowhere: the processes connected to it lose their
+// leases to the others and move to another node once their cluster watch has had no JetStream
+// answer for ICWS_NATS_JETSTREAM_TIMEOUT. The target is the cluster's own election time + 2 s.
 func TestFaultPartitionNATSNode(t *testing.T) {
 	requireGrayFaults(t)
 	nd := startNetFaultDeployment(t, ReplicaOptions{})
@@ -97,7 +97,7 @@ func TestFaultPartitionNATSNode(t *testing.T) {
 	rc := run.logRecovery("NATS node cut off from its peers ("+victimName+")", cutAt)
 	run.logRoleWarnings()
 	run.target("NATS node cut off from its peers", rc, election+natsElectionSlack,
-		"see the ELECTION line; processes connected to the cut-off node see a server that answers but whose JetStream does not: an edge moves after ICWS_EDGE_JETSTREAM_TIMEOUT (10 s, longer than an election so that elections alone never move it), a submitter or poller only loses its lease")
+		"see the ELECTION line; processes connected to the cut-off node see a server that answers but whose JetStream does not: every process moves to another node after ICWS_NATS_JETSTREAM_TIMEOUT (10 s, longer than an election so that elections alone never move it) and loses its leases meanwhile")
 	waitHealed(t, healed)
 	nd.NATS.WaitJetStream(90 * time.Second)
 	run.verify(30 * time.Second)

@@ -272,6 +272,15 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	for _, r := range roles {
 		g.Go(func() error { return r.Run(gctx) })
 	}
+	if parts.embedded == nil {
+		moves := prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_nats_cluster_moves_total",
+			Help: "Reconnects to another NATS server because JetStream stayed silent through one that answered.",
+		})
+		reg.MustRegister(moves)
+		watch := bus.NewClusterWatch(nc, js, cfg.ClientConfig.JetStreamTimeout, logger.With("component", "nats"), moves.Inc)
+		g.Go(func() error { return watch.Run(gctx) })
+	}
 	g.Go(func() error {
 		announceReady(gctx, logger, checks, adm, edgeURL(cfg, parts.roles), parts.roles, parts.onReady)
 		return nil
