@@ -30,7 +30,7 @@ type ClientConfig struct {
 	PingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"1s" desc:"how often each process pings its NATS server; a server that misses NATS_MAX_PINGS_OUT pings in a row is left for another"`
 	MaxPingsOut  int           `envconfig:"NATS_MAX_PINGS_OUT" default:"2" desc:"unanswered NATS pings after which the connection counts as stale and is re-established"`
 	// A server cut off from its cluster answers pings; only JetStream shows it (clusterwatch.go).
-	JetStreamTimeout time.Duration `envconfig:"NATS_JETSTREAM_TIMEOUT" default:"10s" desc:"with an external NATS cluster, a process whose NATS server answers but whose JetStream requests have all failed for this long (the server lost its cluster) moves to another server. Longer than a JetStream meta leader election (4-9 s), which every server's clients see alike"`
+	JetStreamTimeout time.Duration `envconfig:"NATS_JETSTREAM_TIMEOUT" default:"10s" desc:"with an external NATS cluster, a process whose NATS server answers while the cluster's meta leader has not answered it, or all its lease writes have failed, for this long (the server lost its cluster) moves to another server. Longer than a JetStream leader election (4-9 s), which every server's clients see alike"`
 }
 
 // Variable names, for error messages.

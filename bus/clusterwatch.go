@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,27 +13,37 @@ import (
 // A NATS server cut off from its cluster keeps answering its clients' pings, so nats.go never
 // leaves it, while nothing its clients ask of JetStream goes anywhere: no lease is renewed, no
 // message is stored, no consumer delivers. A process stuck there waits for the partition to heal,
-// however long. The cluster watch asks the cluster's meta leader for the account's JetStream
-// information (the cheapest request that needs the cluster, not just the server) every few
-// seconds; when no answer has come for JetStreamTimeout while the server itself answers, it moves
-// the connection to another server. The timeout is longer than a meta leader election, in which
-// every server's clients see the same silence and moving would gain nothing.
+// however long. The cluster watch moves the connection to another server when, while the server
+// itself answers, for JetStreamTimeout
+//   - the cluster's meta leader has not answered a request for the account's JetStream
+//     information (the cheapest request that needs the cluster, not just the server), asked five
+//     times per timeout; or
+//   - every lease operation of the process has failed: a cut-off server that led the meta group
+//     answers the first kind itself until it steps down (10 s), but a write needs a quorum.
+//
+// The timeout is longer than a leader election, in which every server's clients see the same
+// silence and moving would gain nothing.
 
 // clusterWatchProbes is how many probes fit in one JetStreamTimeout.
 const clusterWatchProbes = 5
 
-// ClusterWatch moves a connection off a NATS server that answers but has lost its cluster.
+// ClusterWatch moves a connection off a NATS server that answers but has lost its cluster. Its
+// methods are safe on a nil *ClusterWatch (no watch: an embedded server) and for concurrent use.
 type ClusterWatch struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	timeout time.Duration
 	log     *slog.Logger
-	// onMove, if set, is called after every reconnect the watch forced (metrics, tests).
-	onMove func()
+	onMove  func()
+
+	// leaseFailing is when the first lease operation failed since the last write that landed
+	// (unix ns; 0 while the last one landed).
+	leaseFailing atomic.Int64
 }
 
 // NewClusterWatch watches nc (js is its JetStream context); timeout is ClientConfig's
-// JetStreamTimeout (its default when zero).
+// JetStreamTimeout (its default when zero). onMove, if set, is called after every reconnect the
+// watch forced (metrics, tests).
 func NewClusterWatch(nc *nats.Conn, js jetstream.JetStream, timeout time.Duration, logger *slog.Logger, onMove func()) *ClusterWatch {
 	if timeout <= 0 {
 		timeout = DefaultClientConfig().JetStreamTimeout
@@ -41,6 +52,20 @@ func NewClusterWatch(nc *nats.Conn, js jetstream.JetStream, timeout time.Duratio
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &ClusterWatch{nc: nc, js: js, timeout: timeout, log: logger, onMove: onMove}
+}
+
+// LeaseWritten records a lease write that landed (LeaseConfig.OnRenewed).
+func (w *ClusterWatch) LeaseWritten() {
+	if w != nil {
+		w.leaseFailing.Store(0)
+	}
+}
+
+// LeaseFailed records a failed lease operation (LeaseConfig.OnError).
+func (w *ClusterWatch) LeaseFailed(error) {
+	if w != nil {
+		w.leaseFailing.CompareAndSwap(0, time.Now().UnixNano())
+	}
 }
 
 // Run probes until ctx ends; it returns nil then.
@@ -59,13 +84,22 @@ func (w *ClusterWatch) Run(ctx context.Context) error {
 		if !w.nc.IsConnected() {
 			// Reconnecting: nats.go picks the next server; judge the one it lands on afresh.
 			lastAnswer = time.Now()
+			w.leaseFailing.Store(0)
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, every)
 		_, err := w.js.AccountInfo(pctx)
 		cancel()
+		now := time.Now()
 		if err == nil {
-			lastAnswer = time.Now()
+			lastAnswer = now
+		}
+		silent := now.Sub(lastAnswer)
+		var leasesFailing time.Duration
+		if since := w.leaseFailing.Load(); since != 0 {
+			leasesFailing = now.Sub(time.Unix(0, since))
+		}
+		if max(silent, leasesFailing) < w.timeout || now.Sub(movedAt) < w.timeout {
 			continue
 		}
 		// The server itself must answer: one that does not is nats.go's to leave (its pings).
@@ -75,19 +109,21 @@ func (w *ClusterWatch) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		now := time.Now()
-		silent := now.Sub(lastAnswer)
-		if serverErr != nil || silent < w.timeout || now.Sub(movedAt) < w.timeout {
+		if serverErr != nil {
 			continue
 		}
 		movedAt = now
-		w.log.Warn("JetStream silent while the NATS server answers (cut off from its cluster?): reconnecting to another server",
-			"silent", silent.Round(time.Millisecond), "err", err)
+		attrs := []any{"meta_leader_silent", silent.Round(time.Millisecond), "leases_failing", leasesFailing.Round(time.Millisecond)}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		w.log.Warn("JetStream silent while the NATS server answers (cut off from its cluster?): reconnecting to another server", attrs...)
 		if err := w.nc.ForceReconnect(); err != nil {
 			w.log.Warn("reconnect to another NATS server", "err", err)
 			continue
 		}
 		lastAnswer = now
+		w.leaseFailing.Store(0)
 		if w.onMove != nil {
 			w.onMove()
 		}

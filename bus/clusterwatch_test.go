@@ -86,6 +86,34 @@ func TestClusterWatchLeavesAServerThatLostItsCluster(t *testing.T) {
 	})
 }
 
+// Lease operations that keep failing move the connection although the meta leader answers: a
+// cut-off server that leads the meta group answers account information itself until it steps
+// down, but no write of its clients lands.
+func TestClusterWatchLeavesAServerWhereLeaseWritesFail(t *testing.T) {
+	_, nc, js := natstest.StartJetStream(t)
+	var moves atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	w := bus.NewClusterWatch(nc, js, time.Second, testkit.Logger(t, slog.LevelDebug), func() { moves.Add(1) })
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	w.LeaseFailed(context.DeadlineExceeded)
+	testkit.WaitFor(t, 10*time.Second, "the watch moves after a timeout of failing lease writes", func() bool {
+		return moves.Load() > 0
+	})
+}
+
+func TestClusterWatchIsOptional(t *testing.T) {
+	var w *bus.ClusterWatch // no external cluster: the roles call it all the same
+	w.LeaseFailed(context.DeadlineExceeded)
+	w.LeaseWritten()
+}
+
 func TestClientConfigRefusesAShortJetStreamTimeout(t *testing.T) {
 	cfg := bus.DefaultClientConfig()
 	cfg.JetStreamTimeout = 500 * time.Millisecond

@@ -38,6 +38,8 @@ type Deps struct {
 	Gateway  principal.Principal
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+	// ClusterWatch hears of the edge's lease writes (nil without an external NATS cluster).
+	ClusterWatch *bus.ClusterWatch
 
 	// RootKey is the IC root key (DER) that canister signatures, the keys Internet Identity's
 	// delegation chains start at, are verified against. Without it they are refused.
@@ -58,6 +60,7 @@ type Edge struct {
 	h   *bus.Handles // with sessions, set by Run before anything reads them
 	// inProcessBus: Deps.InProcessBus.
 	inProcessBus bool
+	cluster      *bus.ClusterWatch
 	gateway      principal.Principal
 	handshake    []byte
 	log          *slog.Logger
@@ -140,7 +143,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
 	e := &Edge{
 		cfg: cfg, nc: deps.NC, js: deps.JS, gateway: deps.Gateway, handshake: hs, inProcessBus: deps.InProcessBus,
-		log: deps.Logger.With("edge", cfg.ID), m: m,
+		cluster: deps.ClusterWatch, log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
 		index: newSessionIndex(), live: live,
 		ingress:  protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},

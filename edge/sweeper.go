@@ -21,7 +21,11 @@ func (e *Edge) acquireLease(ctx context.Context) (*bus.Lease, error) {
 		Skew:              e.cfg.LeaseSkew,
 		SameHolderIsRival: true,
 		Logger:            e.log,
-		OnRenewed:         e.leaseRenewed, // the bus watch's proof that JetStream works for this edge
+		OnRenewed: func() {
+			e.leaseRenewed() // the bus watch's proof that JetStream works for this edge
+			e.cluster.LeaseWritten()
+		},
+		OnError: e.cluster.LeaseFailed,
 	})
 	// A bucket that was just created may have no leader for a few seconds (no responders, time-outs):
 	// wait for it. A lease another process holds under our id is a configuration error.

@@ -17,7 +17,11 @@ func (p *Poller) newLease(h *bus.Handles, canister string) *bus.Lease {
 		RetryMin: p.cfg.BackoffMin,
 		RetryMax: p.cfg.BackoffMax,
 		Logger:   p.log.With("canister", canister),
-		OnError:  func(error) { p.m.errors.WithLabelValues(errKindLease).Inc() },
+		OnError: func(err error) {
+			p.m.errors.WithLabelValues(errKindLease).Inc()
+			p.deps.ClusterWatch.LeaseFailed(err)
+		},
+		OnRenewed: p.deps.ClusterWatch.LeaseWritten,
 	})
 }
 

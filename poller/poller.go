@@ -32,6 +32,8 @@ type Deps struct {
 	IC       IC
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+	// ClusterWatch hears of the poller's lease writes (nil without an external NATS cluster).
+	ClusterWatch *bus.ClusterWatch
 }
 
 // Poller is one poller process.

@@ -151,10 +151,12 @@ func (g *group) startLive(ctx context.Context, live *bus.Lease) {
 // newLease describes one of this process's leases (no I/O).
 func (g *group) newLease(key string) *bus.Lease {
 	return bus.NewLease(g.leases, bus.LeaseConfig{
-		Key:    key,
-		Holder: g.s.cfg.ID,
-		TTL:    g.s.cfg.LeaseTTL,
-		Logger: g.s.log,
+		Key:       key,
+		Holder:    g.s.cfg.ID,
+		TTL:       g.s.cfg.LeaseTTL,
+		Logger:    g.s.log,
+		OnError:   g.s.cluster.LeaseFailed,
+		OnRenewed: g.s.cluster.LeaseWritten,
 	})
 }
 

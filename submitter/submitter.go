@@ -49,6 +49,8 @@ type Deps struct {
 	IC       IC
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+	// ClusterWatch hears of the submitter's lease writes (nil without an external NATS cluster).
+	ClusterWatch *bus.ClusterWatch
 }
 
 // Submitter relays ICWS_IN to the IC.
@@ -59,6 +61,8 @@ type Submitter struct {
 	ic  IC
 	log *slog.Logger
 	m   *metrics
+	// cluster hears of the lease writes (Deps.ClusterWatch).
+	cluster *bus.ClusterWatch
 	// sessions is set by Run once the buckets are open.
 	sessions *bus.Sessions
 
@@ -111,6 +115,7 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		nc:      deps.NC,
 		js:      deps.JS,
 		ic:      deps.IC,
+		cluster: deps.ClusterWatch,
 		log:     log.With("submitter_id", cfg.ID),
 		m:       m,
 		sem:     make(chan struct{}, cfg.MaxInFlight),

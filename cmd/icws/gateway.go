@@ -229,6 +229,17 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 		}
 	}
 
+	// With an external cluster, a server that lost its cluster is left for another (every role).
+	var watch *bus.ClusterWatch
+	if parts.embedded == nil {
+		moves := prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "icws_nats_cluster_moves_total",
+			Help: "Reconnects to another NATS server because JetStream stayed silent through one that answered.",
+		})
+		reg.MustRegister(moves)
+		watch = bus.NewClusterWatch(nc, js, cfg.ClientConfig.JetStreamTimeout, logger.With("component", "nats"), moves.Inc)
+	}
+
 	type role interface {
 		Run(context.Context) error
 		Ready(context.Context) error
@@ -246,20 +257,20 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	if parts.roles.edge {
 		r, err := edge.New(cfg.EdgeSettings.Config, edge.Deps{
 			NC: nc, JS: js, Gateway: gateway, RootKey: rootKey, Logger: logger.With("role", "edge"), Registry: reg,
-			InProcessBus: parts.embedded != nil,
+			InProcessBus: parts.embedded != nil, ClusterWatch: watch,
 		})
 		if err := addRole("edge", r, err); err != nil {
 			return err
 		}
 	}
 	if parts.roles.submitter {
-		r, err := submitter.New(cfg.SubmitterSettings.Config, submitter.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "submitter"), Registry: reg})
+		r, err := submitter.New(cfg.SubmitterSettings.Config, submitter.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "submitter"), Registry: reg, ClusterWatch: watch})
 		if err := addRole("submitter", r, err); err != nil {
 			return err
 		}
 	}
 	if parts.roles.poller {
-		r, err := poller.New(cfg.PollerSettings.Config, poller.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "poller"), Registry: reg})
+		r, err := poller.New(cfg.PollerSettings.Config, poller.Deps{NC: nc, JS: js, IC: ic, Logger: logger.With("role", "poller"), Registry: reg, ClusterWatch: watch})
 		if err := addRole("poller", r, err); err != nil {
 			return err
 		}
@@ -272,13 +283,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 	for _, r := range roles {
 		g.Go(func() error { return r.Run(gctx) })
 	}
-	if parts.embedded == nil {
-		moves := prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "icws_nats_cluster_moves_total",
-			Help: "Reconnects to another NATS server because JetStream stayed silent through one that answered.",
-		})
-		reg.MustRegister(moves)
-		watch := bus.NewClusterWatch(nc, js, cfg.ClientConfig.JetStreamTimeout, logger.With("component", "nats"), moves.Inc)
+	if watch != nil {
 		g.Go(func() error { return watch.Run(gctx) })
 	}
 	g.Go(func() error {
