@@ -686,6 +686,7 @@ func (c *conn) relay(frame []byte) (int, string) {
 		return publishFailure(err)
 	}
 	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRelayed)
+	c.e.log.Debug("envelope relayed", "session", c.key, "seq", seq)
 	return 0, ""
 }
 
@@ -780,6 +781,11 @@ func (c *conn) awaitConfirmed() (int, string) {
 	if c.isConfirmed() {
 		return 0, ""
 	}
+	began := time.Now()
+	c.e.log.Debug("client message waits for the session's ws_open to be confirmed", "session", c.key)
+	defer func() {
+		c.e.log.Debug("ws_open wait over", "session", c.key, "waited", time.Since(began), "confirmed", c.isConfirmed())
+	}()
 	deadline := time.NewTimer(time.Until(c.openedAt.Add(c.e.cfg.OpenConfirmTimeout)))
 	defer deadline.Stop()
 	tick := time.NewTicker(c.e.cfg.SweepInterval)

@@ -41,6 +41,8 @@ func faultLeaseEnv(extra map[string]string) map[string]string {
 		"ICWS_POLL_LEASE_TTL":   "2s",
 		"ICWS_SUBMIT_LEASE_TTL": "3s",
 		"ICWS_EDGE_LEASE_TTL":   "3s",
+		// A client that stays silent is explained with the edges' long-blocked goroutines.
+		"ICWS_ADMIN_PPROF": "true",
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -846,6 +848,61 @@ func (r *faultRun) explainClient(c *faultClient, from, to time.Time) {
 	}
 	r.t.Logf("client %d (%s) from %s to %s UTC, its log and the roles' lines about it:\n  %s", c.idx, key,
 		from.UTC().Format("15:04:05.000"), to.UTC().Format("15:04:05.000"), strings.Join(lines, "\n  "))
+	for _, e := range r.d.Edges {
+		if stuck := faultStuckConnGoroutines(e.AdminURL); stuck != "" {
+			r.t.Logf("%s: connection goroutines blocked for a minute or more:\n%s", e.Name, stuck)
+		}
+	}
+}
+
+// faultStuckConnGoroutines lists an edge's goroutines that serve a connection and have been blocked
+// for at least a minute (from its /debug/pprof/goroutine?debug=2), alike stacks counted once: a
+// session that relays nothing while its socket is open shows where its reader waits.
+func faultStuckConnGoroutines(adminURL string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, adminURL+"/debug/pprof/goroutine?debug=2", nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "goroutine dump: " + err.Error()
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return "goroutine dump: " + err.Error()
+	}
+	counts := map[string]int{}
+	var order []string
+	for _, g := range strings.Split(string(body), "\n\n") {
+		header, stack, _ := strings.Cut(g, "\n")
+		if !strings.Contains(header, " minutes]") || !strings.Contains(stack, "edge.(*conn)") {
+			continue
+		}
+		// The stack without arguments and addresses, so alike goroutines match.
+		var frames []string
+		for _, line := range strings.Split(stack, "\n") {
+			if strings.HasPrefix(line, "\t") {
+				continue // file and line
+			}
+			if i := strings.LastIndex(line, "("); i > 0 && strings.HasSuffix(line, ")") {
+				line = line[:i]
+			}
+			frames = append(frames, "  "+line)
+		}
+		sig := strings.Join(frames, "\n")
+		if counts[sig] == 0 {
+			order = append(order, sig)
+		}
+		counts[sig]++
+	}
+	var out []string
+	for _, sig := range order {
+		out = append(out, fmt.Sprintf(" %d goroutine(s):\n%s", counts[sig], sig))
+	}
+	return strings.Join(out, "\n")
 }
 
 // faultLogStamp is the time= value of a log line (possibly prefixed by a process name), for sorting.
