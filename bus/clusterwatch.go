@@ -18,8 +18,9 @@ import (
 //   - the cluster's meta leader has not answered a request for the account's JetStream
 //     information (the cheapest request that needs the cluster, not just the server), asked five
 //     times per timeout; or
-//   - every lease operation of the process has failed: a cut-off server that led the meta group
-//     answers the first kind itself until it steps down (10 s), but a write needs a quorum.
+//   - every lease operation of the process has failed, the latest a moment ago: a cut-off server
+//     that led the meta group answers the first kind itself until it steps down (10 s), but a
+//     write needs a quorum.
 //
 // The timeout is longer than a leader election, in which every server's clients see the same
 // silence and moving would gain nothing.
@@ -37,8 +38,11 @@ type ClusterWatch struct {
 	onMove  func()
 
 	// leaseFailing is when the first lease operation failed since the last write that landed
-	// (unix ns; 0 while the last one landed).
+	// (unix ns; 0 while the last one landed); leaseFailed when the latest one failed. Only a
+	// process that keeps trying counts as failing: a standby whose attempts failed during an
+	// election and that now finds the lease held by another writes nothing, and fails nothing.
 	leaseFailing atomic.Int64
+	leaseFailed  atomic.Int64
 }
 
 // NewClusterWatch watches nc (js is its JetStream context); timeout is ClientConfig's
@@ -64,7 +68,9 @@ func (w *ClusterWatch) LeaseWritten() {
 // LeaseFailed records a failed lease operation (LeaseConfig.OnError).
 func (w *ClusterWatch) LeaseFailed(error) {
 	if w != nil {
-		w.leaseFailing.CompareAndSwap(0, time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		w.leaseFailing.CompareAndSwap(0, now)
+		w.leaseFailed.Store(now)
 	}
 }
 
@@ -96,7 +102,7 @@ func (w *ClusterWatch) Run(ctx context.Context) error {
 		}
 		silent := now.Sub(lastAnswer)
 		var leasesFailing time.Duration
-		if since := w.leaseFailing.Load(); since != 0 {
+		if since := w.leaseFailing.Load(); since != 0 && now.Sub(time.Unix(0, w.leaseFailed.Load())) < 2*every {
 			leasesFailing = now.Sub(time.Unix(0, since))
 		}
 		if max(silent, leasesFailing) < w.timeout || now.Sub(movedAt) < w.timeout {

@@ -15,6 +15,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/icws/icws/bus"
@@ -199,6 +200,30 @@ func TestRolesWorkWithTheirNATSUsers(t *testing.T) {
 	defer func() { stop2(); <-done2 }()
 	testkit.WaitFor(t, 30*time.Second, "the client to resume", func() bool { return conn.Resumes() >= 1 })
 	echo(t, conn, "after the resume")
+
+	// Beside its role's work every process probes the meta leader (bus.ClusterWatch), and edges and
+	// submitters ask the sessions bucket's leader for a record a replica did not have.
+	edgeNC := roleConn(t, url, "edge", pw.Edge)
+	edgeJS, _ := bus.JetStream(edgeNC)
+	for _, r := range []struct {
+		name     string
+		js       jetstream.JetStream
+		sessions bool
+	}{{"submitter", subJS, true}, {"poller", pollJS, false}, {"edge", edgeJS, true}} {
+		if _, err := r.js.AccountInfo(ctx); err != nil {
+			t.Errorf("%s: the cluster watch's probe: %v", r.name, err)
+		}
+		if !r.sessions {
+			continue
+		}
+		h, err := bus.Open(ctx, r.js)
+		if err != nil {
+			t.Fatalf("%s: %v", r.name, err)
+		}
+		if rec, _, err := bus.NewSessions(h.Sessions, r.js).Get(ctx, "no-such-canister.no-such-client"); err != nil || rec != nil {
+			t.Errorf("%s: reading a missing session from the leader: %v, %v", r.name, rec, err)
+		}
+	}
 
 	if got := v.take(); len(got) > 0 {
 		t.Errorf("the roles' work hit permission violations:\n%s", strings.Join(got, "\n"))

@@ -717,12 +717,19 @@ func (c *conn) teardown(reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.DrainTimeout)
 	defer cancel()
 	for attempt := 0; attempt < 3; attempt++ {
+		ours := func(rec *bus.SessionRecord) bool {
+			return rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State != bus.SessionClosed
+		}
 		rec, rev, err := c.e.sessions.Get(ctx, c.key)
+		if err == nil && !ours(rec) {
+			// A lagging replica's copy may predate this connection's resume: ask the leader.
+			rec, rev, err = c.e.sessions.GetLatest(ctx, c.key)
+		}
 		if err != nil {
 			log.Warn("session end: read record", "err", err)
 			return
 		}
-		if rec == nil || rec.Edge != c.e.cfg.ID || rec.TokenHash != c.tokenHash || rec.State == bus.SessionClosed {
+		if !ours(rec) {
 			log.Debug("session end: record no longer ours")
 			return
 		}
@@ -801,7 +808,7 @@ func (c *conn) awaitConfirmed() (int, string) {
 			return websocket.CloseInternalServerErr, "icws: ws_open was not executed in time"
 		case <-tick.C:
 			ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.WriteTimeout)
-			rec, _, err := c.e.sessions.Get(ctx, c.key)
+			rec, _, err := c.e.sessions.GetSession(ctx, c.key, c.sessTag)
 			cancel()
 			switch {
 			case err != nil:

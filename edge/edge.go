@@ -104,6 +104,9 @@ type Edge struct {
 	// testLosePutAnswer, when set by a test and returning true, makes a resume's successful
 	// compare-and-set of the session record look timed out (its answer lost).
 	testLosePutAnswer atomic.Pointer[func() bool]
+	// testSessionReplica, when set by a test before Run, wraps the sessions bucket the edge reads
+	// (a replica that lags).
+	testSessionReplica func(jetstream.KeyValue) jetstream.KeyValue
 	// testFrame, when set by a test, sees every client frame the reader takes (to inject panics).
 	testFrame atomic.Pointer[func([]byte)]
 }
@@ -229,7 +232,11 @@ func (e *Edge) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}
-	e.h, e.sessions = h, bus.NewSessions(h.Sessions, e.js)
+	sessionsKV := h.Sessions
+	if e.testSessionReplica != nil {
+		sessionsKV = e.testSessionReplica(sessionsKV)
+	}
+	e.h, e.sessions = h, bus.NewSessions(sessionsKV, e.js)
 	if idle, err := newIdlePoller(); err != nil {
 		e.log.Warn("idle connections wait in their own goroutines", "err", err)
 	} else if idle != nil {

@@ -139,12 +139,21 @@ func testConfig(id string) Config {
 }
 
 func (v *env) startEdge(cfg Config) *runningEdge {
+	v.t.Helper()
+	return v.startEdgeWith(cfg, nil)
+}
+
+// startEdgeWith starts an edge like startEdge after prepare (if not nil) has set its test hooks.
+func (v *env) startEdgeWith(cfg Config, prepare func(*Edge)) *runningEdge {
 	t := v.t
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	e, err := New(cfg, Deps{NC: v.nc, JS: v.js, Gateway: v.gw, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(e)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	re := &runningEdge{Edge: e, reg: reg, cancel: cancel, done: make(chan error, 1)}

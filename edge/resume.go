@@ -75,9 +75,13 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		c.reject(websocket.CloseInternalServerErr, "icws: gateway unavailable", "error")
 		return true
 	}
-	for rebound, putTried := false, false; !rebound; {
+	for rebound, putTried, fromLeader := false, false, false; !rebound; {
 		ctx, cancel := context.WithTimeout(context.Background(), busAttempt)
-		rec, rev, err := c.e.sessions.Get(ctx, c.key)
+		read := c.e.sessions.Get
+		if fromLeader {
+			read = c.e.sessions.GetLatest
+		}
+		rec, rev, err := read(ctx, c.key)
 		if err != nil {
 			cancel()
 			if unavailable("read session", err) {
@@ -90,25 +94,31 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			cancel()
 			break
 		}
+		var refusal string
 		switch {
 		case rec == nil:
-			cancel()
+			refusal = "unknown session"
 			if why, failed := c.e.canisterFailedFor(c.canText, time.Time{}); failed {
-				return fail(why) // the likely end of the session: say why
+				refusal = why // the likely end of the session: say why
 			}
-			return fail("unknown session")
 		case !rec.Resumable:
-			cancel()
-			return fail("session did not opt in to resume")
+			refusal = "session did not opt in to resume"
 		case subtle.ConstantTimeCompare([]byte(presented), []byte(rec.TokenHash)) != 1:
-			cancel()
-			return fail("wrong token")
+			refusal = "wrong token"
 		case rec.State == bus.SessionClosed:
-			cancel()
-			return fail("session closed")
+			refusal = "session closed"
 		case rec.State == bus.SessionDetached && time.Since(rec.DetachedAt) >= c.e.cfg.ResumeGrace:
+			refusal = "grace period over"
+		}
+		if refusal != "" {
 			cancel()
-			return fail("grace period over")
+			if !fromLeader {
+				// A replica's copy may be older than the client's last resume (another token) or
+				// than the session itself: a refusal rests on the bucket's leader.
+				fromLeader = true
+				continue
+			}
+			return fail(refusal)
 		}
 		if why, failed := c.e.canisterFailedFor(c.canText, rec.OpenedAt); failed {
 			cancel()

@@ -352,6 +352,49 @@ func TestResumeSurvivesLostRecordWriteAnswer(t *testing.T) {
 	}
 }
 
+// staleReplica answers reads of the sessions bucket with an entry set by the test (a replica that
+// has not applied the latest writes), and like the bucket when none is set.
+type staleReplica struct {
+	jetstream.KeyValue
+	entry atomic.Pointer[jetstream.KeyValueEntry]
+}
+
+func (r *staleReplica) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if e := r.entry.Load(); e != nil && (*e).Key() == key {
+		return *e, nil
+	}
+	return r.KeyValue.Get(ctx, key)
+}
+
+// A replica that still holds the session record as it was before the client's last resume (its
+// previous token) does not get the next resume refused with "wrong token": a refusal is checked
+// with the bucket's leader.
+func TestResumeIsNotRefusedByALaggingReplica(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	replica := &staleReplica{}
+	e := v.startEdgeWith(testConfig("e1"), func(e *Edge) {
+		e.testSessionReplica = func(kv jetstream.KeyValue) jetstream.KeyValue {
+			replica.KeyValue = kv
+			return replica
+		}
+	})
+	c := openResumable(t, v, e.url, 1)
+	before, err := v.h.Sessions.Get(context.Background(), bus.SessionKey(c.canister.Encode(), c.key().Token()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropSocket(t, v, c)
+	if _, code, reason := c.resume(e.url, 1); code != 0 {
+		t.Fatalf("first resume closed %d %q", code, reason)
+	}
+	replica.entry.Store(&before) // the record with the token the first resume replaced
+	dropSocket(t, v, c)
+	if _, code, reason := c.resume(e.url, 1); code != 0 {
+		t.Fatalf("resume refused on a lagging replica's record: %d %q", code, reason)
+	}
+}
+
 // failReads makes the next n reads of ICWS_OUT fail as a NATS timeout would (n < 0: all of them).
 func failReads(e *runningEdge, n int64) *atomic.Int64 {
 	var calls atomic.Int64

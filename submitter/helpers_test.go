@@ -96,11 +96,20 @@ func (r *running) kill(t testing.TB) {
 
 func (e *env) start(t testing.TB, cfg Config, ic IC) *running {
 	t.Helper()
+	return e.startWith(t, cfg, ic, nil)
+}
+
+// startWith starts a submitter like start after prepare (if not nil) has set its test hooks.
+func (e *env) startWith(t testing.TB, cfg Config, ic IC, prepare func(*Submitter)) *running {
+	t.Helper()
 	nc, js := natstest.Connect(t, e.url, e.connOpts...)
 	reg := prometheus.NewRegistry()
 	s, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Logger: testkit.Logger(t, slog.LevelWarn).With("test_submitter", cfg.ID), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{s: s, reg: reg, cancel: cancel, done: make(chan struct{})}

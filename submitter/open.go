@@ -19,7 +19,7 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 	backoff := s.cfg.RetryMin
 	var edge string
 	for attempt := 1; ; attempt++ {
-		rec, rev, err := s.sessions.Get(ctx, key)
+		rec, rev, err := s.sessions.GetSession(ctx, key, tag)
 		if err == nil {
 			if rec == nil || rec.Tag() != tag {
 				return true // the session ended meanwhile (or the key has a newer session)

@@ -63,6 +63,9 @@ type Submitter struct {
 	m   *metrics
 	// cluster hears of the lease writes (Deps.ClusterWatch).
 	cluster *bus.ClusterWatch
+	// testSessionReplica, when set by a test before Run, wraps the sessions bucket the submitter
+	// reads (a replica that lags).
+	testSessionReplica func(jetstream.KeyValue) jetstream.KeyValue
 	// sessions is set by Run once the buckets are open.
 	sessions *bus.Sessions
 
@@ -175,7 +178,11 @@ func (s *Submitter) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	s.sessions = bus.NewSessions(h.Sessions, s.js)
+	sessionsKV := h.Sessions
+	if s.testSessionReplica != nil {
+		sessionsKV = s.testSessionReplica(sessionsKV)
+	}
+	s.sessions = bus.NewSessions(sessionsKV, s.js)
 	g := &group{s: s, h: h, owned: map[int]*partition{}}
 	return g.run(ctx)
 }
