@@ -12,7 +12,25 @@ import (
 	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
+
+// startClusterWatch runs a watch of nc until the test ends; moves counts the reconnects it forced.
+func startClusterWatch(t *testing.T, nc *nats.Conn, js jetstream.JetStream, timeout time.Duration) (*bus.ClusterWatch, *atomic.Int32) {
+	t.Helper()
+	moves := new(atomic.Int32)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	w := bus.NewClusterWatch(nc, js, timeout, testkit.Logger(t, slog.LevelDebug), func() { moves.Add(1) })
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return w, moves
+}
 
 // A server whose JetStream does not answer while the server does (here: one without JetStream,
 // which a server cut off from its cluster resembles to its clients) is left for the next one, and
@@ -25,17 +43,7 @@ func TestClusterWatchLeavesAServerWithoutJetStream(t *testing.T) {
 		t.Fatalf("connected to %s first, want %s", nc.ConnectedUrl(), silent)
 	}
 	const timeout = time.Second
-	var moves atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	w := bus.NewClusterWatch(nc, js, timeout, testkit.Logger(t, slog.LevelDebug), func() { moves.Add(1) })
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	_, moves := startClusterWatch(t, nc, js, timeout)
 
 	testkit.WaitFor(t, 10*time.Second, "the watch moves to the server with JetStream", func() bool {
 		return nc.IsConnected() && nc.ConnectedUrl() == working
@@ -65,17 +73,7 @@ func TestClusterWatchLeavesAServerThatLostItsCluster(t *testing.T) {
 		}
 	}
 	nc, js := natstest.Connect(t, c.Servers[survivor].ClientURL(), nats.ReconnectWait(50*time.Millisecond))
-	var moves atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	w := bus.NewClusterWatch(nc, js, time.Second, testkit.Logger(t, slog.LevelDebug), func() { moves.Add(1) })
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	_, moves := startClusterWatch(t, nc, js, time.Second)
 	for i, s := range c.Servers {
 		if i != survivor {
 			s.Shutdown()
@@ -91,17 +89,7 @@ func TestClusterWatchLeavesAServerThatLostItsCluster(t *testing.T) {
 // down, but no write of its clients lands.
 func TestClusterWatchLeavesAServerWhereLeaseWritesFail(t *testing.T) {
 	_, nc, js := natstest.StartJetStream(t)
-	var moves atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	w := bus.NewClusterWatch(nc, js, time.Second, testkit.Logger(t, slog.LevelDebug), func() { moves.Add(1) })
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	w, moves := startClusterWatch(t, nc, js, time.Second)
 	// A holder's renewals and attempts to take its lease back keep failing.
 	testkit.WaitFor(t, 10*time.Second, "the watch moves after a timeout of failing lease writes", func() bool {
 		w.LeaseFailed(context.DeadlineExceeded)

@@ -13,7 +13,6 @@ import (
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
-	"github.com/icws/icws/internal/testkit/natstest"
 )
 
 // gatedIC holds the first call of one client until the test opens the gate.
@@ -76,11 +75,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	e := newEnv(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h, err := bus.Open(ctx, e.js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sessions := bus.NewSessions(h.Sessions, e.js)
+	sessions := e.sessions(ctx, t)
 	store := newFakeStore()
 	store.latency = latency
 	quiet, chatty, away := newTestClient(1), newTestClient(2), newTestClient(3)
@@ -103,16 +98,7 @@ func TestClientSendingFasterThanTheCanisterIsClosed(t *testing.T) {
 	}
 	chattyRec, awayRec := record(chatty, bus.SessionOpen), record(away, bus.SessionDetached)
 
-	nc, _ := natstest.Connect(t, e.url)
-	closeReqs := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe(bus.SessionCloseSubject("e1"), closeReqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	closeReqs := e.listen(t, bus.SessionCloseSubject("e1"), 16)
 	r := e.start(t, testConfig("a"), ic)
 	pub := e.publisher(t)
 

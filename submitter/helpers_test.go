@@ -128,6 +128,33 @@ func (e *env) startWith(t testing.TB, cfg Config, ic IC, prepare func(*Submitter
 	return r
 }
 
+// sessions is the session store, for the test to write the records an edge would.
+func (e *env) sessions(ctx context.Context, t testing.TB) *bus.Sessions {
+	t.Helper()
+	h, err := bus.Open(ctx, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bus.NewSessions(h.Sessions, e.js)
+}
+
+// listen subscribes to a core NATS subject of the submitters' messages to the other roles (open
+// results, close requests, poll kicks) before the test starts one; the channel holds n.
+func (e *env) listen(t testing.TB, subject string, n int) chan *nats.Msg {
+	t.Helper()
+	nc, _ := natstest.Connect(t, e.url)
+	ch := make(chan *nats.Msg, n)
+	sub, err := nc.ChanSubscribe(subject, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
 // testClient is a client key with its subject token.
 type testClient struct {
 	key   protocol.ClientKey

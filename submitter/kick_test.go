@@ -17,16 +17,7 @@ import (
 // Every executed envelope kicks the canister's poller, so replies are polled at once.
 func TestExecutedEnvelopesKickThePoller(t *testing.T) {
 	e := newEnv(t, 2)
-	nc, _ := natstest.Connect(t, e.url)
-	kicks := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(bus.SubjectKickAll, kicks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	kicks := e.listen(t, bus.SubjectKickAll, 64)
 	store := newFakeStore()
 	e.start(t, testConfig("a"), store.as("a"))
 	pub := e.publisher(t)

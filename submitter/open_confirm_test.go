@@ -9,7 +9,6 @@ import (
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/testkit"
-	"github.com/icws/icws/internal/testkit/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -29,27 +28,14 @@ func TestOpenIsConfirmedThoughAReplicaLacksItsRecord(t *testing.T) {
 	e := newEnv(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h, err := bus.Open(ctx, e.js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sessions := bus.NewSessions(h.Sessions, e.js)
+	sessions := e.sessions(ctx, t)
 	c := newTestClient(1)
 	rec := &bus.SessionRecord{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: c.token, Edge: "e1",
 		Resumable: true, OpenedAt: time.Now().UTC(), Partition: bus.Partition(testCanister.Encode(), c.token, e.partitions)}
 	if _, err := sessions.Create(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
-	nc, _ := natstest.Connect(t, e.url)
-	results := make(chan *nats.Msg, 4)
-	sub, err := nc.ChanSubscribe(bus.OpenResultSubject("e1"), results)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	results := e.listen(t, bus.OpenResultSubject("e1"), 4)
 	store := newFakeStore()
 	// The IC takes the ws_open (a 202: executed, no refusal).
 	store.script = func(string, uint64, int) (icclient.CallStatus, error) { return icclient.CallAccepted, nil }
