@@ -61,11 +61,11 @@ var ErrSessionConflict = errors.New("session record changed concurrently")
 // Sessions is the store of session records. Every change is a compare-and-set on the record's
 // revision, so when edges, submitters and sweepers race on one session exactly one of them acts.
 //
-// Reads are direct gets, which any replica of the bucket answers. A replica may lag: just behind a
-// write (a follower applies an entry after the leader has acknowledged it), or for as long as it is
-// cut off from its cluster. A record it holds in an older version does no harm (every write is a
-// compare-and-set), but a record it does not hold yet would end a session that has just begun, so
-// every read that finds no record, or another session's, asks the bucket's leader before saying so.
+// Reads are direct gets, which any replica of the bucket answers, and a replica may lag
+// (kvleader.go). A record it holds in an older version makes a write based on it fail (every write
+// is a compare-and-set); but a record it does not hold yet, or holds as an earlier session's, would
+// end a session that has just begun, so a read that finds no record, or another session's, asks
+// the bucket's leader before saying so, and so does every refusal of a resume.
 type Sessions struct {
 	kv jetstream.KeyValue
 	js jetstream.JetStream
@@ -114,59 +114,16 @@ func (s *Sessions) getFromReplica(ctx context.Context, key string) (*SessionReco
 // GetLatest reads a record from the bucket's leader, which holds every acknowledged write: for a
 // decision that must not rest on a lagging replica (refusing a resume).
 func (s *Sessions) GetLatest(ctx context.Context, key string) (*SessionRecord, uint64, error) {
-	req, err := json.Marshal(struct {
-		LastBySubject string `json:"last_by_subj"`
-	}{sessionsSubjectPrefix + key})
-	if err != nil {
-		return nil, 0, fmt.Errorf("get session %s from the leader: %w", key, err)
+	val, rev, err := GetFromLeader(ctx, s.js.Conn(), BucketSessions, key)
+	if err != nil || val == nil {
+		return nil, 0, err
 	}
-	msg, err := s.js.Conn().RequestWithContext(ctx, sessionsLeaderGet, req)
-	if err != nil {
-		return nil, 0, fmt.Errorf("get session %s from the leader: %w", key, err)
-	}
-	var resp struct {
-		Message *struct {
-			Seq    uint64 `json:"seq"`
-			Header []byte `json:"hdrs"`
-			Data   []byte `json:"data"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	switch err := json.Unmarshal(msg.Data, &resp); {
-	case err != nil:
-		return nil, 0, fmt.Errorf("get session %s from the leader: %w", key, err)
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return nil, 0, nil
-	case resp.Error != nil:
-		return nil, 0, fmt.Errorf("get session %s from the leader: %w", key, resp.Error)
-	case resp.Message == nil:
-		return nil, 0, fmt.Errorf("get session %s from the leader: an answer without a message", key)
-	}
-	if len(resp.Message.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
-		if err != nil {
-			return nil, 0, fmt.Errorf("get session %s from the leader: %w", key, err)
-		}
-		if op := h.Get(kvOperationHeader); op == kvOperationDelete || op == kvOperationPurge {
-			return nil, 0, nil
-		}
-	}
-	rec, err := DecodeSessionRecord(resp.Message.Data)
+	rec, err := DecodeSessionRecord(val)
 	if err != nil {
 		return nil, 0, fmt.Errorf("session %s: %w", key, err)
 	}
-	return rec, resp.Message.Seq, nil
+	return rec, rev, nil
 }
-
-// The sessions bucket as its stream: the subjects of its keys, the leader's message-get request,
-// and the header KV deletes carry (nats.go keeps these to itself).
-const (
-	sessionsSubjectPrefix = "$KV." + BucketSessions + "."
-	sessionsLeaderGet     = "$JS.API.STREAM.MSG.GET.KV_" + BucketSessions
-	kvOperationHeader     = "KV-Operation"
-	kvOperationDelete     = "DEL"
-	kvOperationPurge      = "PURGE"
-)
 
 // DecodeSessionRecord reads a record's JSON value.
 func DecodeSessionRecord(b []byte) (*SessionRecord, error) {

@@ -143,7 +143,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 	var rev uint64
 	for {
 		var err error
-		if cur, rev, err = loadCursor(ctx, h.Cursors, id); err == nil {
+		if cur, rev, err = loadCursor(ctx, p.deps.NC, id); err == nil {
 			break
 		}
 		if ctx.Err() != nil || !fail(errKindCursor, "read cursor failed", err) {
@@ -465,19 +465,22 @@ func contentHash(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func loadCursor(ctx context.Context, kv jetstream.KeyValue, canister string) (bus.CursorRecord, uint64, error) {
-	e, err := kv.Get(ctx, canister)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return bus.CursorRecord{}, 0, nil
-	}
+// loadCursor reads a canister's cursor from the cursors bucket's leader: a lagging replica's copy
+// would make the new active poller publish again what the last one published (or, without any
+// copy, the whole queue), and fail its first cursor write.
+func loadCursor(ctx context.Context, nc *nats.Conn, canister string) (bus.CursorRecord, uint64, error) {
+	val, rev, err := bus.GetFromLeader(ctx, nc, bus.BucketCursors, canister)
 	if err != nil {
 		return bus.CursorRecord{}, 0, fmt.Errorf("read cursor %s: %w", canister, err)
 	}
+	if val == nil {
+		return bus.CursorRecord{}, 0, nil
+	}
 	var rec bus.CursorRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+	if err := json.Unmarshal(val, &rec); err != nil {
 		return bus.CursorRecord{}, 0, fmt.Errorf("cursor %s: %w", canister, err)
 	}
-	return rec, e.Revision(), nil
+	return rec, rev, nil
 }
 
 func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec bus.CursorRecord, rev uint64) (uint64, error) {

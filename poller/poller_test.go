@@ -90,7 +90,7 @@ func cursorOf(t *testing.T, e *env) bus.CursorRecord {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rec, _, err := loadCursor(ctx, e.h.Cursors, testCanister.Encode())
+	rec, _, err := loadCursor(ctx, e.nc, testCanister.Encode())
 	if err != nil {
 		t.Fatal(err)
 	}
