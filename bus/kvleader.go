@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,9 +29,18 @@ const (
 // kvLeaderGetSubject is the message-get request of a bucket's stream.
 func kvLeaderGetSubject(bucket string) string { return "$JS.API.STREAM.MSG.GET.KV_" + bucket }
 
+// leaderGetTimeout bounds a leader read whose context has no deadline, as nats.go bounds its own
+// JetStream requests: a stream without a leader (an election) leaves the request unanswered.
+const leaderGetTimeout = 5 * time.Second
+
 // GetFromLeader reads key of bucket from the bucket's leader. A key never written, deleted or
 // purged is (nil, 0, nil); otherwise it returns the value and its revision.
 func GetFromLeader(ctx context.Context, nc *nats.Conn, bucket, key string) ([]byte, uint64, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
+		defer cancel()
+	}
 	req, err := json.Marshal(struct {
 		LastBySubject string `json:"last_by_subj"`
 	}{"$KV." + bucket + "." + key})
