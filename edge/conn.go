@@ -716,10 +716,10 @@ func (c *conn) teardown(reason string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.DrainTimeout)
 	defer cancel()
+	ours := func(rec *bus.SessionRecord) bool {
+		return rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State != bus.SessionClosed
+	}
 	for attempt := 0; attempt < 3; attempt++ {
-		ours := func(rec *bus.SessionRecord) bool {
-			return rec != nil && rec.Edge == c.e.cfg.ID && rec.TokenHash == c.tokenHash && rec.State != bus.SessionClosed
-		}
 		rec, rev, err := c.e.sessions.Get(ctx, c.key)
 		if err == nil && !ours(rec) {
 			// A lagging replica's copy may predate this connection's resume: ask the leader.
