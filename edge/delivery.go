@@ -94,45 +94,71 @@ func (c *conn) onLive(msg *nats.Msg) {
 // edge's sessions it carries: one per canister (bus.LiveCanisterFilter), or one per session with
 // ICWS_EDGE_LIVE_SUBSCRIPTION=session. Either way a message is routed to its session by subject
 // (Edge.dispatch), so a connection replacing another of the same session shares its subscription.
-// filter, sub and users are guarded by Edge.mu.
+// filter, users, sub and err are guarded by Edge.mu; sub and err are set once ready is closed.
+//
+// Subscribing and unsubscribing happen outside Edge.mu: nats.go holds its connection's lock while
+// it dials during a reconnect (2 s per unreachable server), and every new connection, every
+// session's registration and every live message's dispatch takes Edge.mu.
 type liveSub struct {
 	filter  string
-	sub     *nats.Subscription
 	users   int
+	ready   chan struct{} // closed once the subscription exists or failed
+	sub     *nats.Subscription
+	err     error
 	dropped atomic.Int64 // messages the subscription dropped, as last seen by checkDrops (the sweeper alone)
 }
 
-// acquireLiveLocked returns the subscription carrying c's live messages, subscribing if none does.
-// A subscription to a canister costs the NATS client and server about 2 KB once, instead of for
+// acquireLive returns the subscription carrying c's live messages, subscribing if none does. A
+// subscription to a canister costs the NATS client and server about 2 KB once, instead of for
 // every session; what it receives for sessions of other edges is dropped by the dispatch.
-func (e *Edge) acquireLiveLocked(c *conn) (*liveSub, error) {
+func (e *Edge) acquireLive(c *conn) (*liveSub, error) {
 	var filter string
 	if e.cfg.LiveSubscription == LiveByCanister {
 		filter = bus.LiveCanisterFilter(c.canText)
 	} else {
 		filter = bus.LiveSubject(c.canText, c.clientTok)
 	}
+	e.mu.Lock()
 	ls := e.liveSubs[filter]
-	if ls == nil {
-		// One subject filter always lands in one shard, so a session's messages stay in order.
-		sub, err := e.nc.ChanSubscribe(filter, e.shardFor(filter))
-		if err != nil {
-			return nil, fmt.Errorf("subscribe %s: %w", filter, err)
-		}
-		ls = &liveSub{filter: filter, sub: sub}
+	first := ls == nil
+	if first {
+		ls = &liveSub{filter: filter, ready: make(chan struct{})}
 		e.liveSubs[filter] = ls
 	}
 	ls.users++
+	e.mu.Unlock()
+	if first {
+		// One subject filter always lands in one shard, so a session's messages stay in order.
+		sub, err := e.nc.ChanSubscribe(filter, e.shardFor(filter))
+		e.mu.Lock()
+		ls.sub, ls.err = sub, err
+		if err != nil && e.liveSubs[filter] == ls {
+			delete(e.liveSubs, filter) // the next session tries again
+		}
+		close(ls.ready)
+		e.mu.Unlock()
+	} else {
+		<-ls.ready
+	}
+	if ls.err != nil {
+		e.mu.Lock()
+		ls.users--
+		e.mu.Unlock()
+		return nil, fmt.Errorf("subscribe %s: %w", filter, ls.err)
+	}
 	return ls, nil
 }
 
-// releaseLiveLocked ends the subscription once no session of this edge needs it.
-func (e *Edge) releaseLiveLocked(ls *liveSub) {
+// releaseLiveLocked drops c's use of ls and returns the subscription to end, once no session of
+// this edge needs it, for the caller to unsubscribe after unlocking Edge.mu.
+func (e *Edge) releaseLiveLocked(ls *liveSub) *nats.Subscription {
 	if ls.users--; ls.users > 0 {
-		return
+		return nil
 	}
-	_ = ls.sub.Unsubscribe()
-	delete(e.liveSubs, ls.filter)
+	if e.liveSubs[ls.filter] == ls {
+		delete(e.liveSubs, ls.filter)
+	}
+	return ls.sub
 }
 
 // checkDrops catches messages the core subscriptions dropped (shared channel full): a drop that
@@ -142,6 +168,9 @@ func (e *Edge) checkDrops() {
 	e.mu.RLock()
 	var dropping map[*liveSub]bool
 	for _, ls := range e.liveSubs {
+		if ls.sub == nil {
+			continue // still subscribing
+		}
 		if d, err := ls.sub.Dropped(); err == nil && int64(d) > ls.dropped.Load() {
 			ls.dropped.Store(int64(d))
 			if dropping == nil {

@@ -558,11 +558,18 @@ func (e *Edge) onOpenResult(msg *nats.Msg) {
 // this edge already covers them. It returns the connection c replaces on this edge, if any.
 func (e *Edge) register(c *conn) (old *conn, err error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if c.liveSub == nil {
-		if c.liveSub, err = e.acquireLiveLocked(c); err != nil {
+	has := c.liveSub != nil
+	e.mu.Unlock()
+	var ls *liveSub
+	if !has {
+		if ls, err = e.acquireLive(c); err != nil {
 			return nil, err
 		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ls != nil {
+		c.liveSub = ls
 	}
 	if !c.counted {
 		c.counted = true
@@ -577,17 +584,21 @@ func (e *Edge) register(c *conn) (old *conn, err error) {
 }
 
 func (e *Edge) unregister(c *conn) {
+	var end *nats.Subscription
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if c.counted {
 		c.counted = false
 		decrement(e.byPrincipal, c.principal)
 	}
 	if c.liveSub != nil {
-		e.releaseLiveLocked(c.liveSub)
+		end = e.releaseLiveLocked(c.liveSub)
 		c.liveSub = nil
 	}
 	if e.byKey[c.key] == c {
 		delete(e.byKey, c.key)
+	}
+	e.mu.Unlock()
+	if end != nil {
+		_ = end.Unsubscribe()
 	}
 }
