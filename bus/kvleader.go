@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -51,6 +52,16 @@ func GetFromLeader(ctx context.Context, nc *nats.Conn, bucket, key string) ([]by
 	if err != nil {
 		return nil, 0, fmt.Errorf("get %s %s from the leader: %w", bucket, key, err)
 	}
+	val, rev, err := decodeLeaderGet(msg.Data)
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %s %s from the leader: %w", bucket, key, err)
+	}
+	return val, rev, nil
+}
+
+// decodeLeaderGet reads a message-get answer: the message's value and sequence (its revision),
+// nil for a missing key or a delete or purge marker.
+func decodeLeaderGet(data []byte) ([]byte, uint64, error) {
 	var resp struct {
 		Message *struct {
 			Seq    uint64 `json:"seq"`
@@ -59,20 +70,20 @@ func GetFromLeader(ctx context.Context, nc *nats.Conn, bucket, key string) ([]by
 		} `json:"message"`
 		Error *jetstream.APIError `json:"error"`
 	}
-	switch err := json.Unmarshal(msg.Data, &resp); {
+	switch err := json.Unmarshal(data, &resp); {
 	case err != nil:
-		return nil, 0, fmt.Errorf("get %s %s from the leader: %w", bucket, key, err)
+		return nil, 0, err
 	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
 		return nil, 0, nil
 	case resp.Error != nil:
-		return nil, 0, fmt.Errorf("get %s %s from the leader: %w", bucket, key, resp.Error)
+		return nil, 0, resp.Error
 	case resp.Message == nil:
-		return nil, 0, fmt.Errorf("get %s %s from the leader: an answer without a message", bucket, key)
+		return nil, 0, errors.New("an answer without a message")
 	}
 	if len(resp.Message.Header) > 0 {
 		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
 		if err != nil {
-			return nil, 0, fmt.Errorf("get %s %s from the leader: %w", bucket, key, err)
+			return nil, 0, err
 		}
 		if op := h.Get(kvOperationHeader); op == kvOperationDelete || op == kvOperationPurge {
 			return nil, 0, nil

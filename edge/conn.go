@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -686,7 +687,10 @@ func (c *conn) relay(frame []byte) (int, string) {
 		return publishFailure(err)
 	}
 	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRelayed)
-	c.e.log.Debug("envelope relayed", "session", c.key, "seq", seq)
+	// Per message: the arguments would be allocated even with debug logging off.
+	if c.e.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.e.log.Debug("envelope relayed", "session", c.key, "seq", seq)
+	}
 	return 0, ""
 }
 
@@ -721,8 +725,9 @@ func (c *conn) teardown(reason string) {
 	}
 	for attempt := 0; attempt < 3; attempt++ {
 		rec, rev, err := c.e.sessions.Get(ctx, c.key)
-		if err == nil && !ours(rec) {
-			// A lagging replica's copy may predate this connection's resume: ask the leader.
+		if err == nil && rec != nil && !ours(rec) {
+			// A lagging replica's copy may predate this connection's resume: ask the leader (Get
+			// asked it already when it found no record).
 			rec, rev, err = c.e.sessions.GetLatest(ctx, c.key)
 		}
 		if err != nil {

@@ -112,9 +112,9 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		}
 		if refusal != "" {
 			cancel()
-			if !fromLeader {
-				// A replica's copy may be older than the client's last resume (another token) or
-				// than the session itself: a refusal rests on the bucket's leader.
+			if !fromLeader && rec != nil {
+				// A replica's copy may be older than the client's last resume (another token): a
+				// refusal rests on the bucket's leader (Get asked it already when it found none).
 				fromLeader = true
 				continue
 			}
