@@ -1,0 +1,192 @@
+package poller
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/internal/testkit/cputime"
+)
+
+// BenchmarkStorageShape measures what JetStream alone costs this process per delivered canister
+// message (the embedded server, the publishing client's PubAcks and a live subscriber receiving
+// every message), for the burst of BenchmarkPollPublish stored in two shapes:
+//
+//   - message: today's ICWS_OUT, one stream message per canister message (its frame and the five
+//     icws headers, on the client's subject), re-published to its live subject;
+//   - poll: one stream message per ws_get_messages reply (its certificate, tree and every message
+//     once), re-published to one live subject per canister. Nothing in icws stores a poll this way;
+//     the figure is what the NATS side of a delivered message would cost if it did
+//     (docs/BENCHMARKS.md, "What storing a poll once would buy").
+//
+// The poller's own work (decoding a reply, cutting each message's witness) is not counted, nor,
+// for "poll", the work an edge would then do per message.
+func BenchmarkStorageShape(b *testing.B) {
+	const clients, messages = 20, 1000
+	rec := recordBurst(b, clients, messages)
+	_, nc, js := testkit.StartBroker(b, bus.DefaultTopology())
+	ctx := context.Background()
+
+	// The frames and headers the poller stores for this burst, read back from ICWS_OUT.
+	p, err := New(Config{ID: "bench"}, Deps{NC: nc, JS: js, IC: rec})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if p.h, err = bus.Open(ctx, js); err != nil {
+		b.Fatal(err)
+	}
+	var polls [][]byte
+	canister := testCanister.Encode()
+	for nonce := uint64(0); nonce < messages; {
+		res, err := p.fetch(ctx, testCanister, nonce)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := p.publish(ctx, canister, 0, res, res.Messages); err != nil {
+			b.Fatal(err)
+		}
+		polls = append(polls, rec.replies[nonce])
+		nonce += uint64(len(res.Messages))
+	}
+	frames := make([]*jetstream.RawStreamMsg, 0, messages)
+	for seq := uint64(1); seq <= messages; seq++ {
+		m, err := p.h.Out.GetMsg(ctx, seq)
+		if err != nil {
+			b.Fatalf("read back message %d: %v", seq, err)
+		}
+		frames = append(frames, m)
+	}
+	if err := p.h.Out.Purge(ctx); err != nil {
+		b.Fatal(err)
+	}
+	perPoll := messages / len(polls)
+
+	pollStream, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:        "BENCH_POLLS",
+		Subjects:    []string{"bench.poll.>"},
+		Storage:     jetstream.FileStorage,
+		MaxAge:      10 * time.Minute,
+		Duplicates:  2 * time.Minute,
+		MaxBytes:    512 << 20,
+		Discard:     jetstream.DiscardNew,
+		AllowDirect: true,
+		RePublish:   &jetstream.RePublish{Source: "bench.poll.>", Destination: "bench.polllive.>"},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	var roundsSoFar int
+	for _, shape := range []struct {
+		name      string
+		live      string
+		stream    jetstream.Stream
+		perRound  int // live messages per burst
+		roundMsgs func(round int) []*nats.Msg
+	}{
+		{
+			name: "message", live: "icws.live.>", stream: p.h.Out, perRound: messages,
+			roundMsgs: func(round int) []*nats.Msg {
+				out := make([]*nats.Msg, len(frames))
+				suffix := "." + strconv.Itoa(round)
+				for i, f := range frames {
+					h := nats.Header{}
+					for k, v := range f.Header {
+						h[k] = slices.Clone(v)
+					}
+					h.Set(bus.HeaderMsgID, h.Get(bus.HeaderMsgID)+suffix)
+					out[i] = &nats.Msg{Subject: f.Subject, Header: h, Data: f.Data}
+				}
+				return out
+			},
+		},
+		{
+			name: "poll", live: "bench.polllive.>", stream: pollStream, perRound: len(polls),
+			roundMsgs: func(round int) []*nats.Msg {
+				out := make([]*nats.Msg, len(polls))
+				for i, reply := range polls {
+					out[i] = &nats.Msg{
+						Subject: "bench.poll." + canister,
+						Header:  nats.Header{bus.HeaderMsgID: {fmt.Sprintf("%s.%d.%d", canister, round, i)}},
+						Data:    reply,
+					}
+				}
+				return out
+			},
+		},
+	} {
+		b.Run(shape.name, func(b *testing.B) {
+			delivered := make(chan struct{}, 1)
+			var received int
+			sub, err := nc.Subscribe(shape.live, func(*nats.Msg) {
+				if received++; received%shape.perRound == 0 {
+					delivered <- struct{}{}
+				}
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			// The benchmark function runs several times: each round's Nats-Msg-Ids are new to the
+			// stream, or it would take them for duplicates.
+			rounds := make([][]*nats.Msg, b.N)
+			for i := range rounds {
+				rounds[i] = shape.roundMsgs(roundsSoFar + i)
+			}
+			roundsSoFar += b.N
+			b.ResetTimer()
+			meter := cputime.Start()
+			for i := range b.N {
+				// The poller's rhythm: a poll's messages published asynchronously, then its acks.
+				msgs := rounds[i]
+				step := perPoll
+				if shape.name == "poll" {
+					step = 1
+				}
+				for start := 0; start < len(msgs); start += step {
+					batch := msgs[start:min(start+step, len(msgs))]
+					futures := make([]jetstream.PubAckFuture, len(batch))
+					for j, m := range batch {
+						if futures[j], err = js.PublishMsgAsync(m); err != nil {
+							b.Fatal(err)
+						}
+					}
+					for _, f := range futures {
+						select {
+						case ack := <-f.Ok():
+							if ack.Duplicate {
+								b.Fatalf("round %d: JetStream took a message for a duplicate", i)
+							}
+						case err := <-f.Err():
+							b.Fatal(err)
+						}
+					}
+				}
+				select {
+				case <-delivered:
+				case <-time.After(time.Minute):
+					b.Fatalf("round %d: %d live messages received", i, received)
+				}
+				if (i+1)%20 == 0 {
+					b.StopTimer()
+					meter.Stop()
+					if err := shape.stream.Purge(ctx); err != nil {
+						b.Fatal(err)
+					}
+					meter.Start()
+					b.StartTimer()
+				}
+			}
+			b.StopTimer()
+			meter.Report(b, messages, "msg")
+		})
+	}
+}
