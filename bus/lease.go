@@ -216,8 +216,8 @@ func (l *Lease) TryAcquire(ctx context.Context) error {
 		var rec LeaseRecord
 		if err := json.Unmarshal(ent.Value(), &rec); err != nil {
 			l.log.Warn("unreadable lease record; taking it over", "err", err)
-		} else if (rec.Holder != l.cfg.Holder || l.cfg.SameHolderIsRival) && rec.Live(time.Now(), l.cfg.Skew) {
-			return &HeldError{Key: l.cfg.Key, Holder: rec.Holder, Until: rec.ExpiresAt.Add(l.cfg.Skew)}
+		} else if until := rec.Expiry(ent.Created(), l.cfg.TTL, l.cfg.Skew); (rec.Holder != l.cfg.Holder || l.cfg.SameHolderIsRival) && time.Now().Before(until) {
+			return &HeldError{Key: l.cfg.Key, Holder: rec.Holder, Until: until}
 		}
 	}
 	return l.take(ctx, ent.Revision())

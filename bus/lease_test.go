@@ -102,6 +102,7 @@ func TestLeaseOnSingleServerAndCluster(t *testing.T) {
 				{"holder stops renewing: it stops counting on the lease before a standby can take it", leaseExpiresWhenHolderStops},
 				{"release lets a standby acquire at once", leaseReleaseHandsOver},
 				{"a previous run's lease under the same name", leaseSameHolder},
+				{"a record with an expiry far ahead ends a TTL after its write", leaseFarAheadEnds},
 			} {
 				t.Run(sc.name, func(t *testing.T) { sc.run(t, b.kv, fmt.Sprintf("test.%s.%d", b.name, time.Now().UnixNano())) })
 			}
@@ -674,5 +675,27 @@ func mustConflict(t *testing.T, what string, err error) {
 	t.Helper()
 	if !IsConflict(err) {
 		t.Errorf("%s: %v not recognised as a conflict", what, err)
+	}
+}
+
+// No holder writes an expiry further than its TTL ahead; one that does (a clock far ahead, a bug,
+// a process gone for good) holds the key only a TTL past its write, or nobody could ever take it.
+func leaseFarAheadEnds(t *testing.T, kv jetstream.KeyValue, key string) {
+	ctx := testCtx(t)
+	const ttl = 2 * time.Second
+	written := time.Now()
+	if _, err := kv.Put(ctx, key, []byte(`{"holder":"ghost","expires_at":"2099-01-01T00:00:00Z"}`)); err != nil {
+		t.Fatal(err)
+	}
+	b := NewLease(kv, LeaseConfig{Key: key, Holder: "b", TTL: ttl})
+	held := heldBy(t, ctx, b, "ghost")
+	if limit := written.Add(ttl + time.Second); held.Until.After(limit) {
+		t.Fatalf("held until %s, want at most the write + TTL (%s)", held.Until, limit)
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.TryAcquire(ctx) != nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease was never free")
+		}
+		time.Sleep(50 * time.Millisecond) // the lease is defined by time: poll until it has passed
 	}
 }

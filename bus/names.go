@@ -418,10 +418,22 @@ type LeaseRecord struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// Live reports whether the lease is still held at now: ExpiresAt was computed with the holder's
-// clock, so it counts as held for skew longer, the difference allowed between the clocks.
-func (r LeaseRecord) Live(now time.Time, skew time.Duration) bool {
-	return now.Before(r.ExpiresAt.Add(skew))
+// Expiry is when the lease, written at written (the bucket entry's time, from the server's clock),
+// stops counting as held. ExpiresAt was computed with the holder's clock, so it counts for skew
+// longer, the difference allowed between the clocks. No holder writes an expiry further than ttl
+// (the TTL its readers share) past its write: one further ahead, from a clock far ahead or a bug,
+// counts as if it were that far, so a lease nobody renews always ends.
+func (r LeaseRecord) Expiry(written time.Time, ttl, skew time.Duration) time.Time {
+	expires := r.ExpiresAt
+	if limit := written.Add(ttl + skew); !written.IsZero() && expires.After(limit) {
+		expires = limit
+	}
+	return expires.Add(skew)
+}
+
+// Live reports whether the lease is still held at now (Expiry).
+func (r LeaseRecord) Live(now, written time.Time, ttl, skew time.Duration) bool {
+	return now.Before(r.Expiry(written, ttl, skew))
 }
 
 // Poll kicks: a submitter that has a certified outcome of a client call announces it on the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
 )
@@ -292,4 +293,31 @@ func FuzzParseNames(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestLeaseRecordExpiry(t *testing.T) {
+	written := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	const ttl, skew = 10 * time.Second, time.Second
+	for _, tc := range []struct {
+		name    string
+		expires time.Time
+		written time.Time
+		want    time.Time
+	}{
+		{"as written", written.Add(ttl), written, written.Add(ttl + skew)},
+		{"a holder's clock a little ahead", written.Add(ttl + skew), written, written.Add(ttl + 2*skew)},
+		{"far ahead", written.Add(100 * 365 * 24 * time.Hour), written, written.Add(ttl + 2*skew)},
+		{"in the past", written.Add(-time.Hour), written, written.Add(-time.Hour + skew)},
+		{"write time unknown", written.Add(time.Hour), time.Time{}, written.Add(time.Hour + skew)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := LeaseRecord{Holder: "h", ExpiresAt: tc.expires}
+			if got := r.Expiry(tc.written, ttl, skew); !got.Equal(tc.want) {
+				t.Fatalf("Expiry = %s, want %s", got, tc.want)
+			}
+			if r.Live(tc.want, tc.written, ttl, skew) || !r.Live(tc.want.Add(-time.Nanosecond), tc.written, ttl, skew) {
+				t.Fatalf("Live disagrees with Expiry %s", tc.want)
+			}
+		})
+	}
 }

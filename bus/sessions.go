@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/icws/icws/internal/textlimit"
 )
 
 // Session states.
@@ -76,10 +78,15 @@ func NewSessions(kv jetstream.KeyValue, js jetstream.JetStream) *Sessions {
 	return &Sessions{kv: kv, js: js}
 }
 
+// ErrCorruptSessionRecord means a session record that does not decode as one, or names another
+// session than its key says (a role of another version, a bug, or a hand-made write). Reads return
+// it with the record's revision, so a caller can replace or delete the record at that revision.
+var ErrCorruptSessionRecord = errors.New("corrupt session record")
+
 // Get reads a record; a missing record is (nil, 0, nil).
 func (s *Sessions) Get(ctx context.Context, key string) (*SessionRecord, uint64, error) {
 	rec, rev, err := s.getFromReplica(ctx, key)
-	if err != nil || rec != nil {
+	if err != nil && !errors.Is(err, ErrCorruptSessionRecord) || rec != nil {
 		return rec, rev, err
 	}
 	return s.GetLatest(ctx, key)
@@ -89,7 +96,7 @@ func (s *Sessions) Get(ctx context.Context, key string) (*SessionRecord, uint64,
 // whatever its tag; one that is missing or of another session comes from the bucket's leader.
 func (s *Sessions) GetSession(ctx context.Context, key, tag string) (*SessionRecord, uint64, error) {
 	rec, rev, err := s.getFromReplica(ctx, key)
-	if err != nil || rec != nil && rec.Tag() == tag {
+	if err != nil && !errors.Is(err, ErrCorruptSessionRecord) || rec != nil && rec.Tag() == tag {
 		return rec, rev, err
 	}
 	return s.GetLatest(ctx, key)
@@ -104,9 +111,9 @@ func (s *Sessions) getFromReplica(ctx context.Context, key string) (*SessionReco
 	if err != nil {
 		return nil, 0, fmt.Errorf("get session %s: %w", key, err)
 	}
-	rec, err := DecodeSessionRecord(ent.Value())
+	rec, err := DecodeSessionRecord(key, ent.Value())
 	if err != nil {
-		return nil, 0, fmt.Errorf("session %s: %w", key, err)
+		return nil, ent.Revision(), err
 	}
 	return rec, ent.Revision(), nil
 }
@@ -118,18 +125,37 @@ func (s *Sessions) GetLatest(ctx context.Context, key string) (*SessionRecord, u
 	if err != nil || val == nil {
 		return nil, 0, err
 	}
-	rec, err := DecodeSessionRecord(val)
+	rec, err := DecodeSessionRecord(key, val)
 	if err != nil {
-		return nil, 0, fmt.Errorf("session %s: %w", key, err)
+		return nil, rev, err
 	}
 	return rec, rev, nil
 }
 
-// DecodeSessionRecord reads a record's JSON value.
-func DecodeSessionRecord(b []byte) (*SessionRecord, error) {
+// DecodeSessionRecord reads the JSON value of the record at key. Every role writes and routes by
+// the record's own fields (its close request's subject, the keys of its compare-and-sets), so a
+// record that names another client than its key, or lacks what every version writes, is refused
+// (ErrCorruptSessionRecord) rather than acted on.
+func DecodeSessionRecord(key string, b []byte) (*SessionRecord, error) {
 	var rec SessionRecord
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, fmt.Errorf("bad session record: %w", err)
+		return nil, fmt.Errorf("session %s: %w: %w", key, ErrCorruptSessionRecord, err)
+	}
+	var why string
+	switch ref, err := ParseSessionKey(key); {
+	case err != nil:
+		why = err.Error()
+	case rec.Canister != ref.CanisterText || rec.Client != ref.Client:
+		why = "it names session " + SessionKey(rec.Canister, rec.Client)
+	case rec.State == "":
+		why = "no state"
+	case rec.OpenedAt.IsZero():
+		why = "no opening time"
+	case rec.Partition < 0:
+		why = "negative partition " + strconv.Itoa(rec.Partition)
+	}
+	if why != "" {
+		return nil, fmt.Errorf("session %s: %w: %s", key, ErrCorruptSessionRecord, textlimit.Cut(why, 200))
 	}
 	return &rec, nil
 }

@@ -2,6 +2,8 @@ package bus
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,7 +37,7 @@ func TestSessionReadsDoNotTrustALaggingReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	current := NewSessions(h.Sessions, js)
-	earlier := &SessionRecord{State: SessionClosed, Canister: "c", Client: "a", OpenedAt: time.Unix(1, 0).UTC()}
+	earlier := &SessionRecord{State: SessionClosed, Canister: testCanisterText, Client: testClientToken, OpenedAt: time.Unix(1, 0).UTC()}
 	if _, err := current.Create(ctx, earlier); err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +45,12 @@ func TestSessionReadsDoNotTrustALaggingReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := &SessionRecord{State: SessionOpen, Canister: "c", Client: "a", OpenedAt: time.Unix(2, 0).UTC()}
+	now := &SessionRecord{State: SessionOpen, Canister: testCanisterText, Client: testClientToken, OpenedAt: time.Unix(2, 0).UTC()}
 	rev, err := current.Put(ctx, now, oldEntry.Revision())
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone := &SessionRecord{State: SessionOpen, Canister: "c", Client: "gone", OpenedAt: time.Unix(3, 0).UTC()}
+	gone := &SessionRecord{State: SessionOpen, Canister: testCanisterText, Client: "2vxsx-fae_43", OpenedAt: time.Unix(3, 0).UTC()}
 	goneRev, err := current.Create(ctx, gone)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +71,9 @@ func TestSessionReadsDoNotTrustALaggingReplica(t *testing.T) {
 		{"a session the replica holds as an earlier one", func() (*SessionRecord, uint64, error) { return lagging.GetSession(ctx, now.Key(), now.Tag()) }, now.Tag(), rev},
 		{"the earlier session asked for", func() (*SessionRecord, uint64, error) { return blind.GetSession(ctx, now.Key(), earlier.Tag()) }, now.Tag(), rev},
 		{"a deleted record", func() (*SessionRecord, uint64, error) { return blind.Get(ctx, gone.Key()) }, "", 0},
-		{"a record never written", func() (*SessionRecord, uint64, error) { return blind.Get(ctx, SessionKey("c", "never")) }, "", 0},
+		{"a record never written", func() (*SessionRecord, uint64, error) {
+			return blind.Get(ctx, SessionKey(testCanisterText, "2vxsx-fae_44"))
+		}, "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec, gotRev, err := tc.read()
@@ -84,4 +88,87 @@ func TestSessionReadsDoNotTrustALaggingReplica(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestDecodeSessionRecordRefusesWhatNoRoleWrites(t *testing.T) {
+	key := SessionKey(testCanisterText, testClientToken)
+	valid := `{"state":"open","canister":"` + testCanisterText + `","client":"` + testClientToken + `","opened_at":"2026-01-02T03:04:05Z","partition":3}`
+	for _, tc := range []struct {
+		name, key, value string
+		ok               bool
+	}{
+		{"valid", key, valid, true},
+		{"fields a newer version may add", key, strings.Replace(valid, `{`, `{"future":[1,2],`, 1), true},
+		{"not JSON", key, `{"state":`, false},
+		{"not an object", key, `[1]`, false},
+		{"another client", key, strings.Replace(valid, testClientToken, "2vxsx-fae_7", 1), false},
+		{"another canister", key, strings.Replace(valid, testCanisterText, "aaaaa-aa", 1), false},
+		{"no state", key, strings.Replace(valid, `"state":"open"`, `"state":""`, 1), false},
+		{"no opening time", key, strings.Replace(valid, `"opened_at":"2026-01-02T03:04:05Z",`, ``, 1), false},
+		{"negative partition", key, strings.Replace(valid, `"partition":3`, `"partition":-1`, 1), false},
+		{"partition not a number", key, strings.Replace(valid, `"partition":3`, `"partition":"3"`, 1), false},
+		{"a key that is not a session key", "nonsense", valid, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, err := DecodeSessionRecord(tc.key, []byte(tc.value))
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.ok && rec.Key() != tc.key:
+				t.Fatalf("record of %s decoded from %s", rec.Key(), tc.key)
+			case !tc.ok && !errors.Is(err, ErrCorruptSessionRecord):
+				t.Fatalf("got %+v, %v; want ErrCorruptSessionRecord", rec, err)
+			}
+		})
+	}
+}
+
+// A read of a corrupt record says so with its revision, from a replica and from the leader, so
+// a caller can replace or delete it at that revision.
+func TestSessionReadsReportACorruptRecordWithItsRevision(t *testing.T) {
+	ctx := ctxT(t)
+	_, _, js := startEmbedded(t, testServerConfig(t.TempDir()))
+	if err := Ensure(ctx, js, DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	h, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := SessionKey(testCanisterText, testClientToken)
+	rev, err := h.Sessions.Put(ctx, key, []byte(`{"state":"open","canister":"`+testCanisterText+`","client":"2vxsx-fae_1","opened_at":"2026-01-02T03:04:05Z"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions := NewSessions(h.Sessions, js)
+	for name, read := range map[string]func() (*SessionRecord, uint64, error){
+		"Get":        func() (*SessionRecord, uint64, error) { return sessions.Get(ctx, key) },
+		"GetSession": func() (*SessionRecord, uint64, error) { return sessions.GetSession(ctx, key, "1") },
+		"GetLatest":  func() (*SessionRecord, uint64, error) { return sessions.GetLatest(ctx, key) },
+	} {
+		rec, gotRev, err := read()
+		if rec != nil || gotRev != rev || !errors.Is(err, ErrCorruptSessionRecord) {
+			t.Errorf("%s: %+v, revision %d, %v; want nil, %d, ErrCorruptSessionRecord", name, rec, gotRev, err, rev)
+		}
+	}
+	if err := sessions.Delete(ctx, key, rev); err != nil {
+		t.Fatalf("delete at the reported revision: %v", err)
+	}
+}
+
+func FuzzDecodeSessionRecord(f *testing.F) {
+	f.Add(SessionKey(testCanisterText, testClientToken), []byte(`{"state":"open","canister":"`+testCanisterText+`","client":"`+testClientToken+`","opened_at":"2026-01-02T03:04:05Z","partition":3}`))
+	f.Add("x.y", []byte(`{"state":"open","canister":"x","client":"y","opened_at":"2026-01-02T03:04:05Z"}`))
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		rec, err := DecodeSessionRecord(key, value)
+		if err != nil {
+			if !errors.Is(err, ErrCorruptSessionRecord) {
+				t.Fatalf("error %v is not ErrCorruptSessionRecord", err)
+			}
+			return
+		}
+		if rec.Key() != key || rec.Partition < 0 || rec.State == "" || rec.OpenedAt.IsZero() {
+			t.Fatalf("accepted %+v at %q", rec, key)
+		}
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/internal/stagetrace"
+	"github.com/icws/icws/internal/textlimit"
 	"github.com/icws/icws/internal/tokenbucket"
 	"github.com/icws/icws/protocol"
 	"github.com/nats-io/nats.go"
@@ -179,12 +180,10 @@ func (c *conn) reject(code int, reason string, outcome string) {
 	})
 }
 
-// closePayload keeps the reason within the 123 bytes a close frame allows.
+// closePayload keeps the reason within the 123 bytes a close frame allows, as valid UTF-8: some
+// reasons come from a canister (a refused ws_open) or another role.
 func closePayload(code int, reason string) []byte {
-	if len(reason) > 123 {
-		reason = reason[:123]
-	}
-	return websocket.FormatCloseMessage(code, reason)
+	return websocket.FormatCloseMessage(code, textlimit.Cut(reason, 123))
 }
 
 // closeSocket closes the TCP connection, after our close frame if one is being written.
@@ -446,6 +445,10 @@ func (c *conn) open(frame []byte) bool {
 		// A closed record is a finished session whose deletion is pending: the key is free again.
 		old, oldRev, gerr := c.e.sessions.Get(ctx, c.key)
 		switch {
+		case errors.Is(gerr, bus.ErrCorruptSessionRecord):
+			// No session of any version: the key is free, the record is replaced.
+			c.e.log.Warn("replacing a corrupt session record", "err", gerr)
+			rev, err = c.e.sessions.Put(ctx, rec, oldRev)
 		case gerr != nil:
 			err = gerr
 		case old == nil:

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
@@ -192,5 +194,26 @@ func TestControlFrameFloodIsRateLimited(t *testing.T) {
 				return
 			}
 		})
+	}
+}
+
+// A close reason can come from a canister (its ws_open error) or another role: whatever its length
+// and bytes, the close frame carries valid UTF-8 in the 123 bytes a close frame allows, or the
+// client's WebSocket library fails the close instead of reporting it.
+func TestClosePayloadIsValidUTF8WithinTheLimit(t *testing.T) {
+	for _, reason := range []string{
+		"",
+		"bye",
+		strings.Repeat("é", 70),
+		strings.Repeat("a", 122) + "🙂",
+		"refused: \xff\xfe",
+	} {
+		p := closePayload(4000, reason)
+		if len(p) > 125 || !utf8.Valid(p[2:]) {
+			t.Errorf("reason %q: payload %d bytes, valid UTF-8 %v", reason, len(p), utf8.Valid(p[2:]))
+		}
+		if code := binary.BigEndian.Uint16(p); code != 4000 {
+			t.Errorf("reason %q: code %d", reason, code)
+		}
 	}
 }

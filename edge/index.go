@@ -21,6 +21,10 @@ type sessionIndex struct {
 	canisters  map[string]int // canister id text → sessions
 }
 
+// stateCorrupt marks the index entry of a record that does not decode (bus.ErrCorruptSessionRecord):
+// it counts for no principal or canister, and the sweeper deletes the record.
+const stateCorrupt = "corrupt"
+
 type sessionIndexEntry struct {
 	state      string
 	edge       string
@@ -57,6 +61,9 @@ func (x *sessionIndex) put(key string, ent sessionIndexEntry) {
 	defer x.mu.Unlock()
 	x.removeLocked(key)
 	x.entries[key] = ent
+	if ent.state == stateCorrupt {
+		return
+	}
 	x.principals[ent.principal]++
 	x.canisters[ent.canister]++
 }
@@ -73,6 +80,9 @@ func (x *sessionIndex) removeLocked(key string) {
 		return
 	}
 	delete(x.entries, key)
+	if old.state == stateCorrupt {
+		return
+	}
 	decrement(x.principals, old.principal)
 	decrement(x.canisters, old.canister)
 }

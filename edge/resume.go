@@ -82,6 +82,11 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			read = c.e.sessions.GetLatest
 		}
 		rec, rev, err := read(ctx, c.key)
+		if errors.Is(err, bus.ErrCorruptSessionRecord) {
+			cancel()
+			c.e.log.Warn("resume refused: the session record is corrupt", "err", err)
+			return fail("unknown session")
+		}
 		if err != nil {
 			cancel()
 			if unavailable("read session", err) {

@@ -113,8 +113,10 @@ func (e *Edge) sweep(ctx context.Context) {
 				e.index.remove(ent.Key())
 				continue
 			}
-			rec, err := bus.DecodeSessionRecord(ent.Value())
+			rec, err := bus.DecodeSessionRecord(ent.Key(), ent.Value())
 			if err != nil {
+				// The sweeper deletes it: nothing else would, and its key stays unusable.
+				e.index.put(ent.Key(), sessionIndexEntry{state: stateCorrupt})
 				continue
 			}
 			e.index.put(ent.Key(), indexEntryOf(rec))
@@ -161,7 +163,7 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		v := false
 		if ent, err := e.h.Leases.Get(ctx, bus.EdgeLeaseKey(id)); err == nil {
 			var l bus.LeaseRecord
-			v = json.Unmarshal(ent.Value(), &l) == nil && l.Live(now, e.cfg.LeaseSkew)
+			v = json.Unmarshal(ent.Value(), &l) == nil && l.Live(now, ent.Created(), e.cfg.LeaseTTL, e.cfg.LeaseSkew)
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			v = true // cannot tell: do not act on its sessions
 		}
@@ -195,7 +197,7 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 				delete(orphans, key)
 				return true
 			}
-		case bus.SessionClosed:
+		case bus.SessionClosed, stateCorrupt:
 		default:
 			return true
 		}
@@ -252,6 +254,14 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.WriteTimeout)
 	defer cancel()
 	rec, rev, err := e.sessions.Get(ctx, key)
+	if errors.Is(err, bus.ErrCorruptSessionRecord) {
+		// No session can use its key while it stays, and no role acts on it.
+		if derr := e.sessions.Delete(ctx, key, rev); derr == nil {
+			e.m.sweeps.WithLabelValues("deleted_corrupt").Inc()
+			e.log.Warn("deleted a corrupt session record", "err", err)
+		}
+		return
+	}
 	if err != nil || rec == nil {
 		return
 	}

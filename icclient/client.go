@@ -118,7 +118,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.MaxIdleConns = 64
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: pooledTransport(cfg.MaxIdleConns)}
+		cfg.HTTPClient = &http.Client{
+			Timeout: 30 * time.Second, Transport: pooledTransport(cfg.MaxIdleConns),
+			// The IC's HTTP interface never redirects; following one would send signed requests
+			// wherever the endpoint (or whoever sits on a plain-HTTP path to it) points.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

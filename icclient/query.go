@@ -142,12 +142,23 @@ func (c *Client) verifyQuery(ctx context.Context, canister principal.Principal, 
 }
 
 func checkQuerySignatures(keys *nodeKeys, sigs []querySignature, signed map[string]any, maxAge time.Duration) error {
+	// Each signature costs a hash and an Ed25519 check: an answer may carry at most one per node
+	// of the subnet, or a boundary node could make every poll cost seconds of CPU by repeating
+	// one genuine signature.
+	if len(sigs) > len(keys.keys) {
+		return &VerificationError{fmt.Errorf("%d signatures from a subnet of %d nodes", len(sigs), len(keys.keys))}
+	}
 	now := time.Now()
+	seen := make(map[string]bool, len(sigs))
 	for i, s := range sigs {
 		pk, ok := keys.keys[string(s.Identity)]
 		if !ok {
 			return &VerificationError{fmt.Errorf("signature %d: node %s is not in the subnet", i, principal.Principal{Raw: s.Identity})}
 		}
+		if seen[string(s.Identity)] {
+			return &VerificationError{fmt.Errorf("signature %d: node %s signed twice", i, principal.Principal{Raw: s.Identity})}
+		}
+		seen[string(s.Identity)] = true
 		ts := time.Unix(0, int64(s.Timestamp))
 		if now.Sub(ts) > maxAge || ts.Sub(now) > maxFutureSkew {
 			return &VerificationError{fmt.Errorf("signature %d: timestamp %s out of range", i, ts)}

@@ -67,7 +67,7 @@ func (e *env) putSession(t *testing.T, client int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rec := bus.SessionRecord{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(client).Token(), Confirmed: true}
+	rec := bus.SessionRecord{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(client).Token(), Confirmed: true, OpenedAt: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
 	if _, err := e.h.Sessions.Put(ctx, rec.Key(), b); err != nil {
 		t.Fatal(err)

@@ -23,9 +23,14 @@ type Config struct {
 	BackoffMax     time.Duration `envconfig:"POLL_BACKOFF_MAX" default:"5s" desc:"largest retry delay after failed polls"`
 	Linger         time.Duration `envconfig:"POLL_LINGER" default:"5s" desc:"how long a canister is still polled after its last session is gone"`
 	PublishTimeout time.Duration `envconfig:"POLL_PUBLISH_TIMEOUT" default:"5s" desc:"how long to wait for JetStream to acknowledge a batch of published messages"`
-	KickGap        time.Duration `envconfig:"POLL_KICK_GAP" default:"1ms" desc:"polls of a canister made at once because a submitter announced an executed call (poll kicks) average at most one per this gap; a kick beyond that waits its turn; 0 polls at once on every kick"`
-	KickBurst      int           `envconfig:"POLL_KICK_BURST" default:"4" desc:"poll kicks of a canister served at once, closer than ICWS_POLL_KICK_GAP, before kicks wait their turn"`
-	MaxCanisters   int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
+	// MaxCertBytes and PublishBatchBytes bound what one ws_get_messages answer costs: every
+	// frame carries the answer's certificate, so a canister could multiply a large one by its
+	// message count.
+	MaxCertBytes      config.Bytes  `envconfig:"POLL_MAX_CERT_BYTES" default:"64KiB" desc:"largest certificate a ws_get_messages answer may carry (an IC certificate with its subnet delegation is a few KiB); a larger one fails the poll as an undecodable answer"`
+	PublishBatchBytes config.Bytes  `envconfig:"POLL_PUBLISH_BATCH_BYTES" default:"8MiB" desc:"frames of one poll held in memory and in flight to JetStream at once; a poll whose frames exceed it is published in parts, in order"`
+	KickGap           time.Duration `envconfig:"POLL_KICK_GAP" default:"1ms" desc:"polls of a canister made at once because a submitter announced an executed call (poll kicks) average at most one per this gap; a kick beyond that waits its turn; 0 polls at once on every kick"`
+	KickBurst         int           `envconfig:"POLL_KICK_BURST" default:"4" desc:"poll kicks of a canister served at once, closer than ICWS_POLL_KICK_GAP, before kicks wait their turn"`
+	MaxCanisters      int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
 	// FailClose: a canister answering only with permanent errors for this long counts as failed.
 	FailClose time.Duration `envconfig:"POLL_FAIL_CLOSE" default:"60s" desc:"how long a canister may answer ws_get_messages with nothing but permanent errors (stopped, missing, trapping, method missing, undecodable) before its sessions are closed (1011) and polling waits for a new session; transient errors are retried for ever"`
 	// ReadyWindow: Ready fails when polls have been failing for longer than this.
@@ -66,6 +71,12 @@ func (c Config) withDefaults() Config {
 	if c.KickBurst == 0 {
 		c.KickBurst = d.KickBurst
 	}
+	if c.MaxCertBytes == 0 {
+		c.MaxCertBytes = d.MaxCertBytes
+	}
+	if c.PublishBatchBytes == 0 {
+		c.PublishBatchBytes = d.PublishBatchBytes
+	}
 	return c
 }
 
@@ -91,6 +102,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_FAIL_CLOSE=%s: must be positive", c.FailClose)
 	case c.MaxCanisters < 1:
 		return fmt.Errorf("ICWS_MAX_CANISTERS=%d: must be at least 1", c.MaxCanisters)
+	case c.MaxCertBytes < 4<<10:
+		return fmt.Errorf("ICWS_POLL_MAX_CERT_BYTES=%d: must be at least 4KiB", c.MaxCertBytes)
+	case c.PublishBatchBytes < 64<<10:
+		return fmt.Errorf("ICWS_POLL_PUBLISH_BATCH_BYTES=%d: must be at least 64KiB", c.PublishBatchBytes)
 	}
 	var errs []error
 	for _, s := range c.Canisters {

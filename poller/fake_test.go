@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,6 +36,8 @@ type fakeCanister struct {
 	reply func(nonce uint64) []byte
 	// queried records the nonces asked for.
 	queried []uint64
+	// certPad makes every answer's certificate (and its undecodable tree) this many bytes longer.
+	certPad int
 }
 
 func newFakeCanister(gateway principal.Principal) *fakeCanister {
@@ -98,7 +101,7 @@ func (f *fakeCanister) answer(nonce uint64) ([]byte, error) {
 	if out == nil {
 		out = []protocol.CanisterOutputMessage{}
 	}
-	cert := []byte(fmt.Sprintf("cert-%d-%d-%d", f.gen, nonce, len(out)))
+	cert := []byte(fmt.Sprintf("cert-%d-%d-%d", f.gen, nonce, len(out)) + strings.Repeat("c", f.certPad))
 	return candid.Marshal([]any{protocol.CanisterWsGetMessagesResult{Ok: &protocol.CanisterOutputCertifiedMessages{
 		Messages: out, Cert: cert, Tree: []byte("tree-" + string(cert)), IsEndOfQueue: end >= len(f.queue),
 	}}})

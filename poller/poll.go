@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -144,6 +145,12 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 	for {
 		var err error
 		if cur, rev, err = loadCursor(ctx, p.deps.NC, id); err == nil {
+			break
+		}
+		if errors.Is(err, errCorruptCursor) {
+			p.m.errors.WithLabelValues(errKindCursor).Inc()
+			log.Warn("corrupt cursor; polling from the canister's first retained message", "err", err)
+			cur = bus.CursorRecord{}
 			break
 		}
 		if ctx.Err() != nil || !fail(errKindCursor, "read cursor failed", err) {
@@ -289,6 +296,9 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	}
 	p.notePoll(true)
 	res, err = protocol.DecodeGetMessagesResult(reply)
+	if err == nil {
+		err = p.checkAnswer(res)
+	}
 	switch {
 	case errors.Is(err, protocol.ErrGetMessagesRefused):
 		return protocol.CanisterOutputCertifiedMessages{}, &canisterError{fmt.Errorf("ws_get_messages(%d): %w", nonce, err)}
@@ -297,6 +307,37 @@ func (p *Poller) fetch(ctx context.Context, c principal.Principal, nonce uint64)
 	}
 	stagetrace.Mark(ctx, p.log, stagetrace.PollerPolled)
 	return res, nil
+}
+
+// maxMessageKeyBytes bounds a canister message key: the CDK writes the gateway's principal text
+// (at most 63 bytes), '_' and a 20-digit nonce. The key goes into every frame and Nats-Msg-Id.
+const maxMessageKeyBytes = 128
+
+// checkAnswer refuses a ws_get_messages answer that no canister following the protocol gives,
+// before any of it is published: a certificate above ICWS_POLL_MAX_CERT_BYTES (each frame carries
+// it), a message key that is not "<gateway>_<nonce>" of a sensible length, or nonces that do not
+// increase or leave no next nonce for the cursor.
+func (p *Poller) checkAnswer(res protocol.CanisterOutputCertifiedMessages) error {
+	if len(res.Cert) > int(p.cfg.MaxCertBytes) {
+		return fmt.Errorf("a certificate of %d bytes, above ICWS_POLL_MAX_CERT_BYTES (%d)", len(res.Cert), p.cfg.MaxCertBytes)
+	}
+	var prev uint64
+	for i, m := range res.Messages {
+		if len(m.Key) > maxMessageKeyBytes {
+			return fmt.Errorf("message %d: a key of %d bytes, above %d", i, len(m.Key), maxMessageKeyBytes)
+		}
+		nonce, err := protocol.MessageKeyNonce(m.Key)
+		switch {
+		case err != nil:
+			return fmt.Errorf("message %d: %w", i, err)
+		case nonce == math.MaxUint64:
+			return fmt.Errorf("message %d: nonce %d leaves no next nonce", i, nonce)
+		case i > 0 && nonce <= prev:
+			return fmt.Errorf("message %d: nonce %d after %d", i, nonce, prev)
+		}
+		prev = nonce
+	}
+	return nil
 }
 
 type decodeError struct{ error }
@@ -316,16 +357,19 @@ type published struct {
 // publish writes msgs to ICWS_OUT in order and waits for every PubAck. It returns how many it
 // published and the last one. A message whose content cannot be read is skipped (the client could
 // not verify it either). Each frame carries the answer's certificate and its own message's
-// witness cut from the answer's tree (protocol.BatchFrames).
+// witness cut from the answer's tree (protocol.BatchFrames). Frames are published in parts of at
+// most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged before the next is built.
 func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
 	log := p.log.With("canister", canister)
 	out := make([]*nats.Msg, 0, len(msgs))
+	var outBytes, sent int
 	limit := p.frameLimit()
 	frames := protocol.NewBatchFrames(res.Cert, res.Tree)
 	tokens := make(map[clientKeyID]string) // a batch holds few clients; Token encodes a principal
 	epochText := strconv.FormatUint(epoch, 10)
 	var last published
 	var prev *uint64
+	gaps := 0
 	for _, m := range msgs {
 		nonce, err := protocol.MessageKeyNonce(m.Key)
 		if err != nil {
@@ -334,8 +378,7 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 			continue
 		}
 		if prev != nil && nonce != *prev+1 {
-			p.m.errors.WithLabelValues(errKindGap).Inc()
-			log.Warn("non-consecutive nonces in one batch", "after", *prev, "got", nonce)
+			gaps++
 		}
 		prev = &nonce
 		sum := sha256.Sum256(m.Content)
@@ -361,6 +404,14 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 				"client", token, "frame_bytes", len(frame), "limit_bytes", limit)
 			continue
 		}
+		if len(out) > 0 && outBytes+len(frame) > int(p.cfg.PublishBatchBytes) {
+			if err := p.publishOrdered(ctx, out); err != nil {
+				return 0, last, err
+			}
+			sent += len(out)
+			out, outBytes = out[:0], 0
+		}
+		outBytes += len(frame)
 		// One map literal, sized once, instead of an empty map grown by five Header.Set calls.
 		out = append(out, &nats.Msg{
 			Subject: bus.OutSubject(canister, token),
@@ -374,11 +425,15 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 			},
 		})
 	}
+	if gaps > 0 {
+		p.m.errors.WithLabelValues(errKindGap).Add(float64(gaps))
+		log.Warn("non-consecutive nonces in one batch", "gaps", gaps, "last_nonce", last.nonce)
+	}
 	if err := p.publishOrdered(ctx, out); err != nil {
 		return 0, last, err
 	}
 	stagetrace.Mark(ctx, p.log, stagetrace.PollerPublished)
-	return len(out), last, nil
+	return sent + len(out), last, nil
 }
 
 // clientKeyID identifies a client key within one batch.
@@ -478,10 +533,20 @@ func loadCursor(ctx context.Context, nc *nats.Conn, canister string) (bus.Cursor
 	}
 	var rec bus.CursorRecord
 	if err := json.Unmarshal(val, &rec); err != nil {
-		return bus.CursorRecord{}, 0, fmt.Errorf("cursor %s: %w", canister, err)
+		return bus.CursorRecord{}, rev, fmt.Errorf("cursor %s: %w: %w", canister, errCorruptCursor, err)
+	}
+	if rec.NextNonce > 0 && rec.LastKey == "" {
+		// Every poller that moves a cursor past a message records that message's key: without
+		// it a reset of the canister's queue could not be recognised.
+		return bus.CursorRecord{}, rev, fmt.Errorf("cursor %s: %w: next nonce %d without the last message's key", canister, errCorruptCursor, rec.NextNonce)
 	}
 	return rec, rev, nil
 }
+
+// errCorruptCursor means a cursor no poller writes. Its canister is polled from its first retained
+// message, as after a queue reset (edges drop what they delivered already), and the first cursor
+// write replaces it at its revision.
+var errCorruptCursor = errors.New("corrupt cursor")
 
 func saveCursor(ctx context.Context, kv jetstream.KeyValue, canister string, rec bus.CursorRecord, rev uint64) (uint64, error) {
 	b, err := json.Marshal(rec)

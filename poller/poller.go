@@ -297,7 +297,7 @@ func sessionChange(e jetstream.KeyValueEntry) (string, principal.Principal, bool
 	if e.Operation() != jetstream.KeyValuePut {
 		return ref.CanisterText, ref.Canister, false
 	}
-	rec, err := bus.DecodeSessionRecord(e.Value())
+	rec, err := bus.DecodeSessionRecord(e.Key(), e.Value())
 	if err != nil {
 		return ref.CanisterText, ref.Canister, false
 	}

@@ -331,9 +331,9 @@ func TestUnconfirmedSessionsAreNotPolled(t *testing.T) {
 	defer cancel()
 	stranger := principal.NewSelfAuthenticating([]byte("a canister id nobody runs")).Encode()
 	for _, rec := range []bus.SessionRecord{
-		{State: bus.SessionOpen, Canister: stranger, Client: testClient(2).Token()},
+		{State: bus.SessionOpen, Canister: stranger, Client: testClient(2).Token(), OpenedAt: time.Now().UTC()},
 		// The watch delivers updates in order: once this one is polled, the one above was seen.
-		{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true},
+		{State: bus.SessionOpen, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true, OpenedAt: time.Now().UTC()},
 	} {
 		b, _ := json.Marshal(rec)
 		if _, err := e.h.Sessions.Put(ctx, bus.SessionKey(rec.Canister, rec.Client), b); err != nil {
@@ -357,7 +357,7 @@ func TestCanisterSetFollowsSessions(t *testing.T) {
 	// Nothing to poll without sessions.
 	key := bus.SessionKey(testCanister.Encode(), testClient(1).Token())
 	put := func(state string) {
-		b, _ := json.Marshal(bus.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true})
+		b, _ := json.Marshal(bus.SessionRecord{State: state, Canister: testCanister.Encode(), Client: testClient(1).Token(), Confirmed: true, OpenedAt: time.Now().UTC()})
 		if _, err := e.h.Sessions.Put(ctx, key, b); err != nil {
 			t.Fatal(err)
 		}

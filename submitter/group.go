@@ -17,8 +17,14 @@ import (
 )
 
 type leaseEntry struct {
-	rec LeaseRecord
-	rev uint64
+	rec     LeaseRecord
+	rev     uint64
+	written time.Time // the entry's time (server clock)
+}
+
+// live reports whether the lease still counts as held at now (bus.LeaseRecord.Live).
+func (e leaseEntry) live(now time.Time, ttl time.Duration) bool {
+	return e.rec.Live(now, e.written, ttl, 0)
 }
 
 // LeaseRecord is bus.LeaseRecord; the alias keeps the lines short.
@@ -206,7 +212,7 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 				g.s.log.Warn("ignoring malformed lease", "key", e.Key(), "err", err)
 				delete(g.view, e.Key())
 			} else {
-				g.view[e.Key()] = leaseEntry{rec: rec, rev: e.Revision()}
+				g.view[e.Key()] = leaseEntry{rec: rec, rev: e.Revision(), written: e.Created()}
 			}
 		}
 		g.mu.Unlock()
@@ -289,9 +295,9 @@ func (g *group) fairShare(ctx context.Context, now time.Time) int {
 		if err != nil || id == g.s.cfg.ID {
 			continue
 		}
-		if e.rec.Live(now, 0) {
+		if e.live(now, g.s.cfg.LeaseTTL) {
 			live++
-		} else if now.Sub(e.rec.ExpiresAt) > 10*g.s.cfg.LeaseTTL {
+		} else if now.Sub(e.rec.Expiry(e.written, g.s.cfg.LeaseTTL, 0)) > 10*g.s.cfg.LeaseTTL {
 			stale = append(stale, k)
 			staleRevs = append(staleRevs, e.rev)
 		}
@@ -321,7 +327,7 @@ func (g *group) acquire(ctx context.Context, now time.Time, want int) {
 		g.mu.Lock()
 		e, exists := g.view[key]
 		g.mu.Unlock()
-		if exists && e.rec.Holder != s.cfg.ID && e.rec.Live(now, 0) {
+		if exists && e.rec.Holder != s.cfg.ID && e.live(now, s.cfg.LeaseTTL) {
 			continue
 		}
 		lease := g.newLease(key)

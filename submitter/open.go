@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/textlimit"
 )
 
 // settleOpen records the IC's answer to a session's ws_open. A confirmed session may relay its
@@ -20,6 +21,12 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 	var edge string
 	for attempt := 1; ; attempt++ {
 		rec, rev, err := s.sessions.GetSession(ctx, key, tag)
+		if errors.Is(err, bus.ErrCorruptSessionRecord) {
+			// Not a record this session's edge wrote (that edge wrote a valid one): the session
+			// is not there to confirm; an edge's sweeper deletes the record.
+			log.Warn("ws_open outcome not recorded: the session record is corrupt", "err", err)
+			return true
+		}
 		if err == nil {
 			if rec == nil || rec.Tag() != tag {
 				return true // the session ended meanwhile (or the key has a newer session)
@@ -59,17 +66,10 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 	msg.Header.Set(bus.HeaderSessionTag, tag)
 	msg.Header.Set(bus.HeaderOpenOutcome, result)
 	if v.refused {
-		msg.Header.Set(bus.HeaderOpenReason, truncate(v.reason, 200))
+		msg.Header.Set(bus.HeaderOpenReason, textlimit.Cut(v.reason, 200))
 	}
 	if err := s.nc.PublishMsg(msg); err != nil {
 		log.Debug("open result not sent to the edge; it reads the session record", "err", err)
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

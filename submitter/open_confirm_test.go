@@ -66,3 +66,35 @@ func TestOpenIsConfirmedThoughAReplicaLacksItsRecord(t *testing.T) {
 		return nil
 	})
 }
+
+// A session record no edge of any version writes (another client's fields under this client's key)
+// is not there to confirm: the ws_open is settled and its envelope acknowledged, instead of a
+// retry without end holding one of the process's call slots, which with one slot stops every
+// other client.
+func TestOpenOfACorruptRecordIsSettled(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := bus.Open(ctx, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt, other := newTestClient(1), newTestClient(2)
+	value := `{"state":"open","canister":"` + testCanister.Encode() + `","client":"` + other.token + `","opened_at":"2026-01-02T03:04:05Z"}`
+	if _, err := h.Sessions.Put(ctx, bus.SessionKey(testCanister.Encode(), corrupt.token), []byte(value)); err != nil {
+		t.Fatal(err)
+	}
+	store := newFakeStore()
+	cfg := testConfig("a")
+	cfg.MaxInFlight = 1
+	e.start(t, cfg, store.as("a"))
+	pub := e.publisher(t)
+	open := pub.msg(testCanister, corrupt, bus.KindOpen, 0, fakeEnvelope(t, corrupt.token, 0, time.Now().Add(time.Minute)))
+	open.Header.Set(bus.HeaderSessionTag, "1767323045000000000")
+	pub.async([]*nats.Msg{open})
+	pub.async(pub.burst(other, 1, 3))
+	testkit.WaitFor(t, 20*time.Second, "the open and the other client's three envelopes executed", func() bool {
+		return store.executedCount() == 4
+	})
+	store.checkOrder(t, map[string]uint64{other.token: 3})
+}
