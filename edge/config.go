@@ -16,30 +16,33 @@ import (
 
 // Config is the edge role's configuration (envconfig tags; the caller applies the ICWS_ prefix).
 type Config struct {
-	ID               string        `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid-random)"`
-	Listen           string        `envconfig:"LISTEN" default:":8080" desc:"WebSocket listen address"`
-	MaxMessageBytes  int64         `envconfig:"MAX_MESSAGE_BYTES" default:"2097152" desc:"largest client frame accepted (bytes); larger frames close the socket with 1009"`
-	ReadBufferSize   int           `envconfig:"READ_BUFFER" default:"288" desc:"read buffer per connection (bytes, more than 256); kept for the connection's life, larger frames are read in pieces"`
-	SendQueue        int           `envconfig:"SEND_QUEUE" default:"1024" desc:"frames queued per connection before the client is closed as slow (4101)"`
-	TLSCert          string        `envconfig:"TLS_CERT" desc:"PEM certificate chain file; TLS is on when both TLS_CERT and TLS_KEY are set"`
-	TLSKey           string        `envconfig:"TLS_KEY" desc:"PEM private key file (PKCS#8, PKCS#1 or EC)"`
-	AllowedOrigins   []string      `envconfig:"ALLOWED_ORIGINS" desc:"comma-separated Origin allow-list; empty = any"`
-	Canisters        []string      `envconfig:"CANISTERS" desc:"comma-separated canister ids clients may open; empty = any"`
-	ResumeGrace      time.Duration `envconfig:"RESUME_GRACE" default:"30s" desc:"how long a detached resumable session waits for a resume before the gateway closes it"`
-	HandshakeTimeout time.Duration `envconfig:"HANDSHAKE_TIMEOUT" default:"10s" desc:"time allowed for the HTTP upgrade (and TLS handshake)"`
-	WriteTimeout     time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"time allowed to write one frame to a client"`
-	DrainTimeout     time.Duration `envconfig:"DRAIN_TIMEOUT" default:"10s" desc:"bound on the graceful shutdown (close sockets with 1001, detach sessions)"`
-	OpenTimeout      time.Duration `envconfig:"OPEN_TIMEOUT" default:"30s" desc:"time allowed between the handshake and the client's first frame (ws_open or resume)"`
-	LeaseTTL         time.Duration `envconfig:"EDGE_LEASE_TTL" default:"3s" desc:"liveness lease of this edge; renewed every TTL/3; sessions of an edge whose lease expired are detached by others"`
-	SweepInterval    time.Duration `envconfig:"EDGE_SWEEP_INTERVAL" default:"1s" desc:"how often the edge looks for expired detached sessions and sessions of dead edges"`
-	SweepBatch       int           `envconfig:"EDGE_SWEEP_BATCH" default:"256" desc:"most sessions acted on per sweep (bounds the sweeper's work)"`
-	GapTimeout       time.Duration `envconfig:"GAP_TIMEOUT" default:"5s" desc:"how long a missing canister message may stay missing from the stream before the socket is closed (1011)"`
-	PendingLimit     int           `envconfig:"PENDING_LIMIT" default:"4096" desc:"out-of-order canister messages buffered per connection while a gap is filled"`
-	PendingBytes     int           `envconfig:"PENDING_BYTES" default:"8388608" desc:"bytes of out-of-order canister messages buffered per connection while a gap is filled (beyond it they are re-read from the stream)"`
-	SendQueueBytes   int           `envconfig:"SEND_QUEUE_BYTES" default:"8388608" desc:"bytes of frames queued per connection before the client is closed as slow (4101); one larger frame alone is always queued"`
-	LeaseSkew        time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
-	MaxClientRate    float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages (pings and pongs included) per second one connection may send on average; more closes it with 1008"`
-	MaxClientBurst   int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
+	ID              string `envconfig:"EDGE_ID" desc:"unique id of this edge process, [A-Za-z0-9_-] (default: hostname-pid-random)"`
+	Listen          string `envconfig:"LISTEN" default:":8080" desc:"WebSocket listen address"`
+	MaxMessageBytes int64  `envconfig:"MAX_MESSAGE_BYTES" default:"2097152" desc:"largest client frame accepted (bytes); larger frames close the socket with 1009"`
+	// MaxFirstFrameBytes bounds what a client not yet authenticated makes the edge read and check.
+	MaxFirstFrameBytes int64         `envconfig:"MAX_FIRST_FRAME_BYTES" default:"65536" desc:"largest first frame accepted (bytes): the ws_open envelope, delegations included, or the resume request, read before anything about the client is known; larger ones close the socket with 1009 (at most ICWS_MAX_MESSAGE_BYTES counts)"`
+	MessageTimeout     time.Duration `envconfig:"MESSAGE_TIMEOUT" default:"30s" desc:"time allowed for a client message (all its fragments) to arrive once its first bytes have; a message left unfinished longer closes the socket with 1008"`
+	ReadBufferSize     int           `envconfig:"READ_BUFFER" default:"288" desc:"read buffer per connection (bytes, more than 256); kept for the connection's life, larger frames are read in pieces"`
+	SendQueue          int           `envconfig:"SEND_QUEUE" default:"1024" desc:"frames queued per connection before the client is closed as slow (4101)"`
+	TLSCert            string        `envconfig:"TLS_CERT" desc:"PEM certificate chain file; TLS is on when both TLS_CERT and TLS_KEY are set"`
+	TLSKey             string        `envconfig:"TLS_KEY" desc:"PEM private key file (PKCS#8, PKCS#1 or EC)"`
+	AllowedOrigins     []string      `envconfig:"ALLOWED_ORIGINS" desc:"comma-separated Origin allow-list; empty = any"`
+	Canisters          []string      `envconfig:"CANISTERS" desc:"comma-separated canister ids clients may open; empty = any"`
+	ResumeGrace        time.Duration `envconfig:"RESUME_GRACE" default:"30s" desc:"how long a detached resumable session waits for a resume before the gateway closes it"`
+	HandshakeTimeout   time.Duration `envconfig:"HANDSHAKE_TIMEOUT" default:"10s" desc:"time allowed for the HTTP upgrade (and TLS handshake)"`
+	WriteTimeout       time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"time allowed to write one frame to a client"`
+	DrainTimeout       time.Duration `envconfig:"DRAIN_TIMEOUT" default:"10s" desc:"bound on the graceful shutdown (close sockets with 1001, detach sessions)"`
+	OpenTimeout        time.Duration `envconfig:"OPEN_TIMEOUT" default:"30s" desc:"time allowed between the handshake and the client's first frame (ws_open or resume)"`
+	LeaseTTL           time.Duration `envconfig:"EDGE_LEASE_TTL" default:"3s" desc:"liveness lease of this edge; renewed every TTL/3; sessions of an edge whose lease expired are detached by others"`
+	SweepInterval      time.Duration `envconfig:"EDGE_SWEEP_INTERVAL" default:"1s" desc:"how often the edge looks for expired detached sessions and sessions of dead edges"`
+	SweepBatch         int           `envconfig:"EDGE_SWEEP_BATCH" default:"256" desc:"most sessions acted on per sweep (bounds the sweeper's work)"`
+	GapTimeout         time.Duration `envconfig:"GAP_TIMEOUT" default:"5s" desc:"how long a missing canister message may stay missing from the stream before the socket is closed (1011)"`
+	PendingLimit       int           `envconfig:"PENDING_LIMIT" default:"4096" desc:"out-of-order canister messages buffered per connection while a gap is filled"`
+	PendingBytes       int           `envconfig:"PENDING_BYTES" default:"8388608" desc:"bytes of out-of-order canister messages buffered per connection while a gap is filled (beyond it they are re-read from the stream)"`
+	SendQueueBytes     int           `envconfig:"SEND_QUEUE_BYTES" default:"8388608" desc:"bytes of frames queued per connection before the client is closed as slow (4101); one larger frame alone is always queued"`
+	LeaseSkew          time.Duration `envconfig:"EDGE_LEASE_SKEW" default:"1s" desc:"clock skew tolerated between edges: another edge's lease counts as expired only this long after its ExpiresAt"`
+	MaxClientRate      float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages (pings and pongs included) per second one connection may send on average; more closes it with 1008"`
+	MaxClientBurst     int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
 
 	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average; more closes it with 1008"`
 	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above MAX_CLIENT_BYTES_RATE (at least MAX_MESSAGE_BYTES)"`
@@ -100,6 +103,10 @@ func defaultID() string {
 	return fmt.Sprintf("%s-%d-%s", h, os.Getpid(), hex.EncodeToString(r[:]))
 }
 
+// Validate reports what is wrong with the configuration, naming each variable; New refuses the
+// same (a command checks it before it starts anything).
+func (c Config) Validate() error { return c.validate() }
+
 // validate checks the limits and fills the id.
 func (c *Config) validate() error {
 	if c.ID == "" {
@@ -111,6 +118,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxMessageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("ICWS_MAX_MESSAGE_BYTES=%d: must be at least 1024", c.MaxMessageBytes))
+	}
+	if c.MaxFirstFrameBytes < 1024 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_FIRST_FRAME_BYTES=%d: must be at least 1024", c.MaxFirstFrameBytes))
+	}
+	if c.MessageTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("ICWS_MESSAGE_TIMEOUT=%s: must be at least 1s", c.MessageTimeout))
 	}
 	// gorilla reads through the edge's buffered reader only if it is larger than 256 bytes.
 	if c.ReadBufferSize <= 256 || c.ReadBufferSize > 1<<20 {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -88,6 +89,12 @@ type conn struct {
 	pubMu    sync.Mutex
 	rate     tokenbucket.Bucket // client messages (reader goroutine only)
 	byteRate tokenbucket.Bucket // client bytes (reader goroutine only)
+	// msgSince is when the bytes of the message being read began to arrive (unix ns), 0 between
+	// messages (ratelimit.go).
+	msgSince atomic.Int64
+	// discardOnClose: the client does not read (slow, unresponsive, a write failed); closing the
+	// socket discards what it has not read (discardUnsent).
+	discardOnClose atomic.Bool
 
 	delivery
 	sendq
@@ -132,6 +139,9 @@ func newConn(e *Edge, ws *websocket.Conn, r *http.Request) *conn {
 // closeWith closes the socket from the edge's side with a code and reason: queued frames are
 // dropped, the close frame is written, and the reader gets closeGrace to see the client's reply.
 func (c *conn) closeWith(code int, reason string) {
+	if code == CloseSlowClient || code == CloseUnresponsive {
+		c.discardOnClose.Store(true)
+	}
 	c.closeOnce.Do(func() {
 		c.setClose(code, reason)
 		c.stopQueue()
@@ -194,14 +204,35 @@ func (c *conn) closeSocket() {
 		case <-time.After(c.e.cfg.WriteTimeout):
 		}
 	}
+	if c.discardOnClose.Load() {
+		c.discardUnsent()
+	}
 	_ = c.ws.Close()
+}
+
+// discardUnsent makes closing the socket drop what the kernel still holds for the client (a reset
+// instead of a graceful end): a client that does not read would otherwise keep its socket's send
+// buffer, megabytes, for minutes after the edge let go of it, beyond every limit the edge counts.
+func (c *conn) discardUnsent() {
+	if c.out == nil {
+		return
+	}
+	nc := c.out.Conn
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok { // behind the edge's own TLS
+		nc = t.NetConn()
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
 }
 
 // start sends the handshake and handles the first frame on the HTTP handler's goroutine. It
 // returns true when a session is bound; the caller then runs the reader on a fresh goroutine, so
 // net/http's request state and the stack grown while opening are released for idle sessions.
 func (c *conn) start() bool {
-	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
+	// Until the client is known, a frame may be as large as a ws_open envelope or a resume
+	// request needs: any larger one is not read into memory.
+	c.ws.SetReadLimit(min(c.e.cfg.MaxFirstFrameBytes, c.e.cfg.MaxMessageBytes))
 	c.ws.SetPongHandler(c.onPong)
 	c.ws.SetPingHandler(c.onPing)
 	hs := c.e.handshake
@@ -236,6 +267,7 @@ func (c *conn) start() bool {
 
 	_ = c.ws.SetReadDeadline(time.Now().Add(c.e.cfg.OpenTimeout))
 	typ, frame, err := c.ws.ReadMessage()
+	c.messageRead()
 	if err != nil {
 		c.readFailed(err, true)
 		return false
@@ -253,6 +285,7 @@ func (c *conn) start() bool {
 		return false
 	}
 	_ = c.ws.SetReadDeadline(time.Time{})
+	c.ws.SetReadLimit(c.e.cfg.MaxMessageBytes)
 	if ff.Resume != nil {
 		return c.resume(ff.Resume)
 	}
@@ -294,11 +327,14 @@ func (c *conn) readMessage() (int, []byte, error) {
 		if !took {
 			break
 		}
+		c.messageRead()
 		if c.rd.idle() {
 			return 0, nil, nil
 		}
 	}
-	return c.ws.ReadMessage()
+	typ, frame, err := c.ws.ReadMessage()
+	c.messageRead()
+	return typ, frame, err
 }
 
 // serve relays the client's frames until the connection waits idle (parked, or handed to a fresh
@@ -338,6 +374,14 @@ func (c *conn) readFailed(err error, first bool) string {
 			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
 		}
 		return fmt.Sprintf("client closed (%d)", ce.Code)
+	case errors.Is(err, errByteRateExceeded):
+		c.e.m.refused.WithLabelValues("byte_rate").Inc()
+		if first {
+			c.reject(websocket.ClosePolicyViolation, reasonByteRateExceeded, "rejected")
+		} else {
+			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
+		}
+		return "client byte rate exceeded"
 	case errors.Is(err, websocket.ErrReadLimit):
 		if first {
 			c.e.m.connectionsTotal.WithLabelValues("rejected").Inc()
@@ -616,15 +660,9 @@ func (c *conn) readLoop(ready bool) (reason string, next readerNext) {
 			c.closeWith(websocket.CloseUnsupportedData, "icws: text frames are not supported")
 			return "text frame", readerEnded
 		}
-		now := time.Now()
-		if !c.rate.Take(now, 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
+		if !c.rate.Take(time.Now(), 1, c.e.cfg.MaxClientRate, float64(c.e.cfg.MaxClientBurst)) {
 			c.closeWith(websocket.ClosePolicyViolation, reasonRateExceeded)
 			return "client message rate exceeded", readerEnded
-		}
-		if !c.byteRate.Take(now, float64(len(frame)), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
-			c.e.m.refused.WithLabelValues("byte_rate").Inc()
-			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
-			return "client byte rate exceeded", readerEnded
 		}
 		c.markBusy()
 		stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeRead)

@@ -441,6 +441,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	c := newConn(e, ws, r)
 	c.out = bw.batcher
 	c.rd = bw.reader
+	bw.batcher.client = c
 	c.addr = addr
 	e.mu.Lock()
 	e.upgrading--

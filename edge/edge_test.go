@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -424,5 +426,35 @@ func TestReopenClosedRecordPublishesCloseFirst(t *testing.T) {
 	in := v.inMessages(inSubjectOf(v, c))
 	if len(in) < 2 || in[0].kind != bus.KindClose || in[1].kind != bus.KindOpen {
 		t.Fatalf("ICWS_IN: %+v", in)
+	}
+}
+
+// A client closed as slow did not read what the edge sent: its socket is reset, not left to
+// deliver megabytes of unread frames from the kernel's buffers for minutes after the edge let go.
+func TestSlowClientSocketIsReset(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.SendQueue = 4
+	cfg.WriteTimeout = time.Second
+	e := v.startEdge(cfg)
+	c := openedClient(t, v, e.url, false)
+	subj := outSubjectOfClient(c)
+	go func() {
+		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
+			p.publish(subj, s, 256<<10)
+		}
+	}()
+	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	testkit.WaitFor(t, 20*time.Second, "the edge let go of the socket", func() bool { return e.connCount() == 0 })
+	raw := c.ws.UnderlyingConn()
+	_ = raw.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 1<<20)
+	var err error
+	for err == nil {
+		_, err = raw.Read(buf)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the socket ended with %v, want a reset", err)
 	}
 }

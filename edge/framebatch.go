@@ -18,14 +18,27 @@ const batchLimit = 64 << 10
 // write meanwhile, in the WebSocket's own order) is collected and leaves in one write when the
 // batch ends: a burst of canister messages costs one system call instead of one per frame.
 // Outside a batch every write goes straight through. The buffer comes from the edge's pool for
-// the batch only, so an idle session holds none.
+// the batch only, so an idle session holds none. Reads go through it too (gorilla reads the
+// connection it is handed): each is charged to the client (conn.tookBytes) once the connection
+// exists.
 type frameBatcher struct {
 	net.Conn
-	pool *sync.Pool
+	pool   *sync.Pool
+	client *conn // set before the first frame is read; read by the reader goroutine only
 
 	mu       sync.Mutex
 	batching bool
 	buf      *[]byte
+}
+
+func (b *frameBatcher) Read(p []byte) (int, error) {
+	n, err := b.Conn.Read(p)
+	if n > 0 && b.client != nil {
+		if cerr := b.client.tookBytes(n); cerr != nil {
+			return n, cerr
+		}
+	}
+	return n, err
 }
 
 func (b *frameBatcher) Write(p []byte) (int, error) {

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/icws/icws/protocol"
 )
 
@@ -110,6 +111,14 @@ func (e *Edge) checkLiveness(c *conn, now time.Time, rev time.Duration) {
 		return
 	}
 	nowNs := now.UnixNano()
+	if since := c.msgSince.Load(); since > 0 && time.Duration(nowNs-since) > e.cfg.MessageTimeout {
+		// A message begun and never finished holds its bytes in memory while the client answers
+		// pings: alive, but not sending what it started.
+		e.m.refused.WithLabelValues("message_timeout").Inc()
+		e.log.Debug("message not completed in time", "remote", c.remote, "for", time.Duration(nowNs-since))
+		c.closeWith(websocket.ClosePolicyViolation, reasonMessageTimeout)
+		return
+	}
 	if c.heartbeat {
 		if idle := time.Duration(nowNs - c.lastSent.Load()); idle >= e.cfg.HeartbeatInterval-rev {
 			if c.pushHeartbeat(e.live.heartbeat) {

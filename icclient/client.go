@@ -99,8 +99,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("icclient: no IC URL")
 	}
 	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("icclient: IC URL %q: want http(s)://host[:port]", cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("icclient: IC URL %q: want http(s)://host[:port] without a query", redact.URL(cfg.URL))
 	}
 	if cfg.Identity == nil {
 		return nil, errors.New("icclient: no identity")

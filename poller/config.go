@@ -80,6 +80,10 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Validate reports what is wrong with the configuration, naming each variable; New refuses the
+// same (a command checks it before it starts anything).
+func (c Config) Validate() error { return c.withDefaults().validate() }
+
 func (c Config) validate() error {
 	switch {
 	case c.Interval < 0:

@@ -15,6 +15,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/aviate-labs/secp256k1"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/icws/icws/internal/textlimit"
 )
 
 // MaxPrincipalBytes is the longest principal the IC accepts.
@@ -222,11 +223,15 @@ func decodeContent(raw []byte, wantType string) (*Request, *IngressError) {
 	if err := icDecMode.Unmarshal(StripSelfDescribe(raw), &fields); err != nil {
 		return nil, malformed("content: %v", err)
 	}
-	id, err := RequestIDOfContent(raw)
-	if err != nil {
-		return nil, malformed("%v", err)
+	// The request id hashes every field, and everything is checked before the signature: a field
+	// no request type has may hold a blob, text or nat, never an array or map, whose hash would
+	// cost far more than its bytes (a megabyte of small integers, seconds of CPU).
+	for name, b := range fields {
+		if !isContentField(wantType, name) && !isScalar(b) {
+			return nil, malformed("unknown field `%s` is not a blob, text or nat", textlimit.Cut(name, 64))
+		}
 	}
-	req := &Request{ID: id}
+	req := &Request{}
 	field := func(name string, out any, required bool) *IngressError {
 		b, ok := fields[name]
 		if ok && isNull(b) {
@@ -297,10 +302,46 @@ func decodeContent(raw []byte, wantType string) (*Request, *IngressError) {
 			return nil, ierr
 		}
 	}
+	// Hashed once every field it knows has the type it must have.
+	id, err := RequestIDOfContent(raw)
+	if err != nil {
+		return nil, malformed("%v", err)
+	}
+	req.ID = id
 	return req, nil
 }
 
 // isNull reports whether an encoded value is CBOR null or undefined, self-describe tags aside.
+// isContentField reports whether name is a field of the content of requestType (IC interface
+// specification).
+func isContentField(requestType, name string) bool {
+	switch name {
+	case "request_type", "sender", "ingress_expiry", "nonce":
+		return true
+	case "canister_id", "method_name", "arg":
+		return requestType == RequestCall || requestType == RequestQuery
+	case "paths":
+		return requestType == RequestReadState
+	}
+	return false
+}
+
+// isScalar reports whether the CBOR value b is an unsigned integer, a byte or text string, or
+// null (after any self-describe tags).
+func isScalar(b []byte) bool {
+	for bytes.HasPrefix(b, SelfDescribeTag) {
+		b = b[len(SelfDescribeTag):]
+	}
+	if len(b) == 0 {
+		return false
+	}
+	switch b[0] >> 5 {
+	case 0, 2, 3: // unsigned integer, byte string, text string
+		return true
+	}
+	return isNull(b)
+}
+
 func isNull(b []byte) bool {
 	for bytes.HasPrefix(b, SelfDescribeTag) {
 		b = b[len(SelfDescribeTag):]

@@ -312,6 +312,13 @@ func TestVerifyEnvelopeMalformed(t *testing.T) {
 		{name: "null canister_id", env: unsigned(func(c map[string]any) { c["canister_id"] = nil }), kind: IngressMalformed, contains: "invalid field `canister_id`: null"},
 		{name: "null arg", env: unsigned(func(c map[string]any) { c["arg"] = nil }), kind: IngressMalformed, contains: "invalid field `arg`: null"},
 		{name: "unknown content field signed with the rest", env: signed(func(c map[string]any) { c["x_future"] = []byte{1} })},
+		// Hashing a megabyte of small integers costs seconds of CPU before the signature is looked at.
+		{name: "unknown content field holding an array", env: signed(func(c map[string]any) { c["x_future"] = make([]uint64, 4000) }),
+			kind: IngressMalformed, contains: "unknown field `x_future` is not a blob, text or nat"},
+		{name: "unknown content field holding a map", env: signed(func(c map[string]any) { c["x_future"] = map[string]any{"a": uint64(1)} }),
+			kind: IngressMalformed, contains: "is not a blob, text or nat"},
+		{name: "known field of the wrong type before the hash", env: signed(func(c map[string]any) { c["arg"] = [][]uint64{make([]uint64, 4000)} }),
+			kind: IngressMalformed, contains: "invalid field `arg`"},
 		{name: "self-describe tag in front", env: func() []byte {
 			return append(append([]byte{}, SelfDescribeTag...), envelope(t, content(RequestCall, anon), nil, nil, nil)...)
 		}},

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -71,7 +72,8 @@ func hashValue(v any) ([32]byte, error) {
 	case string:
 		return sha256.Sum256([]byte(v)), nil
 	case uint64:
-		return sha256.Sum256(uleb128(new(big.Int).SetUint64(v))), nil
+		var b [binary.MaxVarintLen64]byte // an unsigned varint is LEB128
+		return sha256.Sum256(b[:binary.PutUvarint(b[:], v)]), nil
 	case int64:
 		return sha256.Sum256(sleb128(big.NewInt(v))), nil
 	case big.Int:

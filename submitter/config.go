@@ -33,6 +33,10 @@ func DefaultConfig() Config { return config.MustDefaults[Config]() }
 // idPattern keeps ids usable inside KV keys and consumer names.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$`)
 
+// Validate reports what is wrong with the configuration, naming each variable; New refuses the
+// same (a command checks it before it starts anything).
+func (c Config) Validate() error { return c.validate() }
+
 func (c *Config) validate() error {
 	if c.ID == "" {
 		h, err := os.Hostname()

@@ -41,10 +41,12 @@ type connectConfig struct {
 }
 
 func connectCommand() command {
-	return configured("connect", "command-line client: stdin lines → canister, canister messages → JSON lines on stdout",
+	c := configured("connect", "command-line client: stdin lines → canister, canister messages → JSON lines on stdout; each flag overrides its ICWS_CONNECT_* variable",
 		func(ctx context.Context, a *app, cfg *connectConfig, logger *slog.Logger, args []string) error {
 			return runConnect(ctx, a.stdout, os.Stdin, cfg, logger, args)
 		})
+	c.usage = "[-gateway URL] [-ic URL] [-canister ID] [-identity FILE] [-ack-interval D] [-resume=BOOL] [-linger D]"
+	return c
 }
 
 func runConnect(ctx context.Context, stdout io.Writer, stdin io.Reader, cfg *connectConfig, logger *slog.Logger, args []string) error {

@@ -12,6 +12,7 @@ import (
 func envCommand() command {
 	return command{
 		name:    "env",
+		usage:   "[check <command>]",
 		summary: "list every configuration variable with its default and meaning; `env check <command>` validates that command's configuration",
 		run: func(_ context.Context, a *app, args []string) error {
 			switch {

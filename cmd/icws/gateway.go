@@ -160,6 +160,22 @@ func (c *GatewayConfig) validateFor(roles roleSet, external bool) error {
 	if err := config.CheckHostPort(c.EdgeSettings.Listen); roles.edge && err != nil {
 		return fmt.Errorf("ICWS_LISTEN=%q: %w", c.EdgeSettings.Listen, err)
 	}
+	// Each role checks its own settings again when it is made; checked here, a bad value stops
+	// the command before anything starts, with the usage exit status.
+	for _, r := range []struct {
+		on       bool
+		validate func() error
+	}{
+		{roles.edge, c.EdgeSettings.Validate},
+		{roles.submitter, c.SubmitterSettings.Validate},
+		{roles.poller, c.PollerSettings.Validate},
+	} {
+		if r.on {
+			if err := r.validate(); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -220,7 +236,7 @@ func runGateway(ctx context.Context, cfg *GatewayConfig, parts gatewayParts, log
 			Logger:              logger.With("component", "icclient"),
 		})
 		if err != nil {
-			return fmt.Errorf("IC client for %s: %w", icURL, err)
+			return fmt.Errorf("IC client for %s: %w", redact.URL(icURL), err)
 		}
 		rootKey = ic.RootKey()
 	} else if parts.roles.edge {

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/icws/icws/internal/config"
@@ -29,9 +31,9 @@ func commands() []command {
 		identityCommand(),
 		envCommand(),
 		versionCommand(),
-		helpCommand(),
 		connectCommand(),
 		benchCommand(),
+		helpCommand(),
 	}
 }
 
@@ -42,6 +44,9 @@ const defaultCommand = "all"
 type command struct {
 	name    string
 	summary string
+	// usage names the arguments the command takes ("[check <command>]"); empty for none, and
+	// then any argument is refused.
+	usage string
 	// spec returns a new configuration struct (pointer) whose envconfig tags name the variables the
 	// command reads; nil for commands without configuration.
 	spec func() any
@@ -71,8 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		name, args = args[0], args[1:]
 	}
-	switch name {
-	case "-h", "-help", "--help":
+	if isHelpFlag(name) {
 		name = "help"
 	}
 	cmd, ok := a.find(name)
@@ -85,6 +89,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		a.usage(stderr)
 		return exitUsage
 	}
+	if slices.ContainsFunc(args, isHelpFlag) {
+		a.commandHelp(stdout, cmd)
+		return exitOK
+	}
+	if cmd.usage == "" && len(args) > 0 {
+		fmt.Fprintf(stderr, "icws %s: takes no arguments (configuration is read from ICWS_* variables; `icws help %s` lists them), not %q\n", name, name, strings.Join(args, " "))
+		return exitUsage
+	}
 	// SIGINT/SIGTERM cancel the context; every command shuts down within its own bound.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -93,6 +105,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return exitOK
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return exitOK // stopped by a signal before it was up: a clean stop all the same
 	case errors.As(err, &ce):
 		fmt.Fprintf(stderr, "icws %s: %v\n", name, err)
 		return exitUsage
@@ -101,6 +115,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 }
+
+func isHelpFlag(arg string) bool { return arg == "-h" || arg == "-help" || arg == "--help" }
 
 func (a *app) find(name string) (command, bool) {
 	for _, c := range a.commands {

@@ -104,6 +104,27 @@ func TestEnvAndHelp(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "identity") || !strings.Contains(r.stdout, "replica") {
 		t.Fatalf("icws help: %+v", r)
 	}
+	r = runIcws(t, nil, "help", "all")
+	if r.code != 0 || !strings.Contains(r.stdout, "usage: icws all") || !strings.Contains(r.stdout, "ICWS_LISTEN") {
+		t.Fatalf("icws help all: %+v", r)
+	}
+	r = runIcws(t, nil, "help", "nosuch")
+	if r.code != exitUsage || !strings.Contains(r.stderr, `unknown command "nosuch"`) {
+		t.Fatalf("icws help nosuch: %+v", r)
+	}
+	// A role's help is help, not a start; a role takes no arguments.
+	dir := t.TempDir()
+	r = runIcws(t, []string{"ICWS_DATA_DIR=" + dir}, "dev", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "usage: icws dev") {
+		t.Fatalf("icws dev --help: %+v", r)
+	}
+	r = runIcws(t, []string{"ICWS_DATA_DIR=" + dir}, "all", "extra")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "takes no arguments") {
+		t.Fatalf("icws all extra: %+v", r)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("help or a refused argument started something: %v", entries)
+	}
 	r = runIcws(t, nil, "frobnicate")
 	if r.code != exitUsage || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
 		t.Fatalf("icws frobnicate: %+v", r)
@@ -124,6 +145,13 @@ func TestBadConfigurationExits2(t *testing.T) {
 		{"replica", "ICWS_REPLICA_MAX_RETURNED_MESSAGES", "0"},
 		{"all", "ICWS_IC_API_VERSION", "4"},
 		{"all", "ICWS_IC_MAX_IDLE_CONNS", "0"},
+		// Each role's own settings, checked before anything starts.
+		{"all", "ICWS_MAX_MESSAGE_BYTES", "-1"},
+		{"all", "ICWS_MESSAGE_TIMEOUT", "10ms"},
+		{"all", "ICWS_POLL_INTERVAL", "-1s"},
+		{"all", "ICWS_POLL_MAX_CERT_BYTES", "1KiB"},
+		{"all", "ICWS_SUBMIT_LEASE_TTL", "0s"},
+		{"dev", "ICWS_EDGE_ID", "a b"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			r := runIcws(t, []string{"ICWS_DATA_DIR=" + dir, tc.key + "=" + tc.value}, tc.cmd)

@@ -12,11 +12,11 @@ import (
 const Mask = "redacted"
 
 // URL returns s, one URL or a comma-separated list of them, with the user-info part of every URL
-// (user name, password or token: whatever precedes the last '@' of the authority) replaced by
-// Mask. It never fails: text it cannot parse is redacted by position, so a malformed URL with a
-// password is still masked.
+// (user name, password or token: whatever precedes the last '@' of the authority) and the value of
+// every query parameter (?token=...) replaced by Mask. It never fails: text it cannot parse is
+// redacted by position, so a malformed URL with a password is still masked.
 func URL(s string) string {
-	if !strings.Contains(s, "@") {
+	if !strings.ContainsAny(s, "@?") {
 		return s
 	}
 	parts := strings.Split(s, ",")
@@ -27,6 +27,9 @@ func URL(s string) string {
 }
 
 func one(p string) string {
+	if q := strings.IndexByte(p, '?'); q >= 0 {
+		p = p[:q+1] + maskQuery(p[q+1:])
+	}
 	start := 0
 	if i := strings.Index(p, "://"); i >= 0 {
 		start = i + len("://")
@@ -37,6 +40,19 @@ func one(p string) string {
 	}
 	// Over-masking a path with an '@' is harmless; leaving a password visible is not.
 	return p[:start] + Mask + p[start+at:]
+}
+
+// maskQuery masks the value of every parameter of a query (a fragment after it too): the names
+// say what the URL is for, the values may be tokens.
+func maskQuery(q string) string {
+	q, _, _ = strings.Cut(q, "#")
+	params := strings.Split(q, "&")
+	for i, kv := range params {
+		if k, _, ok := strings.Cut(kv, "="); ok {
+			params[i] = k + "=" + Mask
+		}
+	}
+	return strings.Join(params, "&")
 }
 
 // Secrets are the strings of a URL list that must never be shown: every user-info part, raw and

@@ -20,6 +20,9 @@ func TestURL(t *testing.T) {
 		{"user:pass@n1:4222", "redacted@n1:4222"},
 		{"https://u:p@icp-api.io/api", "https://redacted@icp-api.io/api"},
 		{"nats://u:p%20q@n1:4222 ", "nats://redacted@n1:4222 "},
+		{"ws://127.0.0.1:8080/?token=QTOKEN&icws-resume=1", "ws://127.0.0.1:8080/?token=redacted&icws-resume=redacted"},
+		{"http://u:p@ic.example/?token=Q#frag", "http://redacted@ic.example/?token=redacted"},
+		{"https://ic.example/?flag", "https://ic.example/?flag"},
 	} {
 		if got := URL(tc.in); got != tc.want {
 			t.Errorf("URL(%q) = %q, want %q", tc.in, got, tc.want)
