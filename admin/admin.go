@@ -171,7 +171,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.lnOK)
 	if err != nil {
-		return fmt.Errorf("admin listen %s: %w", s.addr, err)
+		return fmt.Errorf("admin listen on %s (ICWS_ADMIN_LISTEN): %w", s.addr, err)
 	}
 	s.logger.Debug("admin server listening", "addr", ln.Addr().String())
 	errc := make(chan error, 1)

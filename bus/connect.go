@@ -46,6 +46,12 @@ func clientOptions(name, urls string, logger *slog.Logger) []nats.Option {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	log := logger.With("conn", name)
+	where := func(nc *nats.Conn) string {
+		if urls == "" {
+			return "in-process" // the URL nats.go reports is a default nothing listens on
+		}
+		return redact.URL(nc.ConnectedUrl())
+	}
 	return []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -54,7 +60,7 @@ func clientOptions(name, urls string, logger *slog.Logger) []nats.Option {
 			return backoff(attempts)
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
-			log.Info("nats connected", "url", redact.URL(nc.ConnectedUrl()))
+			log.Info("nats connected", "url", where(nc))
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -64,7 +70,7 @@ func clientOptions(name, urls string, logger *slog.Logger) []nats.Option {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("nats reconnected", "url", redact.URL(nc.ConnectedUrl()))
+			log.Info("nats reconnected", "url", where(nc))
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Debug("nats reconnect attempt failed", "err", redact.Error(err, urls))

@@ -756,7 +756,7 @@ func (c *conn) teardown(reason string) {
 	log := c.e.log.With("client", c.clientTok, "canister", c.canText, "reason", reason)
 	code, _, force := c.closeInfo()
 	if code == CloseResumedElsewhere {
-		log.Info("session moved to another connection")
+		log.Debug("session moved to another connection")
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.DrainTimeout)
@@ -787,7 +787,7 @@ func (c *conn) teardown(reason string) {
 			if _, err := c.e.sessions.Put(ctx, rec, rev); err != nil {
 				continue
 			}
-			log.Info("session detached", "grace", c.e.cfg.ResumeGrace)
+			log.Debug("session detached", "grace", c.e.cfg.ResumeGrace)
 			return
 		}
 		rec.State = bus.SessionClosed
@@ -796,7 +796,7 @@ func (c *conn) teardown(reason string) {
 			continue
 		}
 		c.e.finishSession(ctx, rec, nrev, reason)
-		log.Info("session closed")
+		log.Debug("session closed")
 		return
 	}
 	log.Warn("session end: record kept changing; left to the sweeper")
@@ -823,7 +823,7 @@ func (c *conn) isConfirmed() bool {
 // already, so teardown finds nothing to detach or close.
 func (c *conn) refuse(reason string) {
 	c.e.m.opens.WithLabelValues("refused").Inc()
-	c.e.log.Info("ws_open refused by the canister", "client", c.clientTok, "canister", c.canText, "reason", reason)
+	c.e.log.Debug("ws_open refused by the canister", "client", c.clientTok, "canister", c.canText, "reason", reason)
 	c.closeWith(websocket.ClosePolicyViolation, "icws: the canister refused ws_open: "+reason)
 }
 

@@ -316,7 +316,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	if err != nil {
 		stopBG()
 		bgWG.Wait()
-		return fmt.Errorf("edge: listen on %s: %w", e.cfg.Listen, err)
+		return fmt.Errorf("edge: listen on %s (ICWS_LISTEN): %w", e.cfg.Listen, err)
 	}
 	if e.cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(e.cfg.TLSCert, e.cfg.TLSKey)
@@ -531,7 +531,9 @@ func (e *Edge) onControl(msg *nats.Msg) {
 	c := e.byKey[string(msg.Data)]
 	e.mu.RUnlock()
 	go func() {
-		if c != nil && c.tokenHash != newHash {
+		// The request names the token hash of the connection that resumed the session (a
+		// SHA-256 in hex); one without it says nothing about which connection to keep.
+		if c != nil && len(newHash) == 64 && c.tokenHash != newHash {
 			c.dropResumedElsewhere()
 		}
 		_ = msg.Respond(nil)

@@ -49,6 +49,12 @@ func (e *Edge) watchCanisterFailures(ctx context.Context, notices <-chan *nats.M
 				e.log.Warn("ignoring a malformed canister failure notice", "err", err)
 				continue
 			}
+			if ahead := time.Until(at); ahead > e.cfg.LeaseSkew {
+				// Sessions opened before the failure are closed, and resumes refused for a
+				// while: a time ahead of every clock would end sessions not yet opened.
+				e.log.Warn("ignoring a canister failure notice from the future", "canister", canister, "ahead", ahead.Round(time.Millisecond))
+				continue
+			}
 			e.closeFailedCanister(ctx, canister, at, reason)
 		}
 	}
@@ -134,7 +140,7 @@ func (e *Edge) closeFailedRecord(ctx context.Context, key string, at time.Time, 
 		return // another edge, or a resume, changed it first
 	}
 	e.m.forcedCloses.WithLabelValues(causeCanisterFailed).Inc()
-	e.log.Info("session of a failed canister closed", "session", key, "was", was)
+	e.log.Debug("session of a failed canister closed", "session", key, "was", was)
 	e.finishSession(ctx, rec, rev, reason)
 }
 
@@ -163,5 +169,5 @@ func (e *Edge) onSessionClose(msg *nats.Msg) {
 	}
 	c.closeForced(websocket.ClosePolicyViolation, reason)
 	e.m.forcedCloses.WithLabelValues(causeBacklog).Inc()
-	e.log.Info("session closed at the submitter's request", "session", key, "reason", reason)
+	e.log.Debug("session closed at the submitter's request", "session", key, "reason", reason)
 }

@@ -82,6 +82,22 @@ func TestCanisterFailureClosesItsSessionsOnEveryEdge(t *testing.T) {
 	if rec := v.session(later); rec == nil || rec.State != bus.SessionOpen {
 		t.Errorf("a session opened after the failure was closed: %+v", rec)
 	}
+
+	// A failure time ahead of every clock would end sessions not opened yet: the notice is
+	// ignored. Notices are handled in order, so once the other canister's, sent after it, has
+	// closed its session, the first has been handled.
+	if err := v.nc.PublishMsg(bus.CanisterFailedMsg(canister.Encode(), time.Now().Add(time.Hour), reason)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.nc.PublishMsg(bus.CanisterFailedMsg(other.canister.Encode(), time.Now(), reason)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := expectClose(t, other.ws); code != websocket.CloseInternalServerErr {
+		t.Fatalf("the other canister's session closed with %d, want 1011", code)
+	}
+	if rec := v.session(later); rec == nil || rec.State != bus.SessionOpen {
+		t.Errorf("a notice from the future closed a session: %+v", rec)
+	}
 }
 
 // A submitter's session close request closes the socket with 1008 and the given reason and ends

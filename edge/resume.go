@@ -248,7 +248,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 	}
 	c.e.m.resumes.WithLabelValues("ok").Inc()
 	c.e.m.connectionsTotal.WithLabelValues("resume").Inc()
-	c.e.log.Info("session resumed", "client", c.clientTok, "canister", c.canText, "last_seq", req.LastSeq,
+	c.e.log.Debug("session resumed", "client", c.clientTok, "canister", c.canText, "last_seq", req.LastSeq,
 		"last_client_seq", lastClient, "previous_edge", prev.Edge, "previous_state", prev.State, "remote", c.remote)
 	go c.fill()
 	return true

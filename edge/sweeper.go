@@ -275,7 +275,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 			rec.State, rec.DetachedAt = bus.SessionDetached, now
 			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("detached_dead_edge").Inc()
-				e.log.Info("session detached: its edge is gone", "session", key, "dead_edge", rec.Edge)
+				e.log.Debug("session detached: its edge is gone", "session", key, "dead_edge", rec.Edge)
 			}
 			return
 		}
@@ -292,7 +292,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 			rec.State, rec.DetachedAt = bus.SessionOpen, time.Time{}
 			if _, err := e.sessions.Put(ctx, rec, rev); err == nil {
 				e.m.sweeps.WithLabelValues("reclaimed").Inc()
-				e.log.Info("session reclaimed: its socket is still here", "session", key)
+				e.log.Debug("session reclaimed: its socket is still here", "session", key)
 			}
 			return
 		}
@@ -304,7 +304,7 @@ func (e *Edge) sweepSession(ctx context.Context, key string) {
 			return
 		}
 		e.m.sweeps.WithLabelValues("expired").Inc()
-		e.log.Info("session closed: resume grace over", "session", key, "canister", rec.Canister, "client", rec.Client)
+		e.log.Debug("session closed: resume grace over", "session", key)
 		e.finishSession(ctx, rec, rev, "resume grace over")
 	case bus.SessionClosed:
 		e.m.sweeps.WithLabelValues("finished").Inc()

@@ -57,7 +57,7 @@ func (p *Poller) runCanister(ctx context.Context, c principal.Principal, w *work
 		if err := lease.Acquire(ctx); err != nil {
 			return
 		}
-		log.Info("lease acquired")
+		log.Debug("lease acquired")
 		p.m.leaseHeld.WithLabelValues(id).Set(1)
 		lctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup

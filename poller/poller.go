@@ -171,7 +171,7 @@ func (p *Poller) Run(ctx context.Context) error {
 			defer close(w.done)
 			p.runCanister(wctx, c, w)
 		}()
-		p.log.Info("canister polling started", "canister", id)
+		p.log.Debug("canister polling started", "canister", id)
 		return w
 	}
 	for id, c := range p.static {

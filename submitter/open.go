@@ -58,7 +58,7 @@ func (s *Submitter) settleOpen(ctx context.Context, log *slog.Logger, canister, 
 	result := bus.OpenConfirmed
 	if v.refused {
 		result = bus.OpenRefused
-		log.Info("ws_open refused; session removed", "reason", v.reason)
+		log.Debug("ws_open refused; session removed", "reason", v.reason)
 	}
 	s.m.opens.WithLabelValues(result).Inc()
 	msg := nats.NewMsg(bus.OpenResultSubject(edge))

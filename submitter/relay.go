@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/icclient"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/internal/stagetrace"
 	"github.com/icws/icws/protocol"
@@ -141,7 +142,14 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 		}
 		s.m.retries.WithLabelValues(kind).Inc()
 		wait := min(jitter(backoff), time.Until(expiry))
-		log.Debug("retrying envelope", "attempt", attempt+1, "wait", wait, "err", err)
+		// A network blip is routine; an answer that does not verify or decode (a wrong root key,
+		// something between the gateway and the IC) or a call failing on and on is for the
+		// operator to see, once and then every 8th attempt.
+		lvl := slog.LevelDebug
+		if (attempt == 0 && !errors.As(err, new(*icclient.TransportError))) || attempt%8 == 7 {
+			lvl = slog.LevelWarn
+		}
+		log.Log(ctx, lvl, "retrying envelope", "attempt", attempt+1, "wait", wait, "err", err)
 		if wait > 0 && !sleepCtx(ctx, wait) {
 			return false, callVerdict{}
 		}
@@ -243,7 +251,7 @@ func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister 
 			}
 			if res.Err != nil {
 				// Normal when the canister already removed the client.
-				log.Info("ws_close returned an error", "canister_error", *res.Err)
+				log.Debug("ws_close returned an error", "canister_error", *res.Err)
 				s.count(kind, outcomeCloseErr)
 				return true
 			}
@@ -252,7 +260,7 @@ func (s *Submitter) closeClient(ctx context.Context, log *slog.Logger, canister 
 			return true
 		}
 		if code, msg, ok := asReject(err); ok {
-			log.Info("ws_close rejected", "reject_code", code, "reject_message", msg)
+			log.Debug("ws_close rejected", "reject_code", code, "reject_message", msg)
 			s.count(kind, outcomeRejected)
 			s.m.rejects.WithLabelValues(kind, strconv.FormatUint(code, 10)).Inc()
 			return true

@@ -127,7 +127,7 @@ func listenReplica(ctx context.Context, addr string) (net.Listener, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("replica listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("replica listen on %s (ICWS_REPLICA_LISTEN): %w", addr, err)
 	}
 	return ln, nil
 }
