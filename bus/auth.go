@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/icws/icws/internal/redact"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -105,6 +106,15 @@ func (c *ClientConfig) Validate() error {
 			}
 		}
 		return nil
+	}
+	for u := range strings.SplitSeq(c.URL, ",") {
+		scheme, rest, ok := strings.Cut(strings.TrimSpace(u), "://")
+		switch {
+		case !ok || rest == "":
+			return fmt.Errorf("%s=%q: each URL must be nats://host:port (or tls://, ws://, wss://)", varURL, redact.URL(c.URL))
+		case scheme != "nats" && scheme != "tls" && scheme != "ws" && scheme != "wss":
+			return fmt.Errorf("%s=%q: scheme %q is not one of nats, tls, ws, wss", varURL, redact.URL(c.URL), scheme)
+		}
 	}
 	var methods []string
 	for _, s := range []setting{{varCreds, c.CredsFile}, {varNkey, c.NkeyFile}, {varUser, c.User}} {

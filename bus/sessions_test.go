@@ -28,14 +28,7 @@ func (r *laggingReplica) Get(ctx context.Context, key string) (jetstream.KeyValu
 // the bucket's leader; a record the leader does not hold, or holds deleted, is missing.
 func TestSessionReadsDoNotTrustALaggingReplica(t *testing.T) {
 	ctx := ctxT(t)
-	_, _, js := startEmbedded(t, testServerConfig(t.TempDir()))
-	if err := Ensure(ctx, js, DefaultTopology()); err != nil {
-		t.Fatal(err)
-	}
-	h, err := Open(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, h := openBus(t)
 	current := NewSessions(h.Sessions, js)
 	earlier := &SessionRecord{State: SessionClosed, Canister: testCanisterText, Client: testClientToken, OpenedAt: time.Unix(1, 0).UTC()}
 	if _, err := current.Create(ctx, earlier); err != nil {
@@ -127,14 +120,7 @@ func TestDecodeSessionRecordRefusesWhatNoRoleWrites(t *testing.T) {
 // a caller can replace or delete it at that revision.
 func TestSessionReadsReportACorruptRecordWithItsRevision(t *testing.T) {
 	ctx := ctxT(t)
-	_, _, js := startEmbedded(t, testServerConfig(t.TempDir()))
-	if err := Ensure(ctx, js, DefaultTopology()); err != nil {
-		t.Fatal(err)
-	}
-	h, err := Open(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, h := openBus(t)
 	key := SessionKey(testCanisterText, testClientToken)
 	rev, err := h.Sessions.Put(ctx, key, []byte(`{"state":"open","canister":"`+testCanisterText+`","client":"2vxsx-fae_1","opened_at":"2026-01-02T03:04:05Z"}`))
 	if err != nil {
@@ -171,4 +157,19 @@ func FuzzDecodeSessionRecord(f *testing.F) {
 			t.Fatalf("accepted %+v at %q", rec, key)
 		}
 	})
+}
+
+// openBus starts an embedded server with the streams and buckets.
+func openBus(t *testing.T) (jetstream.JetStream, *Handles) {
+	t.Helper()
+	ctx := ctxT(t)
+	_, _, js := startEmbedded(t, testServerConfig(t.TempDir()))
+	if err := Ensure(ctx, js, DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	h, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, h
 }

@@ -44,8 +44,8 @@ type Config struct {
 	MaxClientRate      float64       `envconfig:"MAX_CLIENT_RATE" default:"200" desc:"client messages (pings and pongs included) per second one connection may send on average; more closes it with 1008"`
 	MaxClientBurst     int           `envconfig:"MAX_CLIENT_BURST" default:"2000" desc:"client messages one connection may send in a burst above MAX_CLIENT_RATE"`
 
-	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average; more closes it with 1008"`
-	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above MAX_CLIENT_BYTES_RATE (at least MAX_MESSAGE_BYTES)"`
+	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average, counted as read from the socket; more closes it with 1008"`
+	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above ICWS_MAX_CLIENT_BYTES_RATE (at least ICWS_MAX_MESSAGE_BYTES + 1KiB); bytes are counted as read from the socket, frame headers, fragments, pings and pongs included"`
 	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"WebSocket connections one edge holds at once; further upgrade requests are answered 503"`
 	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge; more are answered 429"`
 	TrustedProxies          []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client address; empty = use the TCP peer address"`
@@ -174,8 +174,9 @@ func (c *Config) validate() error {
 	if c.MaxClientBytesRate < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_RATE=%d: must be positive", c.MaxClientBytesRate))
 	}
-	if int64(c.MaxClientBytesBurst) < c.MaxMessageBytes {
-		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_BURST=%d: must be at least ICWS_MAX_MESSAGE_BYTES (%d), or the largest frame could never pass", c.MaxClientBytesBurst, c.MaxMessageBytes))
+	// The burst counts bytes as read, frame headers included.
+	if int64(c.MaxClientBytesBurst) < c.MaxMessageBytes+1024 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_BURST=%d: must be at least ICWS_MAX_MESSAGE_BYTES (%d) + 1KiB, or the largest frame with its header could never pass", c.MaxClientBytesBurst, c.MaxMessageBytes))
 	}
 	for name, n := range map[string]int{
 		"ICWS_MAX_CONNECTIONS": c.MaxConnections, "ICWS_MAX_CONNECTIONS_PER_IP": c.MaxConnectionsPerIP,

@@ -336,14 +336,7 @@ func TestSlowClient(t *testing.T) {
 	cfg.WriteTimeout = 3 * time.Second
 	e := v.startEdge(cfg)
 	c := openedClient(t, v, e.url, true)
-	subj := outSubjectOfClient(c)
-	// The client stops reading; large frames fill the socket buffers, then the queue.
-	go func() {
-		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
-			p.publish(subj, s, 256<<10)
-		}
-	}()
-	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	overflow(t, p, e, c)
 	code, text := expectClose(t, c.ws)
 	if code != CloseSlowClient || text != reasonSlowClient {
 		t.Fatalf("close %d %q", code, text)
@@ -439,13 +432,7 @@ func TestSlowClientSocketIsReset(t *testing.T) {
 	cfg.WriteTimeout = time.Second
 	e := v.startEdge(cfg)
 	c := openedClient(t, v, e.url, false)
-	subj := outSubjectOfClient(c)
-	go func() {
-		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
-			p.publish(subj, s, 256<<10)
-		}
-	}()
-	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	overflow(t, p, e, c)
 	testkit.WaitFor(t, 20*time.Second, "the edge let go of the socket", func() bool { return e.connCount() == 0 })
 	raw := c.ws.UnderlyingConn()
 	_ = raw.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -457,4 +444,17 @@ func TestSlowClientSocketIsReset(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("the socket ended with %v, want a reset", err)
 	}
+}
+
+// overflow sends c, which does not read, 256 KiB frames until they fill the socket buffers and then
+// its send queue.
+func overflow(t *testing.T, p *pipeline, e *runningEdge, c *client) {
+	t.Helper()
+	subj := outSubjectOfClient(c)
+	go func() {
+		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
+			p.publish(subj, s, 256<<10)
+		}
+	}()
+	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
 }

@@ -207,10 +207,10 @@ func TestClientByteRateLimit(t *testing.T) {
 	cfg := testConfig("e1")
 	cfg.MaxMessageBytes = 4096
 	cfg.MaxClientBytesRate = 1024
-	cfg.MaxClientBytesBurst = 4096
+	cfg.MaxClientBytesBurst = 5120
 	e := v.startEdge(cfg)
 	c := openedClient(t, v, e.url, false)
-	for i := 0; i < 40; i++ { // each envelope is a few hundred bytes: far above 4 KiB in all
+	for i := 0; i < 40; i++ { // each envelope is a few hundred bytes: far above 5 KiB in all
 		c.seq++
 		env := c.messageEnvelope(c.seq, false)
 		f, _ := protocol.EncodeClientFrame(env)
@@ -383,14 +383,7 @@ func TestSendQueueByteLimit(t *testing.T) {
 	cfg.WriteTimeout = 3 * time.Second
 	e := v.startEdge(cfg)
 	c := openedClient(t, v, e.url, false)
-	subj := outSubjectOfClient(c)
-	// The client stops reading; large frames fill the socket buffers, then the queue.
-	go func() {
-		for s := uint64(2); s < 400 && counter(t, e.m.overflows) == 0; s++ {
-			p.publish(subj, s, 256<<10)
-		}
-	}()
-	testkit.WaitFor(t, 20*time.Second, "overflow", func() bool { return counter(t, e.m.overflows) >= 1 })
+	overflow(t, p, e, c)
 	code, _ := expectClose(t, c.ws)
 	if code != CloseSlowClient {
 		t.Fatalf("close %d, want 4101", code)

@@ -169,7 +169,7 @@ func (c *Client) settleRootKey(ctx context.Context, u *url.URL) ([]byte, error) 
 	switch {
 	case len(c.cfg.RootKey) > 0:
 		key = c.cfg.RootKey
-		c.log.Info("ic root key from configuration", "url", redact.URL(c.base))
+		c.log.Info("ic root key: given (ICWS_IC_ROOT_KEY, or the replica of icws dev)", "url", redact.URL(c.base))
 	case protocol.IsMainnetHost(u.Hostname()):
 		key = certificate.MainnetRootKey()
 		c.log.Info("ic root key: built-in mainnet key", "url", redact.URL(c.base))

@@ -13,12 +13,10 @@ func identityCommand() command {
 	return configured("identity", "print the gateway principal (creates the key file if it is missing)",
 		func(_ context.Context, a *app, cfg *config.Common, logger *slog.Logger, _ []string) error {
 			path := cfg.IdentityPath()
-			id, created, err := identity.LoadOrCreate(path, logger.With("command", "identity"))
+			// LoadOrCreate logs a key it creates.
+			id, _, err := identity.LoadOrCreate(path, logger.With("command", "identity"))
 			if err != nil {
 				return err
-			}
-			if created {
-				fmt.Fprintf(a.stderr, "created a new gateway key in %s\n", path)
 			}
 			fmt.Fprintln(a.stdout, id.Sender().String())
 			return nil

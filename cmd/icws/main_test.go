@@ -169,7 +169,7 @@ func TestIdentity(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	env := []string{"ICWS_DATA_DIR=" + dir}
 	r := runIcws(t, env, "identity")
-	if r.code != 0 || !strings.Contains(r.stderr, "created a new gateway key") {
+	if r.code != 0 || !strings.Contains(r.stderr, "created gateway key") {
 		t.Fatalf("icws identity: %+v", r)
 	}
 	p := strings.TrimSpace(r.stdout)

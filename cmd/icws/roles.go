@@ -121,9 +121,6 @@ func allCommand() command {
 				defer shutdownEmbedded(emb, logger)
 				parts.embedded = emb
 			}
-			if cfg.ICURL == mainnetURL && cfg.ICRootKey == "" {
-				logger.Info("IC root key: the mainnet key built into agent-go (never fetched)", "ic_url", cfg.ICURL)
-			}
 			fmt.Fprintf(a.stdout, "gateway: %s\n", wsURL(cfg.EdgeSettings.Listen, cfg.EdgeSettings.TLSCert != ""))
 			return runGateway(ctx, &cfg.GatewayConfig, parts, logger)
 		})

@@ -50,6 +50,14 @@ func (c *Log) Logger(w io.Writer) *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
 	if c.LogFormat == "json" {
+		// slog writes a duration as integer nanoseconds in JSON; "1.5s" is what an operator
+		// reads, and what the text format shows.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -90,5 +91,13 @@ func TestBytes(t *testing.T) {
 	}
 	if s := Bytes(256 << 20).String(); s != "256MiB" {
 		t.Errorf("String = %s", s)
+	}
+}
+
+func TestJSONLogsWriteDurationsAsText(t *testing.T) {
+	var out bytes.Buffer
+	(&Log{LogLevel: "info", LogFormat: "json"}).Logger(&out).Info("x", "grace", 1500*time.Millisecond)
+	if !strings.Contains(out.String(), `"grace":"1.5s"`) {
+		t.Fatalf("log line %s", out.String())
 	}
 }
