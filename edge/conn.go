@@ -92,6 +92,11 @@ type conn struct {
 	// msgSince is when the bytes of the message being read began to arrive (unix ns), 0 between
 	// messages (ratelimit.go).
 	msgSince atomic.Int64
+	// frames follows the client's frame boundaries; firstRead is set once the first frame has
+	// been read and preOpen counts what was read before (ratelimit.go; reader goroutine only).
+	frames    frameMeter
+	firstRead bool
+	preOpen   int
 	// discardOnClose: the client does not read (slow, unresponsive, a write failed); closing the
 	// socket discards what it has not read (discardUnsent).
 	discardOnClose atomic.Bool
@@ -268,6 +273,7 @@ func (c *conn) start() bool {
 	_ = c.ws.SetReadDeadline(time.Now().Add(c.e.cfg.OpenTimeout))
 	typ, frame, err := c.ws.ReadMessage()
 	c.messageRead()
+	c.firstRead = true
 	if err != nil {
 		c.readFailed(err, true)
 		return false
@@ -374,6 +380,9 @@ func (c *conn) readFailed(err error, first bool) string {
 			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
 		}
 		return fmt.Sprintf("client closed (%d)", ce.Code)
+	case errors.Is(err, errFirstFrameBytes):
+		c.reject(websocket.CloseMessageTooBig, errFirstFrameBytes.Error(), "rejected")
+		return "first frame too large"
 	case errors.Is(err, errByteRateExceeded):
 		c.e.m.refused.WithLabelValues("byte_rate").Inc()
 		if first {

@@ -34,7 +34,7 @@ type frameBatcher struct {
 func (b *frameBatcher) Read(p []byte) (int, error) {
 	n, err := b.Conn.Read(p)
 	if n > 0 && b.client != nil {
-		if cerr := b.client.tookBytes(n); cerr != nil {
+		if cerr := b.client.tookBytes(p[:n]); cerr != nil {
 			return n, cerr
 		}
 	}

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"encoding/binary"
 	"errors"
 	"time"
 )
@@ -23,20 +24,89 @@ var (
 // Everything the client sends is read through frameBatcher.Read, frame headers, fragments and
 // control frames included. So the byte rate counts what a client costs to read, not only the
 // messages gorilla assembles (a stream of empty continuation frames is a message of no bytes that
-// never ends), and conn.msgSince notes when a message began to arrive, for the liveness walk to
-// bound how long it may take (ICWS_MESSAGE_TIMEOUT).
+// never ends), each frame costs frameCharge bytes more than it has (what parsing it costs does not
+// depend on its size), and conn.msgSince notes when a message began to arrive, for the liveness
+// walk to bound how long it may take (ICWS_MESSAGE_TIMEOUT). Until its first frame has been read a
+// connection may send no more than that frame may have, plus preOpenSlack: a stranger cannot
+// make the edge parse megabytes of empty frames and reconnect to do it again.
+const (
+	frameCharge  = 64
+	preOpenSlack = 8 << 10
+)
 
-// tookBytes charges n bytes read from the client to its byte rate and starts the clock of the
-// message they belong to, unless one is running.
-func (c *conn) tookBytes(n int) error {
+var errFirstFrameBytes = errors.New("icws: more bytes before the first frame than it may have")
+
+// tookBytes charges what the client sent (p, as read from the socket) to its byte rate and starts
+// the clock of the message it belongs to, unless one is running. Reader goroutine only.
+func (c *conn) tookBytes(p []byte) error {
+	charge := len(p) + frameCharge*c.frames.count(p)
+	if !c.firstRead {
+		c.preOpen += charge
+		if c.preOpen > int(min(c.e.cfg.MaxFirstFrameBytes, c.e.cfg.MaxMessageBytes))+preOpenSlack {
+			return errFirstFrameBytes
+		}
+	}
 	now := time.Now()
-	if !c.byteRate.Take(now, float64(n), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
+	if !c.byteRate.Take(now, float64(charge), float64(c.e.cfg.MaxClientBytesRate), float64(c.e.cfg.MaxClientBytesBurst)) {
 		return errByteRateExceeded
 	}
 	if c.msgSince.Load() == 0 {
 		c.msgSince.Store(now.UnixNano())
 	}
 	return nil
+}
+
+// frameMeter follows the boundaries of the client's frames (RFC 6455, section 5.2) through the
+// bytes as they are read, to count the frames; gorilla parses them again and refuses what is
+// malformed, so a meter out of step only misjudges a connection that is about to be closed.
+type frameMeter struct {
+	hdr    [14]byte // the header being collected: at most 2 + 8 (length) + 4 (mask)
+	hdrLen int
+	remain uint64 // payload bytes of the current frame not yet read
+}
+
+// count returns how many frame headers end in p.
+func (m *frameMeter) count(p []byte) int {
+	n := 0
+	for len(p) > 0 {
+		if m.remain > 0 {
+			k := min(uint64(len(p)), m.remain)
+			m.remain -= k
+			p = p[k:]
+			continue
+		}
+		m.hdr[m.hdrLen] = p[0]
+		m.hdrLen++
+		p = p[1:]
+		if m.hdrLen < 2 {
+			continue
+		}
+		ext := 0
+		switch m.hdr[1] & 0x7f {
+		case 126:
+			ext = 2
+		case 127:
+			ext = 8
+		}
+		need := 2 + ext
+		if m.hdr[1]&0x80 != 0 {
+			need += 4
+		}
+		if m.hdrLen < need {
+			continue
+		}
+		switch ext {
+		case 0:
+			m.remain = uint64(m.hdr[1] & 0x7f)
+		case 2:
+			m.remain = uint64(binary.BigEndian.Uint16(m.hdr[2:4]))
+		case 8:
+			m.remain = binary.BigEndian.Uint64(m.hdr[2:10])
+		}
+		m.hdrLen = 0
+		n++
+	}
+	return n
 }
 
 // messageRead stops the clock of the message being read: it has been read whole (or the read

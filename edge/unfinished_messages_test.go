@@ -58,6 +58,11 @@ func TestClientsMustFinishTheirMessages(t *testing.T) {
 			wantCode: websocket.ClosePolicyViolation, wantReason: reasonMessageTimeout,
 		},
 		{
+			name:  "empty continuation frames before the first frame",
+			first: maskedFrame(false, 0x2, []byte("x")), repeat: bytes.Repeat(maskedFrame(false, 0x0, nil), 10_000),
+			wantCode: websocket.CloseMessageTooBig, wantReason: errFirstFrameBytes.Error(),
+		},
+		{
 			name:     "a first frame larger than a ws_open needs",
 			first:    maskedBinaryFrame(make([]byte, 70_000)),
 			wantCode: websocket.CloseMessageTooBig,
