@@ -15,6 +15,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/aviate-labs/secp256k1"
 	"github.com/fxamacker/cbor/v2"
+
 	"github.com/icws/icws/internal/textlimit"
 )
 
