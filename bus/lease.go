@@ -213,8 +213,7 @@ func (l *Lease) TryAcquire(ctx context.Context) error {
 		return &HeldError{Key: l.cfg.Key, Until: time.Now()} // look again soon
 	}
 	if !l.wrote(ent) {
-		var rec LeaseRecord
-		if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		if rec, err := DecodeLeaseRecord(ent.Value()); err != nil {
 			l.log.Warn("unreadable lease record; taking it over", "err", err)
 		} else if until := rec.Expiry(ent.Created(), l.cfg.TTL, l.cfg.Skew); (rec.Holder != l.cfg.Holder || l.cfg.SameHolderIsRival) && time.Now().Before(until) {
 			return &HeldError{Key: l.cfg.Key, Holder: rec.Holder, Until: until}

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -416,6 +417,15 @@ type CursorRecord struct {
 type LeaseRecord struct {
 	Holder    string    `json:"holder"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// DecodeLeaseRecord reads a lease record's JSON value (a lease holder of any version wrote it).
+func DecodeLeaseRecord(b []byte) (LeaseRecord, error) {
+	var r LeaseRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return LeaseRecord{}, fmt.Errorf("lease record: %w", err)
+	}
+	return r, nil
 }
 
 // Expiry is when the lease, written at written (the bucket entry's time, from the server's clock),

@@ -321,3 +321,18 @@ func TestLeaseRecordExpiry(t *testing.T) {
 		})
 	}
 }
+
+func FuzzDecodeLeaseRecord(f *testing.F) {
+	f.Add([]byte(`{"holder":"p1","expires_at":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{"holder":"p1","expires_at":"2099-01-01T00:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeLeaseRecord(b)
+		if err != nil {
+			return
+		}
+		written := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+		if e := r.Expiry(written, time.Second, time.Second); e.After(written.Add(3 * time.Second)) {
+			t.Fatalf("%+v counts as held until %s, past its write + TTL + 2 skews", r, e)
+		}
+	})
+}

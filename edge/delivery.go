@@ -582,7 +582,6 @@ func (c *conn) writeFailed(closeSocket bool) {
 	c.qmu.Unlock()
 	if closeSocket {
 		c.e.idle.release(c)
-		c.discardOnClose.Store(true)
 		c.discardUnsent()
 		_ = c.ws.Close()
 	}

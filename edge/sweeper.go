@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -162,8 +161,8 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		}
 		v := false
 		if ent, err := e.h.Leases.Get(ctx, bus.EdgeLeaseKey(id)); err == nil {
-			var l bus.LeaseRecord
-			v = json.Unmarshal(ent.Value(), &l) == nil && l.Live(now, ent.Created(), e.cfg.LeaseTTL, e.cfg.LeaseSkew)
+			l, err := bus.DecodeLeaseRecord(ent.Value())
+			v = err == nil && l.Live(now, ent.Created(), e.cfg.LeaseTTL, e.cfg.LeaseSkew)
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			v = true // cannot tell: do not act on its sessions
 		}

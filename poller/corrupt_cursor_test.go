@@ -3,6 +3,7 @@ package poller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -42,4 +43,24 @@ func TestCorruptCursorIsReplaced(t *testing.T) {
 			})
 		})
 	}
+}
+
+// Whatever a cursor's bytes, decoding them gives a cursor a poller could have written or
+// errCorruptCursor, and never panics.
+func FuzzDecodeCursor(f *testing.F) {
+	f.Add([]byte(`{"next_nonce":5,"epoch":1,"last_key":"k_4","last_content_hash":"ab"}`))
+	f.Add([]byte(`{"next_nonce":1000,"epoch":3}`))
+	f.Add([]byte(`{"next_nonce":"x"}`))
+	f.Fuzz(func(t *testing.T, val []byte) {
+		cur, err := decodeCursor(val)
+		if err != nil {
+			if !errors.Is(err, errCorruptCursor) {
+				t.Fatalf("error %v is not errCorruptCursor", err)
+			}
+			return
+		}
+		if cur.NextNonce > 0 && cur.LastKey == "" {
+			t.Fatalf("accepted %+v", cur)
+		}
+	})
 }

@@ -188,12 +188,7 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 		if len(msgs) > 0 || overlap {
 			var first uint64
 			if len(msgs) > 0 {
-				if first, err = protocol.MessageKeyNonce(msgs[0].Key); err != nil {
-					if !failFetch(&decodeError{fmt.Errorf("bad message key in ws_get_messages answer: %w", err)}) {
-						return nil
-					}
-					continue
-				}
+				first, _ = protocol.MessageKeyNonce(msgs[0].Key) // fetch checked every key (checkAnswer)
 			}
 			switch {
 			case overlap && len(msgs) == 0:
@@ -354,11 +349,12 @@ type published struct {
 	hash  string
 }
 
-// publish writes msgs to ICWS_OUT in order and waits for every PubAck. It returns how many it
-// published and the last one. A message whose content cannot be read is skipped (the client could
-// not verify it either). Each frame carries the answer's certificate and its own message's
-// witness cut from the answer's tree (protocol.BatchFrames). Frames are published in parts of at
-// most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged before the next is built.
+// publish writes msgs, of an answer fetch checked, to ICWS_OUT in order and waits for every
+// PubAck. It returns how many it published and the last one. A message whose content cannot be
+// read is skipped (the client could not verify it either). Each frame carries the answer's
+// certificate and its own message's witness cut from the answer's tree (protocol.BatchFrames).
+// Frames are published in parts of at most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged
+// before the next is built.
 func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
 	log := p.log.With("canister", canister)
 	out := make([]*nats.Msg, 0, len(msgs))
@@ -371,12 +367,7 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 	var prev *uint64
 	gaps := 0
 	for _, m := range msgs {
-		nonce, err := protocol.MessageKeyNonce(m.Key)
-		if err != nil {
-			p.m.errors.WithLabelValues(errKindBadContent).Inc()
-			log.Error("skipping canister message with a bad key", "key", m.Key, "err", err)
-			continue
-		}
+		nonce, _ := protocol.MessageKeyNonce(m.Key) // fetch checked every key (checkAnswer)
 		if prev != nil && nonce != *prev+1 {
 			gaps++
 		}
@@ -531,16 +522,25 @@ func loadCursor(ctx context.Context, nc *nats.Conn, canister string) (bus.Cursor
 	if val == nil {
 		return bus.CursorRecord{}, 0, nil
 	}
+	rec, err := decodeCursor(val)
+	if err != nil {
+		return bus.CursorRecord{}, rev, fmt.Errorf("cursor %s: %w", canister, err)
+	}
+	return rec, rev, nil
+}
+
+// decodeCursor reads a cursor's JSON value; one no poller writes is errCorruptCursor.
+func decodeCursor(val []byte) (bus.CursorRecord, error) {
 	var rec bus.CursorRecord
 	if err := json.Unmarshal(val, &rec); err != nil {
-		return bus.CursorRecord{}, rev, fmt.Errorf("cursor %s: %w: %w", canister, errCorruptCursor, err)
+		return bus.CursorRecord{}, fmt.Errorf("%w: %w", errCorruptCursor, err)
 	}
 	if rec.NextNonce > 0 && rec.LastKey == "" {
 		// Every poller that moves a cursor past a message records that message's key: without
 		// it a reset of the canister's queue could not be recognised.
-		return bus.CursorRecord{}, rev, fmt.Errorf("cursor %s: %w: next nonce %d without the last message's key", canister, errCorruptCursor, rec.NextNonce)
+		return bus.CursorRecord{}, fmt.Errorf("%w: next nonce %d without the last message's key", errCorruptCursor, rec.NextNonce)
 	}
-	return rec, rev, nil
+	return rec, nil
 }
 
 // errCorruptCursor means a cursor no poller writes. Its canister is polled from its first retained

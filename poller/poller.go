@@ -179,13 +179,20 @@ func (p *Poller) Run(ctx context.Context) error {
 	}
 
 	sessions := make(map[string]map[string]struct{}) // canister → session keys
+	// The static canisters are polled already: a stop meanwhile is a clean one.
 	sw, err := h.Sessions.WatchAll(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("poller: watch sessions: %w", err)
 	}
 	defer func() { _ = sw.Stop() }()
 	lw, err := h.Leases.Watch(ctx, bus.PollerLeasesFilter, jetstream.UpdatesOnly())
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("poller: watch leases: %w", err)
 	}
 	defer func() { _ = lw.Stop() }()

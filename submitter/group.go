@@ -2,7 +2,6 @@ package submitter
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -207,8 +206,7 @@ func (g *group) watch(w jetstream.KeyWatcher, initial chan struct{}) {
 				g.wake()
 			}
 		} else {
-			var rec LeaseRecord
-			if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			if rec, err := bus.DecodeLeaseRecord(e.Value()); err != nil {
 				g.s.log.Warn("ignoring malformed lease", "key", e.Key(), "err", err)
 				delete(g.view, e.Key())
 			} else {
