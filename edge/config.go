@@ -46,6 +46,7 @@ type Config struct {
 
 	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average, counted as read from the socket; more closes it with 1008"`
 	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above ICWS_MAX_CLIENT_BYTES_RATE (at least ICWS_MAX_MESSAGE_BYTES + 1KiB); bytes are counted as read from the socket, frame headers, fragments, pings and pongs included"`
+	MaxUnfinishedBytes      config.Bytes  `envconfig:"MAX_UNFINISHED_BYTES" default:"256MiB" desc:"bytes of client messages still arriving that one edge holds at once, over all connections (at least ICWS_MAX_MESSAGE_BYTES); while above it, a connection whose unfinished message grows past ICWS_MAX_FIRST_FRAME_BYTES is closed with 1013"`
 	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"WebSocket connections one edge holds at once; further upgrade requests are answered 503"`
 	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge; more are answered 429"`
 	TrustedProxies          []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client address; empty = use the TCP peer address"`
@@ -177,6 +178,9 @@ func (c *Config) validate() error {
 	// The burst counts bytes as read, frame headers included.
 	if int64(c.MaxClientBytesBurst) < c.MaxMessageBytes+1024 {
 		errs = append(errs, fmt.Errorf("ICWS_MAX_CLIENT_BYTES_BURST=%d: must be at least ICWS_MAX_MESSAGE_BYTES (%d) + 1KiB, or the largest frame with its header could never pass", c.MaxClientBytesBurst, c.MaxMessageBytes))
+	}
+	if int64(c.MaxUnfinishedBytes) < c.MaxMessageBytes {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_UNFINISHED_BYTES=%d: must be at least ICWS_MAX_MESSAGE_BYTES (%d), or the largest message could never be read", c.MaxUnfinishedBytes, c.MaxMessageBytes))
 	}
 	for name, n := range map[string]int{
 		"ICWS_MAX_CONNECTIONS": c.MaxConnections, "ICWS_MAX_CONNECTIONS_PER_IP": c.MaxConnectionsPerIP,

@@ -30,11 +30,12 @@ func TestConfigValidation(t *testing.T) {
 	cfg.Canisters = []string{"not a principal"}
 	cfg.ResumeGrace = 0
 	cfg.LiveSubscription = "client"
+	cfg.MaxUnfinishedBytes = 1 << 20 // below the default ICWS_MAX_MESSAGE_BYTES
 	err := cfg.validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"ICWS_EDGE_ID", "ICWS_SEND_QUEUE", "ICWS_TLS_KEY", "ICWS_CANISTERS", "ICWS_RESUME_GRACE", "ICWS_EDGE_LIVE_SUBSCRIPTION"} {
+	for _, want := range []string{"ICWS_EDGE_ID", "ICWS_SEND_QUEUE", "ICWS_TLS_KEY", "ICWS_CANISTERS", "ICWS_RESUME_GRACE", "ICWS_EDGE_LIVE_SUBSCRIPTION", "ICWS_MAX_UNFINISHED_BYTES"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}

@@ -97,6 +97,9 @@ type conn struct {
 	frames    frameMeter
 	firstRead bool
 	preOpen   int
+	// unfinished is what this connection adds to Edge.unfinished: the bytes read since its last
+	// complete message (ratelimit.go; reader goroutine only).
+	unfinished int64
 	// discardOnClose: the client does not read (slow, unresponsive, a write failed); closing the
 	// socket discards what it has not read (discardUnsent).
 	discardOnClose atomic.Bool
@@ -168,7 +171,9 @@ func (c *conn) drainAfterClose() string {
 	_, reason, _ := c.closeInfo()
 	<-c.closeSent // the read deadline is set once the close frame is written
 	for {
-		if _, _, err := c.ws.ReadMessage(); err != nil {
+		_, _, err := c.ws.ReadMessage()
+		c.messageRead()
+		if err != nil {
 			return reason
 		}
 	}
@@ -383,6 +388,13 @@ func (c *conn) readFailed(err error, first bool) string {
 	case errors.Is(err, errFirstFrameBytes):
 		c.reject(websocket.CloseMessageTooBig, errFirstFrameBytes.Error(), "rejected")
 		return "first frame too large"
+	case errors.Is(err, errUnfinishedBudget):
+		if first {
+			c.reject(websocket.CloseTryAgainLater, reasonUnfinishedBudget, "rejected")
+		} else {
+			c.closeWith(websocket.CloseTryAgainLater, reasonUnfinishedBudget)
+		}
+		return "unfinished-message budget full"
 	case errors.Is(err, errByteRateExceeded):
 		c.e.m.refused.WithLabelValues("byte_rate").Inc()
 		if first {

@@ -89,6 +89,10 @@ type Edge struct {
 	failed map[string]canisterFailure
 	// streamsFull names a stream above StreamAdmitPercent of its byte limit (nil: room left).
 	streamsFull atomic.Pointer[string]
+	// unfinished counts the bytes of client messages still arriving, over all connections, and
+	// unfinishedWarned when the budget's warning was last logged (ratelimit.go).
+	unfinished       atomic.Int64
+	unfinishedWarned atomic.Int64
 
 	shards  []chan *nats.Msg
 	idle    *idlePoller // nil: every connection waits in its own reader goroutine
@@ -135,7 +139,8 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(deps.Registry)
+	var e *Edge // set below, before anything can scrape the metrics
+	m, err := newMetrics(deps.Registry, func() float64 { return float64(e.unfinished.Load()) })
 	if err != nil {
 		return nil, fmt.Errorf("edge: register metrics: %w", err)
 	}
@@ -144,7 +149,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	proxies, _ := parseProxies(cfg.TrustedProxies) // validated
-	e := &Edge{
+	e = &Edge{
 		cfg: cfg, nc: deps.NC, js: deps.JS, gateway: deps.Gateway, handshake: hs, inProcessBus: deps.InProcessBus,
 		cluster: deps.ClusterWatch, log: deps.Logger.With("edge", cfg.ID), m: m,
 		canisters: map[string]bool{}, origins: map[string]bool{}, proxies: proxies,
@@ -466,6 +471,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	var doneOnce sync.Once
 	done := func() {
 		doneOnce.Do(func() {
+			c.messageRead() // its reader has finished: give back what a message cut short held
 			e.idle.release(c)
 			c.closeSocket()
 			e.live.remove(c)

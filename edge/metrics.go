@@ -26,7 +26,9 @@ type metrics struct {
 	sheds            *prometheus.CounterVec // why
 }
 
-func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+// newMetrics registers the edge's metrics; unfinished reports the bytes of client messages still
+// arriving (Edge.unfinished).
+func newMetrics(reg *prometheus.Registry, unfinished func() float64) (*metrics, error) {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "icws_edge_connections", Help: "open WebSocket connections"}),
 		connectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_connections_total",
@@ -45,7 +47,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_sweeper_actions_total",
 			Help: "sessions acted on by the sweeper (expired, detached_dead_edge, closed_dead_edge, finished)"}, []string{"action"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_refused_total",
-			Help: "connections and sessions refused by a limit or a failed check, by reason (max_connections, max_connections_per_ip, max_sessions_per_principal, max_canisters, streams_full, not_upgrade, forged_envelope, byte_rate, nats_lost)"}, []string{"reason"}),
+			Help: "connections and sessions refused by a limit or a failed check, by reason (max_connections, max_connections_per_ip, max_sessions_per_principal, max_canisters, streams_full, not_upgrade, forged_envelope, byte_rate, message_timeout, unfinished_budget, anonymous, nats_lost)"}, []string{"reason"}),
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_panics_total",
 			Help: "panics recovered while handling one connection (the connection was closed), by where"}, []string{"where"}),
 		opens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "icws_edge_open_results_total",
@@ -66,7 +68,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.framesIn, m.framesOut, m.bytesIn,
 		m.bytesOut, m.overflows, m.resumes, m.replayed, m.replayLatency, m.gapFills, m.sweeps, m.refused, m.panics, m.opens, m.forcedCloses,
-		m.pings, m.unresponsive, m.heartbeats, m.busLost, m.sheds} {
+		m.pings, m.unresponsive, m.heartbeats, m.busLost, m.sheds,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "icws_edge_unfinished_bytes",
+			Help: "bytes of client messages still arriving, over all connections (bounded by ICWS_MAX_UNFINISHED_BYTES)"}, unfinished)} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -36,6 +36,18 @@ const (
 
 var errFirstFrameBytes = errors.New("icws: more bytes before the first frame than it may have")
 
+// Each connection may hold one message of up to ICWS_MAX_MESSAGE_BYTES while it arrives, and may
+// take ICWS_MESSAGE_TIMEOUT to finish it, so per-connection limits alone let many connections (from
+// many addresses) hold gigabytes. The edge counts the bytes of messages still arriving over all
+// its connections (Edge.unfinished, from the bytes read since each connection's last complete
+// message); while the count is above ICWS_MAX_UNFINISHED_BYTES a connection whose own unfinished
+// message grows past ICWS_MAX_FIRST_FRAME_BYTES is closed with 1013. Ordinary messages are far
+// smaller than that and are never refused for it; the edge already holds that much for any stranger
+// before its first frame.
+const reasonUnfinishedBudget = "icws: the edge holds too many large messages still arriving; try again later"
+
+var errUnfinishedBudget = errors.New(reasonUnfinishedBudget)
+
 // tookBytes charges what the client sent (p, as read from the socket) to its byte rate and starts
 // the clock of the message it belongs to, unless one is running. Reader goroutine only.
 func (c *conn) tookBytes(p []byte) error {
@@ -53,7 +65,32 @@ func (c *conn) tookBytes(p []byte) error {
 	if c.msgSince.Load() == 0 {
 		c.msgSince.Store(now.UnixNano())
 	}
-	return nil
+	return c.holdUnfinished(len(p))
+}
+
+// holdUnfinished counts n more bytes of the message being read against the edge's budget of
+// unfinished messages (reader goroutine only; messageRead gives them back).
+func (c *conn) holdUnfinished(n int) error {
+	c.unfinished += int64(n)
+	total := c.e.unfinished.Add(int64(n))
+	if total <= int64(c.e.cfg.MaxUnfinishedBytes) || c.unfinished <= c.e.cfg.MaxFirstFrameBytes {
+		return nil
+	}
+	c.e.m.refused.WithLabelValues("unfinished_budget").Inc()
+	c.e.warnUnfinishedBudget(total)
+	return errUnfinishedBudget
+}
+
+// warnUnfinishedBudget tells the operator, at most once a minute, that the budget refuses
+// connections; which ones is a debug line each.
+func (e *Edge) warnUnfinishedBudget(total int64) {
+	now := time.Now().UnixNano()
+	last := e.unfinishedWarned.Load()
+	if now-last < int64(time.Minute) || !e.unfinishedWarned.CompareAndSwap(last, now) {
+		return
+	}
+	e.log.Warn("closing connections with large messages still arriving: the edge's budget for them is full (ICWS_MAX_UNFINISHED_BYTES)",
+		"held_bytes", total, "budget_bytes", int64(e.cfg.MaxUnfinishedBytes))
 }
 
 // frameMeter follows the boundaries of the client's frames (RFC 6455, section 5.2) through the
@@ -111,4 +148,10 @@ func (m *frameMeter) count(p []byte) int {
 
 // messageRead stops the clock of the message being read: it has been read whole (or the read
 // ended).
-func (c *conn) messageRead() { c.msgSince.Store(0) }
+func (c *conn) messageRead() {
+	c.msgSince.Store(0)
+	if c.unfinished != 0 {
+		c.e.unfinished.Add(-c.unfinished)
+		c.unfinished = 0
+	}
+}

@@ -3,11 +3,15 @@ package edge
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/aviate-labs/agent-go/candid"
 	"github.com/gorilla/websocket"
+	"github.com/icws/icws/internal/testkit"
+	"github.com/icws/icws/protocol"
 )
 
 // What a client sends is charged to its byte rate as it is read from the socket, frame headers
@@ -100,4 +104,86 @@ func TestClientsMustFinishTheirMessages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Each connection's unfinished message is bounded, but many connections together are bounded only
+// by ICWS_MAX_UNFINISHED_BYTES: above it a connection whose unfinished message is larger than a
+// first frame may be is closed with 1013, while small messages and the unfinished messages already
+// held go on.
+func TestUnfinishedMessagesShareOneEdgeBudget(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.MaxMessageBytes = 64 << 10
+	cfg.MaxUnfinishedBytes = 64 << 10
+	cfg.MaxFirstFrameBytes = 4 << 10
+	e := v.startEdge(cfg)
+	held := func() int64 { return e.unfinished.Load() }
+	waitHeld := func(want int64) {
+		t.Helper()
+		testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("the edge holding %d unfinished bytes", want), func() bool { return held() == want })
+	}
+	write := func(c *client, b []byte) {
+		t.Helper()
+		if _, err := c.ws.UnderlyingConn().Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// a holds the first part of a genuine 40 KB message.
+	a := openedClient(t, v, e.url, false)
+	a.seq++
+	aFrame, err := protocol.EncodeClientFrame(largeMessageEnvelope(t, a, a.seq, 40<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	aFirst, aRest := maskedFrame(false, 0x2, aFrame[:len(aFrame)-100]), maskedFrame(true, 0x0, aFrame[len(aFrame)-100:])
+	write(a, aFirst)
+	waitHeld(int64(len(aFirst)))
+
+	// b holds junk up to just below the budget, leaving less room than c's message needs.
+	c := openedClient(t, v, e.url, false)
+	c.seq++
+	cFrame, err := protocol.EncodeClientFrame(c.messageEnvelope(c.seq, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cMsg := maskedBinaryFrame(cFrame)
+	b := openedClient(t, v, e.url, false)
+	bPart := maskedFrame(false, 0x2, make([]byte, int(cfg.MaxUnfinishedBytes)-len(aFirst)-len(cMsg)/2-8))
+	write(b, bPart)
+	waitHeld(int64(len(aFirst) + len(bPart)))
+
+	// c's small message takes the edge past the budget and is relayed all the same.
+	write(c, cMsg)
+	testkit.WaitFor(t, 5*time.Second, "c's message relayed", func() bool { return len(v.inMessages(inSubjectOf(v, c))) == 2 })
+
+	// d's large unfinished message is not held: 1013, and nothing of it stays counted.
+	d := openedClient(t, v, e.url, false)
+	write(d, maskedFrame(false, 0x2, make([]byte, 8<<10)))
+	if code, reason := expectClose(t, d.ws); code != websocket.CloseTryAgainLater || reason != reasonUnfinishedBudget {
+		t.Fatalf("d closed %d %q, want %d %q", code, reason, websocket.CloseTryAgainLater, reasonUnfinishedBudget)
+	}
+	waitHeld(int64(len(aFirst) + len(bPart)))
+	if n := testkit.MetricValue(t, e.m.refused.WithLabelValues("unfinished_budget")); n != 1 {
+		t.Fatalf("refused for the budget: %v, want 1", n)
+	}
+
+	// a finishes its message: relayed; b goes away: the edge holds nothing.
+	write(a, aRest)
+	testkit.WaitFor(t, 5*time.Second, "a's message relayed", func() bool { return len(v.inMessages(inSubjectOf(v, a))) == 2 })
+	_ = b.ws.UnderlyingConn().Close()
+	waitHeld(0)
+}
+
+// largeMessageEnvelope is c's signed ws_message with n bytes of content.
+func largeMessageEnvelope(t *testing.T, c *client, seq uint64, n int) []byte {
+	t.Helper()
+	arg, err := candid.Marshal([]any{protocol.CanisterWsMessageArguments{Msg: protocol.WebsocketMessage{
+		ClientKey: c.key(), SequenceNum: seq, Timestamp: uint64(time.Now().UnixNano()), Content: make([]byte, n),
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signedEnvelope(t, c.id, c.canister, "ws_message", arg)
 }
