@@ -74,7 +74,11 @@ func New(addr string, reg *prometheus.Registry, checks []Check, logger *slog.Log
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		// Each connection holds a file descriptor of the process the roles share; an idle or
+		// slow one is let go. No write timeout: a CPU profile streams for as long as it was asked.
+		ReadTimeout: 10 * time.Second,
+		IdleTimeout: time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 	return s
 }

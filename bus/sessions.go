@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -71,11 +72,16 @@ var ErrSessionConflict = errors.New("session record changed concurrently")
 type Sessions struct {
 	kv jetstream.KeyValue
 	js jetstream.JetStream
+	// tombstoneTTL is the bucket's marker TTL (Topology.SessionTombstoneTTL), read on the first
+	// delete: -1 not read yet, 0 a bucket without one (its markers stay).
+	tombstoneTTL atomic.Int64
 }
 
 // NewSessions wraps the sessions bucket; close requests are published through js.
 func NewSessions(kv jetstream.KeyValue, js jetstream.JetStream) *Sessions {
-	return &Sessions{kv: kv, js: js}
+	s := &Sessions{kv: kv, js: js}
+	s.tombstoneTTL.Store(-1)
+	return s
 }
 
 // ErrCorruptSessionRecord means a session record that does not decode as one, or names another
@@ -187,11 +193,37 @@ func (s *Sessions) Put(ctx context.Context, rec *SessionRecord, rev uint64) (uin
 }
 
 // Delete removes the record at revision rev; ErrSessionConflict if it changed since.
+//
+// Session keys are never reused, so the marker a delete leaves would stay for good, one per
+// session ever opened (an attacker opening and closing sessions makes hundreds a second, and every
+// watcher replays them all at start): the record is purged with a marker that expires after the
+// bucket's tombstone TTL.
 func (s *Sessions) Delete(ctx context.Context, key string, rev uint64) error {
-	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+	ttl, err := s.markerTTL(ctx)
+	if err == nil {
+		if ttl > 0 {
+			err = s.kv.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(ttl))
+		} else {
+			err = s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("delete session %s: %w", key, casError(err))
 	}
 	return nil
+}
+
+func (s *Sessions) markerTTL(ctx context.Context) (time.Duration, error) {
+	if ttl := s.tombstoneTTL.Load(); ttl >= 0 {
+		return time.Duration(ttl), nil
+	}
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the bucket's status: %w", err)
+	}
+	ttl := st.LimitMarkerTTL()
+	s.tombstoneTTL.Store(int64(ttl))
+	return ttl, nil
 }
 
 // casError marks a lost compare-and-set (see IsConflict) as ErrSessionConflict. A key deleted

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,70 @@ func openBus(t *testing.T) (jetstream.JetStream, *Handles) {
 		t.Fatal(err)
 	}
 	return js, h
+}
+
+// Session keys are never reused: an ended session's marker must not stay in the bucket for good.
+// A bucket created before markers expired is updated in place.
+func TestEndedSessionsLeaveNoMarkerBehind(t *testing.T) {
+	ctx := ctxT(t)
+	_, _, js := startEmbedded(t, testServerConfig(t.TempDir()))
+	before := DefaultTopology()
+	before.SessionTombstoneTTL = 0
+	if _, err := js.CreateKeyValue(ctx, bucketConfigs(before)[0]); err != nil {
+		t.Fatal(err)
+	}
+	topo := DefaultTopology()
+	topo.SessionTombstoneTTL = time.Second
+	if err := Ensure(ctx, js, topo); err != nil {
+		t.Fatalf("ensure over a bucket without marker expiry: %v", err)
+	}
+	h, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch, err := h.Sessions.WatchAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = watch.Stop() }()
+	s := NewSessions(h.Sessions, js)
+	for i := range 20 {
+		rec := &SessionRecord{State: SessionOpen, Canister: testCanisterText, Client: fmt.Sprintf("2vxsx-fae_%d", i), OpenedAt: time.Unix(1, 0).UTC()}
+		rev, err := s.Create(ctx, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, rec.Key(), rev+1); !errors.Is(err, ErrSessionConflict) {
+			t.Fatalf("delete at a wrong revision: %v, want a conflict", err)
+		}
+		if err := s.Delete(ctx, rec.Key(), rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ends := 0
+	for ends < 20 {
+		select {
+		case e := <-watch.Updates():
+			if e != nil && e.Operation() != jetstream.KeyValuePut {
+				ends++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a watcher saw %d of 20 sessions end", ends)
+		}
+	}
+	stream, err := js.Stream(ctx, "KV_"+BucketSessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		info, err := stream.Info(ctx)
+		if err == nil && info.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("markers still in the bucket: %+v, %v", info.State, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -25,6 +25,7 @@ type Topology struct {
 	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes); at least 3.5 MiB so any IC reply fits"`
 	InMaxBytes           config.Bytes  `envconfig:"IN_MAX_BYTES" default:"256MiB" desc:"byte limit of ICWS_IN; when full, new client envelopes are refused (1013) and nothing stored is dropped"`
 	OutMaxBytes          config.Bytes  `envconfig:"OUT_MAX_BYTES" default:"512MiB" desc:"byte limit of ICWS_OUT; when full, pollers wait (the canister keeps its messages) and nothing stored is dropped"`
+	SessionTombstoneTTL  time.Duration `envconfig:"SESSION_TOMBSTONE_TTL" default:"1m" desc:"how long the marker an ended session leaves in the sessions bucket stays, for watchers that are behind (at least 1s); without an end, every session ever opened would leave one for good"`
 	Repartition          bool          `envconfig:"STREAM_REPARTITION" default:"false" desc:"allow a different ICWS_PARTITIONS than the existing ICWS_IN stream records (stop every edge and submitter first: processes that disagree lose envelopes)"`
 	// EnsureStreams is read by the processes that start roles, not by Ensure: a role whose NATS user
 	// may not manage streams leaves that to another process and waits for the streams to exist.
@@ -48,6 +49,8 @@ func (t Topology) Validate() error {
 		return fmt.Errorf("ICWS_DUPLICATE_WINDOW=%s: must be positive and not longer than ICWS_REPLAY_MAX_AGE and ICWS_IN_MAX_AGE", t.DuplicateWindow)
 	case t.InMaxBytes < config.Bytes(t.MaxMessageBytes)*4 || t.OutMaxBytes < config.Bytes(t.MaxMessageBytes)*4:
 		return fmt.Errorf("ICWS_IN_MAX_BYTES=%d, ICWS_OUT_MAX_BYTES=%d: each must hold at least 4 messages of ICWS_STREAM_MAX_MESSAGE_BYTES (%d)", t.InMaxBytes, t.OutMaxBytes, t.MaxMessageBytes)
+	case t.SessionTombstoneTTL < time.Second:
+		return fmt.Errorf("ICWS_SESSION_TOMBSTONE_TTL=%s: must be at least 1s", t.SessionTombstoneTTL)
 	case t.MaxMessageBytes < minMaxMessageBytes:
 		return fmt.Errorf("ICWS_STREAM_MAX_MESSAGE_BYTES=%d: must be at least %d (a canister message frame carries an IC reply's certificate and tree)", t.MaxMessageBytes, minMaxMessageBytes)
 	}
@@ -107,7 +110,8 @@ func streamConfigs(t Topology) []jetstream.StreamConfig {
 
 func bucketConfigs(t Topology) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: BucketSessions, Description: "icws: client sessions", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: BucketSessions, Description: "icws: client sessions", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas,
+			LimitMarkerTTL: t.SessionTombstoneTTL},
 		{Bucket: BucketCursors, Description: "icws: canister queue cursors", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 		{Bucket: BucketLeases, Description: "icws: poller and submitter leases", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}

@@ -19,9 +19,6 @@ import (
 // edge, 429 for one address); sessions are counted at ws_open, after the envelope is verified
 // (1008 for one principal, 1013 while the deployment is full).
 
-// Close code 1013 (Try Again Later) is not among gorilla's constants.
-const closeTryAgainLater = 1013
-
 // parseProxies reads ICWS_TRUSTED_PROXIES: IPs or CIDRs.
 func parseProxies(list []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
@@ -54,7 +51,8 @@ func (e *Edge) trusted(a netip.Addr) bool {
 
 // clientAddr is the address a connection is counted under: the TCP peer, or, when the peer is a
 // trusted proxy, the right-most address of X-Forwarded-For that is not a trusted proxy (addresses
-// further left are written by the client and cannot be believed).
+// further left are written by the client and cannot be believed); an IPv6 address by its prefix
+// (countedAs).
 func (e *Edge) clientAddr(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
@@ -66,19 +64,32 @@ func (e *Edge) clientAddr(r *http.Request) string {
 	}
 	peer = peer.Unmap()
 	if len(e.proxies) == 0 || !e.trusted(peer) {
-		return peer.String()
+		return e.countedAs(peer)
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
 		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
 		if err != nil {
-			return peer.String() // a malformed chain: count it under the proxy itself
+			return e.countedAs(peer) // a malformed chain: count it under the proxy itself
 		}
 		if a = a.Unmap(); !e.trusted(a) {
-			return a.String()
+			return e.countedAs(a)
 		}
 	}
-	return peer.String()
+	return e.countedAs(peer)
+}
+
+// countedAs is what an address is counted under: itself, or for IPv6 its first
+// ICWS_CONNECTIONS_IPV6_PREFIX bits, since one host may pick any address of its network.
+func (e *Edge) countedAs(a netip.Addr) string {
+	if a.Is4() || e.cfg.ConnectionsIPv6Prefix >= 128 {
+		return a.String()
+	}
+	p, err := a.WithZone("").Prefix(e.cfg.ConnectionsIPv6Prefix)
+	if err != nil {
+		return a.String()
+	}
+	return p.String()
 }
 
 // admitConn counts a new connection before the upgrade. It answers the refusal itself and returns
@@ -87,7 +98,7 @@ func (e *Edge) admitConn(w http.ResponseWriter, addr string) bool {
 	e.mu.Lock()
 	total, perIP := len(e.conns)+e.upgrading, e.byAddr[addr]
 	switch {
-	case total >= e.cfg.MaxConnections:
+	case total >= e.maxSockets:
 		e.mu.Unlock()
 		e.m.refused.WithLabelValues("max_connections").Inc()
 		w.Header().Set("Retry-After", "5")
@@ -128,12 +139,12 @@ func (e *Edge) admitSession(canister, principal string) (int, string, string) {
 	if len(e.canisters) == 0 {
 		if known, n := e.index.canisterStats(canister); !known && n >= e.cfg.MaxCanisters {
 			e.m.refused.WithLabelValues("max_canisters").Inc()
-			return closeTryAgainLater, "icws: the gateway serves as many canisters as it may", "refused"
+			return websocket.CloseTryAgainLater, "icws: the gateway serves as many canisters as it may", "refused"
 		}
 	}
 	if full := e.streamsFull.Load(); full != nil {
 		e.m.refused.WithLabelValues("streams_full").Inc()
-		return closeTryAgainLater, "icws: gateway storage is full, try again later", "refused"
+		return websocket.CloseTryAgainLater, "icws: gateway storage is full, try again later", "refused"
 	}
 	return 0, "", ""
 }
@@ -181,7 +192,7 @@ func (e *Edge) checkStreams(ctx context.Context) {
 // stream is a 1013 (try again later), anything else a 1011.
 func publishFailure(err error) (int, string) {
 	if bus.IsStreamFull(err) {
-		return closeTryAgainLater, "icws: gateway storage is full, try again later"
+		return websocket.CloseTryAgainLater, "icws: gateway storage is full, try again later"
 	}
 	return websocket.CloseInternalServerErr, "icws: gateway unavailable"
 }

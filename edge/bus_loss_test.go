@@ -167,7 +167,7 @@ func TestEdgeShedsClientsWhenNATSIsUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := expectClose(t, ws); code != closeTryAgainLater {
+	if code, _ := expectClose(t, ws); code != websocket.CloseTryAgainLater {
 		t.Fatalf("new connection while NATS is gone: close %d, want 1013", code)
 	}
 	ws.Close()

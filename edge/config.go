@@ -47,8 +47,9 @@ type Config struct {
 	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average, counted as read from the socket; more closes it with 1008"`
 	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above ICWS_MAX_CLIENT_BYTES_RATE (at least ICWS_MAX_MESSAGE_BYTES + 1KiB); bytes are counted as read from the socket, frame headers, fragments, pings and pongs included"`
 	MaxUnfinishedBytes      config.Bytes  `envconfig:"MAX_UNFINISHED_BYTES" default:"256MiB" desc:"bytes of client messages still arriving that one edge holds at once, over all connections (at least ICWS_MAX_MESSAGE_BYTES); while above it, a connection whose unfinished message grows past ICWS_MAX_FIRST_FRAME_BYTES is closed with 1013"`
-	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"WebSocket connections one edge holds at once; further upgrade requests are answered 503"`
-	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge; more are answered 429"`
+	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"sockets one edge holds at once, WebSocket connections and HTTP requests not yet upgraded, and at most the process's open-file limit less 1024 (kept for the NATS store and the IC); further upgrade requests are answered 503, further sockets closed at once"`
+	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge (IPv6 addresses counted per ICWS_CONNECTIONS_IPV6_PREFIX); more are answered 429"`
+	ConnectionsIPv6Prefix   int           `envconfig:"CONNECTIONS_IPV6_PREFIX" default:"64" desc:"IPv6 clients are counted for ICWS_MAX_CONNECTIONS_PER_IP by their first this many bits: one host usually has a whole /64 to pick addresses from"`
 	TrustedProxies          []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client address; empty = use the TCP peer address"`
 	MaxSessionsPerPrincipal int           `envconfig:"MAX_SESSIONS_PER_PRINCIPAL" default:"100" desc:"sessions one client principal may hold across the deployment; more ws_open calls are refused with 1008"`
 	MaxCanisters            int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
@@ -190,6 +191,9 @@ func (c *Config) validate() error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s=%d: must be at least 1", name, n))
 		}
+	}
+	if c.ConnectionsIPv6Prefix < 1 || c.ConnectionsIPv6Prefix > 128 {
+		errs = append(errs, fmt.Errorf("ICWS_CONNECTIONS_IPV6_PREFIX=%d: must be between 1 and 128", c.ConnectionsIPv6Prefix))
 	}
 	if c.LiveSubscription != LiveByCanister && c.LiveSubscription != LiveBySession {
 		errs = append(errs, fmt.Errorf("ICWS_EDGE_LIVE_SUBSCRIPTION=%q: must be %s or %s", c.LiveSubscription, LiveByCanister, LiveBySession))

@@ -388,20 +388,15 @@ func (c *conn) readFailed(err error, first bool) string {
 	case errors.Is(err, errFirstFrameBytes):
 		c.reject(websocket.CloseMessageTooBig, errFirstFrameBytes.Error(), "rejected")
 		return "first frame too large"
+	case errors.Is(err, errFrameLength):
+		c.closeRead(first, websocket.CloseProtocolError, errFrameLength.Error())
+		return "frame length out of range"
 	case errors.Is(err, errUnfinishedBudget):
-		if first {
-			c.reject(websocket.CloseTryAgainLater, reasonUnfinishedBudget, "rejected")
-		} else {
-			c.closeWith(websocket.CloseTryAgainLater, reasonUnfinishedBudget)
-		}
+		c.closeRead(first, websocket.CloseTryAgainLater, reasonUnfinishedBudget)
 		return "unfinished-message budget full"
 	case errors.Is(err, errByteRateExceeded):
 		c.e.m.refused.WithLabelValues("byte_rate").Inc()
-		if first {
-			c.reject(websocket.ClosePolicyViolation, reasonByteRateExceeded, "rejected")
-		} else {
-			c.closeWith(websocket.ClosePolicyViolation, reasonByteRateExceeded)
-		}
+		c.closeRead(first, websocket.ClosePolicyViolation, reasonByteRateExceeded)
 		return "client byte rate exceeded"
 	case errors.Is(err, websocket.ErrReadLimit):
 		if first {
@@ -414,8 +409,19 @@ func (c *conn) readFailed(err error, first bool) string {
 	default:
 		if first {
 			c.e.m.connectionsTotal.WithLabelValues("gone").Inc()
+			c.e.log.Debug("no first frame", "remote", c.remote, "err", err)
 		}
 		return "connection lost: " + short(err)
+	}
+}
+
+// closeRead closes a connection whose read failed: as a rejected first frame if nothing is bound
+// yet.
+func (c *conn) closeRead(first bool, code int, reason string) {
+	if first {
+		c.reject(code, reason, "rejected")
+	} else {
+		c.closeWith(code, reason)
 	}
 }
 

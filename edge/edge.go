@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/ratelog"
 	"github.com/icws/icws/internal/safe"
 	"github.com/icws/icws/protocol"
 	"github.com/icws/icws/protocol/certificate"
@@ -89,10 +91,15 @@ type Edge struct {
 	failed map[string]canisterFailure
 	// streamsFull names a stream above StreamAdmitPercent of its byte limit (nil: room left).
 	streamsFull atomic.Pointer[string]
-	// unfinished counts the bytes of client messages still arriving, over all connections, and
-	// unfinishedWarned when the budget's warning was last logged (ratelimit.go).
-	unfinished       atomic.Int64
-	unfinishedWarned atomic.Int64
+	// unfinished counts the bytes of client messages still arriving, over all connections
+	// (ratelimit.go).
+	unfinished atomic.Int64
+	// sockets counts the sockets net/http serves (not yet hijacked); with conns at most
+	// maxSockets (sockets.go).
+	sockets    atomic.Int64
+	maxSockets int
+	// warnings keeps the warnings of limits to one a minute each (warnEvery).
+	warnings *ratelog.Limiter
 
 	shards  []chan *nats.Msg
 	idle    *idlePoller // nil: every connection waits in its own reader goroutine
@@ -157,7 +164,9 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		ingress:  protocol.IngressPolicy{MaxTTL: cfg.IngressMaxTTL, Drift: cfg.IngressDrift, RootKey: deps.RootKey, CanisterSigs: protocol.NewCanisterSigVerifier(0, 0)},
 		liveSubs: map[string]*liveSub{}, byKey: map[string]*conn{}, conns: map[*conn]struct{}{},
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
+		warnings: ratelog.New(time.Minute),
 	}
+	e.maxSockets, _ = socketLimit(cfg.MaxConnections, openFileLimit())
 	for _, c := range cfg.Canisters {
 		e.canisters[c] = true
 	}
@@ -170,7 +179,9 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		// 0: gorilla reads through the buffered reader batchingWriter.Hijack hands it.
 		ReadBufferSize: 0,
 		CheckOrigin:    e.checkOrigin,
-		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			e.log.Debug("upgrade refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+			w.Header().Set("Connection", "close") // the socket serves nothing else
 			http.Error(w, reason.Error(), status)
 		},
 	}
@@ -187,10 +198,13 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 }
 
 func (e *Edge) checkOrigin(r *http.Request) bool {
-	if len(e.origins) == 0 {
+	origin := r.Header.Get("Origin")
+	// Browsers always send Origin; other clients may send any, so its absence proves nothing a
+	// present one would not.
+	if len(e.origins) == 0 || origin == "" {
 		return true
 	}
-	return e.origins[r.Header.Get("Origin")]
+	return e.origins[origin]
 }
 
 // Addr is the listening address once Run has started listening, nil before.
@@ -340,10 +354,22 @@ func (e *Edge) Run(ctx context.Context) error {
 		ReadHeaderTimeout: e.cfg.HandshakeTimeout,
 		// Requests that never upgrade must not hold a socket: the whole request within the
 		// handshake timeout, idle keep-alive connections closed after HTTPIdleTimeout.
-		ReadTimeout:    e.cfg.HandshakeTimeout,
-		IdleTimeout:    e.cfg.HTTPIdleTimeout,
-		MaxHeaderBytes: e.cfg.HTTPMaxHeaderBytes,
-		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		ReadTimeout: e.cfg.HandshakeTimeout,
+		IdleTimeout: e.cfg.HTTPIdleTimeout,
+		// net/http reads up to 4 KiB more than MaxHeaderBytes before it answers 431.
+		MaxHeaderBytes: max(e.cfg.HTTPMaxHeaderBytes-4096, 1),
+		ErrorLog:       log.New(serverErrorLog{e}, "", 0),
+		ConnState:      e.trackSocket,
+		// "OPTIONS *" would be answered 200 and kept alive; it is no WebSocket upgrade either.
+		DisableGeneralOptionsHandler: true,
+	}
+	if e.maxSockets < e.cfg.MaxConnections {
+		level := slog.LevelWarn
+		if e.cfg.MaxConnections == DefaultConfig().MaxConnections {
+			level = slog.LevelDebug // the default is meant as "what the machine allows"
+		}
+		e.log.Log(ctx, level, "connections limited by the open-file limit", "max_connections", e.cfg.MaxConnections,
+			"open_file_limit", openFileLimit(), "held_at_most", e.maxSockets)
 	}
 	e.mu.Lock()
 	e.running = true
@@ -456,7 +482,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		e.mu.Unlock()
 		code, reason := websocket.CloseGoingAway, "icws: edge draining"
 		if !e.draining {
-			code, reason = closeTryAgainLater, reasonBusLostRetry
+			code, reason = websocket.CloseTryAgainLater, reasonBusLostRetry
 			e.m.refused.WithLabelValues("nats_lost").Inc()
 		}
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))

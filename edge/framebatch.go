@@ -25,6 +25,8 @@ type frameBatcher struct {
 	net.Conn
 	pool   *sync.Pool
 	client *conn // set before the first frame is read; read by the reader goroutine only
+	// refused is why the client's bytes were refused (tookBytes); reader goroutine only.
+	refused error
 
 	mu       sync.Mutex
 	batching bool
@@ -32,10 +34,16 @@ type frameBatcher struct {
 }
 
 func (b *frameBatcher) Read(p []byte) (int, error) {
+	if b.refused != nil {
+		return 0, b.refused
+	}
 	n, err := b.Conn.Read(p)
 	if n > 0 && b.client != nil {
 		if cerr := b.client.tookBytes(p[:n]); cerr != nil {
-			return n, cerr
+			// Nothing more of the connection is parsed, and every later read fails the same way
+			// (a buffered reader reports a read error only once).
+			b.refused = cerr
+			return 0, cerr
 		}
 	}
 	return n, err

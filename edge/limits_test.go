@@ -196,7 +196,7 @@ func TestCanisterLimit(t *testing.T) {
 	other := newClient(t, v.gw, randomCanister(t))
 	other.dial(e.url, false)
 	other.open()
-	if code, _ := expectClose(t, other.ws); code != closeTryAgainLater {
+	if code, _ := expectClose(t, other.ws); code != websocket.CloseTryAgainLater {
 		t.Fatalf("session for one more canister: close %d, want 1013", code)
 	}
 }
@@ -340,7 +340,7 @@ func TestStreamNearlyFullRefusesNewSessions(t *testing.T) {
 	late := newClient(t, v.gw, randomCanister(t))
 	late.dial(e.url, false)
 	late.open()
-	if code, _ := expectClose(t, late.ws); code != closeTryAgainLater {
+	if code, _ := expectClose(t, late.ws); code != websocket.CloseTryAgainLater {
 		t.Fatalf("new session while ICWS_IN is full: close %d, want 1013", code)
 	}
 	// The session already open keeps working while there is room.

@@ -34,7 +34,10 @@ const (
 	preOpenSlack = 8 << 10
 )
 
-var errFirstFrameBytes = errors.New("icws: more bytes before the first frame than it may have")
+var (
+	errFirstFrameBytes = errors.New("icws: more bytes before the first frame than it may have")
+	errFrameLength     = errors.New("icws: frame length out of range")
+)
 
 // Each connection may hold one message of up to ICWS_MAX_MESSAGE_BYTES while it arrives, and may
 // take ICWS_MESSAGE_TIMEOUT to finish it, so per-connection limits alone let many connections (from
@@ -52,6 +55,9 @@ var errUnfinishedBudget = errors.New(reasonUnfinishedBudget)
 // the clock of the message it belongs to, unless one is running. Reader goroutine only.
 func (c *conn) tookBytes(p []byte) error {
 	charge := len(p) + frameCharge*c.frames.count(p)
+	if c.frames.badLength {
+		return errFrameLength
+	}
 	if !c.firstRead {
 		c.preOpen += charge
 		if c.preOpen > int(min(c.e.cfg.MaxFirstFrameBytes, c.e.cfg.MaxMessageBytes))+preOpenSlack {
@@ -77,20 +83,9 @@ func (c *conn) holdUnfinished(n int) error {
 		return nil
 	}
 	c.e.m.refused.WithLabelValues("unfinished_budget").Inc()
-	c.e.warnUnfinishedBudget(total)
+	c.e.warnEvery("unfinished_budget", "closing connections with large messages still arriving: the edge's budget for them is full (ICWS_MAX_UNFINISHED_BYTES)",
+		"held_bytes", total, "budget_bytes", int64(c.e.cfg.MaxUnfinishedBytes))
 	return errUnfinishedBudget
-}
-
-// warnUnfinishedBudget tells the operator, at most once a minute, that the budget refuses
-// connections; which ones is a debug line each.
-func (e *Edge) warnUnfinishedBudget(total int64) {
-	now := time.Now().UnixNano()
-	last := e.unfinishedWarned.Load()
-	if now-last < int64(time.Minute) || !e.unfinishedWarned.CompareAndSwap(last, now) {
-		return
-	}
-	e.log.Warn("closing connections with large messages still arriving: the edge's budget for them is full (ICWS_MAX_UNFINISHED_BYTES)",
-		"held_bytes", total, "budget_bytes", int64(e.cfg.MaxUnfinishedBytes))
 }
 
 // frameMeter follows the boundaries of the client's frames (RFC 6455, section 5.2) through the
@@ -100,6 +95,9 @@ type frameMeter struct {
 	hdr    [14]byte // the header being collected: at most 2 + 8 (length) + 4 (mask)
 	hdrLen int
 	remain uint64 // payload bytes of the current frame not yet read
+	// badLength is set by a 64-bit payload length with its top bit set, which RFC 6455 forbids
+	// (gorilla fails such a frame without a close frame).
+	badLength bool
 }
 
 // count returns how many frame headers end in p.
@@ -139,6 +137,7 @@ func (m *frameMeter) count(p []byte) int {
 			m.remain = uint64(binary.BigEndian.Uint16(m.hdr[2:4]))
 		case 8:
 			m.remain = binary.BigEndian.Uint64(m.hdr[2:10])
+			m.badLength = m.badLength || m.remain>>63 != 0
 		}
 		m.hdrLen = 0
 		n++

@@ -34,12 +34,14 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/ratelog"
 )
 
 // Deps are the connections and sinks a submitter uses.
@@ -68,6 +70,10 @@ type Submitter struct {
 	testSessionReplica func(jetstream.KeyValue) jetstream.KeyValue
 	// sessions is set by Run once the buckets are open.
 	sessions *bus.Sessions
+
+	// clientWarnings keeps the warnings a client can cause (refused, expired or invalid
+	// envelopes, backlogs) to one a minute per kind (warnClient).
+	clientWarnings *ratelog.Limiter
 
 	// sem bounds the clients relayed at the same time across all partitions.
 	sem chan struct{}
@@ -125,6 +131,8 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		pace:    newPaceEstimator(),
 		parts:   map[*partition]struct{}{},
 		crashCh: make(chan struct{}),
+
+		clientWarnings: ratelog.New(time.Minute),
 	}
 	if err := reg.Register(newBacklogCollector(s)); err != nil {
 		return nil, fmt.Errorf("register submitter metrics: %w", err)
@@ -189,3 +197,18 @@ func (s *Submitter) Run(ctx context.Context) error {
 
 // crash is a test hook: Run returns at once without draining or releasing leases.
 func (s *Submitter) crash() { s.crashOnce.Do(func() { close(s.crashCh) }) }
+
+// warnClient logs what one client's envelope caused: a warning once a minute per kind (with how
+// many were held back), a debug line otherwise. A client with a fresh key can cause hundreds a
+// second; each is counted in a metric.
+func (s *Submitter) warnClient(log *slog.Logger, kind, msg string, args ...any) {
+	ok, skipped := s.clientWarnings.Allow(kind, time.Now())
+	if !ok {
+		log.Debug(msg, args...)
+		return
+	}
+	if skipped > 0 {
+		args = append(args, "similar_since_last_warning", skipped)
+	}
+	log.Warn(msg, args...)
+}

@@ -1,0 +1,81 @@
+package edge
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+
+	"time"
+)
+
+// Every socket the edge accepts holds a file descriptor, upgraded or not, and so do the embedded
+// NATS server's store files and the calls to the IC in the same process. A process out of
+// descriptors fails the store's writes, which the NATS server does not recover from until it is
+// restarted. So the edge counts every socket it accepts, and at most maxSockets of them are open at
+// once: ICWS_MAX_CONNECTIONS, or what the open-file limit leaves after fdReserve descriptors for
+// everything else, whichever is lower. Up to answerHeadroom sockets more are accepted, for an
+// upgrade over the limit to be answered 503 rather than find its socket closed; a socket above
+// that is closed as soon as it is accepted.
+const (
+	fdReserve      = 1024
+	answerHeadroom = 64
+)
+
+// socketLimit is the most sockets an edge with the given connection limit holds under the given
+// open-file limit (0: not known), and whether the file limit lowered it.
+func socketLimit(maxConnections int, fileLimit uint64) (int, bool) {
+	if fileLimit == 0 {
+		return maxConnections, false
+	}
+	room := max(int64(fileLimit)-fdReserve, int64(fileLimit)/2)
+	if int64(maxConnections) <= room {
+		return maxConnections, false
+	}
+	return int(room), true
+}
+
+// trackSocket is the HTTP server's ConnState hook. e.sockets counts the sockets net/http serves;
+// once hijacked for a WebSocket a socket is counted in e.conns instead.
+func (e *Edge) trackSocket(c net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		n := e.sockets.Add(1)
+		e.mu.RLock()
+		n += int64(len(e.conns))
+		e.mu.RUnlock()
+		if n > int64(e.maxSockets+answerHeadroom) {
+			e.m.refused.WithLabelValues("max_sockets").Inc()
+			e.warnEvery("max_sockets", "closing new sockets: the edge holds as many as it may (ICWS_MAX_CONNECTIONS, or the open-file limit)",
+				"sockets", n-1, "limit", e.maxSockets)
+			_ = c.Close() // net/http sees the socket fail and reports it closed
+		}
+	case http.StateHijacked, http.StateClosed:
+		e.sockets.Add(-1)
+	}
+}
+
+// warnEvery logs a warning about a limit at most once a minute per key: a limit an attacker hits
+// must not become a log line per attempt. What it refused is counted in metrics.
+func (e *Edge) warnEvery(key, msg string, args ...any) {
+	if ok, skipped := e.warnings.Allow(key, time.Now()); ok {
+		if skipped > 0 {
+			args = append(args, "times_since_last_warning", skipped)
+		}
+		e.log.Warn(msg, args...)
+	}
+}
+
+// serverErrorLog takes net/http's own log lines: failing to accept (out of file descriptors) is
+// an operator's problem and a warning, once a minute; the rest (a client's TLS handshake or
+// malformed request) is the client's, a debug line.
+type serverErrorLog struct{ e *Edge }
+
+func (l serverErrorLog) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	if bytes.Contains(p, []byte("Accept error")) {
+		l.e.warnEvery("accept", "cannot accept connections", "err", line)
+	} else {
+		l.e.log.Debug("http server", "err", line)
+	}
+	return len(p), nil
+}
