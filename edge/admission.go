@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/icws/icws/bus"
+	"github.com/icws/icws/internal/tokenbucket"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -125,10 +127,51 @@ func (e *Edge) releaseConnLocked(addr string) {
 	}
 }
 
+// openLimiter bounds the sessions one client address opens: each costs a record, an update call
+// the canister pays for, and its place in ICWS_OUT for the replay window, and keys are free to
+// make, so the per-principal limit does not bound them. An address's bucket is forgotten once it
+// has refilled.
+type openLimiter struct {
+	mu      sync.Mutex
+	addrs   map[string]*openBucket
+	pruneAt int
+}
+
+type openBucket struct {
+	b    tokenbucket.Bucket
+	last time.Time
+}
+
+// take spends one open of addr's bucket at now, if there is one.
+func (l *openLimiter) take(addr string, now time.Time, rate float64, burst int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.addrs == nil {
+		l.addrs, l.pruneAt = map[string]*openBucket{}, 1024
+	}
+	ob := l.addrs[addr]
+	if ob == nil {
+		if len(l.addrs) >= l.pruneAt {
+			full := time.Duration(float64(burst) / rate * float64(time.Second))
+			for a, o := range l.addrs {
+				if now.Sub(o.last) >= full {
+					delete(l.addrs, a)
+				}
+			}
+			l.pruneAt = max(1024, 2*len(l.addrs))
+		}
+		ob = &openBucket{}
+		l.addrs[addr] = ob
+	}
+	ob.last = now
+	return ob.b.Take(now, 1, rate, float64(burst))
+}
+
 // admitSession decides whether a verified ws_open may become a session: the principal's session
-// count, the number of canisters with sessions, and the room left in the streams. It returns a
-// close code and reason (0 to admit) and the outcome label for the connections metric.
-func (e *Edge) admitSession(canister, principal string) (int, string, string) {
+// count, the number of canisters with sessions, the room left in the streams, and the sessions the
+// client's address opened lately. It returns a close code and reason (0 to admit) and the outcome
+// label for the connections metric.
+func (e *Edge) admitSession(canister, principal, addr string) (int, string, string) {
 	e.mu.RLock()
 	local := e.byPrincipal[principal]
 	e.mu.RUnlock()
@@ -145,6 +188,11 @@ func (e *Edge) admitSession(canister, principal string) (int, string, string) {
 	if full := e.streamsFull.Load(); full != nil {
 		e.m.refused.WithLabelValues("streams_full").Inc()
 		return websocket.CloseTryAgainLater, "icws: gateway storage is full, try again later", "refused"
+	}
+	if !e.opens.take(addr, time.Now(), e.cfg.MaxOpensPerIPRate, e.cfg.MaxOpensPerIPBurst) {
+		e.m.refused.WithLabelValues("open_rate").Inc()
+		e.warnEvery("open_rate", "refusing new sessions from an address that opens more than it may (ICWS_MAX_OPENS_PER_IP_RATE)", "addr", addr)
+		return websocket.CloseTryAgainLater, "icws: too many new sessions from this address, try again later", "refused"
 	}
 	return 0, "", ""
 }

@@ -35,7 +35,8 @@ type Config struct {
 	OpenTimeout        time.Duration `envconfig:"OPEN_TIMEOUT" default:"30s" desc:"time allowed between the handshake and the client's first frame (ws_open or resume)"`
 	LeaseTTL           time.Duration `envconfig:"EDGE_LEASE_TTL" default:"3s" desc:"liveness lease of this edge; renewed every TTL/3; sessions of an edge whose lease expired are detached by others"`
 	SweepInterval      time.Duration `envconfig:"EDGE_SWEEP_INTERVAL" default:"1s" desc:"how often the edge looks for expired detached sessions and sessions of dead edges"`
-	SweepBatch         int           `envconfig:"EDGE_SWEEP_BATCH" default:"256" desc:"most sessions acted on per sweep (bounds the sweeper's work)"`
+	SweepBatch         int           `envconfig:"EDGE_SWEEP_BATCH" default:"1024" desc:"most sessions acted on per sweep (bounds the sweeper's work; with ICWS_EDGE_SWEEP_INTERVAL, how many abandoned sessions an edge ends per second)"`
+	SweepConcurrency   int           `envconfig:"EDGE_SWEEP_CONCURRENCY" default:"16" desc:"sessions a sweep acts on at once (each takes a few NATS round trips; one at a time, a sweep could not keep up with clients that drop resumable sessions quickly)"`
 	GapTimeout         time.Duration `envconfig:"GAP_TIMEOUT" default:"5s" desc:"how long a missing canister message may stay missing from the stream before the socket is closed (1011)"`
 	PendingLimit       int           `envconfig:"PENDING_LIMIT" default:"4096" desc:"out-of-order canister messages buffered per connection while a gap is filled"`
 	PendingBytes       int           `envconfig:"PENDING_BYTES" default:"8388608" desc:"bytes of out-of-order canister messages buffered per connection while a gap is filled (beyond it they are re-read from the stream)"`
@@ -47,8 +48,11 @@ type Config struct {
 	MaxClientBytesRate      config.Bytes  `envconfig:"MAX_CLIENT_BYTES_RATE" default:"1MiB" desc:"client bytes per second one connection may send on average, counted as read from the socket; more closes it with 1008"`
 	MaxClientBytesBurst     config.Bytes  `envconfig:"MAX_CLIENT_BYTES_BURST" default:"8MiB" desc:"client bytes one connection may send in a burst above ICWS_MAX_CLIENT_BYTES_RATE (at least ICWS_MAX_MESSAGE_BYTES + 1KiB); bytes are counted as read from the socket, frame headers, fragments, pings and pongs included"`
 	MaxUnfinishedBytes      config.Bytes  `envconfig:"MAX_UNFINISHED_BYTES" default:"256MiB" desc:"bytes of client messages still arriving that one edge holds at once, over all connections (at least ICWS_MAX_MESSAGE_BYTES); while above it, a connection whose unfinished message grows past ICWS_MAX_FIRST_FRAME_BYTES is closed with 1013"`
-	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"sockets one edge holds at once, WebSocket connections and HTTP requests not yet upgraded, and at most the process's open-file limit less 1024 (kept for the NATS store and the IC); further upgrade requests are answered 503, further sockets closed at once"`
+	MaxConnections          int           `envconfig:"MAX_CONNECTIONS" default:"100000" desc:"sockets one edge holds at once, WebSocket connections and HTTP requests not yet upgraded, and at most the process's open-file limit less ICWS_FD_RESERVE; further upgrade requests are answered 503, further sockets closed at once"`
+	FDReserve               int           `envconfig:"FD_RESERVE" default:"1024" desc:"file descriptors of the process the edge leaves to everything else (the embedded NATS store, calls to the IC, the admin server): a process out of them fails the NATS store's writes until restarted; at most half the open-file limit is kept"`
 	MaxConnectionsPerIP     int           `envconfig:"MAX_CONNECTIONS_PER_IP" default:"1000" desc:"WebSocket connections one client IP address may hold on one edge (IPv6 addresses counted per ICWS_CONNECTIONS_IPV6_PREFIX); more are answered 429"`
+	MaxOpensPerIPRate       float64       `envconfig:"MAX_OPENS_PER_IP_RATE" default:"100" desc:"new sessions (ws_open) per second one client address may open on one edge on average; more are refused with 1013 (resumes do not count)"`
+	MaxOpensPerIPBurst      int           `envconfig:"MAX_OPENS_PER_IP_BURST" default:"1000" desc:"new sessions one client address may open at once above ICWS_MAX_OPENS_PER_IP_RATE (a page load behind a shared address, clients reopening after an edge went away)"`
 	ConnectionsIPv6Prefix   int           `envconfig:"CONNECTIONS_IPV6_PREFIX" default:"64" desc:"IPv6 clients are counted for ICWS_MAX_CONNECTIONS_PER_IP by their first this many bits: one host usually has a whole /64 to pick addresses from"`
 	TrustedProxies          []string      `envconfig:"TRUSTED_PROXIES" desc:"comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client address; empty = use the TCP peer address"`
 	MaxSessionsPerPrincipal int           `envconfig:"MAX_SESSIONS_PER_PRINCIPAL" default:"100" desc:"sessions one client principal may hold across the deployment; more ws_open calls are refused with 1008"`
@@ -155,6 +159,9 @@ func (c *Config) validate() error {
 	if c.SweepBatch < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_EDGE_SWEEP_BATCH=%d: must be at least 1", c.SweepBatch))
 	}
+	if c.SweepConcurrency < 1 || c.SweepConcurrency > 1024 {
+		errs = append(errs, fmt.Errorf("ICWS_EDGE_SWEEP_CONCURRENCY=%d: must be between 1 and 1024", c.SweepConcurrency))
+	}
 	if c.PendingLimit < 1 {
 		errs = append(errs, fmt.Errorf("ICWS_PENDING_LIMIT=%d: must be at least 1", c.PendingLimit))
 	}
@@ -191,6 +198,15 @@ func (c *Config) validate() error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s=%d: must be at least 1", name, n))
 		}
+	}
+	if c.FDReserve < 0 {
+		errs = append(errs, fmt.Errorf("ICWS_FD_RESERVE=%d: must not be negative", c.FDReserve))
+	}
+	if c.MaxOpensPerIPRate <= 0 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_OPENS_PER_IP_RATE=%g: must be positive", c.MaxOpensPerIPRate))
+	}
+	if c.MaxOpensPerIPBurst < 1 {
+		errs = append(errs, fmt.Errorf("ICWS_MAX_OPENS_PER_IP_BURST=%d: must be at least 1", c.MaxOpensPerIPBurst))
 	}
 	if c.ConnectionsIPv6Prefix < 1 || c.ConnectionsIPv6Prefix > 128 {
 		errs = append(errs, fmt.Errorf("ICWS_CONNECTIONS_IPV6_PREFIX=%d: must be between 1 and 128", c.ConnectionsIPv6Prefix))

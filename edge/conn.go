@@ -491,7 +491,7 @@ func (c *conn) open(frame []byte) bool {
 		return false
 	}
 	client := protocol.ClientKey{ClientPrincipal: req.Sender, ClientNonce: args.ClientNonce}
-	if code, reason, outcome := c.e.admitSession(canText, client.ClientPrincipal.Encode()); code != 0 {
+	if code, reason, outcome := c.e.admitSession(canText, client.ClientPrincipal.Encode(), c.addr); code != 0 {
 		c.reject(code, reason, outcome)
 		return false
 	}

@@ -98,6 +98,8 @@ type Edge struct {
 	// maxSockets (sockets.go).
 	sockets    atomic.Int64
 	maxSockets int
+	// opens limits the sessions each client address opens (admission.go).
+	opens openLimiter
 	// warnings keeps the warnings of limits to one a minute each (warnEvery).
 	warnings *ratelog.Limiter
 
@@ -166,7 +168,7 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		byAddr: map[string]int{}, byPrincipal: map[string]int{}, failed: map[string]canisterFailure{},
 		warnings: ratelog.New(time.Minute),
 	}
-	e.maxSockets, _ = socketLimit(cfg.MaxConnections, openFileLimit())
+	e.maxSockets, _ = socketLimit(cfg.MaxConnections, cfg.FDReserve, openFileLimit())
 	for _, c := range cfg.Canisters {
 		e.canisters[c] = true
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net"
 	"net/http"
-
 	"time"
 )
 
@@ -12,22 +11,20 @@ import (
 // NATS server's store files and the calls to the IC in the same process. A process out of
 // descriptors fails the store's writes, which the NATS server does not recover from until it is
 // restarted. So the edge counts every socket it accepts, and at most maxSockets of them are open at
-// once: ICWS_MAX_CONNECTIONS, or what the open-file limit leaves after fdReserve descriptors for
-// everything else, whichever is lower. Up to answerHeadroom sockets more are accepted, for an
-// upgrade over the limit to be answered 503 rather than find its socket closed; a socket above
-// that is closed as soon as it is accepted.
-const (
-	fdReserve      = 1024
-	answerHeadroom = 64
-)
+// once: ICWS_MAX_CONNECTIONS, or what the open-file limit leaves after ICWS_FD_RESERVE descriptors
+// for everything else, whichever is lower. Up to answerHeadroom sockets more (taken from the
+// reserve) are accepted, for an upgrade over the limit to be answered 503 rather than find its
+// socket closed; a socket above that is closed as soon as it is accepted.
+const answerHeadroom = 64
 
 // socketLimit is the most sockets an edge with the given connection limit holds under the given
-// open-file limit (0: not known), and whether the file limit lowered it.
-func socketLimit(maxConnections int, fileLimit uint64) (int, bool) {
+// open-file limit (0: not known) when it leaves reserve descriptors to the rest of the process (at
+// most half of them), and whether the file limit lowered it.
+func socketLimit(maxConnections, reserve int, fileLimit uint64) (int, bool) {
 	if fileLimit == 0 {
 		return maxConnections, false
 	}
-	room := max(int64(fileLimit)-fdReserve, int64(fileLimit)/2)
+	room := max(int64(fileLimit)-int64(reserve), int64(fileLimit)/2)
 	if int64(maxConnections) <= room {
 		return maxConnections, false
 	}

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 )
 
@@ -23,11 +25,11 @@ func TestSocketLimit(t *testing.T) {
 	}{
 		{"file limit unknown", 100000, 0, 100000, false},
 		{"room under the file limit", 1000, 20000, 1000, false},
-		{"file limit less the reserve", 100000, 20000, 20000 - fdReserve, true},
+		{"file limit less the reserve", 100000, 20000, 20000 - 1024, true},
 		{"a small file limit keeps half", 100000, 1024, 512, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, lowered := socketLimit(tc.maxConns, tc.fileLimit)
+			got, lowered := socketLimit(tc.maxConns, 1024, tc.fileLimit)
 			if got != tc.want || lowered != tc.lowered {
 				t.Fatalf("socketLimit(%d, %d) = %d, %v; want %d, %v", tc.maxConns, tc.fileLimit, got, lowered, tc.want, tc.lowered)
 			}
@@ -167,5 +169,55 @@ func TestIPv6ClientsAreCountedByPrefix(t *testing.T) {
 		if got := e.clientAddr(r); got != tc.want {
 			t.Errorf("/%d: %s counted as %s, want %s", tc.prefix, tc.addr, got, tc.want)
 		}
+	}
+}
+
+// Sessions cost a record, an update call and a replay window, and keys are free: one address may
+// open ICWS_MAX_OPENS_PER_IP_BURST at once, then ICWS_MAX_OPENS_PER_IP_RATE a second; resuming
+// does not count.
+func TestOpensPerAddressAreLimited(t *testing.T) {
+	v := newEnv(t)
+	v.startPipeline(false)
+	cfg := testConfig("e1")
+	cfg.MaxOpensPerIPBurst = 2
+	cfg.MaxOpensPerIPRate = 0.001
+	e := v.startEdge(cfg)
+	first := openedClient(t, v, e.url, true)
+	openedClient(t, v, e.url, false)
+
+	third := newClient(t, v.gw, randomCanister(t))
+	third.dial(e.url, false)
+	third.open()
+	if code, reason := expectClose(t, third.ws); code != websocket.CloseTryAgainLater || !strings.Contains(reason, "too many new sessions") {
+		t.Fatalf("third open closed %d %q, want 1013", code, reason)
+	}
+	if n := testkit.MetricValue(t, e.m.refused.WithLabelValues("open_rate")); n != 1 {
+		t.Fatalf("refused for the open rate: %v, want 1", n)
+	}
+
+	_ = first.ws.Close()
+	testkit.WaitFor(t, 5*time.Second, "first detached", func() bool {
+		r := v.session(first)
+		return r != nil && r.State == bus.SessionDetached
+	})
+	if _, code, reason := first.resume(e.url, 1); code != 0 {
+		t.Fatalf("resume refused: %d %q", code, reason)
+	}
+}
+
+func TestOpenLimiterForgetsRefilledAddresses(t *testing.T) {
+	var l openLimiter
+	now := time.Unix(1000, 0)
+	for i := range 3000 {
+		if !l.take(fmt.Sprintf("10.0.%d.%d", i/256, i%256), now.Add(time.Duration(i)*time.Millisecond), 100, 10) {
+			t.Fatalf("address %d refused its first open", i)
+		}
+	}
+	// Addresses whose bucket refilled (10 opens at 100/s: 100 ms) are forgotten as new ones come.
+	if n := len(l.addrs); n >= 2048 {
+		t.Fatalf("%d addresses remembered, want the refilled ones pruned", n)
+	}
+	if !l.take("10.9.9.9", now, 100, 1) || l.take("10.9.9.9", now, 100, 1) {
+		t.Fatal("a burst of 1 must allow one open and refuse the next at once")
 	}
 }

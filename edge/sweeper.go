@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/icws/icws/bus"
@@ -204,6 +206,16 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 		return true
 	})
 	e.mu.RUnlock()
+	// Closed sessions first, then detached ones by how long they have waited: under a flood of
+	// dropped sessions the oldest must not wait behind newer ones for many sweeps.
+	slices.SortFunc(cands, func(a, b candidate) int {
+		return a.s.detachedAt.Compare(b.s.detachedAt)
+	})
+	// Each candidate takes a few NATS round trips; they run SweepConcurrency at once, and the sweep
+	// ends when all have.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, e.cfg.SweepConcurrency)
 	budget := e.cfg.SweepBatch
 	for _, cd := range cands {
 		if budget == 0 || ctx.Err() != nil {
@@ -243,7 +255,16 @@ func (e *Edge) sweepOnce(ctx context.Context, orphans map[string]time.Time) {
 			}
 		}
 		budget--
-		e.sweepSession(ctx, key)
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			e.sweepSession(ctx, key)
+		}()
 	}
 }
 

@@ -107,6 +107,7 @@ func startIcws(ctx context.Context, logger *slog.Logger, cfg config, tmp string)
 		// The load generator dials from 16 loopback addresses; the default of 1,000 connections
 		// per address would refuse more than 16,000 sessions.
 		"ICWS_MAX_CONNECTIONS_PER_IP=" + strconv.Itoa(max(cfg.sessions, 1000)),
+		"ICWS_MAX_OPENS_PER_IP_BURST=" + strconv.Itoa(max(cfg.sessions, 1000)),
 	}, "all")
 	if err != nil {
 		s.stop()
