@@ -469,7 +469,11 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ws, err := e.upgrader.Upgrade(bw, r, nil)
 	if err != nil {
 		e.m.connectionsTotal.WithLabelValues("upgrade_failed").Inc()
-		return // the upgrader has answered
+		if bw.batcher != nil {
+			// Hijacked, then refused (bytes sent before the handshake's end): no answer went out.
+			e.log.Debug("upgrade refused", "remote", r.RemoteAddr, "reason", err)
+		}
+		return // the upgrader has answered, or closed the connection
 	}
 	c := newConn(e, ws, r)
 	c.out = bw.batcher
