@@ -183,7 +183,6 @@ func New(cfg Config, deps Deps) (*Edge, error) {
 		CheckOrigin:    e.checkOrigin,
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
 			e.log.Debug("upgrade refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
-			w.Header().Set("Connection", "close") // the socket serves nothing else
 			http.Error(w, reason.Error(), status)
 		},
 	}
@@ -431,6 +430,9 @@ func (e *Edge) Handler() http.Handler {
 }
 
 func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer but the upgrade's (which gorilla writes itself on the hijacked socket) ends the
+	// connection: a refused socket is not kept for another try, uncounted.
+	w.Header().Set("Connection", "close")
 	e.mu.RLock()
 	ok := e.running && !e.draining
 	e.mu.RUnlock()
@@ -443,7 +445,6 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// The answer doubles as a cheap health check for load balancers: 426 while the edge
 		// serves, 503 while it refuses connections for lack of NATS.
 		e.m.refused.WithLabelValues("not_upgrade").Inc()
-		w.Header().Set("Connection", "close")
 		if e.busLost() {
 			http.Error(w, "icws: edge lost its message bus", http.StatusServiceUnavailable)
 			return

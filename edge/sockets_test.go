@@ -221,3 +221,23 @@ func TestOpenLimiterForgetsRefilledAddresses(t *testing.T) {
 		t.Fatal("a burst of 1 must allow one open and refuse the next at once")
 	}
 }
+
+// A refused upgrade does not keep its socket for another try: an address over its limit could
+// otherwise hold sockets the limit does not count.
+func TestRefusedUpgradesCloseTheirSocket(t *testing.T) {
+	v := newEnv(t)
+	cfg := testConfig("e1")
+	cfg.MaxConnectionsPerIP = 1
+	e := v.startEdge(cfg)
+	ws, _, err := websocket.DefaultDialer.Dial(e.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	c := rawDial(t, e.Addr())
+	t.Cleanup(func() { _ = c.Close() })
+	upgrade := "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if got := plainGet(t, c, upgrade); got != http.StatusTooManyRequests {
+		t.Fatalf("status %d, want 429", got)
+	}
+}
