@@ -70,42 +70,61 @@ func (e *Edge) renewLease(ctx context.Context, l *bus.Lease) {
 	}
 }
 
-// sweep keeps the session index (one KV watcher per edge) and periodically acts on the sessions
-// that need it: detached sessions past their grace, sessions of edges whose lease expired, and
-// closed sessions whose close request still has to be published. Every action is a compare-and-set
-// on the session record, so when several edges race, exactly one acts.
+// sweep periodically acts on the sessions that need it: detached sessions past their grace,
+// sessions of edges whose lease expired, and closed sessions whose close request still has to be
+// published. Every action is a compare-and-set on the session record, so when several edges race,
+// exactly one acts. The index it works from is kept by watchSessions, on a goroutine of its own: a
+// long sweep (a flood of dropped sessions) must not leave the watcher's updates unread.
 func (e *Edge) sweep(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); e.watchSessions(ctx) }()
+	defer wg.Wait()
 	orphans := map[string]time.Time{}
-	var updates <-chan jetstream.KeyValueEntry
-	var w jetstream.KeyWatcher
-	startWatch := func() {
-		e.index.reset()
-		clear(orphans)
-		var err error
-		w, err = e.h.Sessions.WatchAll(ctx)
-		if err != nil {
-			e.log.Warn("watch sessions", "err", err)
-			w, updates = nil, nil
-			return
-		}
-		updates = w.Updates()
-	}
-	startWatch()
-	defer func() {
-		if w != nil {
-			_ = w.Stop()
-		}
-	}()
 	t := time.NewTicker(e.cfg.SweepInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-t.C:
+			e.sweepOnce(ctx, orphans)
+			e.checkDrops()
+		}
+	}
+}
+
+// watchSessions keeps the session index from one KV watcher of the sessions bucket; when the
+// watcher ends it is started again a sweep interval later, and the index rebuilt.
+func (e *Edge) watchSessions(ctx context.Context) {
+	retry := time.NewTicker(e.cfg.SweepInterval)
+	defer retry.Stop()
+	for {
+		e.index.reset()
+		w, err := e.h.Sessions.WatchAll(ctx)
+		if err != nil {
+			e.log.Warn("watch sessions", "err", err)
+		} else {
+			e.indexUpdates(ctx, w.Updates())
+			_ = w.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-retry.C:
+		}
+	}
+}
+
+// indexUpdates applies a watcher's updates to the index until the watcher or ctx ends.
+func (e *Edge) indexUpdates(ctx context.Context, updates <-chan jetstream.KeyValueEntry) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case ent, ok := <-updates:
 			if !ok {
-				updates = nil
-				continue
+				return
 			}
 			if ent == nil {
 				continue // initial values done
@@ -121,15 +140,6 @@ func (e *Edge) sweep(ctx context.Context) {
 				continue
 			}
 			e.index.put(ent.Key(), indexEntryOf(rec))
-		case <-t.C:
-			if updates == nil {
-				if w != nil {
-					_ = w.Stop()
-				}
-				startWatch()
-			}
-			e.sweepOnce(ctx, orphans)
-			e.checkDrops()
 		}
 	}
 }
