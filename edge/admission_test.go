@@ -127,29 +127,6 @@ func TestNonUpgradeRequests(t *testing.T) {
 	_ = ws.Close()
 }
 
-// A 64-bit frame length must have its top bit clear (RFC 6455, 5.2): a frame claiming more is
-// closed with 1002 and a reason, not dropped without a close frame.
-func TestFrameLengthOutOfRange(t *testing.T) {
-	v := newEnv(t)
-	v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	for _, opened := range []bool{false, true} {
-		c := newClient(t, v.gw, randomCanister(t))
-		if opened {
-			c = openedClient(t, v, e.url, false)
-		} else {
-			c.dial(e.url, false)
-		}
-		frame := []byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4}
-		if _, err := c.ws.UnderlyingConn().Write(frame); err != nil {
-			t.Fatal(err)
-		}
-		if code, reason := expectClose(t, c.ws); code != websocket.CloseProtocolError || reason != errFrameLength.Error() {
-			t.Fatalf("opened %v: closed %d %q, want 1002 %q", opened, code, reason, errFrameLength.Error())
-		}
-	}
-}
-
 func TestIPv6ClientsAreCountedByPrefix(t *testing.T) {
 	for _, tc := range []struct {
 		prefix int
