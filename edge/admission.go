@@ -191,7 +191,7 @@ func (e *Edge) admitSession(canister, principal, addr string) (int, string, stri
 	}
 	if !e.opens.take(addr, time.Now(), e.cfg.MaxOpensPerIPRate, e.cfg.MaxOpensPerIPBurst) {
 		e.m.refused.WithLabelValues("open_rate").Inc()
-		e.warnEvery("open_rate", "refusing new sessions from an address that opens more than it may (ICWS_MAX_OPENS_PER_IP_RATE)", "addr", addr)
+		e.warnings.Warn(e.log, "open_rate", "refusing new sessions from an address that opens more than it may (ICWS_MAX_OPENS_PER_IP_RATE)", "addr", addr)
 		return websocket.CloseTryAgainLater, "icws: too many new sessions from this address, try again later", "refused"
 	}
 	return 0, "", ""

@@ -100,7 +100,7 @@ type Edge struct {
 	maxSockets int
 	// opens limits the sessions each client address opens (admission.go).
 	opens openLimiter
-	// warnings keeps the warnings of limits to one a minute each (warnEvery).
+	// warnings keeps the warnings of limits to one a minute each; the rest are debug lines.
 	warnings *ratelog.Limiter
 
 	shards  []chan *nats.Msg

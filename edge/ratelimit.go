@@ -83,7 +83,7 @@ func (c *conn) holdUnfinished(n int) error {
 		return nil
 	}
 	c.e.m.refused.WithLabelValues("unfinished_budget").Inc()
-	c.e.warnEvery("unfinished_budget", "closing connections with large messages still arriving: the edge's budget for them is full (ICWS_MAX_UNFINISHED_BYTES)",
+	c.e.warnings.Warn(c.e.log, "unfinished_budget", "closing connections with large messages still arriving: the edge's budget for them is full (ICWS_MAX_UNFINISHED_BYTES)",
 		"held_bytes", total, "budget_bytes", int64(c.e.cfg.MaxUnfinishedBytes))
 	return errUnfinishedBudget
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net"
 	"net/http"
-	"time"
 )
 
 // Every socket the edge accepts holds a file descriptor, upgraded or not, and so do the embedded
@@ -42,23 +41,12 @@ func (e *Edge) trackSocket(c net.Conn, state http.ConnState) {
 		e.mu.RUnlock()
 		if n > int64(e.maxSockets+answerHeadroom) {
 			e.m.refused.WithLabelValues("max_sockets").Inc()
-			e.warnEvery("max_sockets", "closing new sockets: the edge holds as many as it may (ICWS_MAX_CONNECTIONS, or the open-file limit)",
+			e.warnings.Warn(e.log, "max_sockets", "closing new sockets: the edge holds as many as it may (ICWS_MAX_CONNECTIONS, or the open-file limit)",
 				"sockets", n-1, "limit", e.maxSockets)
 			_ = c.Close() // net/http sees the socket fail and reports it closed
 		}
 	case http.StateHijacked, http.StateClosed:
 		e.sockets.Add(-1)
-	}
-}
-
-// warnEvery logs a warning about a limit at most once a minute per key: a limit an attacker hits
-// must not become a log line per attempt. What it refused is counted in metrics.
-func (e *Edge) warnEvery(key, msg string, args ...any) {
-	if ok, skipped := e.warnings.Allow(key, time.Now()); ok {
-		if skipped > 0 {
-			args = append(args, "times_since_last_warning", skipped)
-		}
-		e.log.Warn(msg, args...)
 	}
 }
 
@@ -70,7 +58,7 @@ type serverErrorLog struct{ e *Edge }
 func (l serverErrorLog) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
 	if bytes.Contains(p, []byte("Accept error")) {
-		l.e.warnEvery("accept", "cannot accept connections", "err", line)
+		l.e.warnings.Warn(l.e.log, "accept", "cannot accept connections", "err", line)
 	} else {
 		l.e.log.Debug("http server", "err", line)
 	}

@@ -188,7 +188,7 @@ func (p *partition) checkBacklogLocked(client string, q *clientQueue, from int, 
 	cd := &condemnation{reason: d.reason(), since: now, notified: now}
 	p.condemned[client] = cd
 	p.s.m.backlogCloses.Inc()
-	p.s.warnClient(p.s.log, "backlog", "closing a client that sends faster than the canister executes; dropping its queued envelopes",
+	p.s.clientWarnings.Warn(p.s.log, "backlog", "closing a client that sends faster than the canister executes; dropping its queued envelopes",
 		"partition", p.n, "client", client, "queued", d.queued, "pace", pace, "need", d.start, "expires_in", d.left)
 	tag := ""
 	for _, m := range q.msgs {

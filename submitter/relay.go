@@ -93,14 +93,14 @@ type callVerdict struct {
 func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind string, canister principal.Principal, body []byte) (done bool, v callVerdict) {
 	expiry, err := ingressExpiry(body)
 	if err != nil {
-		s.warnClient(log, outcomeInvalid, "dropping invalid envelope", "err", err)
+		s.clientWarnings.Warn(log, outcomeInvalid, "dropping invalid envelope", "err", err)
 		s.count(kind, outcomeInvalid)
 		return true, callVerdict{refused: true, reason: "invalid envelope"}
 	}
 	backoff := s.cfg.RetryMin
 	for attempt := 0; ; attempt++ {
 		if !time.Now().Before(expiry) {
-			s.warnClient(log, outcomeExpired, "envelope expired before the IC executed it", "ingress_expiry", expiry, "attempts", attempt)
+			s.clientWarnings.Warn(log, outcomeExpired, "envelope expired before the IC executed it", "ingress_expiry", expiry, "attempts", attempt)
 			s.m.expired.Inc()
 			s.count(kind, outcomeExpired)
 			return true, callVerdict{refused: true, reason: "the envelope expired before the IC could be reached"}
@@ -136,7 +136,7 @@ func (s *Submitter) relayEnvelope(ctx context.Context, log *slog.Logger, kind st
 			return s.recordOutcome(ctx, log, kind, canister, out, kicked), verdictOf(out)
 		}
 		if !isRetryable(err) && !errors.Is(err, context.DeadlineExceeded) {
-			s.warnClient(log, outcomeRefused, "envelope refused by the IC", "err", err)
+			s.clientWarnings.Warn(log, outcomeRefused, "envelope refused by the IC", "err", err)
 			s.count(kind, outcomeRefused)
 			return true, callVerdict{refused: true, reason: "the IC refused the envelope: " + err.Error()}
 		}
@@ -192,7 +192,7 @@ func (s *Submitter) recordOutcome(ctx context.Context, log *slog.Logger, kind st
 		s.count(kind, outcomeRejected)
 		s.m.rejects.WithLabelValues(kind, strconv.FormatUint(out.RejectCode, 10)).Inc()
 	case statusNonReplicatedRejection:
-		s.warnClient(log, outcomeNonReplicated, "envelope rejected before execution", "reject_code", out.RejectCode,
+		s.clientWarnings.Warn(log, outcomeNonReplicated, "envelope rejected before execution", "reject_code", out.RejectCode,
 			"reject_message", out.RejectMessage, "error_code", out.ErrorCode)
 		s.count(kind, outcomeNonReplicated)
 		s.m.rejects.WithLabelValues(kind, strconv.FormatUint(out.RejectCode, 10)).Inc()

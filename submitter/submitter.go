@@ -72,7 +72,7 @@ type Submitter struct {
 	sessions *bus.Sessions
 
 	// clientWarnings keeps the warnings a client can cause (refused, expired or invalid
-	// envelopes, backlogs) to one a minute per kind (warnClient).
+	// envelopes, backlogs) to one a minute per kind; the rest are debug lines.
 	clientWarnings *ratelog.Limiter
 
 	// sem bounds the clients relayed at the same time across all partitions.
@@ -197,18 +197,3 @@ func (s *Submitter) Run(ctx context.Context) error {
 
 // crash is a test hook: Run returns at once without draining or releasing leases.
 func (s *Submitter) crash() { s.crashOnce.Do(func() { close(s.crashCh) }) }
-
-// warnClient logs what one client's envelope caused: a warning once a minute per kind (with how
-// many were held back), a debug line otherwise. A client with a fresh key can cause hundreds a
-// second; each is counted in a metric.
-func (s *Submitter) warnClient(log *slog.Logger, kind, msg string, args ...any) {
-	ok, skipped := s.clientWarnings.Allow(kind, time.Now())
-	if !ok {
-		log.Debug(msg, args...)
-		return
-	}
-	if skipped > 0 {
-		args = append(args, "similar_since_last_warning", skipped)
-	}
-	log.Warn(msg, args...)
-}

@@ -5,6 +5,7 @@
 package ratelog
 
 import (
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -44,4 +45,18 @@ func (l *Limiter) Allow(kind string, now time.Time) (ok bool, skipped int) {
 	skipped = st.skipped
 	st.last, st.skipped = now, 0
 	return true, skipped
+}
+
+// Warn logs msg as a warning if a line of kind may be logged now (with how many were held back
+// since the previous one), and as a debug line otherwise.
+func (l *Limiter) Warn(log *slog.Logger, kind, msg string, args ...any) {
+	ok, skipped := l.Allow(kind, time.Now())
+	if !ok {
+		log.Debug(msg, args...)
+		return
+	}
+	if skipped > 0 {
+		args = append(args, "similar_since_last_warning", skipped)
+	}
+	log.Warn(msg, args...)
 }

@@ -1,6 +1,9 @@
 package ratelog
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -28,5 +31,20 @@ func TestLimiterLetsOneLinePerKindAndInterval(t *testing.T) {
 		if ok != step.wantOK || skipped != step.wantSkipped {
 			t.Fatalf("%s at %s: %v, %d skipped; want %v, %d", step.kind, step.at, ok, skipped, step.wantOK, step.wantSkipped)
 		}
+	}
+}
+
+func TestWarnHoldsBackToDebugLines(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l := New(time.Hour)
+	for range 3 {
+		l.Warn(log, "refused", "envelope refused", "client", "c1")
+	}
+	if got := strings.Count(buf.String(), "level=WARN"); got != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", got, buf.String())
+	}
+	if got := strings.Count(buf.String(), "level=DEBUG"); got != 2 {
+		t.Fatalf("%d debug lines, want 2:\n%s", got, buf.String())
 	}
 }
