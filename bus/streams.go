@@ -20,7 +20,7 @@ type Topology struct {
 	Replicas             int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of every stream and bucket (1, 3 or 5; 3 on a NATS cluster)"`
 	InMaxAge             time.Duration `envconfig:"IN_MAX_AGE" default:"10m" desc:"how long client envelopes stay in ICWS_IN (must exceed the ingress expiry, 5 min)"`
 	OutMaxAge            time.Duration `envconfig:"REPLAY_MAX_AGE" default:"10m" desc:"replay window by age: how long canister messages stay in ICWS_OUT"`
-	OutMaxMsgsPerSubject int64         `envconfig:"REPLAY_MAX_MESSAGES" default:"10000" desc:"replay window by count: messages kept per client in ICWS_OUT"`
+	OutMaxMsgsPerSubject int64         `envconfig:"REPLAY_MAX_MESSAGES" default:"10000" desc:"replay window by count: stream messages kept per client in ICWS_OUT (each one canister message, or a client's several of one poll)"`
 	DuplicateWindow      time.Duration `envconfig:"DUPLICATE_WINDOW" default:"6m" desc:"JetStream de-duplication window of ICWS_IN and ICWS_OUT; at least the canister's message retention"`
 	MaxMessageBytes      int32         `envconfig:"STREAM_MAX_MESSAGE_BYTES" default:"4194304" desc:"largest message a stream accepts (bytes); at least 3.5 MiB so any IC reply fits"`
 	InMaxBytes           config.Bytes  `envconfig:"IN_MAX_BYTES" default:"256MiB" desc:"byte limit of ICWS_IN; when full, new client envelopes are refused (1013) and nothing stored is dropped"`

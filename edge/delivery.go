@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,13 +49,20 @@ type sendq struct {
 	space   chan struct{} // closed when the writer takes frames; created on demand
 }
 
-func seqOf(h nats.Header) (uint64, bool) {
-	v := h.Get(bus.HeaderSeq)
-	if v == "" {
+// topSeqOf is the highest sequence number an ICWS_OUT message holds.
+func topSeqOf(hdr nats.Header, data []byte) (uint64, bool) {
+	var one [1]bus.OutFrame
+	frames, err := bus.DecodeOutFrames(one[:0], hdr, data)
+	if err != nil {
 		return 0, false
 	}
-	n, err := strconv.ParseUint(v, 10, 64)
-	return n, err == nil && n > 0
+	return frames[len(frames)-1].Seq, true
+}
+
+// badOutMessage reports an ICWS_OUT message no poller writes; it is skipped, and a client missing
+// a frame of it sees a gap and is closed.
+func (e *Edge) badOutMessage(subject string, err error) {
+	e.warnings.Warn(e.log, "bad_out_message", "skipping an ICWS_OUT message no poller writes", "subject", subject, "err", err)
 }
 
 // onLive handles a message from the core subscription (dispatch goroutine; must not block).
@@ -65,29 +71,34 @@ func (c *conn) onLive(msg *nats.Msg) {
 		return
 	}
 	stagetrace.Mark(context.Background(), c.e.log, stagetrace.EdgeLive)
-	seq, ok := seqOf(msg.Header)
-	if !ok {
-		c.e.log.Debug("canister message without Icws-Seq", "subject", msg.Subject)
+	var one [1]bus.OutFrame
+	frames, err := bus.DecodeOutFrames(one[:0], msg.Header, msg.Data)
+	if err != nil {
+		c.e.badOutMessage(msg.Subject, err)
 		return
 	}
 	c.dmu.Lock()
-	if !c.live || seq < c.next {
+	if !c.live {
 		c.dmu.Unlock()
 		return
 	}
-	if c.filling || seq > c.next {
-		c.holdLocked(seq, msg.Data)
-		start := !c.filling
-		c.filling = true
-		c.dmu.Unlock()
-		if start {
-			c.e.m.gapFills.Inc()
-			go c.fill()
+	startFill := false
+	for _, f := range frames {
+		switch {
+		case f.Seq < c.next:
+		case c.filling || f.Seq > c.next:
+			c.holdLocked(f.Seq, f.Frame)
+			startFill = startFill || !c.filling
+			c.filling = true
+		default:
+			c.deliverLocked(f.Frame)
 		}
-		return
 	}
-	c.deliverLocked(msg.Data)
 	c.dmu.Unlock()
+	if startFill {
+		c.e.m.gapFills.Inc()
+		go c.fill()
+	}
 }
 
 // liveSub is a core NATS subscription to live subjects (bus.LiveSubject) and the number of this
@@ -424,45 +435,47 @@ func (c *conn) readHistory() error {
 			return errStopRead
 		}
 		last = sseq
-		c.e.m.replayed.Inc()
-		seq, ok := seqOf(hdr)
-		if !ok {
+		var one [1]bus.OutFrame
+		stored, err := bus.DecodeOutFrames(one[:0], hdr, data)
+		if err != nil {
+			c.e.badOutMessage(c.outSubject(), err)
 			return nil
 		}
+		c.e.m.replayed.Add(float64(len(stored)))
 		c.dmu.Lock()
 		if !c.live {
 			c.dmu.Unlock()
 			aborted = true
 			return errStopRead
 		}
-		switch {
-		case seq < c.next:
-			c.dmu.Unlock()
-			return nil
-		case seq > c.next:
-			above = true
-			if firstHeld == 0 {
-				firstHeld = sseq
+		var frames [][]byte
+		for _, f := range stored {
+			switch {
+			case f.Seq < c.next:
+				continue
+			case f.Seq > c.next:
+				above = true
+				if firstHeld == 0 {
+					firstHeld = sseq
+				}
+				c.holdLocked(f.Seq, f.Frame)
+				continue
 			}
-			c.holdLocked(seq, data)
-			c.dmu.Unlock()
-			return nil
-		}
-		c.takeLocked(seq)
-		c.next++
-		frames := [][]byte{}
-		if c.resumedFrame != nil {
-			frames = append(frames, c.resumedFrame)
-			c.resumedFrame = nil
-		}
-		frames = append(frames, data)
-		for {
-			d, ok := c.takeLocked(c.next)
-			if !ok {
-				break
-			}
+			c.takeLocked(f.Seq)
 			c.next++
-			frames = append(frames, d)
+			if c.resumedFrame != nil {
+				frames = append(frames, c.resumedFrame)
+				c.resumedFrame = nil
+			}
+			frames = append(frames, f.Frame)
+			for {
+				d, ok := c.takeLocked(c.next)
+				if !ok {
+					break
+				}
+				c.next++
+				frames = append(frames, d)
+			}
 		}
 		c.dmu.Unlock()
 		// Only this goroutine produces frames while filling, so pushing outside the lock keeps

@@ -491,6 +491,23 @@ func (p *pipeline) publish(subject string, seq uint64, pad int) {
 	}
 }
 
+// publishTogether stores seqs, in order, as one ICWS_OUT message of several frames (as a poller
+// stores a client's frames of one answer).
+func (p *pipeline) publishTogether(subject string, seqs ...uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m := nats.NewMsg(subject)
+	for _, s := range seqs {
+		m.Data = bus.AppendOutFrame(m.Data, s, outMsg(p.gw, subject, s, 0).Data)
+	}
+	m.Header.Set(bus.HeaderSeq, strconv.FormatUint(seqs[0], 10))
+	m.Header.Set(bus.HeaderFrames, strconv.Itoa(len(seqs)))
+	m.Header.Set(bus.HeaderMsgID, subject+".together."+strconv.FormatUint(seqs[0], 10)+"-"+strconv.FormatUint(seqs[len(seqs)-1], 10))
+	if _, err := p.js.PublishMsg(ctx, m); err != nil {
+		p.t.Errorf("publish out: %v", err)
+	}
+}
+
 // ---- stream and KV inspection ----
 
 type inMsg struct {

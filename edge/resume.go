@@ -130,7 +130,7 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 			return fail(why)
 		}
 		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubject()); err == nil && last.Sequence >= rec.OutFrom {
-			if top, ok := seqOf(last.Header); ok && req.LastSeq > top {
+			if top, ok := topSeqOf(last.Header, last.Data); ok && req.LastSeq > top {
 				cancel()
 				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
 			}

@@ -1,14 +1,11 @@
 package poller
 
 import (
-	"context"
 	"math"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
 )
@@ -72,17 +69,5 @@ func TestAnswersStayWithinTheirByteLimits(t *testing.T) {
 	c.certPad = 10 << 10 // frames of about 20 KiB: three to a part
 	c.mu.Unlock()
 	testkit.WaitFor(t, 10*time.Second, "30 messages published", func() bool { return e.outCount() == 30 })
-	ctx := context.Background()
-	var last uint64
-	for seq := uint64(1); seq <= 30; seq++ {
-		m, err := e.h.Out.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nonce, err := strconv.ParseUint(m.Header.Get(bus.HeaderNonce), 10, 64)
-		if err != nil || seq > 1 && nonce != last+1 {
-			t.Fatalf("stream message %d has nonce %q after %d", seq, m.Header.Get(bus.HeaderNonce), last)
-		}
-		last = nonce
-	}
+	checkStream(t, e, snapshot(c), zeroEpoch)
 }

@@ -215,32 +215,55 @@ func (rp *runningPoller) stop(t *testing.T) {
 	}
 }
 
-// outMsgs returns every message stored in ICWS_OUT, in stream order.
-func (e *env) outMsgs() []*jetstream.RawStreamMsg {
+// storedFrame is one canister message held by ICWS_OUT: the subject and headers of the stream
+// message that holds it (bus.HeaderSeq is that message's first frame's), and its own frame.
+type storedFrame struct {
+	Subject string
+	Header  nats.Header
+	Seq     uint64
+	Data    []byte
+	Frames  int // frames of its stream message
+}
+
+// outMsgs returns every canister message stored in ICWS_OUT, in stream order.
+func (e *env) outMsgs() []storedFrame {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	info, err := e.h.Out.Info(ctx)
+	out, err := e.readOut()
 	if err != nil {
 		e.t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := e.h.Out.GetMsg(ctx, seq)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		out = append(out, m)
 	}
 	return out
 }
 
-func (e *env) outCount() uint64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (e *env) readOut() ([]storedFrame, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	info, err := e.h.Out.Info(ctx)
 	if err != nil {
+		return nil, err
+	}
+	var out []storedFrame
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := e.h.Out.GetMsg(ctx, seq)
+		if err != nil {
+			return nil, err
+		}
+		frames, err := bus.DecodeOutFrames(nil, m.Header, m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("stream message %d: %w", seq, err)
+		}
+		for _, f := range frames {
+			out = append(out, storedFrame{Subject: m.Subject, Header: m.Header, Seq: f.Seq, Data: f.Frame, Frames: len(frames)})
+		}
+	}
+	return out, nil
+}
+
+// outCount is the number of canister messages stored in ICWS_OUT.
+func (e *env) outCount() uint64 {
+	out, err := e.readOut()
+	if err != nil {
 		return 0
 	}
-	return info.State.Msgs
+	return uint64(len(out))
 }

@@ -69,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"cause"}),
 		announced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "icws_poller_duplicates_announced_total",
-			Help: "Messages ICWS_OUT acknowledged as already stored (a publish sent again after a timeout or by a new poller), published on their live subjects by the poller because the stream re-publishes only what it stores.",
+			Help: "Canister messages ICWS_OUT acknowledged as already stored (a publish sent again after a timeout or by a new poller), published on their live subjects by the poller because the stream re-publishes only what it stores.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.pollLatency, m.publishLatency, m.messages, m.cursor, m.errors, m.leaseHeld, m.resets, m.panics, m.refused, m.failures, m.announced} {

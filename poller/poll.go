@@ -1,12 +1,14 @@
 package poller
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"math"
 	"strconv"
 	"sync"
@@ -350,19 +352,26 @@ type published struct {
 }
 
 // publish writes msgs, of an answer fetch checked, to ICWS_OUT in order and waits for every
-// PubAck. It returns how many it published and the last one. A message whose content cannot be
-// read is skipped (the client could not verify it either). Each frame carries the answer's
-// certificate and its own message's witness cut from the answer's tree (protocol.BatchFrames).
-// Frames are published in parts of at most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged
-// before the next is built.
+// PubAck. It returns how many canister messages it published and the last one. A message whose
+// content cannot be read is skipped (the client could not verify it either). Each frame carries
+// the answer's certificate and its own message's witness cut from the answer's tree
+// (protocol.BatchFrames). A client's frames of one answer are stored as one stream message
+// (outGroup), since JetStream's cost is per stored message far more than per byte. Frames are
+// published in parts of at most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged before the next
+// is built.
 func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
 	log := p.log.With("canister", canister)
-	out := make([]*nats.Msg, 0, len(msgs))
-	var outBytes, sent int
-	limit := p.frameLimit()
+	part := outPart{canister: canister, epoch: strconv.FormatUint(epoch, 10), limit: p.frameLimit()}
+	if arena, ok := p.arenas.Get().(*[]byte); ok {
+		part.arena = *arena
+	}
+	defer func() {
+		arena := part.arena[:0]
+		p.arenas.Put(&arena)
+	}()
+	var sent int
 	frames := protocol.NewBatchFrames(res.Cert, res.Tree)
 	tokens := make(map[clientKeyID]string) // a batch holds few clients; Token encodes a principal
-	epochText := strconv.FormatUint(epoch, 10)
 	var last published
 	var prev *uint64
 	gaps := 0
@@ -386,51 +395,150 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 			token = m.ClientKey.Token()
 			tokens[id] = token
 		}
-		frame := frames.Frame(m.Key, m.Content)
-		if len(frame) > limit {
+		start := len(part.arena)
+		part.arena = frames.AppendFrame(part.arena, m.Key, m.Content)
+		frame := part.arena[start:]
+		if len(frame) > part.limit {
+			part.arena = part.arena[:start]
 			// JetStream would refuse it on every retry and stall the canister's other clients.
 			// The client sees a sequence gap and closes; nothing else is held up.
 			p.m.errors.WithLabelValues(errKindTooLarge).Inc()
 			log.Error("skipping canister message larger than the stream accepts", "key", m.Key,
-				"client", token, "frame_bytes", len(frame), "limit_bytes", limit)
+				"client", token, "frame_bytes", len(frame), "limit_bytes", part.limit)
 			continue
 		}
-		if len(out) > 0 && outBytes+len(frame) > int(p.cfg.PublishBatchBytes) {
-			if err := p.publishOrdered(ctx, out); err != nil {
+		if start > 0 && len(part.arena) > int(p.cfg.PublishBatchBytes) {
+			// The part is full without this frame: publish it, and this frame starts the next.
+			frame = bytes.Clone(frame)
+			part.arena = part.arena[:start]
+			if err := p.publishOrdered(ctx, part.messages()); err != nil {
 				return 0, last, err
 			}
-			sent += len(out)
-			out, outBytes = out[:0], 0
+			sent += part.frames
+			part.reset()
+			start = 0
+			part.arena = append(part.arena, frame...)
 		}
-		outBytes += len(frame)
-		// One map literal, sized once, instead of an empty map grown by five Header.Set calls.
-		out = append(out, &nats.Msg{
-			Subject: bus.OutSubject(canister, token),
-			Data:    frame,
-			Header: nats.Header{
-				bus.HeaderSeq:       {strconv.FormatUint(wm.SequenceNum, 10)},
-				bus.HeaderNonce:     {strconv.FormatUint(nonce, 10)},
-				bus.HeaderClientKey: {token},
-				bus.HeaderEpoch:     {epochText},
-				bus.HeaderMsgID:     {canister + "." + m.Key + "." + hex.EncodeToString(sum[:16])},
-			},
-		})
+		part.add(id, token, outEntry{seq: wm.SequenceNum, nonce: nonce, key: m.Key, sum: sum}, start)
 	}
 	if gaps > 0 {
 		p.m.errors.WithLabelValues(errKindGap).Add(float64(gaps))
 		log.Warn("non-consecutive nonces in one batch", "gaps", gaps, "last_nonce", last.nonce)
 	}
-	if err := p.publishOrdered(ctx, out); err != nil {
+	if err := p.publishOrdered(ctx, part.messages()); err != nil {
 		return 0, last, err
 	}
 	stagetrace.Mark(ctx, p.log, stagetrace.PollerPublished)
-	return sent + len(out), last, nil
+	return sent + part.frames, last, nil
 }
 
 // clientKeyID identifies a client key within one batch.
 type clientKeyID struct {
 	principal string
 	nonce     uint64
+}
+
+// outEntry is one canister message about to be stored.
+type outEntry struct {
+	seq, nonce uint64
+	key        string
+	sum        [sha256.Size]byte // of the message's content
+}
+
+// outGroup is one ICWS_OUT message: frames of one client, in the answer's order.
+type outGroup struct {
+	token     string
+	first     outEntry
+	lastNonce uint64
+	frames    []frameRef
+	size      int       // encoded size of frames
+	sums      hash.Hash // over every content's sha256, from the second frame on
+}
+
+// frameRef is a frame cut into outPart.arena.
+type frameRef struct {
+	seq        uint64
+	start, end int
+}
+
+// outPart is the frames of one part of an answer, grouped by client in the order each client's
+// first frame came, so every client's frames keep their order and stream messages their nonce
+// order.
+type outPart struct {
+	canister, epoch string
+	limit           int    // largest stream message data
+	arena           []byte // the part's frames, cut one after the other; reused across polls
+	open            map[clientKeyID]*outGroup
+	groups          []*outGroup
+	frames          int
+}
+
+// add puts the frame arena[start:] into the group of client id, or into a new group if it would
+// not fit.
+func (pt *outPart) add(id clientKeyID, token string, e outEntry, start int) {
+	n := len(pt.arena) - start
+	g := pt.open[id]
+	if g == nil || g.size+n+bus.OutFrameOverhead > pt.limit || len(g.frames) == bus.MaxOutFrames {
+		g = &outGroup{token: token, first: e}
+		if pt.open == nil {
+			pt.open = make(map[clientKeyID]*outGroup)
+		}
+		pt.open[id] = g
+		pt.groups = append(pt.groups, g)
+	}
+	switch len(g.frames) {
+	case 0:
+	case 1:
+		g.sums = sha256.New()
+		g.sums.Write(g.first.sum[:])
+		fallthrough
+	default:
+		g.sums.Write(e.sum[:])
+	}
+	g.frames = append(g.frames, frameRef{seq: e.seq, start: start, end: len(pt.arena)})
+	g.size += n + bus.OutFrameOverhead
+	g.lastNonce = e.nonce
+	pt.frames++
+}
+
+func (pt *outPart) reset() {
+	clear(pt.open)
+	pt.groups = pt.groups[:0]
+	pt.arena = pt.arena[:0]
+	pt.frames = 0
+}
+
+// messages builds the part's stream messages, each in a buffer of its own (an asynchronous
+// publish may still hold one after the part is reset). One frame is stored as itself, several as
+// bus.AppendOutFrame records with their count in Icws-Frames; either way Icws-Seq and Icws-Nonce
+// are the first frame's. The Nats-Msg-Id names the first message's key, and for several the last
+// nonce and a hash over every content, so the same answer published again is dropped as a
+// duplicate.
+func (pt *outPart) messages() []*nats.Msg {
+	out := make([]*nats.Msg, 0, len(pt.groups))
+	for _, g := range pt.groups {
+		// One map literal, sized once, instead of an empty map grown by Header.Set calls.
+		h := nats.Header{
+			bus.HeaderSeq:       {strconv.FormatUint(g.first.seq, 10)},
+			bus.HeaderNonce:     {strconv.FormatUint(g.first.nonce, 10)},
+			bus.HeaderClientKey: {g.token},
+			bus.HeaderEpoch:     {pt.epoch},
+		}
+		var data []byte
+		if len(g.frames) == 1 {
+			data = bytes.Clone(pt.arena[g.frames[0].start:g.frames[0].end])
+			h[bus.HeaderMsgID] = []string{pt.canister + "." + g.first.key + "." + hex.EncodeToString(g.first.sum[:16])}
+		} else {
+			data = make([]byte, 0, g.size)
+			for _, f := range g.frames {
+				data = bus.AppendOutFrame(data, f.seq, pt.arena[f.start:f.end])
+			}
+			h[bus.HeaderFrames] = []string{strconv.Itoa(len(g.frames))}
+			h[bus.HeaderMsgID] = []string{pt.canister + "." + g.first.key + "." + strconv.FormatUint(g.lastNonce, 10) + "." + hex.EncodeToString(g.sums.Sum(nil)[:16])}
+		}
+		out = append(out, &nats.Msg{Subject: bus.OutSubject(pt.canister, g.token), Data: data, Header: h})
+	}
+	return out
 }
 
 // publishOrdered publishes asynchronously (one connection keeps the order) and waits for all acks.
@@ -503,7 +611,11 @@ func (p *Poller) announce(m *nats.Msg) {
 		p.log.Warn("announce a message already stored", "subject", live, "err", err)
 		return
 	}
-	p.m.announced.Inc()
+	frames := 1
+	if n, err := strconv.Atoi(m.Header.Get(bus.HeaderFrames)); err == nil {
+		frames = n
+	}
+	p.m.announced.Add(float64(frames))
 }
 
 func contentHash(b []byte) string {

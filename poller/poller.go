@@ -50,6 +50,9 @@ type Poller struct {
 	lastOK      time.Time
 	h           *bus.Handles
 
+	// arenas holds the buffers publish cuts frames into, reused across polls.
+	arenas sync.Pool
+
 	// abandonLeases makes Run return without releasing its leases, as a crashed process would
 	// (tests only).
 	abandonLeases bool

@@ -39,8 +39,9 @@ func newIC(c *fakeCanister) *fakeIC {
 	return &fakeIC{canisters: map[string]*fakeCanister{testCanister.Encode(): c}, gateway: testGateway}
 }
 
-// checkStream verifies that ICWS_OUT holds exactly the canister's messages want (in order), each
-// once, with the contract's headers and frames.
+// checkStream verifies that ICWS_OUT holds exactly the canister's messages want, each once, every
+// client's in their order (the stream keeps a client's frames of one answer together), with the
+// contract's headers and frames.
 func checkStream(t *testing.T, e *env, want []protocol.CanisterOutputMessage, epochOf func(i int) uint64) {
 	t.Helper()
 	got := e.outMsgs()
@@ -48,7 +49,17 @@ func checkStream(t *testing.T, e *env, want []protocol.CanisterOutputMessage, ep
 		t.Fatalf("ICWS_OUT holds %d messages, want %d", len(got), len(want))
 	}
 	cid := testCanister.Encode()
-	for i, m := range got {
+	wantOf := map[string][]int{} // indexes into want, by subject
+	for i, w := range want {
+		subj := bus.OutSubject(cid, w.ClientKey.Token())
+		wantOf[subj] = append(wantOf[subj], i)
+	}
+	for _, m := range got {
+		if len(wantOf[m.Subject]) == 0 {
+			t.Fatalf("a message on %s beyond those wanted", m.Subject)
+		}
+		i := wantOf[m.Subject][0]
+		wantOf[m.Subject] = wantOf[m.Subject][1:]
 		w := want[i]
 		frame, err := protocol.DecodeCanisterToClientMessage(m.Data)
 		if err != nil {
@@ -66,13 +77,20 @@ func checkStream(t *testing.T, e *env, want []protocol.CanisterOutputMessage, ep
 		wm, _ := protocol.DecodeWebsocketMessageCBOR(w.Content)
 		nonce, _ := protocol.MessageKeyNonce(w.Key)
 		sum := sha256.Sum256(w.Content)
-		for k, v := range map[string]string{
-			bus.HeaderSeq:       strconv.FormatUint(wm.SequenceNum, 10),
-			bus.HeaderNonce:     strconv.FormatUint(nonce, 10),
+		if m.Seq != wm.SequenceNum {
+			t.Fatalf("msg %d: sequence number %d, want %d", i, m.Seq, wm.SequenceNum)
+		}
+		want := map[string]string{
 			bus.HeaderClientKey: w.ClientKey.Token(),
 			bus.HeaderEpoch:     strconv.FormatUint(epochOf(i), 10),
-			bus.HeaderMsgID:     cid + "." + w.Key + "." + hex.EncodeToString(sum[:16]),
-		} {
+		}
+		if m.Frames == 1 {
+			// Several frames in one stream message carry their first frame's seq and nonce.
+			want[bus.HeaderSeq] = strconv.FormatUint(wm.SequenceNum, 10)
+			want[bus.HeaderNonce] = strconv.FormatUint(nonce, 10)
+			want[bus.HeaderMsgID] = cid + "." + w.Key + "." + hex.EncodeToString(sum[:16])
+		}
+		for k, v := range want {
 			if got := m.Header.Get(k); got != v {
 				t.Fatalf("msg %d: header %s = %q, want %q", i, k, got, v)
 			}

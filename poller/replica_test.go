@@ -96,7 +96,7 @@ func TestPollsTheDemoCanisterThroughTheReplica(t *testing.T) {
 			t.Fatalf("subject %s for client %s", m.Subject, tok)
 		}
 		seqs[tok]++
-		if wm.SequenceNum != seqs[tok] || m.Header.Get(bus.HeaderSeq) != strconv.FormatUint(wm.SequenceNum, 10) {
+		if wm.SequenceNum != seqs[tok] || m.Seq != wm.SequenceNum {
 			t.Fatalf("client %s: seq %d, want %d", tok, wm.SequenceNum, seqs[tok])
 		}
 	}

@@ -18,10 +18,13 @@ import (
 
 // BenchmarkStorageShape measures what JetStream alone costs this process per delivered canister
 // message (the embedded server, the publishing client's PubAcks and a live subscriber receiving
-// every message), for the burst of BenchmarkPollPublish stored in two shapes:
+// every message), for the burst of BenchmarkPollPublish stored in three shapes:
 //
-//   - message: today's ICWS_OUT, one stream message per canister message (its frame and the five
-//     icws headers, on the client's subject), re-published to its live subject;
+//   - message: one stream message per canister message (its frame and the five icws headers, on
+//     the client's subject), re-published to its live subject, as ICWS_OUT was first laid out;
+//   - client: today's ICWS_OUT, what the poller stores: a client's frames of one reply as one
+//     stream message (bus.AppendOutFrame records, one frame alone as itself). The burst here
+//     interleaves its 20 clients, so a reply of 50 messages holds 2-3 of each;
 //   - poll: one stream message per ws_get_messages reply (its certificate, tree and every message
 //     once), re-published to one live subject per canister. Nothing in icws stores a poll this way;
 //     the figure is what the NATS side of a delivered message would cost if it did
@@ -56,13 +59,34 @@ func BenchmarkStorageShape(b *testing.B) {
 		polls = append(polls, rec.replies[nonce])
 		nonce += uint64(len(res.Messages))
 	}
-	frames := make([]*jetstream.RawStreamMsg, 0, messages)
-	for seq := uint64(1); seq <= messages; seq++ {
+	info, err := p.h.Out.Info(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var stored, frames []*jetstream.RawStreamMsg
+	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
 		m, err := p.h.Out.GetMsg(ctx, seq)
 		if err != nil {
 			b.Fatalf("read back message %d: %v", seq, err)
 		}
-		frames = append(frames, m)
+		stored = append(stored, m)
+		split, err := bus.DecodeOutFrames(nil, m.Header, m.Data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, f := range split {
+			h := nats.Header{}
+			for k, v := range m.Header {
+				h[k] = slices.Clone(v)
+			}
+			h.Del(bus.HeaderFrames)
+			h.Set(bus.HeaderSeq, strconv.FormatUint(f.Seq, 10))
+			h.Set(bus.HeaderMsgID, fmt.Sprintf("%s.%d", canister, len(frames)))
+			frames = append(frames, &jetstream.RawStreamMsg{Subject: m.Subject, Header: h, Data: f.Frame})
+		}
+	}
+	if len(frames) != messages {
+		b.Fatalf("%d frames stored, want %d", len(frames), messages)
 	}
 	if err := p.h.Out.Purge(ctx); err != nil {
 		b.Fatal(err)
@@ -98,6 +122,22 @@ func BenchmarkStorageShape(b *testing.B) {
 				out := make([]*nats.Msg, len(frames))
 				suffix := "." + strconv.Itoa(round)
 				for i, f := range frames {
+					h := nats.Header{}
+					for k, v := range f.Header {
+						h[k] = slices.Clone(v)
+					}
+					h.Set(bus.HeaderMsgID, h.Get(bus.HeaderMsgID)+suffix)
+					out[i] = &nats.Msg{Subject: f.Subject, Header: h, Data: f.Data}
+				}
+				return out
+			},
+		},
+		{
+			name: "client", live: "icws.live.>", stream: p.h.Out, perRound: len(stored),
+			roundMsgs: func(round int) []*nats.Msg {
+				out := make([]*nats.Msg, len(stored))
+				suffix := "." + strconv.Itoa(round)
+				for i, f := range stored {
 					h := nats.Header{}
 					for k, v := range f.Header {
 						h[k] = slices.Clone(v)
@@ -147,8 +187,11 @@ func BenchmarkStorageShape(b *testing.B) {
 			for i := range b.N {
 				// The poller's rhythm: a poll's messages published asynchronously, then its acks.
 				msgs := rounds[i]
-				step := perPoll
-				if shape.name == "poll" {
+				step := perPoll // stream messages of one reply
+				switch shape.name {
+				case "client":
+					step = (len(msgs) + len(polls) - 1) / len(polls)
+				case "poll":
 					step = 1
 				}
 				for start := 0; start < len(msgs); start += step {

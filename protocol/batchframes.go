@@ -35,6 +35,12 @@ var labelWebsocket = []byte("websocket")
 // Frame returns the encoded CanisterToClientMessage of the message with key and content, in a
 // buffer of its own.
 func (b *BatchFrames) Frame(key string, content []byte) []byte {
+	return b.AppendFrame(nil, key, content)
+}
+
+// AppendFrame appends the encoded CanisterToClientMessage of the message with key and content to
+// dst.
+func (b *BatchFrames) AppendFrame(dst []byte, key string, content []byte) []byte {
 	tree := b.tree
 	if b.pruner != nil {
 		b.witness = b.witness[:0]
@@ -46,5 +52,8 @@ func (b *BatchFrames) Frame(key string, content []byte) []byte {
 		}
 	}
 	m := CanisterToClientMessage{Key: key, Content: content, Cert: b.cert, Tree: tree}
-	return m.AppendEncode(make([]byte, 0, m.encodedLen()))
+	if dst == nil {
+		dst = make([]byte, 0, m.encodedLen())
+	}
+	return m.AppendEncode(dst)
 }
