@@ -41,8 +41,13 @@ func TestHostileSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("hostile soak: long")
 	}
+	// The good client keeps what it sent until the canister acknowledges it, at most MaxPending
+	// (10,000) messages: at the CDK's default ack interval (300 s) an echo loop faster than 33 a
+	// second would run into that limit before the first ack, so the canister acks every 10 s.
+	const ackInterval = 10 * time.Second
 	d := startDeployment(t, DeploymentOptions{
 		NATSNodes: 1, Edges: 1, Submitters: 1, Pollers: 1,
+		Replica: ReplicaOptions{AckInterval: ackInterval, KeepAliveTimeout: ackInterval / 2},
 		EdgeEnv: map[string]string{
 			"ICWS_MAX_MESSAGE_BYTES": "65536",
 			"ICWS_OPEN_TIMEOUT":      "2s",
@@ -59,7 +64,7 @@ func TestHostileSoak(t *testing.T) {
 	gateway := principal.MustDecode(d.Gateway)
 	metrics := edge.AdminURL + "/metrics"
 
-	good := dialClient(t, edge.WSURL, d.Replica.URL, d.Replica.CanisterID, dialOptions{Resume: true})
+	good := dialClient(t, edge.WSURL, d.Replica.URL, d.Replica.CanisterID, dialOptions{Resume: true, AckInterval: ackInterval})
 	echo := &echoer{c: good}
 	echo.run(t, 30) // warm up
 	unloaded := echo.run(t, 100)
