@@ -118,35 +118,11 @@ func BenchmarkStorageShape(b *testing.B) {
 	}{
 		{
 			name: "message", live: "icws.live.>", stream: p.h.Out, perRound: messages,
-			roundMsgs: func(round int) []*nats.Msg {
-				out := make([]*nats.Msg, len(frames))
-				suffix := "." + strconv.Itoa(round)
-				for i, f := range frames {
-					h := nats.Header{}
-					for k, v := range f.Header {
-						h[k] = slices.Clone(v)
-					}
-					h.Set(bus.HeaderMsgID, h.Get(bus.HeaderMsgID)+suffix)
-					out[i] = &nats.Msg{Subject: f.Subject, Header: h, Data: f.Data}
-				}
-				return out
-			},
+			roundMsgs: func(round int) []*nats.Msg { return forRound(frames, round) },
 		},
 		{
 			name: "client", live: "icws.live.>", stream: p.h.Out, perRound: len(stored),
-			roundMsgs: func(round int) []*nats.Msg {
-				out := make([]*nats.Msg, len(stored))
-				suffix := "." + strconv.Itoa(round)
-				for i, f := range stored {
-					h := nats.Header{}
-					for k, v := range f.Header {
-						h[k] = slices.Clone(v)
-					}
-					h.Set(bus.HeaderMsgID, h.Get(bus.HeaderMsgID)+suffix)
-					out[i] = &nats.Msg{Subject: f.Subject, Header: h, Data: f.Data}
-				}
-				return out
-			},
+			roundMsgs: func(round int) []*nats.Msg { return forRound(stored, round) },
 		},
 		{
 			name: "poll", live: "bench.polllive.>", stream: pollStream, perRound: len(polls),
@@ -232,4 +208,20 @@ func BenchmarkStorageShape(b *testing.B) {
 			meter.Report(b, messages, "msg")
 		})
 	}
+}
+
+// forRound copies msgs with Nats-Msg-Ids of their own for round: the benchmark function runs
+// several times, and the stream would take messages it stored before for duplicates.
+func forRound(msgs []*jetstream.RawStreamMsg, round int) []*nats.Msg {
+	out := make([]*nats.Msg, len(msgs))
+	suffix := "." + strconv.Itoa(round)
+	for i, m := range msgs {
+		h := nats.Header{}
+		for k, v := range m.Header {
+			h[k] = slices.Clone(v)
+		}
+		h.Set(bus.HeaderMsgID, h.Get(bus.HeaderMsgID)+suffix)
+		out[i] = &nats.Msg{Subject: m.Subject, Header: h, Data: m.Data}
+	}
+	return out
 }
