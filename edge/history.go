@@ -84,3 +84,22 @@ func (e *Edge) readSubject(ctx context.Context, subject string, from uint64, fn 
 	nextBatch:
 	}
 }
+
+// highestStoredSeq is the highest client sequence number stored on subject from stream sequence
+// from on, reading until it finds one of at least enough.
+func (e *Edge) highestStoredSeq(ctx context.Context, subject string, from, enough uint64) (uint64, error) {
+	var top uint64
+	err := e.readSubject(ctx, subject, from, func(_ uint64, hdr nats.Header, data []byte) error {
+		if t, ok := topSeqOf(hdr, data); ok && t > top {
+			top = t
+		}
+		if top >= enough {
+			return errStopRead
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return top, nil
+}

@@ -131,8 +131,20 @@ func (c *conn) resume(req *protocol.ResumeRequest) bool {
 		}
 		if last, err := c.e.h.Out.GetLastMsgForSubject(ctx, c.outSubject()); err == nil && last.Sequence >= rec.OutFrom {
 			if top, ok := topSeqOf(last.Header, last.Data); ok && req.LastSeq > top {
-				cancel()
-				return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
+				// A poller that lost its lease may have stored an older group after a newer
+				// one: a refusal rests on every message stored for the session.
+				top, err := c.e.highestStoredSeq(ctx, c.outSubject(), rec.OutFrom, req.LastSeq)
+				if err != nil {
+					cancel()
+					if unavailable("read the stored canister messages", err) {
+						return false
+					}
+					continue
+				}
+				if req.LastSeq > top {
+					cancel()
+					return fail("last_seq " + strconv.FormatUint(req.LastSeq, 10) + " is above the highest stored sequence number " + strconv.FormatUint(top, 10))
+				}
 			}
 		} else if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
 			// Nothing stored for this session: the client cannot have verified anything the

@@ -89,3 +89,43 @@ func TestMalformedStoredFramesAreSkipped(t *testing.T) {
 		}
 	}
 }
+
+// A poller that lost its lease may store an older, shorter group after a newer one: the highest
+// stored sequence number is then not in the last stored message, and a resume from it is valid.
+func TestResumeFindsTheHighestStoredSequenceNumberAnywhere(t *testing.T) {
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	c := openResumable(t, v, e.url, 0)
+	subj := outSubjectOfClient(c)
+	p.publishTogether(subj, 2, 3)
+	p.publishTogether(subj, 4, 5, 6)
+	p.publishTogether(subj, 2, 3, 4, 5) // the stale poller's answer, fetched before 6 existed
+	for want := uint64(2); want <= 6; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+	dropSocket(t, v, c)
+	if _, code, reason := c.resume(e.url, 7); code != CloseNotResumable || !strings.Contains(reason, "highest stored sequence number 6") {
+		t.Fatalf("resume from 7: close %d %q, want 4100 (above the highest stored, 6)", code, reason)
+	}
+	c2 := openResumable(t, v, e.url, 0)
+	subj2 := outSubjectOfClient(c2)
+	p.publishTogether(subj2, 2, 3)
+	p.publishTogether(subj2, 4, 5, 6)
+	p.publishTogether(subj2, 2, 3, 4, 5)
+	for want := uint64(2); want <= 6; want++ {
+		if s, _ := c2.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+	dropSocket(t, v, c2)
+	if _, code, reason := c2.resume(e.url, 6); code != 0 {
+		t.Fatalf("valid resume from 6 refused: %d %q", code, reason)
+	}
+	p.publish(subj2, 7, 0)
+	if s, _ := c2.next(); s != 7 {
+		t.Fatalf("after the resume: got %d, want 7", s)
+	}
+}

@@ -250,7 +250,8 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 				if ctx.Err() != nil {
 					return nil
 				}
-				// The messages are in the stream; re-publishing them after the retry is de-duplicated.
+				// The messages are in the stream; publishing them again after the retry stores a
+				// single frame once, and a client's several frames again only if the answer grew.
 				if !fail(errKindCursor, "cursor update failed", err) {
 					return nil
 				}
@@ -474,11 +475,14 @@ type outPart struct {
 }
 
 // add puts the frame arena[start:] into the group of client id, or into a new group if it would
-// not fit.
+// not fit or its sequence number does not follow the group's (a group holds rising sequence
+// numbers above zero, or one frame: a canister that breaks the order costs the client that frame,
+// as before grouping, not its neighbours).
 func (pt *outPart) add(id clientKeyID, token string, e outEntry, start int) {
 	n := len(pt.arena) - start
 	g := pt.open[id]
-	if g == nil || g.size+n+bus.OutFrameOverhead > pt.limit || len(g.frames) == bus.MaxOutFrames {
+	if g == nil || g.size+n+bus.OutFrameOverhead > pt.limit || len(g.frames) == bus.MaxOutFrames ||
+		!(0 < g.frames[len(g.frames)-1].seq && g.frames[len(g.frames)-1].seq < e.seq) {
 		g = &outGroup{token: token, first: e}
 		if pt.open == nil {
 			pt.open = make(map[clientKeyID]*outGroup)

@@ -100,3 +100,41 @@ func TestStreamHoldsOneMessagePerClientAndAnswer(t *testing.T) {
 		t.Fatalf("ICWS_OUT holds %d stream messages for 3 clients and 2 answers, want 6 (frames per message: %v)", info.State.Msgs, stored)
 	}
 }
+
+// A canister whose sequence numbers for one client do not rise within an answer (a key reopened,
+// a repeated or zero number) gets a new group at each break, so only the frames that break the
+// order are refused by edges, not the ones stored beside them.
+func TestGroupsBreakWhereSequenceNumbersDoNotRise(t *testing.T) {
+	for _, tc := range []struct {
+		seqs []uint64
+		want string // decodable groups' sequence numbers; x: a message edges refuse
+	}{
+		{seqs: []uint64{5, 6, 1, 2}, want: "5,6|1,2"},
+		{seqs: []uint64{0, 1, 2}, want: "x|1,2"},
+		{seqs: []uint64{3, 3, 4}, want: "3|3,4"},
+		{seqs: []uint64{1, 0, 2}, want: "1|x|2"},
+	} {
+		part := outPart{canister: "cid", epoch: "0", limit: 1 << 20}
+		for i, s := range tc.seqs {
+			start := len(part.arena)
+			part.arena = append(part.arena, "frame"+strconv.Itoa(i)...)
+			part.add(clientKeyID{principal: "a"}, "a", outEntry{seq: s, nonce: uint64(i), key: "gw_" + strconv.Itoa(i)}, start)
+		}
+		var got []string
+		for _, m := range part.messages() {
+			frames, err := bus.DecodeOutFrames(nil, m.Header, m.Data)
+			if err != nil {
+				got = append(got, "x")
+				continue
+			}
+			var seqs []string
+			for _, f := range frames {
+				seqs = append(seqs, strconv.FormatUint(f.Seq, 10))
+			}
+			got = append(got, strings.Join(seqs, ","))
+		}
+		if strings.Join(got, "|") != tc.want {
+			t.Errorf("sequence numbers %v stored as %q, want %q", tc.seqs, strings.Join(got, "|"), tc.want)
+		}
+	}
+}
