@@ -491,6 +491,16 @@ func (p *pipeline) publish(subject string, seq uint64, pad int) {
 	}
 }
 
+// expectSeqs reads the canister messages first through last from c, in order.
+func expectSeqs(t *testing.T, c *client, first, last uint64) {
+	t.Helper()
+	for want := first; want <= last; want++ {
+		if s, _ := c.next(); s != want {
+			t.Fatalf("got %d, want %d", s, want)
+		}
+	}
+}
+
 // publishTogether stores seqs, in order, as one ICWS_OUT message of several frames (as a poller
 // stores a client's frames of one answer).
 func (p *pipeline) publishTogether(subject string, seqs ...uint64) {

@@ -23,11 +23,7 @@ func TestFramesStoredTogetherAreDeliveredInOrder(t *testing.T) {
 	p.publishTogether(subj, 8, 9)       // 7 is not stored yet: a gap
 	p.publish(subj, 7, 0)
 	p.publishTogether(subj, 10, 11)
-	for want := uint64(2); want <= 11; want++ {
-		if s, _ := c.next(); s != want {
-			t.Fatalf("got %d, want %d", s, want)
-		}
-	}
+	expectSeqs(t, c, 2, 11)
 }
 
 // A resume replays from inside a message of several frames, and its last frame is the highest
@@ -39,11 +35,7 @@ func TestResumeReplaysFramesStoredTogether(t *testing.T) {
 	c := openResumable(t, v, e.url, 0)
 	subj := outSubjectOfClient(c)
 	p.publishTogether(subj, 2, 3)
-	for want := uint64(2); want <= 3; want++ {
-		if s, _ := c.next(); s != want {
-			t.Fatalf("got %d, want %d", s, want)
-		}
-	}
+	expectSeqs(t, c, 2, 3)
 	dropSocket(t, v, c)
 	p.publishTogether(subj, 4, 5, 6)
 	p.publishTogether(subj, 7, 8)
@@ -58,11 +50,7 @@ func TestResumeReplaysFramesStoredTogether(t *testing.T) {
 	if _, code, reason := c2.resume(e.url, 3); code != 0 {
 		t.Fatalf("resume from 3 refused: %d %q", code, reason)
 	}
-	for want := uint64(4); want <= 6; want++ {
-		if s, _ := c2.next(); s != want {
-			t.Fatalf("replay: got %d, want %d", s, want)
-		}
-	}
+	expectSeqs(t, c2, 4, 6)
 }
 
 // A message claiming more frames than it holds is skipped, not delivered in part, and what
@@ -101,11 +89,7 @@ func TestResumeFindsTheHighestStoredSequenceNumberAnywhere(t *testing.T) {
 	p.publishTogether(subj, 2, 3)
 	p.publishTogether(subj, 4, 5, 6)
 	p.publishTogether(subj, 2, 3, 4, 5) // the stale poller's answer, fetched before 6 existed
-	for want := uint64(2); want <= 6; want++ {
-		if s, _ := c.next(); s != want {
-			t.Fatalf("got %d, want %d", s, want)
-		}
-	}
+	expectSeqs(t, c, 2, 6)
 	dropSocket(t, v, c)
 	if _, code, reason := c.resume(e.url, 7); code != CloseNotResumable || !strings.Contains(reason, "highest stored sequence number 6") {
 		t.Fatalf("resume from 7: close %d %q, want 4100 (above the highest stored, 6)", code, reason)
@@ -115,11 +99,7 @@ func TestResumeFindsTheHighestStoredSequenceNumberAnywhere(t *testing.T) {
 	p.publishTogether(subj2, 2, 3)
 	p.publishTogether(subj2, 4, 5, 6)
 	p.publishTogether(subj2, 2, 3, 4, 5)
-	for want := uint64(2); want <= 6; want++ {
-		if s, _ := c2.next(); s != want {
-			t.Fatalf("got %d, want %d", s, want)
-		}
-	}
+	expectSeqs(t, c2, 2, 6)
 	dropSocket(t, v, c2)
 	if _, code, reason := c2.resume(e.url, 6); code != 0 {
 		t.Fatalf("valid resume from 6 refused: %d %q", code, reason)
