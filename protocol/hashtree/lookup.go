@@ -75,11 +75,19 @@ func findLabel(n *Node, label []byte) (*Node, LookupStatus) {
 
 // findLabeled is findLabel returning the labeled node itself.
 func findLabeled(n *Node, label []byte) (*Node, LookupStatus) {
+	var stack [16]*Node
+	t, st, _ := findLabeledWith(stack[:0], n, label)
+	return t, st
+}
+
+// findLabeledWith is findLabeled walking with todo (its contents ignored) as its stack, which it
+// returns for the next walk.
+func findLabeledWith(todo []*Node, n *Node, label []byte) (*Node, LookupStatus, []*Node) {
 	var (
-		todo = []*Node{n}
 		seen int  // nodes of the flattened list visited so far
 		last Kind // kind of the previous one
 	)
+	todo = append(todo[:0], n)
 	for len(todo) > 0 {
 		t := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]
@@ -92,14 +100,14 @@ func findLabeled(n *Node, label []byte) (*Node, LookupStatus) {
 		case Labeled:
 			switch c := bytes.Compare(label, t.data); {
 			case c == 0:
-				return t, Found
+				return t, Found, todo
 			case c < 0:
 				// label would sit before t: proven absent only if nothing pruned sits before t
 				// and after the previous label.
 				if seen == 0 || last == Labeled {
-					return nil, Absent
+					return nil, Absent, todo
 				}
-				return nil, Unknown
+				return nil, Unknown, todo
 			}
 		}
 		seen++
@@ -107,11 +115,11 @@ func findLabeled(n *Node, label []byte) (*Node, LookupStatus) {
 	}
 	switch {
 	case seen == 0, last == Labeled:
-		return nil, Absent
+		return nil, Absent, todo
 	case seen == 1 && last == Leaf:
-		return nil, Absent
+		return nil, Absent, todo
 	}
-	return nil, Unknown
+	return nil, Unknown, todo
 }
 
 // Children returns the labeled nodes directly under n (n's forks flattened), in order; complete
