@@ -28,6 +28,7 @@ type Config struct {
 	// message count.
 	MaxCertBytes      config.Bytes  `envconfig:"POLL_MAX_CERT_BYTES" default:"64KiB" desc:"largest certificate a ws_get_messages answer may carry (an IC certificate with its subnet delegation is a few KiB); a larger one fails the poll as an undecodable answer"`
 	PublishBatchBytes config.Bytes  `envconfig:"POLL_PUBLISH_BATCH_BYTES" default:"8MiB" desc:"frames of one poll held in memory and in flight to JetStream at once; a poll whose frames exceed it is published in parts, in order"`
+	RunAnswers        int           `envconfig:"POLL_RUN_ANSWERS" default:"4" desc:"full ws_get_messages answers of a canister (a backlog) fetched one after the other and stored together: a client's frames of all of them become one ICWS_OUT message, fewer and larger stream messages when many clients share the backlog; each answer waits for the ones after it (about a poll's round trip each); 1 stores every answer on its own"`
 	KickGap           time.Duration `envconfig:"POLL_KICK_GAP" default:"1ms" desc:"polls of a canister made at once because a submitter announced an executed call (poll kicks) average at most one per this gap; a kick beyond that waits its turn; 0 polls at once on every kick"`
 	KickBurst         int           `envconfig:"POLL_KICK_BURST" default:"4" desc:"poll kicks of a canister served at once, closer than ICWS_POLL_KICK_GAP, before kicks wait their turn"`
 	MaxCanisters      int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
@@ -36,6 +37,10 @@ type Config struct {
 	// ReadyWindow: Ready fails when polls have been failing for longer than this.
 	ReadyWindow time.Duration `envconfig:"POLL_READY_WINDOW" default:"30s" desc:"readiness fails when every poll has failed for this long"`
 }
+
+// maxRunAnswers bounds ICWS_POLL_RUN_ANSWERS: past a few answers a run saves little, and its first
+// messages wait for every fetch after them.
+const maxRunAnswers = 64
 
 // DefaultConfig returns the defaults the envconfig tags declare (the id is chosen by withDefaults).
 func DefaultConfig() Config { return config.MustDefaults[Config]() }
@@ -77,6 +82,9 @@ func (c Config) withDefaults() Config {
 	if c.PublishBatchBytes == 0 {
 		c.PublishBatchBytes = d.PublishBatchBytes
 	}
+	if c.RunAnswers == 0 {
+		c.RunAnswers = d.RunAnswers
+	}
 	return c
 }
 
@@ -110,6 +118,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_MAX_CERT_BYTES=%d: must be at least 4KiB", c.MaxCertBytes)
 	case c.PublishBatchBytes < 64<<10:
 		return fmt.Errorf("ICWS_POLL_PUBLISH_BATCH_BYTES=%d: must be at least 64KiB", c.PublishBatchBytes)
+	case c.RunAnswers < 1 || c.RunAnswers > maxRunAnswers:
+		return fmt.Errorf("ICWS_POLL_RUN_ANSWERS=%d: must be between 1 and %d", c.RunAnswers, maxRunAnswers)
 	}
 	var errs []error
 	for _, s := range c.Canisters {

@@ -221,8 +221,12 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 			msgs = res.Messages
 			next = bus.CursorRecord{Epoch: cur.Epoch + 1}
 		}
+		run := []answer{{res: res, msgs: msgs}}
+		if len(msgs) > 0 && !res.IsEndOfQueue {
+			run = p.fetchRun(ctx, c, run)
+		}
 		if len(msgs) > 0 {
-			n, last, err := p.publish(ctx, id, next.Epoch, res, msgs)
+			n, last, err := p.publish(ctx, id, next.Epoch, run)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -261,13 +265,63 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 		}
 		backoff = p.cfg.BackoffMin
-		if res.IsEndOfQueue {
+		if run[len(run)-1].res.IsEndOfQueue {
 			if !p.waitNextPoll(ctx, start, w.kick, &kicks) {
 				return nil
 			}
 		}
 	}
 	return nil
+}
+
+// answer is a ws_get_messages answer and its messages still to publish (without the one asked for
+// again to check the queue).
+type answer struct {
+	res  protocol.CanisterOutputCertifiedMessages
+	msgs []protocol.CanisterOutputMessage
+}
+
+// fetchRun follows run, whose last answer was full (a backlog), with the answers after it, up to
+// ICWS_POLL_RUN_ANSWERS in all, so that publish stores a client's frames of all of them together.
+// Each fetch asks for the previous answer's last message again, as every poll does. The run stops
+// at the end of the queue, at ICWS_POLL_PUBLISH_BATCH_BYTES of content held, at a failed fetch
+// and at an answer that does not go on from the one before (a reset, a reordered queue); the next
+// poll then fetches that again and handles it, from the cursor this run leaves.
+func (p *Poller) fetchRun(ctx context.Context, c principal.Principal, run []answer) []answer {
+	held := 0
+	for _, m := range run[0].msgs {
+		held += len(m.Content)
+	}
+	for len(run) < p.cfg.RunAnswers && held < int(p.cfg.PublishBatchBytes) {
+		prev := &run[len(run)-1]
+		if prev.res.IsEndOfQueue || len(prev.msgs) == 0 {
+			break
+		}
+		tail := prev.msgs[len(prev.msgs)-1]
+		nonce, _ := protocol.MessageKeyNonce(tail.Key) // fetch checked every key (checkAnswer)
+		res, err := p.fetch(ctx, c, nonce)
+		if err != nil {
+			p.log.Debug("fetching the next answer of a run failed; the next poll asks again", "canister", c.Encode(), "err", err)
+			break
+		}
+		if len(res.Messages) == 0 {
+			break
+		}
+		if first := res.Messages[0]; first.Key != tail.Key || !bytes.Equal(first.Content, tail.Content) {
+			break
+		}
+		if len(res.Messages) == 1 {
+			// Nothing new: the queue ended with prev, whatever prev's answer said.
+			prev.res.IsEndOfQueue = res.IsEndOfQueue
+			break
+		}
+		next := answer{res: res, msgs: res.Messages[1:]}
+		for _, m := range next.msgs {
+			held += len(m.Content)
+		}
+		run = append(run, next)
+	}
+	return run
 }
 
 // fetch runs one ws_get_messages query with the poll timeout and decodes the answer. A canister
@@ -352,16 +406,15 @@ type published struct {
 	hash  string
 }
 
-// publish writes msgs, of an answer fetch checked, to ICWS_OUT in order and waits for every
-// PubAck. It returns how many canister messages it published and the last one. A message whose
-// content cannot be read is skipped (the client could not verify it either). Each frame carries
-// the answer's certificate and its own message's witness cut from the answer's tree
-// (protocol.BatchFrames). A client's frames of one answer are stored as one stream message
+// publish writes the messages of run, answers fetch checked, to ICWS_OUT in order and waits for
+// every PubAck. It returns how many canister messages it published and the last one. A message
+// whose content cannot be read is skipped (the client could not verify it either). Each frame
+// carries its answer's certificate and its own message's witness cut from its answer's tree
+// (protocol.BatchFrames). A client's frames of the run are stored as one stream message
 // (outGroup), since JetStream's cost is per stored message far more than per byte. Frames are
 // published in parts of at most ICWS_POLL_PUBLISH_BATCH_BYTES, each acknowledged before the next
 // is built.
-func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res protocol.CanisterOutputCertifiedMessages, msgs []protocol.CanisterOutputMessage) (int, published, error) {
-	log := p.log.With("canister", canister)
+func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, run []answer) (int, published, error) {
 	part := outPart{canister: canister, epoch: strconv.FormatUint(epoch, 10), limit: p.frameLimit()}
 	if arena, ok := p.arenas.Get().(*[]byte); ok {
 		part.arena = *arena
@@ -371,60 +424,66 @@ func (p *Poller) publish(ctx context.Context, canister string, epoch uint64, res
 		p.arenas.Put(&arena)
 	}()
 	var sent int
-	frames := protocol.NewBatchFrames(res.Cert, res.Tree)
 	tokens := make(map[clientKeyID]string) // a batch holds few clients; Token encodes a principal
 	var last published
+	var lastSum [32]byte // of last; hex-encoded once, after the loop
 	var prev *uint64
 	gaps := 0
-	for _, m := range msgs {
-		nonce, _ := protocol.MessageKeyNonce(m.Key) // fetch checked every key (checkAnswer)
-		if prev != nil && nonce != *prev+1 {
-			gaps++
-		}
-		prev = &nonce
-		sum := sha256.Sum256(m.Content)
-		last = published{nonce: nonce, key: m.Key, hash: hex.EncodeToString(sum[:])}
-		wm, err := protocol.DecodeWebsocketMessageCBOR(m.Content)
-		if err != nil {
-			p.m.errors.WithLabelValues(errKindBadContent).Inc()
-			log.Error("skipping canister message whose content is not a WebsocketMessage", "key", m.Key, "err", err)
-			continue
-		}
-		id := clientKeyID{principal: string(m.ClientKey.ClientPrincipal.Raw), nonce: m.ClientKey.ClientNonce}
-		token, ok := tokens[id]
-		if !ok {
-			token = m.ClientKey.Token()
-			tokens[id] = token
-		}
-		start := len(part.arena)
-		part.arena = frames.AppendFrame(part.arena, m.Key, m.Content)
-		frame := part.arena[start:]
-		if len(frame) > part.limit {
-			part.arena = part.arena[:start]
-			// JetStream would refuse it on every retry and stall the canister's other clients.
-			// The client sees a sequence gap and closes; nothing else is held up.
-			p.m.errors.WithLabelValues(errKindTooLarge).Inc()
-			log.Error("skipping canister message larger than the stream accepts", "key", m.Key,
-				"client", token, "frame_bytes", len(frame), "limit_bytes", part.limit)
-			continue
-		}
-		if start > 0 && len(part.arena) > int(p.cfg.PublishBatchBytes) {
-			// The part is full without this frame: publish it, and this frame starts the next.
-			frame = bytes.Clone(frame)
-			part.arena = part.arena[:start]
-			if err := p.publishOrdered(ctx, part.messages()); err != nil {
-				return 0, last, err
+	for _, a := range run {
+		frames := protocol.NewBatchFrames(a.res.Cert, a.res.Tree)
+		for _, m := range a.msgs {
+			nonce, _ := protocol.MessageKeyNonce(m.Key) // fetch checked every key (checkAnswer)
+			if prev != nil && nonce != *prev+1 {
+				gaps++
 			}
-			sent += part.frames
-			part.reset()
-			start = 0
-			part.arena = append(part.arena, frame...)
+			prev = &nonce
+			sum := sha256.Sum256(m.Content)
+			last, lastSum = published{nonce: nonce, key: m.Key}, sum
+			wm, err := protocol.DecodeWebsocketMessageCBOR(m.Content)
+			if err != nil {
+				p.m.errors.WithLabelValues(errKindBadContent).Inc()
+				p.log.Error("skipping canister message whose content is not a WebsocketMessage", "canister", canister, "key", m.Key, "err", err)
+				continue
+			}
+			id := clientKeyID{principal: string(m.ClientKey.ClientPrincipal.Raw), nonce: m.ClientKey.ClientNonce}
+			token, ok := tokens[id]
+			if !ok {
+				token = m.ClientKey.Token()
+				tokens[id] = token
+			}
+			start := len(part.arena)
+			part.arena = frames.AppendFrame(part.arena, m.Key, m.Content)
+			frame := part.arena[start:]
+			if len(frame) > part.limit {
+				part.arena = part.arena[:start]
+				// JetStream would refuse it on every retry and stall the canister's other clients.
+				// The client sees a sequence gap and closes; nothing else is held up.
+				p.m.errors.WithLabelValues(errKindTooLarge).Inc()
+				p.log.Error("skipping canister message larger than the stream accepts", "canister", canister, "key", m.Key,
+					"client", token, "frame_bytes", len(frame), "limit_bytes", part.limit)
+				continue
+			}
+			if start > 0 && len(part.arena) > int(p.cfg.PublishBatchBytes) {
+				// The part is full without this frame: publish it, and this frame starts the next.
+				frame = bytes.Clone(frame)
+				part.arena = part.arena[:start]
+				if err := p.publishOrdered(ctx, part.messages()); err != nil {
+					return 0, last, err
+				}
+				sent += part.frames
+				part.reset()
+				start = 0
+				part.arena = append(part.arena, frame...)
+			}
+			part.add(id, token, outEntry{seq: wm.SequenceNum, nonce: nonce, key: m.Key, sum: sum}, start)
 		}
-		part.add(id, token, outEntry{seq: wm.SequenceNum, nonce: nonce, key: m.Key, sum: sum}, start)
 	}
 	if gaps > 0 {
 		p.m.errors.WithLabelValues(errKindGap).Add(float64(gaps))
-		log.Warn("non-consecutive nonces in one batch", "gaps", gaps, "last_nonce", last.nonce)
+		p.log.Warn("non-consecutive nonces in one batch", "canister", canister, "gaps", gaps, "last_nonce", last.nonce)
+	}
+	if last.key != "" {
+		last.hash = hex.EncodeToString(lastSum[:])
 	}
 	if err := p.publishOrdered(ctx, part.messages()); err != nil {
 		return 0, last, err
@@ -446,7 +505,7 @@ type outEntry struct {
 	sum        [sha256.Size]byte // of the message's content
 }
 
-// outGroup is one ICWS_OUT message: frames of one client, in the answer's order.
+// outGroup is one ICWS_OUT message: frames of one client, in the order of their nonces.
 type outGroup struct {
 	token     string
 	first     outEntry
@@ -462,9 +521,9 @@ type frameRef struct {
 	start, end int
 }
 
-// outPart is the frames of one part of an answer, grouped by client in the order each client's
-// first frame came, so every client's frames keep their order and stream messages their nonce
-// order.
+// outPart is the frames of one part of a run of answers, grouped by client in the order each
+// client's first frame came, so every client's frames keep their order and stream messages their
+// nonce order.
 type outPart struct {
 	canister, epoch string
 	limit           int    // largest stream message data
@@ -516,8 +575,7 @@ func (pt *outPart) reset() {
 // publish may still hold one after the part is reset). One frame is stored as itself, several as
 // bus.AppendOutFrame records with their count in Icws-Frames; either way Icws-Seq and Icws-Nonce
 // are the first frame's. The Nats-Msg-Id names the first message's key, and for several the last
-// nonce and a hash over every content, so the same answer published again is dropped as a
-// duplicate.
+// nonce and a hash over every content, so the same run published again is dropped as a duplicate.
 func (pt *outPart) messages() []*nats.Msg {
 	out := make([]*nats.Msg, 0, len(pt.groups))
 	for _, g := range pt.groups {

@@ -111,7 +111,7 @@ func BenchmarkPollPublish(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			n, _, err := p.publish(ctx, canister, 0, res, res.Messages)
+			n, _, err := p.publish(ctx, canister, 0, []answer{{res: res, msgs: res.Messages}})
 			if err != nil || n != len(res.Messages) {
 				b.Fatalf("published %d of %d: %v", n, len(res.Messages), err)
 			}

@@ -53,7 +53,7 @@ func BenchmarkStorageShape(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, err := p.publish(ctx, canister, 0, res, res.Messages); err != nil {
+		if _, _, err := p.publish(ctx, canister, 0, []answer{{res: res, msgs: res.Messages}}); err != nil {
 			b.Fatal(err)
 		}
 		polls = append(polls, rec.replies[nonce])

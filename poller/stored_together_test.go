@@ -2,8 +2,10 @@ package poller
 
 import (
 	"bytes"
+	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,26 +80,100 @@ func TestFramesOfOneClientAreGroupedPerAnswer(t *testing.T) {
 	}
 }
 
-// Through a running poller: 60 messages for three clients become one stream message per client
-// and answer, each client's frames in order.
-func TestStreamHoldsOneMessagePerClientAndAnswer(t *testing.T) {
+// Through a running poller: 160 messages for three clients (answers of 50, 49, 49 and 12 new
+// messages, each asking for the previous answer's last again) become one stream message per
+// client and run of answers, each client's frames in order.
+func TestStreamHoldsOneMessagePerClientAndRunOfAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		runAnswers int
+		want       uint64 // stream messages
+	}{
+		{runAnswers: 1, want: 12}, // each answer on its own: 3 clients × 4 answers
+		{runAnswers: 2, want: 6},
+		{runAnswers: 4, want: 3},
+		{runAnswers: 8, want: 3}, // the queue ends first
+	} {
+		t.Run("run of "+strconv.Itoa(tc.runAnswers), func(t *testing.T) {
+			e := startEnv(t)
+			c := newFakeCanister(testGateway)
+			clients := []protocol.ClientKey{testClient(1), testClient(2), testClient(3)}
+			c.push(160, clients...)
+			cfg := fastConfig(testCanister.Encode())
+			cfg.RunAnswers = tc.runAnswers
+			ic := newIC(c)
+			e.startPoller("p", cfg, ic, false)
+			testkit.WaitFor(t, 10*time.Second, "160 messages", func() bool { return cursorOf(t, e).NextNonce == 160 })
+			checkStream(t, e, snapshot(c), zeroEpoch)
+			info, err := e.h.Out.Info(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.State.Msgs != tc.want {
+				t.Fatalf("ICWS_OUT holds %d stream messages, want %d", info.State.Msgs, tc.want)
+			}
+			if q := ic.queriesOf(testCanister.Encode()); q < 4 {
+				t.Fatalf("%d queries for 160 messages in answers of at most 50", q)
+			}
+		})
+	}
+}
+
+// A run stops at an answer that does not go on from the one before; what the run held is stored,
+// and the next poll finds what happened from the cursor: here the canister was reset (upgraded)
+// between the first answer and the next.
+func TestRunStopsWhereTheQueueWasReset(t *testing.T) {
 	e := startEnv(t)
 	c := newFakeCanister(testGateway)
-	clients := []protocol.ClientKey{testClient(1), testClient(2), testClient(3)}
-	c.push(60, clients...) // answers of 50 and 10 messages
+	c.push(80, testClient(1), testClient(2))
+	old := snapshot(c)[:50]
+	var once sync.Once
+	c.fail = func(nonce uint64) error {
+		if nonce == 49 { // the run's second fetch: the upgrade lands just before it (c.mu is held)
+			once.Do(func() {
+				c.queue, c.first, c.seqs = nil, 0, map[string]uint64{}
+				c.gen++
+				c.mu.Unlock()
+				c.push(7, testClient(3))
+				c.mu.Lock()
+			})
+		}
+		return nil
+	}
 	e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
-	testkit.WaitFor(t, 10*time.Second, "60 messages", func() bool { return e.outCount() == 60 })
+	testkit.WaitFor(t, 10*time.Second, "resync", func() bool {
+		cur := cursorOf(t, e)
+		return cur.Epoch == 1 && cur.NextNonce == 7
+	})
+	want := append(old, snapshot(c)...)
+	checkStream(t, e, want, func(i int) uint64 {
+		if i < len(old) {
+			return 0
+		}
+		return 1
+	})
+}
+
+// A failed fetch ends a run without losing it: the answers before it are stored, and the next poll
+// asks again from the cursor.
+func TestRunStopsAtAFailedFetch(t *testing.T) {
+	e := startEnv(t)
+	c := newFakeCanister(testGateway)
+	c.push(120, testClient(1), testClient(2))
+	failures := 0
+	c.fail = func(nonce uint64) error {
+		if nonce == 98 && failures < 2 { // the third answer of the first run, twice
+			failures++
+			return errors.New("replica unavailable")
+		}
+		return nil
+	}
+	e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
+	testkit.WaitFor(t, 10*time.Second, "120 messages", func() bool { return cursorOf(t, e).NextNonce == 120 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
-	stored := map[uint64]bool{}
-	for _, m := range e.outMsgs() {
-		stored[uint64(m.Frames)] = true
-	}
-	info, err := e.h.Out.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs != 6 {
-		t.Fatalf("ICWS_OUT holds %d stream messages for 3 clients and 2 answers, want 6 (frames per message: %v)", info.State.Msgs, stored)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if failures != 2 {
+		t.Fatalf("%d failed fetches, want 2", failures)
 	}
 }
 
