@@ -71,3 +71,25 @@ func TestAnswersStayWithinTheirByteLimits(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "30 messages published", func() bool { return e.outCount() == 30 })
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }
+
+// A canister that always says its queue goes on, but answers nothing new, is polled at
+// ICWS_POLL_INTERVAL like a drained one, not in a busy loop.
+func TestAnswersWithNothingNewWaitForTheNextPoll(t *testing.T) {
+	e := startEnv(t)
+	c := newFakeCanister(testGateway)
+	c.neverEnds = true
+	c.push(5, testClient(1))
+	ic := newIC(c)
+	cfg := fastConfig(testCanister.Encode())
+	cfg.Interval = 50 * time.Millisecond
+	e.startPoller("p", cfg, ic, false)
+	testkit.WaitFor(t, 10*time.Second, "5 messages", func() bool { return e.outCount() == 5 })
+	start, before := time.Now(), ic.queries.Load()
+	testkit.WaitFor(t, 10*time.Second, "4 more polls", func() bool { return ic.queries.Load() >= before+4 })
+	// A busy loop asks four times within a few milliseconds; waiting, four polls take three
+	// intervals at least.
+	if took := time.Since(start); took < 3*cfg.Interval {
+		t.Fatalf("4 polls of a canister with nothing new within %s (interval %s)", took, cfg.Interval)
+	}
+	checkStream(t, e, snapshot(c), zeroEpoch)
+}

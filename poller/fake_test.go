@@ -38,6 +38,8 @@ type fakeCanister struct {
 	queried []uint64
 	// certPad makes every answer's certificate (and its undecodable tree) this many bytes longer.
 	certPad int
+	// neverEnds makes every answer say the queue goes on (is_end_of_queue false).
+	neverEnds bool
 }
 
 func newFakeCanister(gateway principal.Principal) *fakeCanister {
@@ -103,7 +105,7 @@ func (f *fakeCanister) answer(nonce uint64) ([]byte, error) {
 	}
 	cert := []byte(fmt.Sprintf("cert-%d-%d-%d", f.gen, nonce, len(out)) + strings.Repeat("c", f.certPad))
 	return candid.Marshal([]any{protocol.CanisterWsGetMessagesResult{Ok: &protocol.CanisterOutputCertifiedMessages{
-		Messages: out, Cert: cert, Tree: []byte("tree-" + string(cert)), IsEndOfQueue: end >= len(f.queue),
+		Messages: out, Cert: cert, Tree: []byte("tree-" + string(cert)), IsEndOfQueue: end >= len(f.queue) && !f.neverEnds,
 	}}})
 }
 

@@ -265,7 +265,9 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 		}
 		backoff = p.cfg.BackoffMin
-		if run[len(run)-1].res.IsEndOfQueue {
+		// An answer with nothing new waits like the end of the queue, whatever it says: a canister
+		// claiming more it does not give must not be polled in a busy loop.
+		if run[len(run)-1].res.IsEndOfQueue || len(msgs) == 0 {
 			if !p.waitNextPoll(ctx, start, w.kick, &kicks) {
 				return nil
 			}
