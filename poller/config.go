@@ -28,7 +28,8 @@ type Config struct {
 	// message count.
 	MaxCertBytes      config.Bytes  `envconfig:"POLL_MAX_CERT_BYTES" default:"64KiB" desc:"largest certificate a ws_get_messages answer may carry (an IC certificate with its subnet delegation is a few KiB); a larger one fails the poll as an undecodable answer"`
 	PublishBatchBytes config.Bytes  `envconfig:"POLL_PUBLISH_BATCH_BYTES" default:"8MiB" desc:"frames of one poll held in memory and in flight to JetStream at once; a poll whose frames exceed it is published in parts, in order"`
-	RunAnswers        int           `envconfig:"POLL_RUN_ANSWERS" default:"4" desc:"full ws_get_messages answers of a canister (a backlog) fetched one after the other and stored together: a client's frames of all of them become one ICWS_OUT message, fewer and larger stream messages when many clients share the backlog; each answer waits for the ones after it (about a poll's round trip each); 1 stores every answer on its own"`
+	RunAnswers        int           `envconfig:"POLL_RUN_ANSWERS" default:"4" desc:"full ws_get_messages answers of a canister (a backlog) fetched one after the other and stored together: a client's frames of all of them become one ICWS_OUT message, fewer and larger stream messages when many clients share the backlog; 1 stores every answer on its own"`
+	RunWait           time.Duration `envconfig:"POLL_RUN_WAIT" default:"10ms" desc:"how long the messages of a run's first answer may wait for the fetches after it (ICWS_POLL_RUN_ANSWERS): a fetch that would end later, judged by the one before, is not started, and one that does is abandoned and asked again by the next poll; where a query takes longer than this (a distant IC), answers are stored one by one"`
 	KickGap           time.Duration `envconfig:"POLL_KICK_GAP" default:"1ms" desc:"polls of a canister made at once because a submitter announced an executed call (poll kicks) average at most one per this gap; a kick beyond that waits its turn; 0 polls at once on every kick"`
 	KickBurst         int           `envconfig:"POLL_KICK_BURST" default:"4" desc:"poll kicks of a canister served at once, closer than ICWS_POLL_KICK_GAP, before kicks wait their turn"`
 	MaxCanisters      int           `envconfig:"MAX_CANISTERS" default:"1000" desc:"canisters with sessions at once (when ICWS_CANISTERS is empty); a session for one more canister is refused with 1013, and pollers poll no more"`
@@ -70,6 +71,7 @@ func (c Config) withDefaults() Config {
 	def(&c.PublishTimeout, d.PublishTimeout)
 	def(&c.ReadyWindow, d.ReadyWindow)
 	def(&c.FailClose, d.FailClose)
+	def(&c.RunWait, d.RunWait)
 	if c.MaxCanisters == 0 {
 		c.MaxCanisters = d.MaxCanisters
 	}
@@ -118,6 +120,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ICWS_POLL_MAX_CERT_BYTES=%d: must be at least 4KiB", c.MaxCertBytes)
 	case c.PublishBatchBytes < 64<<10:
 		return fmt.Errorf("ICWS_POLL_PUBLISH_BATCH_BYTES=%d: must be at least 64KiB", c.PublishBatchBytes)
+	case c.RunWait < 0:
+		return fmt.Errorf("ICWS_POLL_RUN_WAIT=%s: must not be negative", c.RunWait)
 	case c.RunAnswers < 1 || c.RunAnswers > maxRunAnswers:
 		return fmt.Errorf("ICWS_POLL_RUN_ANSWERS=%d: must be between 1 and %d", c.RunAnswers, maxRunAnswers)
 	}

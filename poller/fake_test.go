@@ -148,7 +148,23 @@ func (ic *fakeIC) Query(ctx context.Context, canister principal.Principal, metho
 	if c == nil {
 		return nil, errors.New("no such canister")
 	}
-	return c.answer(a.Nonce)
+	// Like the IC client, a query is abandoned when its context ends, even while the canister is
+	// still answering (a fail hook may block).
+	type result struct {
+		reply []byte
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		reply, err := c.answer(a.Nonce)
+		done <- result{reply, err}
+	}()
+	select {
+	case r := <-done:
+		return r.reply, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 type env struct {
@@ -189,7 +205,21 @@ func (e *env) startPoller(id string, cfg Config, ic IC, abandon bool) *runningPo
 
 func (e *env) startPollerWith(id string, cfg Config, ic IC, abandon bool, reg *prometheus.Registry) *runningPoller {
 	e.t.Helper()
+	return e.start(id, cfg, ic, abandon, reg, nil)
+}
+
+// startPollerThrough starts a poller whose JetStream calls go through wrap.
+func (e *env) startPollerThrough(id string, cfg Config, ic IC, wrap func(jetstream.JetStream) jetstream.JetStream) *runningPoller {
+	e.t.Helper()
+	return e.start(id, cfg, ic, false, nil, wrap)
+}
+
+func (e *env) start(id string, cfg Config, ic IC, abandon bool, reg *prometheus.Registry, wrap func(jetstream.JetStream) jetstream.JetStream) *runningPoller {
+	e.t.Helper()
 	nc, js := e.newJS()
+	if wrap != nil {
+		js = wrap(js)
+	}
 	cfg.ID = id
 	p, err := New(cfg, Deps{NC: nc, JS: js, IC: ic, Registry: reg})
 	if err != nil {

@@ -144,6 +144,11 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 
 	var cur bus.CursorRecord
 	var rev uint64
+	// retryTo caps the run published again after a failed publish or cursor write at the failed
+	// run's last nonce (retrying says whether it is set), so its groups, and their Nats-Msg-Ids,
+	// come out as before and JetStream drops what it stored already.
+	var retryTo uint64
+	var retrying bool
 	for {
 		var err error
 		if cur, rev, err = loadCursor(ctx, p.deps.NC, id); err == nil {
@@ -220,17 +225,36 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 			}
 			msgs = res.Messages
 			next = bus.CursorRecord{Epoch: cur.Epoch + 1}
+			retrying = false // another queue: nothing of the failed run is in it
 		}
 		run := []answer{{res: res, msgs: msgs}}
 		if len(msgs) > 0 && !res.IsEndOfQueue {
-			run = p.fetchRun(ctx, c, run)
+			run = p.fetchRun(ctx, c, run, time.Since(start), retryTo, retrying)
 		}
-		if len(msgs) > 0 {
+		if retrying && len(msgs) > 0 {
+			if first, _ := protocol.MessageKeyNonce(msgs[0].Key); first <= retryTo {
+				run = capRun(run, retryTo)
+			} else {
+				retrying = false // the failed run's messages are gone from the queue (a gap)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil // the lease is lost: nothing more may be published
+		}
+		advanced := false // set when the cursor moved on in the same epoch
+		failedRun := func() {
+			if a := run[len(run)-1]; len(a.msgs) > 0 {
+				retryTo, _ = protocol.MessageKeyNonce(a.msgs[len(a.msgs)-1].Key)
+				retrying = true
+			}
+		}
+		if len(run[0].msgs) > 0 {
 			n, last, err := p.publish(ctx, id, next.Epoch, run)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
+				failedRun()
 				if !fail(errKindPublish, "publish to ICWS_OUT failed", err) {
 					return nil
 				}
@@ -254,20 +278,24 @@ func (p *Poller) pollCanister(ctx context.Context, c principal.Principal, w *wor
 				if ctx.Err() != nil {
 					return nil
 				}
-				// The messages are in the stream; publishing them again after the retry stores a
-				// single frame once, and a client's several frames again only if the answer grew.
+				// The messages are in the stream; the retry publishes the same run again (retryTo),
+				// which JetStream drops as duplicates.
+				failedRun()
 				if !fail(errKindCursor, "cursor update failed", err) {
 					return nil
 				}
 				continue
 			}
-			cur, rev = next, newRev
+			advanced = !reset && next.NextNonce > cur.NextNonce
+			cur, rev, retrying = next, newRev, false
 			p.m.cursor.WithLabelValues(id).Set(float64(cur.NextNonce))
 		}
 		backoff = p.cfg.BackoffMin
-		// An answer with nothing new waits like the end of the queue, whatever it says: a canister
-		// claiming more it does not give must not be polled in a busy loop.
-		if run[len(run)-1].res.IsEndOfQueue || len(msgs) == 0 {
+		// Poll again at once only while a backlog drains: the canister says more is queued and this
+		// poll moved the cursor on in the same queue. Anything else waits, whatever the answer
+		// says: a canister claiming more than it gives, or answering the same messages whatever
+		// is asked (a reset every poll), must not be polled in a busy loop.
+		if run[len(run)-1].res.IsEndOfQueue || !advanced {
 			if !p.waitNextPoll(ctx, start, w.kick, &kicks) {
 				return nil
 			}
@@ -285,23 +313,37 @@ type answer struct {
 
 // fetchRun follows run, whose last answer was full (a backlog), with the answers after it, up to
 // ICWS_POLL_RUN_ANSWERS in all, so that publish stores a client's frames of all of them together.
-// Each fetch asks for the previous answer's last message again, as every poll does. The run stops
-// at the end of the queue, at ICWS_POLL_PUBLISH_BATCH_BYTES of content held, at a failed fetch
+// Each fetch asks for the previous answer's last message again, as every poll does. The messages
+// in hand wait at most ICWS_POLL_RUN_WAIT for the fetches after them: a fetch that would end later,
+// judged by the one before (took), is not started, and one that does is abandoned; a retry
+// (capped) does not wait for time, only for until, so that it stores the same groups (capRun). The
+// run also stops at the end of the queue, at ICWS_POLL_PUBLISH_BATCH_BYTES held, at a failed fetch,
 // and at an answer that does not go on from the one before (a reset, a reordered queue); the next
-// poll then fetches that again and handles it, from the cursor this run leaves.
-func (p *Poller) fetchRun(ctx context.Context, c principal.Principal, run []answer) []answer {
-	held := 0
-	for _, m := range run[0].msgs {
-		held += len(m.Content)
+// poll then asks again, from the cursor this run leaves.
+func (p *Poller) fetchRun(ctx context.Context, c principal.Principal, run []answer, took time.Duration, until uint64, capped bool) []answer {
+	begin := time.Now()
+	rctx, cancel := context.WithDeadline(ctx, begin.Add(p.cfg.RunWait))
+	if capped {
+		// A retry after a failure: the same run again, however long it takes, so it stores the
+		// same groups.
+		cancel()
+		rctx, cancel = context.WithCancel(ctx)
 	}
-	for len(run) < p.cfg.RunAnswers && held < int(p.cfg.PublishBatchBytes) {
+	defer cancel()
+	held := run[0].size()
+	for len(run) < p.cfg.RunAnswers && held < int(p.cfg.PublishBatchBytes) && (capped || time.Since(begin)+took <= p.cfg.RunWait) {
 		prev := &run[len(run)-1]
 		if prev.res.IsEndOfQueue || len(prev.msgs) == 0 {
 			break
 		}
 		tail := prev.msgs[len(prev.msgs)-1]
 		nonce, _ := protocol.MessageKeyNonce(tail.Key) // fetch checked every key (checkAnswer)
-		res, err := p.fetch(ctx, c, nonce)
+		if capped && nonce >= until {
+			break
+		}
+		fetched := time.Now()
+		res, err := p.fetch(rctx, c, nonce)
+		took = time.Since(fetched)
 		if err != nil {
 			p.log.Debug("fetching the next answer of a run failed; the next poll asks again", "canister", c.Encode(), "err", err)
 			break
@@ -318,10 +360,31 @@ func (p *Poller) fetchRun(ctx context.Context, c principal.Principal, run []answ
 			break
 		}
 		next := answer{res: res, msgs: res.Messages[1:]}
-		for _, m := range next.msgs {
-			held += len(m.Content)
-		}
+		held += next.size()
 		run = append(run, next)
+	}
+	return run
+}
+
+// size is about how many bytes a's answer holds in memory.
+func (a answer) size() int {
+	n := len(a.res.Cert) + len(a.res.Tree)
+	for _, m := range a.msgs {
+		n += len(m.Key) + len(m.Content)
+	}
+	return n
+}
+
+// capRun drops the messages of run above nonce; a run cut short does not end the queue.
+func capRun(run []answer, nonce uint64) []answer {
+	for i := range run {
+		for j, m := range run[i].msgs {
+			if n, _ := protocol.MessageKeyNonce(m.Key); n > nonce {
+				run[i].msgs = run[i].msgs[:j]
+				run[i].res.IsEndOfQueue = false
+				return run[:i+1]
+			}
+		}
 	}
 	return run
 }

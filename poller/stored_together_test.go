@@ -2,16 +2,20 @@ package poller
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/icws/icws/bus"
 	"github.com/icws/icws/internal/testkit"
 	"github.com/icws/icws/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // A client's frames of one ws_get_messages answer are stored as one ICWS_OUT message, in the
@@ -175,6 +179,142 @@ func TestRunStopsAtAFailedFetch(t *testing.T) {
 	if failures != 2 {
 		t.Fatalf("%d failed fetches, want 2", failures)
 	}
+}
+
+// A run whose publish failed is published again as the same run, capped at its last message
+// however the queue grew meanwhile, so JetStream drops what it stored already: every message is
+// stored once.
+func TestARetriedRunIsStoredOnce(t *testing.T) {
+	for _, runAnswers := range []int{1, 4} {
+		t.Run("run of "+strconv.Itoa(runAnswers), func(t *testing.T) {
+			e := startEnv(t)
+			c := newFakeCanister(testGateway)
+			clients := []protocol.ClientKey{testClient(1), testClient(2), testClient(3)}
+			c.push(120, clients...) // answers of 50, 49 and 21 new messages
+			cfg := fastConfig(testCanister.Encode())
+			cfg.RunAnswers = runAnswers
+			// The first publish stores two stream messages, then fails; the queue grows before
+			// the retry.
+			js := &failingPublishes{after: 2, onFail: func() { c.push(40, clients...) }}
+			e.startPollerThrough("p", cfg, newIC(c), js.wrap)
+			testkit.WaitFor(t, 10*time.Second, "160 messages", func() bool { return cursorOf(t, e).NextNonce == 160 })
+			checkStream(t, e, snapshot(c), zeroEpoch)
+		})
+	}
+}
+
+// A poller that loses its lease while fetching a run publishes nothing of it.
+func TestNothingIsPublishedOnceTheLeaseIsLostMidRun(t *testing.T) {
+	e := startEnv(t)
+	c := newFakeCanister(testGateway)
+	c.push(80, testClient(1), testClient(2))
+	var lost atomic.Bool
+	var rp *runningPoller
+	started := make(chan struct{})
+	c.fail = func(nonce uint64) error {
+		if nonce == 49 { // the run's second fetch
+			<-started
+			lost.Store(true)
+			rp.cancel() // as when the lease is lost
+			return context.Canceled
+		}
+		return nil
+	}
+	js := &failingPublishes{after: -1, lost: &lost}
+	rp = e.startPollerThrough("p", fastConfig(testCanister.Encode()), newIC(c), js.wrap)
+	close(started)
+	testkit.WaitFor(t, 10*time.Second, "the lease lost", lost.Load)
+	rp.stop(t)
+	if n := js.late.Load(); n != 0 {
+		t.Fatalf("%d stream messages published after the lease was lost", n)
+	}
+	if n := e.outCount(); n != 0 {
+		t.Fatalf("%d messages stored from a run fetched while the lease was lost", n)
+	}
+}
+
+// The messages of a run's first answer wait for the fetches after it at most ICWS_POLL_RUN_WAIT:
+// a fetch that hangs is abandoned, and asked again by the next poll.
+func TestMessagesInHandWaitAtMostTheRunWait(t *testing.T) {
+	e := startEnv(t)
+	c := newFakeCanister(testGateway)
+	c.push(80, testClient(1), testClient(2))
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	c.fail = func(nonce uint64) error {
+		if nonce == 49 {
+			<-release // the IC does not answer this query until the first answer's messages are stored
+		}
+		return nil
+	}
+	cfg := fastConfig(testCanister.Encode())
+	cfg.RunWait = 50 * time.Millisecond
+	cfg.Timeout = time.Minute // the run's wait, not the query's timeout, ends the hanging fetch
+	e.startPoller("p", cfg, newIC(c), false)
+	testkit.WaitFor(t, 10*time.Second, "the first answer's messages stored while the next fetch hangs", func() bool { return e.outCount() >= 50 })
+	free()
+	testkit.WaitFor(t, 10*time.Second, "80 messages", func() bool { return cursorOf(t, e).NextNonce == 80 })
+	checkStream(t, e, snapshot(c), zeroEpoch)
+}
+
+// failingPublishes lets the first after asynchronous publishes through, then fails one and the
+// synchronous re-publish after it (after < 0: never); it counts publishes once lost is set.
+type failingPublishes struct {
+	jetstream.JetStream
+	mu      sync.Mutex
+	after   int
+	failing bool
+	onFail  func()
+	lost    *atomic.Bool
+	late    atomic.Int64
+}
+
+func (f *failingPublishes) wrap(js jetstream.JetStream) jetstream.JetStream {
+	f.JetStream = js
+	return f
+}
+
+func (f *failingPublishes) fail() bool {
+	if f.lost != nil && f.lost.Load() {
+		f.late.Add(1)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.after < 0:
+		return false
+	case f.after > 0:
+		f.after--
+		return false
+	}
+	f.after, f.failing = -1, true
+	if f.onFail != nil {
+		f.onFail()
+	}
+	return true
+}
+
+func (f *failingPublishes) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if f.fail() {
+		return nil, errors.New("publish failed (test)")
+	}
+	return f.JetStream.PublishMsgAsync(m, opts...)
+}
+
+func (f *failingPublishes) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if f.lost != nil && f.lost.Load() {
+		f.late.Add(1)
+	}
+	f.mu.Lock()
+	failing := f.failing
+	f.failing = false
+	f.mu.Unlock()
+	if failing {
+		return nil, errors.New("publish failed (test)")
+	}
+	return f.JetStream.PublishMsg(ctx, m, opts...)
 }
 
 // A canister whose sequence numbers for one client do not rise within an answer (a key reopened,

@@ -13,8 +13,8 @@ import (
 // Pruner hashes each subtree of the tree once, however many witnesses it cuts, and a witness then
 // costs a walk over the path's labels and the encoding, without allocating.
 //
-// A Pruner is for trees of at most MaxDepth levels (every tree Decode returns); it is not safe for
-// concurrent use.
+// A Pruner is for trees of at most MaxDepth levels in which no subtree appears twice (every tree
+// Decode returns); it is not safe for concurrent use.
 type Pruner struct {
 	root *Node
 	// nodes is the tree flattened in pre-order (a parent before its children), filled on first
@@ -48,6 +48,9 @@ func (p *Pruner) AppendWitness(out []byte, path ...[]byte) ([]byte, bool) {
 	}
 	if p.nodes == nil {
 		p.index()
+	}
+	if len(p.nodes) == 0 {
+		return out, false // a nil root: the empty tree proves every path absent
 	}
 	// The labeled node of each path element, found as lookups find them.
 	i, last := int32(0), int32(-1)

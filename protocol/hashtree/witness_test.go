@@ -64,6 +64,7 @@ func TestWitnessRefusesPathsTheTreeDoesNotProve(t *testing.T) {
 		// find_label stops at c: the tree proves a absent, however it goes on.
 		{"label after a greater one", unsorted, []string{"websocket", "a"}},
 		{"empty tree", hashtree.NewEmpty(), []string{"a"}},
+		{"nil tree", nil, []string{"a"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
