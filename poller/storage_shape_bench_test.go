@@ -22,9 +22,11 @@ import (
 //
 //   - message: one stream message per canister message (its frame and the five icws headers, on
 //     the client's subject), re-published to its live subject, as ICWS_OUT was first laid out;
-//   - client: today's ICWS_OUT, what the poller stores: a client's frames of one reply as one
-//     stream message (bus.AppendOutFrame records, one frame alone as itself). The burst here
-//     interleaves its 20 clients, so a reply of 50 messages holds 2-3 of each;
+//   - client: a client's frames of one reply as one stream message (bus.AppendOutFrame records,
+//     one frame alone as itself), what the poller stores when each reply ends a run. The burst
+//     here interleaves its 20 clients, so a reply of 50 messages holds 2-3 of each;
+//   - run: a client's frames of a run of replies (ICWS_POLL_RUN_ANSWERS at its default, 4) as one
+//     stream message, what the poller stores while it drains a backlog: 10 of each client;
 //   - poll: one stream message per ws_get_messages reply (its certificate, tree and every message
 //     once), re-published to one live subject per canister. Nothing in icws stores a poll this way;
 //     the figure is what the NATS side of a delivered message would cost if it did
@@ -34,6 +36,7 @@ import (
 // for "poll", the work an edge would then do per message.
 func BenchmarkStorageShape(b *testing.B) {
 	const clients, messages = 20, 1000
+	runAnswers := DefaultConfig().RunAnswers
 	rec := recordBurst(b, clients, messages)
 	_, nc, js := testkit.StartBroker(b, bus.DefaultTopology())
 	ctx := context.Background()
@@ -48,28 +51,51 @@ func BenchmarkStorageShape(b *testing.B) {
 	}
 	var polls [][]byte
 	canister := testCanister.Encode()
-	for nonce := uint64(0); nonce < messages; {
-		res, err := p.fetch(ctx, testCanister, nonce)
+	// storeBurst publishes the burst as the poller does, in runs of answers replies, and reads
+	// back what ICWS_OUT then holds.
+	storeBurst := func(answers int) []*jetstream.RawStreamMsg {
+		if err := p.h.Out.Purge(ctx); err != nil {
+			b.Fatal(err)
+		}
+		first := uint64(1)
+		if info, err := p.h.Out.Info(ctx); err == nil {
+			first = info.State.LastSeq + 1
+		}
+		var run []answer
+		for nonce := uint64(0); nonce < messages; {
+			res, err := p.fetch(ctx, testCanister, nonce)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if answers == 1 {
+				polls = append(polls, rec.replies[nonce])
+			}
+			nonce += uint64(len(res.Messages))
+			if run = append(run, answer{res: res, msgs: res.Messages}); len(run) == answers || nonce >= messages {
+				if _, _, err := p.publish(ctx, canister, 0, run); err != nil {
+					b.Fatal(err)
+				}
+				run = nil
+			}
+		}
+		info, err := p.h.Out.Info(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, err := p.publish(ctx, canister, 0, []answer{{res: res, msgs: res.Messages}}); err != nil {
-			b.Fatal(err)
+		var stored []*jetstream.RawStreamMsg
+		for seq := first; seq <= info.State.LastSeq; seq++ {
+			m, err := p.h.Out.GetMsg(ctx, seq)
+			if err != nil {
+				b.Fatalf("read back message %d: %v", seq, err)
+			}
+			stored = append(stored, m)
 		}
-		polls = append(polls, rec.replies[nonce])
-		nonce += uint64(len(res.Messages))
+		return stored
 	}
-	info, err := p.h.Out.Info(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var stored, frames []*jetstream.RawStreamMsg
-	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
-		m, err := p.h.Out.GetMsg(ctx, seq)
-		if err != nil {
-			b.Fatalf("read back message %d: %v", seq, err)
-		}
-		stored = append(stored, m)
+	inRuns := storeBurst(runAnswers)
+	stored := storeBurst(1)
+	var frames []*jetstream.RawStreamMsg
+	for _, m := range stored {
 		split, err := bus.DecodeOutFrames(nil, m.Header, m.Data)
 		if err != nil {
 			b.Fatal(err)
@@ -125,6 +151,10 @@ func BenchmarkStorageShape(b *testing.B) {
 			roundMsgs: func(round int) []*nats.Msg { return forRound(stored, round) },
 		},
 		{
+			name: "run", live: "icws.live.>", stream: p.h.Out, perRound: len(inRuns),
+			roundMsgs: func(round int) []*nats.Msg { return forRound(inRuns, round) },
+		},
+		{
 			name: "poll", live: "bench.polllive.>", stream: pollStream, perRound: len(polls),
 			roundMsgs: func(round int) []*nats.Msg {
 				out := make([]*nats.Msg, len(polls))
@@ -167,6 +197,9 @@ func BenchmarkStorageShape(b *testing.B) {
 				switch shape.name {
 				case "client":
 					step = (len(msgs) + len(polls) - 1) / len(polls)
+				case "run":
+					runs := (len(polls) + runAnswers - 1) / runAnswers
+					step = (len(msgs) + runs - 1) / runs
 				case "poll":
 					step = 1
 				}
