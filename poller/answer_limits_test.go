@@ -72,51 +72,43 @@ func TestAnswersStayWithinTheirByteLimits(t *testing.T) {
 	checkStream(t, e, snapshot(c), zeroEpoch)
 }
 
-// A canister that always says its queue goes on, but answers nothing new, is polled at
-// ICWS_POLL_INTERVAL like a drained one, not in a busy loop.
-func TestAnswersWithNothingNewWaitForTheNextPoll(t *testing.T) {
-	e := startEnv(t)
-	c := newFakeCanister(testGateway)
-	c.neverEnds = true
-	c.push(5, testClient(1))
-	ic := newIC(c)
-	cfg := fastConfig(testCanister.Encode())
-	cfg.Interval = 50 * time.Millisecond
-	e.startPoller("p", cfg, ic, false)
-	testkit.WaitFor(t, 10*time.Second, "5 messages", func() bool { return e.outCount() == 5 })
-	start, before := time.Now(), ic.queries.Load()
-	testkit.WaitFor(t, 10*time.Second, "4 more polls", func() bool { return ic.queries.Load() >= before+4 })
-	// A busy loop asks four times within a few milliseconds; waiting, the fourth poll starts three
-	// intervals after the first, which may have started just before the count did.
-	if took := time.Since(start); took < 2*cfg.Interval {
-		t.Fatalf("4 polls of a canister with nothing new within %s (interval %s)", took, cfg.Interval)
-	}
-	checkStream(t, e, snapshot(c), zeroEpoch)
-}
-
-// A canister that answers its first messages whatever is asked, saying more are queued, looks like
-// a queue reset at every poll; it is polled at ICWS_POLL_INTERVAL, not in a busy loop.
-func TestACanisterAnsweringTheSameMessagesIsNotPolledInABusyLoop(t *testing.T) {
-	e := startEnv(t)
-	c := newFakeCanister(testGateway)
-	c.push(100, testClient(1))
-	first50, err := c.answer(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.reply = func(uint64) []byte { return first50 }
-	ic := newIC(c)
-	cfg := fastConfig(testCanister.Encode())
-	cfg.Interval = 50 * time.Millisecond
-	e.startPoller("p", cfg, ic, false)
-	testkit.WaitFor(t, 10*time.Second, "the first 50 stored", func() bool { return e.outCount() == 50 })
-	start, before := time.Now(), ic.queries.Load()
-	testkit.WaitFor(t, 10*time.Second, "12 more queries", func() bool { return ic.queries.Load() >= before+12 })
-	// Each poll here is at most three queries: the poll, the fetch from nonce 0 after the "reset",
-	// and a run's next fetch. A busy loop makes twelve within milliseconds; waiting, they are four
-	// polls at least, the fourth three intervals after the first (which may have started just
-	// before the count did).
-	if took := time.Since(start); took < 2*cfg.Interval {
-		t.Fatalf("12 queries of a canister answering the same messages within %s (interval %s)", took, cfg.Interval)
+// A canister that claims more is queued than it gives is polled at ICWS_POLL_INTERVAL like a
+// drained one, not in a busy loop: one that answers nothing new, and one that answers its first
+// messages whatever is asked (which looks like a queue reset at every poll).
+func TestCanistersClaimingMoreAreNotPolledInABusyLoop(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lie     func(c *fakeCanister)
+		stored  uint64 // stored before the lie shows
+		queries int64  // at most this many queries per poll, for four polls
+	}{
+		{"nothing new", func(c *fakeCanister) { c.push(5, testClient(1)); c.neverEnds = true }, 5, 1},
+		// The poll, the fetch from nonce 0 after the "reset", and a run's next fetch.
+		{"the same messages", func(c *fakeCanister) {
+			c.push(100, testClient(1))
+			first50, err := c.answer(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.reply = func(uint64) []byte { return first50 }
+		}, 50, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEnv(t)
+			c := newFakeCanister(testGateway)
+			tc.lie(c)
+			ic := newIC(c)
+			cfg := fastConfig(testCanister.Encode())
+			cfg.Interval = 50 * time.Millisecond
+			e.startPoller("p", cfg, ic, false)
+			testkit.WaitFor(t, 10*time.Second, "the first messages stored", func() bool { return e.outCount() == tc.stored })
+			start, before := time.Now(), ic.queries.Load()
+			testkit.WaitFor(t, 10*time.Second, "four more polls", func() bool { return ic.queries.Load() >= before+4*tc.queries })
+			// A busy loop makes these queries within milliseconds; waiting, the fourth poll starts
+			// three intervals after the first, which may have started just before the count did.
+			if took := time.Since(start); took < 2*cfg.Interval {
+				t.Fatalf("%d queries within %s (interval %s)", 4*tc.queries, took, cfg.Interval)
+			}
+		})
 	}
 }

@@ -267,19 +267,26 @@ func TestQueueResetIsResynchronised(t *testing.T) {
 			c.gen++
 			c.mu.Unlock()
 			c.push(tc.afterSize, testClient(2))
-			testkit.WaitFor(t, 10*time.Second, "resync", func() bool {
-				cur := cursorOf(t, e)
-				return cur.Epoch == 1 && cur.NextNonce == uint64(tc.afterSize)
-			})
-			want := append(old, snapshot(c)...)
-			checkStream(t, e, want, func(i int) uint64 {
-				if i < len(old) {
-					return 0
-				}
-				return 1
-			})
+			expectResynced(t, e, c, old, uint64(tc.afterSize))
 		})
 	}
+}
+
+// expectResynced waits until the poller polls the canister's new queue (epoch 1) up to next, and
+// checks that ICWS_OUT holds old, of the queue before (epoch 0), then the new queue.
+func expectResynced(t *testing.T, e *env, c *fakeCanister, old []protocol.CanisterOutputMessage, next uint64) {
+	t.Helper()
+	testkit.WaitFor(t, 10*time.Second, "resync", func() bool {
+		cur := cursorOf(t, e)
+		return cur.Epoch == 1 && cur.NextNonce == next
+	})
+	want := append(old, snapshot(c)...)
+	checkStream(t, e, want, func(i int) uint64 {
+		if i < len(old) {
+			return 0
+		}
+		return 1
+	})
 }
 
 func TestQueueEmptiedByGatewayRemoval(t *testing.T) {

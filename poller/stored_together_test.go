@@ -144,17 +144,7 @@ func TestRunStopsWhereTheQueueWasReset(t *testing.T) {
 		return nil
 	}
 	e.startPoller("p", fastConfig(testCanister.Encode()), newIC(c), false)
-	testkit.WaitFor(t, 10*time.Second, "resync", func() bool {
-		cur := cursorOf(t, e)
-		return cur.Epoch == 1 && cur.NextNonce == 7
-	})
-	want := append(old, snapshot(c)...)
-	checkStream(t, e, want, func(i int) uint64 {
-		if i < len(old) {
-			return 0
-		}
-		return 1
-	})
+	expectResynced(t, e, c, old, 7)
 }
 
 // A failed fetch ends a run without losing it: the answers before it are stored, and the next poll
