@@ -11,10 +11,14 @@ import (
 )
 
 // Connection liveness without a goroutine or timer per connection: every connection sits in one
-// of livenessSlots slots, and one edge-wide goroutine visits one slot per tick, so each connection
-// is looked at once per revolution (a quarter of the shortest liveness period). A visit reads a
-// few timestamps and at most queues a ping or a heartbeat, or closes a dead connection; the frames
-// go out through the connection's send queue, whose writer goroutine exists only while it writes.
+// of livenessSlots slots of a wheel, and one edge-wide goroutine per wheel visits one slot per
+// tick, so each connection is looked at once per revolution (a quarter of the shortest liveness
+// period that applies to it). Connections that asked for heartbeats are on a wheel of their own,
+// which turns with the heartbeat interval; the others only need pings, so their wheel turns ten
+// times slower at the defaults and an edge of idle connections does not visit every one of them
+// four times a second. A visit reads a few timestamps and at most queues a ping or a heartbeat,
+// or closes a dead connection; the frames go out through the connection's send queue, whose
+// writer goroutine exists only while it writes.
 //
 // A connection is alive while its client sends anything: frames, pongs and pings stamp lastSeen.
 // After PingInterval without anything the edge pings; PingTimeout after that ping without an
@@ -35,10 +39,15 @@ const CloseUnresponsive = protocol.CloseUnresponsive
 const reasonUnresponsive = "icws: no answer to ping"
 
 type liveness struct {
-	slots [livenessSlots]livenessSlot
-	next  atomic.Uint32 // slot of the next connection added
+	// wheels[1] holds the connections that asked for heartbeats, wheels[0] the others.
+	wheels [2]livenessWheel
 	// heartbeat is the encoded heartbeat frame (the same bytes for every connection).
 	heartbeat []byte
+}
+
+type livenessWheel struct {
+	slots [livenessSlots]livenessSlot
+	next  atomic.Uint32 // slot of the next connection added
 }
 
 type livenessSlot struct {
@@ -52,35 +61,57 @@ func newLiveness() (*liveness, error) {
 		return nil, err
 	}
 	l := &liveness{heartbeat: hb}
-	for i := range l.slots {
-		l.slots[i].conns = map[*conn]struct{}{}
+	for w := range l.wheels {
+		for i := range l.wheels[w].slots {
+			l.wheels[w].slots[i].conns = map[*conn]struct{}{}
+		}
 	}
 	return l, nil
 }
 
+// wheelOf is the wheel of c: whether it asked for heartbeats is fixed when it is accepted.
+func (l *liveness) wheelOf(c *conn) *livenessWheel {
+	if c.heartbeat {
+		return &l.wheels[1]
+	}
+	return &l.wheels[0]
+}
+
 func (l *liveness) add(c *conn) {
-	c.slot = int(l.next.Add(1) % livenessSlots)
-	s := &l.slots[c.slot]
+	w := l.wheelOf(c)
+	c.slot = int(w.next.Add(1) % livenessSlots)
+	s := &w.slots[c.slot]
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
 }
 
 func (l *liveness) remove(c *conn) {
-	s := &l.slots[c.slot]
+	s := &l.wheelOf(c).slots[c.slot]
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 }
 
-// revolution is how long the walk takes to visit every connection once.
-func (e *Edge) livenessRevolution() time.Duration {
-	return min(e.cfg.PingInterval, e.cfg.PingTimeout, e.cfg.HeartbeatInterval) / 4
+// livenessRevolution is how long the walk of a wheel takes to visit every connection on it once.
+func (e *Edge) livenessRevolution(heartbeats bool) time.Duration {
+	if heartbeats {
+		return min(e.cfg.PingInterval, e.cfg.PingTimeout, e.cfg.HeartbeatInterval) / 4
+	}
+	return min(e.cfg.PingInterval, e.cfg.PingTimeout) / 4
 }
 
-// watchLiveness visits one slot per tick until ctx ends.
+// watchLiveness walks both wheels until ctx ends.
 func (e *Edge) watchLiveness(ctx context.Context) {
-	rev := e.livenessRevolution()
+	var wg sync.WaitGroup
+	for i := range e.live.wheels {
+		wg.Go(func() { e.walkWheel(ctx, &e.live.wheels[i], e.livenessRevolution(i == 1)) })
+	}
+	wg.Wait()
+}
+
+// walkWheel visits one slot of w per tick, so every connection once per rev, until ctx ends.
+func (e *Edge) walkWheel(ctx context.Context, w *livenessWheel, rev time.Duration) {
 	t := time.NewTicker(max(rev/livenessSlots, time.Millisecond))
 	defer t.Stop()
 	var visit []*conn
@@ -90,7 +121,7 @@ func (e *Edge) watchLiveness(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s := &e.live.slots[i]
+		s := &w.slots[i]
 		s.mu.Lock()
 		visit = visit[:0]
 		for c := range s.conns {

@@ -243,3 +243,35 @@ func TestHeartbeatsResumeWhenTrafficStops(t *testing.T) {
 		t.Fatalf("%d heartbeats in %s", got, 6*cfg.HeartbeatInterval)
 	}
 }
+
+// Only connections that asked for heartbeats are visited at the heartbeat's pace; the others, which
+// only need pings, sit on a wheel that turns with the ping periods, so an edge of idle connections
+// does not look at each of them four times a second.
+func TestConnectionsAreVisitedAtThePaceTheyNeed(t *testing.T) {
+	e := &Edge{cfg: Config{PingInterval: 10 * time.Second, PingTimeout: 8 * time.Second, HeartbeatInterval: time.Second}}
+	if got, want := e.livenessRevolution(true), 250*time.Millisecond; got != want {
+		t.Errorf("heartbeat wheel turns in %s, want %s", got, want)
+	}
+	if got, want := e.livenessRevolution(false), 2*time.Second; got != want {
+		t.Errorf("ping wheel turns in %s, want %s", got, want)
+	}
+	l, err := newLiveness()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, beating := &conn{}, &conn{heartbeat: true}
+	l.add(plain)
+	l.add(beating)
+	in := func(w int, c *conn) bool {
+		_, ok := l.wheels[w].slots[c.slot].conns[c]
+		return ok
+	}
+	if !in(0, plain) || in(1, plain) || !in(1, beating) || in(0, beating) {
+		t.Fatal("connections on the wrong wheel")
+	}
+	l.remove(plain)
+	l.remove(beating)
+	if in(0, plain) || in(1, beating) {
+		t.Fatal("removed connections still visited")
+	}
+}
