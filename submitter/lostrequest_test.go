@@ -70,3 +70,24 @@ func expectRelayed(t *testing.T, e *env, store *fakeStore, within time.Duration)
 	testkit.WaitFor(t, within, "envelopes executed", func() bool { return store.executedCount() == 3 })
 	store.checkOrder(t, map[string]uint64{client.token: 3})
 }
+
+// Creating the partition's consumer waits a lease's lifetime per attempt too: a create that reaches
+// the stream while its leader or the meta leader is being elected goes unanswered, and waiting
+// ICWS_SUBMIT_CALL_TIMEOUT for it left the partition without a consumer for 30 s in a NATS leader
+// hang. A create carried out after all is reused by the next attempt.
+func TestPartitionRetriesAnUnansweredConsumerCreate(t *testing.T) {
+	e := newEnv(t, 1)
+	cfg := testConfig("a")
+	cfg.CallTimeout = time.Minute
+	// The submitter is ready only once its partition has a consumer: drop the first create only.
+	lossy := &natstest.LossyDialer{Prefix: "$JS.API.CONSUMER.CREATE." + bus.StreamIn + ".", Once: true}
+	lossy.Drop.Store(true)
+	e.connOpts = []nats.Option{nats.SetCustomDialer(lossy)}
+	store := newFakeStore()
+	e.start(t, cfg, store.as(cfg.ID))
+	// Waiting ICWS_SUBMIT_CALL_TIMEOUT would hold these for a minute; a lease's lifetime is 2 s.
+	expectRelayed(t, e, store, 15*time.Second)
+	if n := lossy.Dropped.Load(); n != 1 {
+		t.Fatalf("%d consumer creates dropped, want 1", n)
+	}
+}

@@ -299,11 +299,16 @@ func (p *partition) trySubscribe() (jetstream.ConsumeContext, error) {
 	}
 	var cons jetstream.Consumer
 	var err error
+	// As for the reads above: during an election the request may go unanswered; give up after a
+	// lease's lifetime and try again, rather than after CallTimeout. A create that was carried out
+	// after all is found and reused by the next attempt (ownExists).
+	cctx, ccancel := context.WithTimeout(ctx, p.s.cfg.LeaseTTL)
 	if ownExists {
-		cons, err = p.h.In.Consumer(ctx, own)
+		cons, err = p.h.In.Consumer(cctx, own)
 	} else {
-		cons, err = p.h.In.CreateOrUpdateConsumer(ctx, cfg)
+		cons, err = p.h.In.CreateOrUpdateConsumer(cctx, cfg)
 	}
+	ccancel()
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
 	}

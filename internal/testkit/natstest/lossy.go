@@ -14,6 +14,7 @@ import (
 type LossyDialer struct {
 	Prefix  string
 	Drop    atomic.Bool
+	Once    bool         // the first publish dropped clears Drop
 	Dropped atomic.Int64 // publishes dropped so far
 }
 
@@ -64,7 +65,7 @@ func (c *lossyConn) Write(b []byte) (int, error) {
 		if f := strings.Fields(string(line)); len(f) >= 3 && (f[0] == "PUB" || f[0] == "HPUB") {
 			size, err := strconv.Atoi(f[len(f)-1])
 			if err == nil {
-				if c.d.Drop.Load() && strings.HasPrefix(f[1], c.d.Prefix) {
+				if strings.HasPrefix(f[1], c.d.Prefix) && (c.d.Once && c.d.Drop.CompareAndSwap(true, false) || !c.d.Once && c.d.Drop.Load()) {
 					c.skip = size + 2
 					c.d.Dropped.Add(1)
 					continue
