@@ -19,6 +19,16 @@ import (
 
 // openResumable opens a resumable session, receives seq 1, sends n client messages and waits
 // until they are stored.
+// startResumable starts what most resume tests begin with: a bus, a pipeline without echo, one
+// edge (e1) and a resumable client with nothing sent yet.
+func startResumable(t *testing.T) (*env, *pipeline, *runningEdge, *client) {
+	t.Helper()
+	v := newEnv(t)
+	p := v.startPipeline(false)
+	e := v.startEdge(testConfig("e1"))
+	return v, p, e, openResumable(t, v, e.url, 0)
+}
+
 func openResumable(t *testing.T, v *env, url string, n int) *client {
 	c := openedClient(t, v, url, true)
 	for i := 0; i < n; i++ {
@@ -106,10 +116,7 @@ func TestResumeReplaysExactlyOnceWhileLive(t *testing.T) {
 }
 
 func TestResumeRejections(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	p.publish(outSubjectOfClient(c), 2, 0)
 	c.next()
 	dropSocket(t, v, c)
@@ -153,10 +160,7 @@ func TestResumeRejections(t *testing.T) {
 }
 
 func TestResumeHistoryIncomplete(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	subj := outSubjectOfClient(c)
 	for s := uint64(2); s <= 6; s++ {
 		p.publish(subj, s, 0)
@@ -434,10 +438,7 @@ func sendResume(t *testing.T, c *client, url string, lastSeq uint64) {
 // One transient read error during the replay must not lose the resume answer, and a live
 // message arriving afterwards must come after it.
 func TestResumeSurvivesTransientReadError(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	subj := outSubjectOfClient(c)
 	for s := uint64(2); s <= 3; s++ {
 		p.publish(subj, s, 0)
@@ -456,10 +457,7 @@ func TestResumeSurvivesTransientReadError(t *testing.T) {
 
 // Read errors before the replay delay it; the replay that follows is complete.
 func TestResumeReplayAfterTransientReadErrors(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	subj := outSubjectOfClient(c)
 	dropSocket(t, v, c)
 	for s := uint64(2); s <= 5; s++ {
@@ -478,10 +476,7 @@ func TestResumeReplayAfterTransientReadErrors(t *testing.T) {
 // A client's messages stored out of sequence order (2, 4, 3, 5) are a complete history: the
 // resume succeeds and delivers 3, 4, 5 in order.
 func TestResumeOutOfOrderStream(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	subj := outSubjectOfClient(c)
 	p.publish(subj, 2, 0)
 	if s, _ := c.next(); s != 2 {

@@ -29,10 +29,7 @@ func TestFramesStoredTogetherAreDeliveredInOrder(t *testing.T) {
 // A resume replays from inside a message of several frames, and its last frame is the highest
 // stored sequence number a client may claim.
 func TestResumeReplaysFramesStoredTogether(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
+	v, p, e, c := startResumable(t)
 	subj := outSubjectOfClient(c)
 	p.publishTogether(subj, 2, 3)
 	expectSeqs(t, c, 2, 3)
@@ -81,30 +78,26 @@ func TestMalformedStoredFramesAreSkipped(t *testing.T) {
 // A poller that lost its lease may store an older, shorter group after a newer one: the highest
 // stored sequence number is then not in the last stored message, and a resume from it is valid.
 func TestResumeFindsTheHighestStoredSequenceNumberAnywhere(t *testing.T) {
-	v := newEnv(t)
-	p := v.startPipeline(false)
-	e := v.startEdge(testConfig("e1"))
-	c := openResumable(t, v, e.url, 0)
-	subj := outSubjectOfClient(c)
-	p.publishTogether(subj, 2, 3)
-	p.publishTogether(subj, 4, 5, 6)
-	p.publishTogether(subj, 2, 3, 4, 5) // the stale poller's answer, fetched before 6 existed
-	expectSeqs(t, c, 2, 6)
-	dropSocket(t, v, c)
+	v, p, e, c := startResumable(t)
+	// Groups up to 6, then the stale poller's answer, fetched before 6 existed; all delivered.
+	storeStaleGroupLast := func(c *client) {
+		subj := outSubjectOfClient(c)
+		p.publishTogether(subj, 2, 3)
+		p.publishTogether(subj, 4, 5, 6)
+		p.publishTogether(subj, 2, 3, 4, 5)
+		expectSeqs(t, c, 2, 6)
+		dropSocket(t, v, c)
+	}
+	storeStaleGroupLast(c)
 	if _, code, reason := c.resume(e.url, 7); code != CloseNotResumable || !strings.Contains(reason, "highest stored sequence number 6") {
 		t.Fatalf("resume from 7: close %d %q, want 4100 (above the highest stored, 6)", code, reason)
 	}
 	c2 := openResumable(t, v, e.url, 0)
-	subj2 := outSubjectOfClient(c2)
-	p.publishTogether(subj2, 2, 3)
-	p.publishTogether(subj2, 4, 5, 6)
-	p.publishTogether(subj2, 2, 3, 4, 5)
-	expectSeqs(t, c2, 2, 6)
-	dropSocket(t, v, c2)
+	storeStaleGroupLast(c2)
 	if _, code, reason := c2.resume(e.url, 6); code != 0 {
 		t.Fatalf("valid resume from 6 refused: %d %q", code, reason)
 	}
-	p.publish(subj2, 7, 0)
+	p.publish(outSubjectOfClient(c2), 7, 0)
 	if s, _ := c2.next(); s != 7 {
 		t.Fatalf("after the resume: got %d, want 7", s)
 	}

@@ -322,14 +322,14 @@ type answer struct {
 // poll then asks again, from the cursor this run leaves.
 func (p *Poller) fetchRun(ctx context.Context, c principal.Principal, run []answer, took time.Duration, until uint64, capped bool) []answer {
 	begin := time.Now()
-	rctx, cancel := context.WithDeadline(ctx, begin.Add(p.cfg.RunWait))
-	if capped {
-		// A retry after a failure: the same run again, however long it takes, so it stores the
-		// same groups.
-		cancel()
-		rctx, cancel = context.WithCancel(ctx)
+	// A retry after a failure (capped) fetches the same run again however long it takes, so it
+	// stores the same groups.
+	rctx := ctx
+	if !capped {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithDeadline(ctx, begin.Add(p.cfg.RunWait))
+		defer cancel()
 	}
-	defer cancel()
 	held := run[0].size()
 	for len(run) < p.cfg.RunAnswers && held < int(p.cfg.PublishBatchBytes) && (capped || time.Since(begin)+took <= p.cfg.RunWait) {
 		prev := &run[len(run)-1]

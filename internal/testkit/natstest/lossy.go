@@ -65,7 +65,7 @@ func (c *lossyConn) Write(b []byte) (int, error) {
 		if f := strings.Fields(string(line)); len(f) >= 3 && (f[0] == "PUB" || f[0] == "HPUB") {
 			size, err := strconv.Atoi(f[len(f)-1])
 			if err == nil {
-				if strings.HasPrefix(f[1], c.d.Prefix) && (c.d.Once && c.d.Drop.CompareAndSwap(true, false) || !c.d.Once && c.d.Drop.Load()) {
+				if strings.HasPrefix(f[1], c.d.Prefix) && c.d.dropping() {
 					c.skip = size + 2
 					c.d.Dropped.Add(1)
 					continue
@@ -81,4 +81,12 @@ func (c *lossyConn) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
+}
+
+// dropping reports whether a publish to a matching subject is dropped now.
+func (d *LossyDialer) dropping() bool {
+	if d.Once {
+		return d.Drop.CompareAndSwap(true, false)
+	}
+	return d.Drop.Load()
 }
